@@ -1,0 +1,138 @@
+"""Settings, read from environment variables with documented defaults.
+
+Every variable the service reads is declared once in `VARIABLES`, so the docs and the
+test that checks template.yaml against the code share one list. Powertools reads its own
+variables (POWERTOOLS_SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_LOG_LEVEL).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str
+    help: str
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("CONNECTIONS_TABLE", "chat-connections", "DynamoDB table of open connections (TTL on expires_at)."),
+    Variable("CHATS_TABLE", "chat-chats", "DynamoDB table of chats, messages, counters and controls."),
+    Variable("DYNAMODB_ENDPOINT_URL", "", "DynamoDB endpoint override (local stack or moto server); empty on AWS."),
+    Variable("TICKET_SECRET_ARN", "", "Secrets Manager secret (name or ARN) holding the shared ticket secret."),
+    Variable("TICKET_SECRET", "", "The shared ticket secret itself: local development only, never on AWS."),
+    Variable("ALLOWED_ORIGINS", "", "Comma-separated exact origins allowed to connect, or * for any."),
+    Variable("ALLOW_MISSING_ORIGIN", "true", "Accept connections without an Origin header (tools, load tests)."),
+    Variable("PARTICIPANT_ALLOWLIST", "", "Comma-separated participant codes; empty means any participant."),
+    Variable("CHAT_PAUSED", "false", "Kill switch: true refuses new connections and messages everywhere."),
+    Variable("CONNECTION_TTL_SECONDS", "7800", "Seconds a connection record lives (API Gateway caps sockets at 2 h)."),
+    Variable("TICKET_MAX_AGE_SECONDS", "86400", "Seconds a chat ticket is accepted after it was minted."),
+    Variable("MAX_MESSAGE_CHARS", "4000", "Hard cap on a participant message, whatever a ticket allows."),
+    Variable("MAX_CHATS_PER_PARTICIPANT", "5", "Chats one participant may open in one experiment."),
+    Variable("TOKEN_BUDGET", "0", "Default experiment-wide token budget (prompt + completion); 0 = unlimited."),
+    Variable("REPLY_LEASE_SECONDS", "180", "Seconds a reply holds its chat before a retry may take over."),
+    Variable("REPLY_FUNCTION_NAME", "", "Lambda function that generates replies (invoked asynchronously)."),
+    Variable("WEBSOCKET_ENDPOINT", "", "Management API endpoint override; default https://{domain}/{stage}."),
+    Variable("OPENAI_BASE_URL", "", "OpenAI-compatible API base URL; empty means OpenAI itself."),
+    Variable("OPENAI_API_KEY_SECRET_ARN", "", "Secrets Manager secret (name or ARN) holding the OpenAI API key."),
+    Variable("OPENAI_API_KEY", "", "The OpenAI API key itself: local development only, never on AWS."),
+    Variable("LLM_TIMEOUT_SECONDS", "60", "Seconds to wait for the model (connect, first token, between tokens)."),
+    Variable("LLM_MAX_RETRIES", "2", "Retries with backoff on 429 and 5xx before the first token."),
+    Variable("STREAM_FLUSH_MS", "120", "Longest wait before buffered reply text is pushed as a delta."),
+    Variable("STREAM_FLUSH_CHARS", "600", "Buffered characters that trigger a delta at once."),
+)
+
+NAMES = frozenset(v.name for v in VARIABLES)
+_DEFAULTS = {v.name: v.default for v in VARIABLES}
+
+
+def _csv(value: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in value.split(",") if part.strip())
+
+
+def _bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{name} must be true or false, not {value!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    connections_table: str
+    chats_table: str
+    dynamodb_endpoint_url: str | None
+    ticket_secret_arn: str | None
+    ticket_secret: str | None
+    allowed_origins: frozenset[str]
+    allow_missing_origin: bool
+    participant_allowlist: frozenset[str]
+    paused: bool
+    connection_ttl: int
+    ticket_max_age: int
+    max_message_chars: int
+    max_chats_per_participant: int
+    token_budget: int
+    reply_lease_seconds: int
+    reply_function_name: str | None
+    websocket_endpoint: str | None
+    openai_base_url: str | None
+    openai_api_key_secret_arn: str | None
+    openai_api_key: str | None
+    llm_timeout: float
+    llm_max_retries: int
+    stream_flush_seconds: float
+    stream_flush_chars: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str:
+            assert name in _DEFAULTS, name
+            return env.get(name, _DEFAULTS[name]).strip()
+
+        def optional(name: str) -> str | None:
+            return get(name) or None
+
+        def integer(name: str, minimum: int = 0) -> int:
+            try:
+                value = int(get(name))
+            except ValueError:
+                raise ValueError(f"{name} must be an integer") from None
+            if value < minimum:
+                raise ValueError(f"{name} must be at least {minimum}")
+            return value
+
+        return cls(
+            connections_table=get("CONNECTIONS_TABLE"),
+            chats_table=get("CHATS_TABLE"),
+            dynamodb_endpoint_url=optional("DYNAMODB_ENDPOINT_URL"),
+            ticket_secret_arn=optional("TICKET_SECRET_ARN"),
+            ticket_secret=optional("TICKET_SECRET"),
+            allowed_origins=_csv(get("ALLOWED_ORIGINS")),
+            allow_missing_origin=_bool("ALLOW_MISSING_ORIGIN", get("ALLOW_MISSING_ORIGIN")),
+            participant_allowlist=_csv(get("PARTICIPANT_ALLOWLIST")),
+            paused=_bool("CHAT_PAUSED", get("CHAT_PAUSED")),
+            connection_ttl=integer("CONNECTION_TTL_SECONDS", 60),
+            ticket_max_age=integer("TICKET_MAX_AGE_SECONDS", 60),
+            max_message_chars=integer("MAX_MESSAGE_CHARS", 1),
+            max_chats_per_participant=integer("MAX_CHATS_PER_PARTICIPANT", 1),
+            token_budget=integer("TOKEN_BUDGET"),
+            reply_lease_seconds=integer("REPLY_LEASE_SECONDS", 5),
+            reply_function_name=optional("REPLY_FUNCTION_NAME"),
+            websocket_endpoint=optional("WEBSOCKET_ENDPOINT"),
+            openai_base_url=optional("OPENAI_BASE_URL"),
+            openai_api_key_secret_arn=optional("OPENAI_API_KEY_SECRET_ARN"),
+            openai_api_key=optional("OPENAI_API_KEY"),
+            llm_timeout=float(integer("LLM_TIMEOUT_SECONDS", 1)),
+            llm_max_retries=integer("LLM_MAX_RETRIES"),
+            stream_flush_seconds=integer("STREAM_FLUSH_MS") / 1000,
+            stream_flush_chars=integer("STREAM_FLUSH_CHARS", 1),
+        )

@@ -1,0 +1,198 @@
+"""Connect tokens and chat tickets, shared by the experiment server and the service.
+
+The experiment server and the service share one secret. From it two keys are derived
+(HKDF), one per purpose, so a token can never pass for a ticket or the reverse:
+
+* the **connect token** is a short JWT (HS256) in the WebSocket URL's query string; it
+  proves who the participant is (participant, experiment, session) until it expires;
+* the **chat ticket** is a Fernet token (AES-CBC + HMAC): encrypted and authenticated, it
+  carries the chat key and the bot (model, system prompt, limits), which the browser can
+  neither read nor change.
+
+This module imports only the standard library, `cryptography` and `jwt`, because the
+experiment server (oTree) imports it to mint.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import re
+import time
+from dataclasses import dataclass
+
+import jwt
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .bot import Bot
+
+TOKEN_AUDIENCE = "llm-chat:connect"
+DEFAULT_TOKEN_TTL = 6 * 3600  #: seconds a connect token stays valid
+DEFAULT_TICKET_MAX_AGE = 24 * 3600  #: seconds a ticket is accepted after minting
+MIN_SECRET_BYTES = 32
+_CODE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+_MAX_TOKEN_CHARS = 2048
+_MAX_TICKET_CHARS = 64 * 1024
+
+
+class CredentialError(Exception):
+    """A token or ticket was refused. `code` is the protocol's error code."""
+
+    code = "invalid_token"
+
+
+class TokenInvalid(CredentialError):
+    code = "invalid_token"
+
+
+class TokenExpired(CredentialError):
+    code = "token_expired"
+
+
+class TicketInvalid(CredentialError):
+    code = "invalid_ticket"
+
+
+class TicketExpired(CredentialError):
+    code = "ticket_expired"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is connected: a participant in one session of one experiment."""
+
+    participant: str
+    experiment: str
+    session: str
+
+    def __post_init__(self) -> None:
+        for name in ("participant", "experiment", "session"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _CODE.fullmatch(value):
+                raise ValueError(f"{name} must be 1 to 64 characters of A-Z a-z 0-9 _ . : -")
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """An opened chat ticket: whose chat, which chat, and the bot that answers in it."""
+
+    identity: Identity
+    chat_key: str
+    bot: Bot
+
+
+@dataclass(frozen=True)
+class _Keys:
+    token: bytes
+    ticket: Fernet
+
+
+def _secret_bytes(secret: str | bytes) -> bytes:
+    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
+    if len(raw) < MIN_SECRET_BYTES:
+        raise ValueError(f"the shared secret must be at least {MIN_SECRET_BYTES} bytes")
+    return raw
+
+
+@functools.lru_cache(maxsize=8)
+def _keys(secret: bytes) -> _Keys:
+    def derive(purpose: bytes) -> bytes:
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(secret)
+
+    return _Keys(
+        token=derive(b"llm-chat connect token v1"),
+        ticket=Fernet(base64.urlsafe_b64encode(derive(b"llm-chat chat ticket v1"))),
+    )
+
+
+def mint_token(
+    secret: str | bytes, identity: Identity, *, ttl: int = DEFAULT_TOKEN_TTL, now: float | None = None
+) -> str:
+    """A connect token for `identity`, valid for `ttl` seconds."""
+    issued = int(time.time() if now is None else now)
+    claims = {
+        "sub": identity.participant,
+        "xp": identity.experiment,
+        "ses": identity.session,
+        "aud": TOKEN_AUDIENCE,
+        "iat": issued,
+        "exp": issued + int(ttl),
+    }
+    return jwt.encode(claims, _keys(_secret_bytes(secret)).token, algorithm="HS256")
+
+
+def verify_token(secret: str | bytes, token: object, *, now: float | None = None) -> Identity:
+    """The identity a connect token proves; raises TokenInvalid or TokenExpired."""
+    if not isinstance(token, str) or not 0 < len(token) <= _MAX_TOKEN_CHARS:
+        raise TokenInvalid("missing or malformed token")
+    options = {"require": ["sub", "xp", "ses", "exp", "aud"], "verify_exp": now is None}
+    try:
+        claims = jwt.decode(
+            token, _keys(_secret_bytes(secret)).token, algorithms=["HS256"], audience=TOKEN_AUDIENCE, options=options
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenExpired("the token has expired") from None
+    except jwt.PyJWTError:
+        raise TokenInvalid("the token is not valid") from None
+    if now is not None and not (isinstance(claims["exp"], int) and claims["exp"] > now):
+        raise TokenExpired("the token has expired")
+    try:
+        return Identity(claims["sub"], claims["xp"], claims["ses"])
+    except ValueError:
+        raise TokenInvalid("the token is not valid") from None
+
+
+def mint_ticket(
+    secret: str | bytes, identity: Identity, chat_key: str, bot: Bot, *, now: float | None = None
+) -> str:
+    """An encrypted chat ticket binding `bot` to this participant's chat `chat_key`."""
+    if not isinstance(chat_key, str) or not _CODE.fullmatch(chat_key):
+        raise ValueError("chat_key must be 1 to 64 characters of A-Z a-z 0-9 _ . : -")
+    payload = {
+        "v": 1,
+        "p": identity.participant,
+        "x": identity.experiment,
+        "s": identity.session,
+        "k": chat_key,
+        "b": bot.to_dict(),
+    }
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    fernet = _keys(_secret_bytes(secret)).ticket
+    if now is None:
+        return fernet.encrypt(data).decode()
+    return fernet.encrypt_at_time(data, int(now)).decode()
+
+
+def open_ticket(
+    secret: str | bytes, ticket: object, *, max_age: int = DEFAULT_TICKET_MAX_AGE, now: float | None = None
+) -> Ticket:
+    """Decrypt and check a ticket; raises TicketInvalid or TicketExpired."""
+    if not isinstance(ticket, str) or not 0 < len(ticket) <= _MAX_TICKET_CHARS:
+        raise TicketInvalid("missing or malformed ticket")
+    fernet = _keys(_secret_bytes(secret)).ticket
+    current = int(time.time() if now is None else now)
+    try:
+        data = fernet.decrypt_at_time(ticket.encode(), ttl=max_age, current_time=current)
+    except InvalidToken:
+        # Fernet reports expiry and forgery alike; tell them apart by the signed timestamp.
+        try:
+            issued = fernet.extract_timestamp(ticket.encode())
+        except (InvalidToken, ValueError, TypeError):
+            raise TicketInvalid("the ticket is not valid") from None
+        if issued + max_age < current:
+            raise TicketExpired("the ticket has expired") from None
+        raise TicketInvalid("the ticket is not valid") from None
+    try:
+        payload = json.loads(data)
+        if payload.get("v") != 1:
+            raise ValueError("unknown ticket version")
+        identity = Identity(payload["p"], payload["x"], payload["s"])
+        chat_key = payload["k"]
+        if not isinstance(chat_key, str) or not _CODE.fullmatch(chat_key):
+            raise ValueError("bad chat key")
+        return Ticket(identity, chat_key, Bot.from_dict(payload["b"]))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise TicketInvalid("the ticket is not valid") from None
