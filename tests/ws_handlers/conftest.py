@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from moto import mock_aws
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from harness import Harness  # noqa: E402
+
+from local_gateway.management_api import RecordingRegistry, management_app  # noqa: E402
+from local_gateway.threaded import serve_in_thread  # noqa: E402
+
+
+@pytest.fixture
+def make_harness(secret, model):
+    """Build a harness on moto with extra settings: make_harness(MAX_CHATS_PER_PARTICIPANT="1")."""
+    made: list[Harness] = []
+    with mock_aws():
+
+        def make(**env: str) -> Harness:
+            h = Harness(secret, model.url, env)
+            made.append(h)
+            return h
+
+        yield make
+        for h in made:
+            h.close()
+
+
+@pytest.fixture
+def harness(make_harness) -> Harness:
+    return make_harness()
+
+
+@pytest.fixture
+def emulated(secret, model):
+    """A harness whose Management API is the local emulator, which can answer 410 Gone."""
+    registry = RecordingRegistry()
+    with mock_aws(), serve_in_thread(management_app(registry, "test")) as served:
+        h = Harness(secret, model.url, {"WEBSOCKET_ENDPOINT": f"{served.url}/test"}, registry=registry)
+        yield h
+        h.close()

@@ -1,0 +1,152 @@
+"""Drive the Lambda handlers as API Gateway would: events in, frames read off the socket.
+
+DynamoDB and the Management API are moto's (in process); the reply function runs on a
+thread pool as an asynchronous invocation would; the LLM is the offline model over HTTP.
+Only the edges differ from AWS.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import boto3
+from moto.apigatewaymanagementapi.models import apigatewaymanagementapi_backends
+
+from local_gateway.invoker import ThreadInvoker
+from local_gateway.lambda_context import LambdaContext
+from local_gateway.management_api import RecordingRegistry
+from ws_handlers import connect, disconnect, message, reply, runtime
+from ws_handlers.bot import Bot, Limits
+from ws_handlers.config import Settings
+from ws_handlers.dynamo_store import DynamoStore, create_tables
+from ws_handlers.tickets import Identity, mint_ticket, mint_token
+
+DOMAIN = "abc123.execute-api.us-east-1.amazonaws.com"
+STAGE = "test"
+ORIGIN = "https://lab.example.org"
+EXPERIMENT, SESSION = "exp1", "sess1"
+
+
+def bot(**overrides: Any) -> Bot:
+    limits = overrides.pop("limits", Limits())
+    fields = {
+        "name": "tutor",
+        "model": "offline-tutor",
+        "system_prompt": "You are Ada, a patient maths tutor. SECRET-TREATMENT-MARKER",
+        "temperature": 0.2,
+        "max_tokens": 120,
+    } | overrides
+    return Bot(**fields, limits=limits)
+
+
+class Harness:
+    def __init__(self, secret: str, model_url: str, env: dict[str, str], registry: RecordingRegistry | None = None):
+        self.secret = secret
+        base = {
+            "CONNECTIONS_TABLE": "conns",
+            "CHATS_TABLE": "chats",
+            "TICKET_SECRET": secret,
+            "ALLOWED_ORIGINS": ORIGIN,
+            "OPENAI_API_KEY": "offline",
+            "OPENAI_BASE_URL": model_url + "/v1",
+            "LLM_TIMEOUT_SECONDS": "5",
+            "LLM_MAX_RETRIES": "2",
+            "STREAM_FLUSH_MS": "0",
+        }
+        self.settings = Settings.from_env(base | env)
+        self.ddb = boto3.client("dynamodb")
+        create_tables(self.ddb, "conns", "chats")
+        self.registry = registry
+        self.invoker = ThreadInvoker(reply.handler, max_workers=8)
+        services = runtime.from_settings(self.settings, invoker=self.invoker)
+        self.store: DynamoStore = services.store  # type: ignore[assignment]
+        runtime.install(services)
+
+    def close(self) -> None:
+        self.invoker.wait_idle(30)
+        self.invoker.shutdown()
+        runtime.install(None)
+
+    # -- credentials ------------------------------------------------------------------
+    def identity(self, participant: str = "P1") -> Identity:
+        return Identity(participant, EXPERIMENT, SESSION)
+
+    def token(self, participant: str = "P1", **kw: Any) -> str:
+        return mint_token(self.secret, self.identity(participant), **kw)
+
+    def ticket(self, participant: str = "P1", chat_key: str = "main", **bot_overrides: Any) -> str:
+        return mint_ticket(self.secret, self.identity(participant), chat_key, bot(**bot_overrides))
+
+    # -- events -----------------------------------------------------------------------
+    def _context(self, cid: str, route: str, event_type: str) -> dict[str, Any]:
+        return {
+            "routeKey": route,
+            "eventType": event_type,
+            "connectionId": cid,
+            "domainName": DOMAIN,
+            "stage": STAGE,
+            "apiId": "abc123",
+            "requestId": uuid.uuid4().hex,
+            "requestTimeEpoch": int(time.time() * 1000),
+            "identity": {"sourceIp": "127.0.0.1"},
+        }
+
+    def connect(self, cid: str = "conn-1", participant: str = "P1", token: str | None = "mint",
+                origin: str | None = ORIGIN) -> dict[str, Any]:
+        headers = {"Host": DOMAIN, "Sec-WebSocket-Version": "13"}
+        if origin is not None:
+            headers["Origin"] = origin
+        query = None if token is None else {"token": self.token(participant) if token == "mint" else token}
+        event = {
+            "requestContext": self._context(cid, "$connect", "CONNECT"),
+            "headers": headers,
+            "queryStringParameters": query,
+            "isBase64Encoded": False,
+        }
+        if self.registry is not None:
+            self.registry.open(cid)
+        return connect.handler(event, LambdaContext("connect"))
+
+    def disconnect(self, cid: str) -> dict[str, Any]:
+        event = {"requestContext": self._context(cid, "$disconnect", "DISCONNECT"), "isBase64Encoded": False}
+        return disconnect.handler(event, LambdaContext("disconnect"))
+
+    def send_raw(self, cid: str, body: str | None, route: str = "$default") -> dict[str, Any]:
+        event = {"requestContext": self._context(cid, route, "MESSAGE"), "body": body, "isBase64Encoded": False}
+        return message.handler(event, LambdaContext("message"))
+
+    def send(self, cid: str, frame: dict[str, Any], wait: bool = True) -> list[dict[str, Any]]:
+        """Send a frame; return the frames the socket received because of it (replies included)."""
+        before = len(self.frames(cid))
+        route = frame.get("action") if frame.get("action") in ("start", "send", "history", "ping") else "$default"
+        response = self.send_raw(cid, json.dumps(frame), route)
+        assert response == {"statusCode": 200}
+        if wait:
+            assert self.invoker.wait_idle(30), "a reply did not finish"
+        return self.frames(cid)[before:]
+
+    # -- what the socket received ---------------------------------------------------------
+    def frames(self, cid: str) -> list[dict[str, Any]]:
+        if self.registry is not None:
+            return [json.loads(p) for p in self.registry.posts(cid)]
+        backend = apigatewaymanagementapi_backends["123456789012"]["us-east-1"]
+        conn = backend.connections.get(cid)
+        data = conn.data.decode() if conn is not None else ""
+        decoder, out, i = json.JSONDecoder(), [], 0
+        while i < len(data):
+            frame, i = decoder.raw_decode(data, i)
+            out.append(frame)
+        return out
+
+    # -- conveniences -------------------------------------------------------------------
+    def start(self, cid: str = "conn-1", participant: str = "P1", chat_key: str = "main", **bot_overrides: Any) -> dict:
+        frames = self.send(cid, {"action": "start", "ticket": self.ticket(participant, chat_key, **bot_overrides)})
+        assert frames[-1]["type"] == "chat", frames
+        return frames[-1]
+
+    def table_items(self, table: str = "chats") -> list[dict[str, Any]]:
+        """Every item (tests only: a scan is fine here, never on a request path)."""
+        return self.ddb.scan(TableName=table)["Items"]

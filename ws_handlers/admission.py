@@ -1,0 +1,60 @@
+"""Who may open a socket: the $connect decision, free of Lambda and storage details."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from .config import Settings
+from .store import Controls
+from .tickets import CredentialError, Identity, verify_token
+
+
+class Refused(Exception):
+    """The handshake is refused with this HTTP status (401 unauthenticated, 403 forbidden)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+def header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    """A header by case-insensitive name (API Gateway keeps the client's spelling)."""
+    for key, value in (headers or {}).items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def check_origin(settings: Settings, origin: str | None) -> None:
+    """Exact matches only: `https://lab.example.org.evil.net` is not `https://lab.example.org`."""
+    if origin is None:
+        if not settings.allow_missing_origin:
+            raise Refused(403, "origin_required")
+        return
+    if "*" in settings.allowed_origins or origin in settings.allowed_origins:
+        return
+    raise Refused(403, "origin_not_allowed")
+
+
+def admit(
+    settings: Settings,
+    secret: str,
+    token: str | None,
+    origin: str | None,
+    controls_for: Callable[[str], Controls],
+) -> Identity:
+    """The participant's identity if the socket may open; raises Refused otherwise.
+
+    `controls_for(experiment)` reads the pause switch; it is called only for a valid token.
+    """
+    check_origin(settings, origin)
+    try:
+        identity = verify_token(secret, token)
+    except CredentialError as exc:
+        raise Refused(401, exc.code) from None
+    if settings.participant_allowlist and identity.participant not in settings.participant_allowlist:
+        raise Refused(403, "participant_not_allowed")
+    if settings.paused or controls_for(identity.experiment).paused:
+        raise Refused(403, "paused")
+    return identity

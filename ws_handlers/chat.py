@@ -1,0 +1,229 @@
+"""The chat domain for the message route: start, send, history, ping.
+
+It decides; the ports act. `respond` pushes a frame to the caller's socket, the store
+persists, the invoker starts a reply turn (asynchronously on AWS). The order matters
+and is kept here: a message is stored before it is acknowledged, and acknowledged before
+its reply is started, so the ack always precedes the reply's first delta.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from .config import Settings
+from .errors import ChatError
+from .protocol import History, Ping, Send, Start, history_page, message_frame
+from .store import (
+    Chat,
+    ChatBusy,
+    ChatLimitReached,
+    Connection,
+    DuplicateMessage,
+    Lease,
+    Message,
+    MessageLimitReached,
+    SeqConflict,
+    Store,
+    chat_id_for,
+)
+from .tickets import CredentialError, open_ticket
+
+Respond = Callable[[dict[str, Any]], None]
+_APPEND_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class ReplyJob:
+    """What the reply function needs to write one reply (the payload of its invocation)."""
+
+    chat_id: str
+    user_seq: int
+    turn_id: str
+    connection_id: str
+    endpoint: str  #: Management API endpoint to push through
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "reply", **self.__dict__}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReplyJob:
+        return cls(data["chat_id"], int(data["user_seq"]), data["turn_id"], data["connection_id"], data["endpoint"])
+
+
+class Invoker(Protocol):
+    def invoke(self, job: ReplyJob) -> None:
+        """Start the reply turn without waiting for it."""
+        ...
+
+
+class Chats:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        invoker: Invoker,
+        ticket_secret: Callable[[], str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.invoker = invoker
+        self._secret = ticket_secret
+        self._clock = clock
+
+    def handle(self, connection: Connection, action: Start | Send | History | Ping, endpoint: str, respond: Respond) -> None:
+        if isinstance(action, Ping):
+            respond({"type": "pong"})
+        elif isinstance(action, Start):
+            self.start(connection, action, respond)
+        elif isinstance(action, Send):
+            self.send(connection, action, endpoint, respond)
+        else:
+            self.history(connection, action, respond)
+
+    # -- start ------------------------------------------------------------------------
+    def start(self, connection: Connection, action: Start, respond: Respond) -> None:
+        try:
+            ticket = open_ticket(self._secret(), action.ticket, max_age=self.settings.ticket_max_age)
+        except CredentialError as exc:
+            raise ChatError(exc.code) from None
+        if ticket.identity != connection.identity:
+            raise ChatError("ticket_mismatch")
+        now = self._clock()
+        chat_id = chat_id_for(ticket.identity, ticket.chat_key)
+        chat = self.store.get_chat(chat_id)
+        if chat is None:
+            fresh = Chat(chat_id, ticket.identity, ticket.chat_key, ticket.bot, now, connection_id=connection.connection_id)
+            opening = None
+            if ticket.bot.opening_message:
+                opening = Message(chat_id, 1, "assistant", ticket.bot.opening_message, now)
+                fresh = replace(fresh, next_seq=2)
+            try:
+                chat = self.store.open_chat(fresh, opening, self.settings.max_chats_per_participant)
+            except ChatLimitReached:
+                raise ChatError("chat_limit") from None
+        self.store.bind_connection(chat_id, connection.connection_id)
+        page, more = history_page(self.store.messages(chat_id))
+        respond(
+            {
+                "type": "chat",
+                "chat_id": chat_id,
+                "messages": page,
+                "more": more,
+                "replying": self._replying_seq(chat, now),
+                "limits": self._limits(chat),
+            }
+        )
+
+    def _limits(self, chat: Chat) -> dict[str, int]:
+        limits = chat.bot.limits
+        return {
+            "max_chars": min(limits.max_chars, self.settings.max_message_chars),
+            "max_user_messages": limits.max_user_messages,
+            "user_messages": chat.user_messages,
+        }
+
+    @staticmethod
+    def _replying_seq(chat: Chat, now: float) -> int | None:
+        return chat.lease.user_seq + 1 if chat.lease and chat.replying(now) else None
+
+    def _own_chat(self, connection: Connection, chat_id: str, **context: Any) -> Chat:
+        chat = self.store.get_chat(chat_id)
+        if chat is None or chat.identity != connection.identity:
+            raise ChatError("chat_not_found", chat_id=chat_id, **context)  # the same answer whether or not it exists
+        return chat
+
+    # -- history ----------------------------------------------------------------------
+    def history(self, connection: Connection, action: History, respond: Respond) -> None:
+        chat = self._own_chat(connection, action.chat_id)
+        self.store.bind_connection(chat.chat_id, connection.connection_id)
+        page, more = history_page(self.store.messages(chat.chat_id, after_seq=action.after_seq))
+        respond(
+            {
+                "type": "history",
+                "chat_id": chat.chat_id,
+                "messages": page,
+                "more": more,
+                "replying": self._replying_seq(chat, self._clock()),
+            }
+        )
+
+    # -- send -------------------------------------------------------------------------
+    def send(self, connection: Connection, action: Send, endpoint: str, respond: Respond) -> None:
+        context = {"chat_id": action.chat_id, "client_msg_id": action.client_msg_id}
+        chat = self._own_chat(connection, action.chat_id, client_msg_id=action.client_msg_id)
+        self._check_text(chat, action.text, context)
+        existing = self.store.find_client_message(chat.chat_id, action.client_msg_id)
+        if existing is not None:
+            return self._resend(connection, chat, action, existing, endpoint, respond)
+        for _ in range(_APPEND_ATTEMPTS):
+            now = self._clock()
+            self._check_spending(chat, context)
+            if chat.user_messages >= chat.bot.limits.max_user_messages:
+                raise ChatError("message_limit", **context)
+            if chat.replying(now):
+                raise ChatError("reply_in_progress", **context)
+            seq = chat.next_seq
+            message = Message(chat.chat_id, seq, "user", action.text, now, client_msg_id=action.client_msg_id)
+            lease = Lease(uuid.uuid4().hex, now + self.settings.reply_lease_seconds, seq)
+            try:
+                self.store.append_user_message(
+                    chat, message, lease, connection.connection_id, chat.bot.limits.max_user_messages, now
+                )
+            except DuplicateMessage as dup:  # the same id raced in from another socket
+                return self._resend(connection, chat, action, dup.seq, endpoint, respond)
+            except ChatBusy:
+                raise ChatError("reply_in_progress", **context) from None
+            except MessageLimitReached:
+                raise ChatError("message_limit", **context) from None
+            except SeqConflict:
+                chat = self._own_chat(connection, action.chat_id, client_msg_id=action.client_msg_id)
+                continue
+            respond({"type": "ack", **context, "seq": seq, "duplicate": False})
+            self.invoker.invoke(ReplyJob(chat.chat_id, seq, lease.turn_id, connection.connection_id, endpoint))
+            return None
+        raise ChatError("reply_in_progress", **context)
+
+    def _check_text(self, chat: Chat, text: str, context: dict[str, Any]) -> None:
+        if not text.strip():
+            raise ChatError("empty_message", **context)
+        limit = min(chat.bot.limits.max_chars, self.settings.max_message_chars)
+        if len(text) > limit:
+            raise ChatError("message_too_long", f"Messages are limited to {limit} characters.", **context)
+
+    def _check_spending(self, chat: Chat, context: dict[str, Any]) -> None:
+        """The kill switch and the token limits: refused before any model call is made."""
+        controls = self.store.get_controls(chat.identity.experiment)
+        if self.settings.paused or controls.paused:
+            raise ChatError("paused", **context)
+        budget = controls.token_budget if controls.token_budget is not None else self.settings.token_budget
+        if budget and controls.tokens_used >= budget:
+            raise ChatError("budget_exhausted", **context)
+        if chat.tokens_used >= chat.bot.limits.max_tokens_per_chat:
+            raise ChatError("chat_token_limit", **context)
+
+    def _resend(
+        self, connection: Connection, chat: Chat, action: Send, seq: int, endpoint: str, respond: Respond
+    ) -> None:
+        """A retry of a stored message: acknowledge it again, and make sure its reply comes."""
+        context = {"chat_id": chat.chat_id, "client_msg_id": action.client_msg_id}
+        respond({"type": "ack", **context, "seq": seq, "duplicate": True})
+        reply = self.store.get_message(chat.chat_id, seq + 1)
+        if reply is not None and reply.role == "assistant":
+            respond(message_frame(chat.chat_id, reply))
+            return
+        now = self._clock()
+        chat = self.store.get_chat(chat.chat_id) or chat
+        if chat.replying(now):  # the reply is being written: have it pushed here from now on
+            self.store.bind_connection(chat.chat_id, connection.connection_id)
+            return
+        if chat.next_seq != seq + 1:  # later messages came after; this one stays unanswered
+            return
+        self._check_spending(chat, context)
+        lease = Lease(uuid.uuid4().hex, now + self.settings.reply_lease_seconds, seq)
+        if self.store.take_lease(chat, lease, connection.connection_id, now):
+            self.invoker.invoke(ReplyJob(chat.chat_id, seq, lease.turn_id, connection.connection_id, endpoint))

@@ -1,0 +1,478 @@
+"""The store on DynamoDB, through boto3.
+
+Two tables. `connections`: one item per socket, expiring by TTL (`expires_at`), because
+$disconnect is best effort. `chats`: an item collection per chat (pk `CHAT#id`): the
+metadata item `META` with counters and the reply lease, one item per message
+(`MSG#0000000001`, so a Query reads them in order), and one item per client message id
+(`CMID#...`) that makes retries idempotent. Counters live beside them: `PART#exp#participant`
+(chats opened) and `EXP#exp` / `SERVICE` (`CONTROL`: pause switch, token budget, tokens used).
+Every write that must not happen twice is conditional; no request path scans.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import boto3
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from .bot import Bot
+from .store import (
+    Chat,
+    ChatBusy,
+    ChatLimitReached,
+    Connection,
+    Controls,
+    DuplicateMessage,
+    Lease,
+    Message,
+    MessageLimitReached,
+    SeqConflict,
+    StoreThrottled,
+)
+from .tickets import Identity
+
+_ser = TypeSerializer()
+_de = TypeDeserializer()
+_THROTTLING = {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
+_SERVICE_CONTROL = {"pk": "SERVICE", "sk": "CONTROL"}
+
+
+def _item(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _ser.serialize(_num(v)) for k, v in values.items() if v is not None}
+
+
+def _num(value: Any) -> Any:
+    return Decimal(str(value)) if isinstance(value, float) else value
+
+
+def _plain(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _de.deserialize(v) for k, v in item.items()}
+
+
+def _key(pk: str, sk: str) -> dict[str, Any]:
+    return {"pk": {"S": pk}, "sk": {"S": sk}}
+
+
+def _chat_pk(chat_id: str) -> str:
+    return f"CHAT#{chat_id}"
+
+
+def _msg_sk(seq: int) -> str:
+    return f"MSG#{seq:010d}"
+
+
+def _reasons(exc: ClientError) -> list[str]:
+    return [r.get("Code", "None") or "None" for r in exc.response.get("CancellationReasons", [])]
+
+
+class DynamoStore:
+    """The `Store` port on two DynamoDB tables."""
+
+    def __init__(self, connections_table: str, chats_table: str, client: Any | None = None, **client_args: Any) -> None:
+        config = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=5)
+        self._db = client or boto3.client("dynamodb", config=config, **client_args)
+        self.connections_table = connections_table
+        self.chats_table = chats_table
+
+    # -- plumbing ---------------------------------------------------------------
+    def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return getattr(self._db, operation)(**kwargs)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in _THROTTLING:
+                raise StoreThrottled(operation) from exc
+            raise
+
+    def _transact(self, items: list[dict[str, Any]]) -> list[str] | None:
+        """Run a transaction; None when it committed, else each item's cancellation reason."""
+        try:
+            self._call("transact_write_items", TransactItems=items)
+            return None
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            reasons = _reasons(exc)
+            if any(r in _THROTTLING or r == "TransactionConflict" for r in reasons):
+                raise StoreThrottled("transaction") from exc
+            return reasons
+
+    # -- connections --------------------------------------------------------------
+    def put_connection(self, connection: Connection) -> None:
+        identity = connection.identity
+        self._call(
+            "put_item",
+            TableName=self.connections_table,
+            Item=_item(
+                {
+                    "connection_id": connection.connection_id,
+                    "participant": identity.participant,
+                    "experiment": identity.experiment,
+                    "session": identity.session,
+                    "connected_at": connection.connected_at,
+                    "expires_at": connection.expires_at,
+                }
+            ),
+        )
+
+    def get_connection(self, connection_id: str, now: float) -> Connection | None:
+        got = self._call(
+            "get_item",
+            TableName=self.connections_table,
+            Key={"connection_id": {"S": connection_id}},
+            ConsistentRead=True,
+        )
+        if "Item" not in got:
+            return None
+        item = _plain(got["Item"])
+        if int(item["expires_at"]) <= now:  # TTL deletion lags by up to days
+            return None
+        return Connection(
+            connection_id,
+            Identity(item["participant"], item["experiment"], item["session"]),
+            float(item["connected_at"]),
+            int(item["expires_at"]),
+        )
+
+    def delete_connection(self, connection_id: str) -> None:
+        self._call("delete_item", TableName=self.connections_table, Key={"connection_id": {"S": connection_id}})
+
+    # -- controls ---------------------------------------------------------------------
+    def get_controls(self, experiment: str) -> Controls:
+        experiment_key = {"pk": f"EXP#{experiment}", "sk": "CONTROL"}
+        got = self._call(
+            "batch_get_item",
+            RequestItems={
+                self.chats_table: {
+                    "Keys": [_item(experiment_key), _item(_SERVICE_CONTROL)],
+                    "ConsistentRead": True,
+                }
+            },
+        )
+        items = {i["pk"]: i for i in map(_plain, got.get("Responses", {}).get(self.chats_table, []))}
+        exp = items.get(experiment_key["pk"], {})
+        service = items.get("SERVICE", {})
+        budget = exp.get("token_budget")
+        return Controls(
+            paused=bool(exp.get("paused")) or bool(service.get("paused")),
+            token_budget=None if budget is None else int(budget),
+            tokens_used=int(exp.get("tokens_used", 0)),
+        )
+
+    # -- chats ------------------------------------------------------------------------
+    def get_chat(self, chat_id: str) -> Chat | None:
+        got = self._call(
+            "get_item", TableName=self.chats_table, Key=_key(_chat_pk(chat_id), "META"), ConsistentRead=True
+        )
+        return _chat(_plain(got["Item"])) if "Item" in got else None
+
+    def open_chat(self, chat: Chat, opening: Message | None, max_chats: int) -> Chat:
+        existing = self.get_chat(chat.chat_id)
+        if existing is not None:
+            return existing
+        identity = chat.identity
+        meta = {
+            "pk": _chat_pk(chat.chat_id),
+            "sk": "META",
+            "chat_id": chat.chat_id,
+            "participant": identity.participant,
+            "experiment": identity.experiment,
+            "session": identity.session,
+            "chat_key": chat.chat_key,
+            "bot": json.dumps(chat.bot.to_dict()),
+            "bot_name": chat.bot.name,
+            "created_at": chat.created_at,
+            "next_seq": chat.next_seq,
+            "user_messages": 0,
+            "tokens_used": 0,
+            "connection_id": chat.connection_id,
+            # the by_experiment index lists an experiment's chats for export, without Scan
+            "gsi1pk": f"EXP#{identity.experiment}",
+            "gsi1sk": f"{identity.session}#{identity.participant}#{chat.chat_key}",
+        }
+        items: list[dict[str, Any]] = [
+            {"Put": {"TableName": self.chats_table, "Item": _item(meta), "ConditionExpression": "attribute_not_exists(pk)"}},
+            {
+                "Update": {
+                    "TableName": self.chats_table,
+                    "Key": _key(f"PART#{identity.experiment}#{identity.participant}", "META"),
+                    "UpdateExpression": "ADD chats :one",
+                    "ConditionExpression": "attribute_not_exists(chats) OR chats < :max",
+                    "ExpressionAttributeValues": {":one": {"N": "1"}, ":max": {"N": str(max_chats)}},
+                }
+            },
+        ]
+        if opening is not None:
+            items.append(self._put_message(chat, opening))
+        reasons = self._transact(items)
+        if reasons is None:
+            return chat
+        if reasons[0] == "ConditionalCheckFailed":  # created meanwhile by a concurrent start
+            created = self.get_chat(chat.chat_id)
+            if created is not None:
+                return created
+        if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+            raise ChatLimitReached(identity.participant)
+        raise SeqConflict(f"open_chat cancelled: {reasons}")
+
+    def bind_connection(self, chat_id: str, connection_id: str) -> None:
+        self._call(
+            "update_item",
+            TableName=self.chats_table,
+            Key=_key(_chat_pk(chat_id), "META"),
+            UpdateExpression="SET connection_id = :c",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues={":c": {"S": connection_id}},
+        )
+
+    # -- messages -------------------------------------------------------------------
+    def _put_message(self, chat: Chat, message: Message) -> dict[str, Any]:
+        identity = chat.identity
+        values = {
+            "pk": _chat_pk(chat.chat_id),
+            "sk": _msg_sk(message.seq),
+            "chat_id": chat.chat_id,
+            "seq": message.seq,
+            "role": message.role,
+            "text": message.text,
+            "created_at": message.created_at,
+            "client_msg_id": message.client_msg_id,
+            "prompt_tokens": message.prompt_tokens,
+            "completion_tokens": message.completion_tokens,
+            "model": message.model,
+            "latency_ms": message.latency_ms,
+            # denormalised so an export reads one item per row
+            "experiment": identity.experiment,
+            "session": identity.session,
+            "participant": identity.participant,
+            "chat_key": chat.chat_key,
+            "bot_name": chat.bot.name,
+        }
+        return {
+            "Put": {"TableName": self.chats_table, "Item": _item(values), "ConditionExpression": "attribute_not_exists(pk)"}
+        }
+
+    def messages(self, chat_id: str, after_seq: int = 0, limit: int | None = None) -> list[Message]:
+        kwargs: dict[str, Any] = {
+            "TableName": self.chats_table,
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :lo AND :hi",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": _chat_pk(chat_id)},
+                ":lo": {"S": _msg_sk(after_seq + 1)},
+                ":hi": {"S": _msg_sk(9_999_999_999)},
+            },
+            "ConsistentRead": True,
+        }
+        found: list[Message] = []
+        while True:
+            if limit is not None:
+                kwargs["Limit"] = limit - len(found)
+            page = self._call("query", **kwargs)
+            found.extend(_message(_plain(i)) for i in page.get("Items", []))
+            if "LastEvaluatedKey" not in page or (limit is not None and len(found) >= limit):
+                return found
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def get_message(self, chat_id: str, seq: int) -> Message | None:
+        got = self._call(
+            "get_item", TableName=self.chats_table, Key=_key(_chat_pk(chat_id), _msg_sk(seq)), ConsistentRead=True
+        )
+        return _message(_plain(got["Item"])) if "Item" in got else None
+
+    def find_client_message(self, chat_id: str, client_msg_id: str) -> int | None:
+        got = self._call(
+            "get_item",
+            TableName=self.chats_table,
+            Key=_key(_chat_pk(chat_id), f"CMID#{client_msg_id}"),
+            ConsistentRead=True,
+        )
+        return int(got["Item"]["seq"]["N"]) if "Item" in got else None
+
+    def _lease_values(self, lease: Lease, connection_id: str, now: float) -> dict[str, Any]:
+        return {
+            ":turn": {"S": lease.turn_id},
+            ":until": _ser.serialize(_num(lease.until)),
+            ":useq": {"N": str(lease.user_seq)},
+            ":conn": {"S": connection_id},
+            ":now": _ser.serialize(_num(now)),
+        }
+
+    def append_user_message(
+        self, chat: Chat, message: Message, lease: Lease, connection_id: str, max_user_messages: int, now: float
+    ) -> None:
+        seq = chat.next_seq
+        assert message.seq == seq and message.client_msg_id
+        values = self._lease_values(lease, connection_id, now) | {
+            ":seq": {"N": str(seq)},
+            ":next": {"N": str(seq + 1)},
+            ":one": {"N": "1"},
+            ":max": {"N": str(max_user_messages)},
+        }
+        items = [
+            {
+                "Update": {
+                    "TableName": self.chats_table,
+                    "Key": _key(_chat_pk(chat.chat_id), "META"),
+                    "UpdateExpression": "SET next_seq = :next, connection_id = :conn, lease_turn = :turn, "
+                    "lease_until = :until, lease_seq = :useq ADD user_messages :one",
+                    "ConditionExpression": "next_seq = :seq AND user_messages < :max AND "
+                    "(attribute_not_exists(lease_until) OR lease_until < :now)",
+                    "ExpressionAttributeValues": values,
+                }
+            },
+            self._put_message(chat, message),
+            {
+                "Put": {
+                    "TableName": self.chats_table,
+                    "Item": _item(
+                        {"pk": _chat_pk(chat.chat_id), "sk": f"CMID#{message.client_msg_id}", "seq": seq}
+                    ),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            },
+        ]
+        reasons = self._transact(items)
+        if reasons is None:
+            return
+        if reasons[2] == "ConditionalCheckFailed":
+            stored = self.find_client_message(chat.chat_id, message.client_msg_id)
+            if stored is not None:
+                raise DuplicateMessage(stored)
+        current = self.get_chat(chat.chat_id)
+        if current is None or current.next_seq != seq:
+            raise SeqConflict(chat.chat_id)
+        if current.replying(now):
+            raise ChatBusy(chat.chat_id)
+        if current.user_messages >= max_user_messages:
+            raise MessageLimitReached(chat.chat_id)
+        raise SeqConflict(chat.chat_id)
+
+    def take_lease(self, chat: Chat, lease: Lease, connection_id: str, now: float) -> bool:
+        values = self._lease_values(lease, connection_id, now) | {":seq": {"N": str(chat.next_seq)}}
+        try:
+            self._call(
+                "update_item",
+                TableName=self.chats_table,
+                Key=_key(_chat_pk(chat.chat_id), "META"),
+                UpdateExpression="SET connection_id = :conn, lease_turn = :turn, lease_until = :until, lease_seq = :useq",
+                ConditionExpression="next_seq = :seq AND (attribute_not_exists(lease_until) OR lease_until < :now)",
+                ExpressionAttributeValues=values,
+            )
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+
+    def finish_reply(self, chat: Chat, reply: Message, turn_id: str) -> bool:
+        tokens = reply.prompt_tokens + reply.completion_tokens
+        items = [
+            {
+                "Update": {
+                    "TableName": self.chats_table,
+                    "Key": _key(_chat_pk(chat.chat_id), "META"),
+                    "UpdateExpression": "SET next_seq = :next ADD tokens_used :t REMOVE lease_turn, lease_until, lease_seq",
+                    "ConditionExpression": "next_seq = :seq AND lease_turn = :turn",
+                    "ExpressionAttributeValues": {
+                        ":seq": {"N": str(reply.seq)},
+                        ":next": {"N": str(reply.seq + 1)},
+                        ":t": {"N": str(tokens)},
+                        ":turn": {"S": turn_id},
+                    },
+                }
+            },
+            self._put_message(chat, reply),
+            {
+                "Update": {
+                    "TableName": self.chats_table,
+                    "Key": _key(f"EXP#{chat.identity.experiment}", "CONTROL"),
+                    "UpdateExpression": "ADD tokens_used :t",
+                    "ExpressionAttributeValues": {":t": {"N": str(tokens)}},
+                }
+            },
+        ]
+        return self._transact(items) is None
+
+    def release_lease(self, chat_id: str, turn_id: str) -> None:
+        try:
+            self._call(
+                "update_item",
+                TableName=self.chats_table,
+                Key=_key(_chat_pk(chat_id), "META"),
+                UpdateExpression="REMOVE lease_turn, lease_until, lease_seq",
+                ConditionExpression="lease_turn = :turn",
+                ExpressionAttributeValues={":turn": {"S": turn_id}},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+
+
+def _chat(item: dict[str, Any]) -> Chat:
+    lease = None
+    if "lease_turn" in item:
+        lease = Lease(item["lease_turn"], float(item["lease_until"]), int(item["lease_seq"]))
+    return Chat(
+        chat_id=item["chat_id"],
+        identity=Identity(item["participant"], item["experiment"], item["session"]),
+        chat_key=item["chat_key"],
+        bot=Bot.from_dict(json.loads(item["bot"])),
+        created_at=float(item["created_at"]),
+        next_seq=int(item["next_seq"]),
+        user_messages=int(item["user_messages"]),
+        tokens_used=int(item["tokens_used"]),
+        connection_id=item.get("connection_id"),
+        lease=lease,
+    )
+
+
+def _message(item: dict[str, Any]) -> Message:
+    latency = item.get("latency_ms")
+    return Message(
+        chat_id=item["chat_id"],
+        seq=int(item["seq"]),
+        role=item["role"],
+        text=item["text"],
+        created_at=float(item["created_at"]),
+        client_msg_id=item.get("client_msg_id"),
+        prompt_tokens=int(item.get("prompt_tokens", 0)),
+        completion_tokens=int(item.get("completion_tokens", 0)),
+        model=item.get("model"),
+        latency_ms=None if latency is None else int(latency),
+    )
+
+
+def create_tables(client: Any, connections_table: str, chats_table: str) -> None:
+    """Create both tables as template.yaml declares them (moto and the local stack use this)."""
+    client.create_table(
+        TableName=connections_table,
+        AttributeDefinitions=[{"AttributeName": "connection_id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "connection_id", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    client.create_table(
+        TableName=chats_table,
+        AttributeDefinitions=[
+            {"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "gsi1pk", "gsi1sk")
+        ],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "by_experiment",
+                "KeySchema": [
+                    {"AttributeName": "gsi1pk", "KeyType": "HASH"},
+                    {"AttributeName": "gsi1sk", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    for table in (connections_table, chats_table):
+        client.update_time_to_live(
+            TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+        )

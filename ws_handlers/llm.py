@@ -1,0 +1,100 @@
+"""The LLM port and its adapter on the official `openai` client.
+
+Only the reply function imports this module: connect and message handlers never load
+`openai`, which keeps their cold starts short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import openai
+
+from .bot import Bot
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class LLMError(Exception):
+    """The model failed; `code` is the protocol error code, `retryable` whether trying later may work."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail  #: for logs only, never for the client
+
+
+class ChatModel(Protocol):
+    def stream(self, bot: Bot, messages: list[dict[str, str]]) -> Iterator[str | Usage]:
+        """Yield the reply's text pieces, then exactly one Usage; raises LLMError."""
+        ...
+
+
+def _estimate_tokens(text: str) -> int:
+    return max(1, len(text) // 4)
+
+
+class OpenAIChatModel:
+    """`ChatModel` on OpenAI or any OpenAI-compatible server (Ollama, vLLM, the offline model).
+
+    The SDK retries 429 and 5xx with exponential backoff before the stream starts
+    (`max_retries`); once text has flowed nothing is retried, since a retry would repeat
+    tokens the participant has already seen.
+    """
+
+    def __init__(self, api_key: str, base_url: str | None, timeout: float, max_retries: int) -> None:
+        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+        # OpenAI's own newer models only take max_completion_tokens; compatible servers know max_tokens.
+        self._max_tokens_field = "max_completion_tokens" if base_url is None else "max_tokens"
+
+    def stream(self, bot: Bot, messages: list[dict[str, str]]) -> Iterator[str | Usage]:
+        request: dict[str, Any] = {
+            "model": bot.model,
+            "messages": messages,
+            "temperature": bot.temperature,
+            self._max_tokens_field: bot.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        started = False
+        finished = False
+        usage: Usage | None = None
+        text: list[str] = []
+        try:
+            with self._client.chat.completions.create(**request) as chunks:
+                for chunk in chunks:
+                    if chunk.usage is not None:
+                        usage = Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
+                    for choice in chunk.choices:
+                        if choice.delta is not None and choice.delta.content:
+                            started = True
+                            text.append(choice.delta.content)
+                            yield choice.delta.content
+                        if choice.finish_reason is not None:
+                            finished = True
+        except openai.RateLimitError as exc:
+            raise LLMError("llm_rate_limited", str(exc)) from None
+        except openai.APITimeoutError as exc:
+            raise LLMError("reply_interrupted" if started else "llm_timeout", str(exc)) from None
+        except openai.APIConnectionError as exc:
+            raise LLMError("reply_interrupted" if started else "llm_unavailable", str(exc)) from None
+        except openai.APIStatusError as exc:
+            if exc.status_code >= 500 or exc.status_code in (408, 409):
+                raise LLMError("llm_unavailable", f"HTTP {exc.status_code}") from None
+            raise LLMError("llm_error", f"HTTP {exc.status_code}: {exc.message}") from None
+        except openai.OpenAIError as exc:
+            raise LLMError("reply_interrupted" if started else "llm_unavailable", repr(exc)) from None
+        except Exception as exc:  # the transport broke mid-stream (httpx errors are not OpenAIError)
+            raise LLMError("reply_interrupted" if started else "llm_unavailable", repr(exc)) from None
+        if not finished:
+            raise LLMError("reply_interrupted", "the stream ended without a finish reason")
+        if usage is None:  # some compatible servers ignore include_usage
+            prompt = sum(_estimate_tokens(m["content"]) for m in messages)
+            usage = Usage(prompt, _estimate_tokens("".join(text)))
+        yield usage

@@ -1,0 +1,62 @@
+"""The message route (start, send, history, ping and $default): answer fast, never raise.
+
+Replies are not written here: `send` stores the message, acknowledges it and invokes the
+reply function asynchronously, so this function returns within API Gateway's 29 s.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .chat import Chats
+from .errors import ChatError
+from .observability import logger, metrics
+from .protocol import Ping, error_frame, parse
+from .push import ConnectionGone, PushFailed, endpoint_from_event
+from .runtime import services
+from .store import StoreThrottled
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    svc = services()
+    connection_id = event["requestContext"]["connectionId"]
+    endpoint = endpoint_from_event(event, svc.settings.websocket_endpoint)
+    pusher = svc.pusher_for(endpoint)
+    logger.append_keys(connection_id=connection_id)
+
+    def respond(frame: dict[str, Any]) -> None:
+        try:
+            pusher.send(connection_id, frame)
+        except ConnectionGone:  # the participant left; what was stored stays for `history`
+            svc.store.delete_connection(connection_id)
+        except PushFailed as exc:
+            logger.warning("push failed", extra={"error": str(exc)})
+
+    action_name = "unknown"
+    try:
+        action = parse(event.get("body"))
+        action_name = type(action).__name__.lower()
+        if isinstance(action, Ping):
+            respond({"type": "pong"})
+        else:
+            connection = svc.store.get_connection(connection_id, time.time())
+            if connection is None:
+                raise ChatError("not_connected")
+            logger.append_keys(participant=connection.identity.participant)
+            chats = Chats(svc.settings, svc.store, svc.invoker, svc.ticket_secret)
+            chats.handle(connection, action, endpoint, respond)
+    except ChatError as exc:
+        logger.info("refused", extra={"action": action_name, "code": exc.code})
+        metrics.add_metric(name="Refusals", unit="Count", value=1)
+        respond(error_frame(exc))
+    except StoreThrottled:
+        logger.warning("store throttled", extra={"action": action_name})
+        respond(error_frame(ChatError("throttled")))
+    except Exception:
+        logger.exception("unhandled error", extra={"action": action_name})
+        respond(error_frame(ChatError("internal")))
+    metrics.add_metric(name="Frames", unit="Count", value=1)
+    return {"statusCode": 200}

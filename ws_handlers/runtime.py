@@ -1,0 +1,120 @@
+"""Builds the adapters once per Lambda container (or once per local stack) from Settings.
+
+Handlers call `services()`; the local gateway and the tests call `install()` with the
+same adapters pointed at loopback, so only the edges differ from AWS. Imports of the
+LLM adapter stay inside `model()`: the connect and message functions never load openai.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .chat import Invoker, ReplyJob
+from .config import Settings
+from .dynamo_store import DynamoStore
+from .push import ManagementApiPusher, Pusher
+from .store import Store
+
+
+class ConfigurationError(RuntimeError):
+    """The deployment is missing a setting; logged, never shown to participants."""
+
+
+def _secret(arn: str | None, plain: str | None, what: str) -> str:
+    if arn:
+        from aws_lambda_powertools.utilities import parameters
+
+        return str(parameters.get_secret(arn, max_age=300))
+    if plain:
+        return plain
+    raise ConfigurationError(f"no {what}: set {what}_ARN (AWS) or {what} (local development)")
+
+
+class LambdaInvoker:
+    """Starts the reply function asynchronously (InvocationType Event)."""
+
+    def __init__(self, function_name: str, client: Any | None = None) -> None:
+        import boto3
+
+        self.function_name = function_name
+        self._client = client or boto3.client("lambda")
+
+    def invoke(self, job: ReplyJob) -> None:
+        self._client.invoke(
+            FunctionName=self.function_name, InvocationType="Event", Payload=json.dumps(job.to_dict()).encode()
+        )
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    invoker: Invoker
+    pusher_for: Callable[[str], Pusher]
+    ticket_secret: Callable[[], str]
+    model_factory: Callable[[], Any] | None = None
+    _model: Any = field(default=None, repr=False)
+
+    def model(self) -> Any:
+        """The ChatModel, built on first use (only the reply function needs it)."""
+        if self._model is None:
+            if self.model_factory is not None:
+                self._model = self.model_factory()
+            else:
+                from .llm import OpenAIChatModel
+
+                s = self.settings
+                key = _secret(s.openai_api_key_secret_arn, s.openai_api_key, "OPENAI_API_KEY")
+                self._model = OpenAIChatModel(key, s.openai_base_url, s.llm_timeout, s.llm_max_retries)
+        return self._model
+
+
+def from_settings(settings: Settings, invoker: Invoker | None = None) -> Services:
+    """The production wiring: DynamoDB, the Management API, Lambda, Secrets Manager."""
+    store = DynamoStore(
+        settings.connections_table,
+        settings.chats_table,
+        **({"endpoint_url": settings.dynamodb_endpoint_url} if settings.dynamodb_endpoint_url else {}),
+    )
+    if invoker is None:
+        if not settings.reply_function_name:
+            raise ConfigurationError("REPLY_FUNCTION_NAME is not set")
+        invoker = LambdaInvoker(settings.reply_function_name)
+    return Services(
+        settings=settings,
+        store=store,
+        invoker=invoker,
+        pusher_for=functools.lru_cache(maxsize=8)(ManagementApiPusher),
+        ticket_secret=lambda: _secret(settings.ticket_secret_arn, settings.ticket_secret, "TICKET_SECRET"),
+    )
+
+
+_lock = threading.Lock()
+_services: Services | None = None
+
+
+def services() -> Services:
+    global _services
+    with _lock:
+        if _services is None:
+            settings = Settings.from_env()
+            # the reply function itself has no invoker to build
+            _services = from_settings(settings, invoker=_NoInvoker() if not settings.reply_function_name else None)
+        return _services
+
+
+def install(new: Services | None) -> None:
+    """Replace the process's services (local gateway, tests); None rebuilds from the environment."""
+    global _services
+    with _lock:
+        _services = new
+
+
+class _NoInvoker:
+    def invoke(self, job: ReplyJob) -> None:
+        raise ConfigurationError("REPLY_FUNCTION_NAME is not set")

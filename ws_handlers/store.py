@@ -1,0 +1,159 @@
+"""The storage port: records and the operations the chat domain needs.
+
+Each operation is one atomic step (a conditional write or a transaction), so the domain
+never leaves a half-written turn behind, whatever fails around it. Adapters:
+`dynamo_store.DynamoStore` (production, moto in tests) and, for the local stack, an
+embedded one; both are held to the contract tests in tests/ws_handlers/test_store_contract.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol
+
+from .bot import Bot
+from .tickets import Identity
+
+
+def chat_id_for(identity: Identity, chat_key: str) -> str:
+    """The chat's id: the same participant and chat key always name the same chat."""
+    material = "\x1f".join((identity.experiment, identity.participant, chat_key)).encode()
+    return "c_" + hashlib.sha256(material).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Connection:
+    connection_id: str
+    identity: Identity
+    connected_at: float
+    expires_at: int  #: epoch seconds; a record past it is treated as absent
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A reply being written: who writes it, until when, and which user message it answers."""
+
+    turn_id: str
+    until: float
+    user_seq: int
+
+
+@dataclass(frozen=True)
+class Chat:
+    chat_id: str
+    identity: Identity
+    chat_key: str
+    bot: Bot
+    created_at: float
+    next_seq: int = 1  #: the seq the next message will get
+    user_messages: int = 0
+    tokens_used: int = 0
+    connection_id: str | None = None  #: where replies are pushed
+    lease: Lease | None = None
+
+    def replying(self, now: float) -> bool:
+        return self.lease is not None and self.lease.until > now
+
+
+@dataclass(frozen=True)
+class Message:
+    chat_id: str
+    seq: int
+    role: str  #: "user" or "assistant"
+    text: str
+    created_at: float
+    client_msg_id: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: str | None = None
+    latency_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The experimenter's switches for one experiment (and the service as a whole)."""
+
+    paused: bool = False
+    token_budget: int | None = None  #: None: use the TOKEN_BUDGET setting
+    tokens_used: int = 0
+
+
+class StoreError(Exception):
+    """Base of the store's refusals."""
+
+
+class DuplicateMessage(StoreError):
+    """This client_msg_id is already stored in the chat, as `seq`."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(f"already stored as seq {seq}")
+        self.seq = seq
+
+
+class ChatBusy(StoreError):
+    """A reply holds the chat's lease."""
+
+
+class MessageLimitReached(StoreError):
+    pass
+
+
+class ChatLimitReached(StoreError):
+    pass
+
+
+class SeqConflict(StoreError):
+    """The chat moved on since it was read; read it again."""
+
+
+class StoreThrottled(StoreError):
+    """The database refused for capacity; retryable."""
+
+
+class Store(Protocol):
+    # connections
+    def put_connection(self, connection: Connection) -> None: ...
+    def get_connection(self, connection_id: str, now: float) -> Connection | None: ...
+    def delete_connection(self, connection_id: str) -> None: ...
+
+    # controls
+    def get_controls(self, experiment: str) -> Controls: ...
+
+    # chats
+    def get_chat(self, chat_id: str) -> Chat | None: ...
+    def open_chat(self, chat: Chat, opening: Message | None, max_chats: int) -> Chat:
+        """Create the chat (and its opening message) or return the one that exists.
+
+        Raises ChatLimitReached when creating it would exceed `max_chats` for the participant.
+        """
+        ...
+
+    def bind_connection(self, chat_id: str, connection_id: str) -> None: ...
+
+    # messages
+    def messages(self, chat_id: str, after_seq: int = 0, limit: int | None = None) -> list[Message]: ...
+    def get_message(self, chat_id: str, seq: int) -> Message | None: ...
+    def find_client_message(self, chat_id: str, client_msg_id: str) -> int | None: ...
+
+    def append_user_message(
+        self, chat: Chat, message: Message, lease: Lease, connection_id: str, max_user_messages: int, now: float
+    ) -> None:
+        """Store the user message as seq `chat.next_seq` and take the reply lease, atomically.
+
+        Raises DuplicateMessage, ChatBusy, MessageLimitReached or SeqConflict; writes nothing then.
+        """
+        ...
+
+    def take_lease(self, chat: Chat, lease: Lease, connection_id: str, now: float) -> bool:
+        """Take the lease to (re)generate a reply, if the chat is still at `chat.next_seq`."""
+        ...
+
+    def finish_reply(self, chat: Chat, reply: Message, turn_id: str) -> bool:
+        """Store the reply as seq `reply.seq`, count its tokens and free the lease, atomically.
+
+        False (and nothing written) when the turn no longer holds the lease or the seq is taken.
+        """
+        ...
+
+    def release_lease(self, chat_id: str, turn_id: str) -> None: ...

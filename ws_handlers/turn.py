@@ -1,0 +1,190 @@
+"""One reply turn: read the chat, stream the model's reply to the participant, store it.
+
+Runs in the reply function, invoked asynchronously after the user message was stored
+and acknowledged, so no integration timeout can cut it. Whatever happens to the socket,
+the reply is stored: a 410 Gone removes the stale connection and the turn goes on,
+pushing to the chat's current connection if the participant reconnected (starting with
+the text so far, so the new socket gets the reply without a gap) or to nobody.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .chat import ReplyJob
+from .config import Settings
+from .errors import ChatError
+from .llm import ChatModel, LLMError, Usage
+from .observability import logger, metrics
+from .protocol import error_frame, message_frame
+from .push import ConnectionGone, PushFailed, Pusher
+from .store import Chat, Message, Store
+from .stream import Coalescer
+
+#: While the participant has no live socket, look for a new one this often (seconds).
+REBIND_INTERVAL = 1.0
+
+
+class _Delivery:
+    """Pushes a reply's deltas to whichever socket the chat is bound to, surviving reconnects."""
+
+    def __init__(self, store: Store, pusher: Pusher, chat: Chat, seq: int, connection_id: str) -> None:
+        self.store, self.pusher, self.chat_id, self.seq = store, pusher, chat.chat_id, seq
+        self.target: str | None = connection_id
+        self.text = ""  #: everything generated so far
+        self.sent = 0  #: characters of `text` the current target has received
+        self.index = 0
+        self.pushes = 0
+        self._next_rebind = 0.0
+
+    def _post(self, frame: dict[str, Any]) -> bool:
+        assert self.target is not None
+        try:
+            self.pusher.send(self.target, frame)
+            self.pushes += 1
+            return True
+        except ConnectionGone:
+            logger.info("connection gone during reply", extra={"connection_id": self.target, "chat_id": self.chat_id})
+            self.store.delete_connection(self.target)
+            self.target, self.sent = None, 0
+        except PushFailed as exc:
+            logger.warning("push failed", extra={"chat_id": self.chat_id, "error": str(exc)})
+        return False
+
+    def _rebind(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.target is not None or (not force and now < self._next_rebind):
+            return
+        self._next_rebind = now + REBIND_INTERVAL
+        chat = self.store.get_chat(self.chat_id)
+        if chat is not None and chat.connection_id:
+            self.target, self.sent = chat.connection_id, 0
+
+    def delta(self, piece: str) -> None:
+        self.text += piece
+        self._push_pending()
+
+    def _push_pending(self, force_rebind: bool = False) -> None:
+        for _ in range(2):  # the current target, then at most one new one
+            self._rebind(force_rebind)
+            if self.target is None or self.sent >= len(self.text):
+                return
+            frame = {
+                "type": "delta",
+                "chat_id": self.chat_id,
+                "seq": self.seq,
+                "index": self.index,
+                "offset": self.sent,
+                "text": self.text[self.sent :],
+            }
+            if self._post(frame):
+                self.index += 1
+                self.sent = len(self.text)
+                return
+            force_rebind = True
+
+    def final(self, frame: dict[str, Any]) -> None:
+        """The closing frame (message or error) to wherever the participant is now."""
+        self.target = None
+        self._rebind(force=True)
+        if self.target is not None and not self._post(frame):
+            self._rebind(force=True)
+            if self.target is not None:
+                self._post(frame)
+
+
+class Turn:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        model: ChatModel,
+        pusher_for: Callable[[str], Pusher],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.model = model
+        self.pusher_for = pusher_for
+        self._clock = clock
+
+    def run(self, job: ReplyJob) -> None:
+        """Write the reply for `job`; on an unexpected failure free the chat, tell the participant, re-raise."""
+        try:
+            self._run(job)
+        except Exception:
+            logger.exception("reply turn crashed", extra={"chat_id": job.chat_id})
+            try:
+                self.store.release_lease(job.chat_id, job.turn_id)
+                error = ChatError("internal", chat_id=job.chat_id, seq=job.user_seq + 1)
+                self.pusher_for(job.endpoint).send(job.connection_id, error_frame(error))
+            except Exception:
+                logger.exception("could not report the crash")
+            raise  # recorded as a failed asynchronous invocation
+
+    def _run(self, job: ReplyJob) -> None:
+        chat = self.store.get_chat(job.chat_id)
+        if chat is None or chat.lease is None or chat.lease.turn_id != job.turn_id:
+            logger.info("stale reply job skipped", extra={"chat_id": job.chat_id, "user_seq": job.user_seq})
+            return
+        history = self.store.messages(chat.chat_id, limit=job.user_seq)
+        prompt = [{"role": "system", "content": chat.bot.system_prompt}] if chat.bot.system_prompt else []
+        prompt += [{"role": m.role, "content": m.text} for m in history]
+        seq = job.user_seq + 1
+        delivery = _Delivery(self.store, self.pusher_for(job.endpoint), chat, seq, job.connection_id)
+        coalescer = Coalescer(self.settings.stream_flush_seconds, self.settings.stream_flush_chars)
+        started = self._clock()
+        usage = Usage(0, 0)
+        try:
+            for piece in self.model.stream(chat.bot, prompt):
+                if isinstance(piece, Usage):
+                    usage = piece
+                elif (text := coalescer.add(piece)) is not None:
+                    delivery.delta(text)
+            if (text := coalescer.flush()) is not None:
+                delivery.delta(text)
+        except LLMError as exc:
+            self._fail(chat, job, delivery, exc)
+            return
+        reply = Message(
+            chat.chat_id,
+            seq,
+            "assistant",
+            delivery.text,
+            self._clock(),
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            model=chat.bot.model,
+            latency_ms=int((self._clock() - started) * 1000),
+        )
+        if not self.store.finish_reply(chat, reply, job.turn_id):
+            logger.warning("reply not stored: the turn lost its lease", extra={"chat_id": chat.chat_id, "seq": seq})
+            return
+        delivery.final(message_frame(chat.chat_id, reply))
+        metrics.add_metric(name="RepliesStored", unit="Count", value=1)
+        metrics.add_metric(name="TokensUsed", unit="Count", value=usage.prompt_tokens + usage.completion_tokens)
+        logger.info(
+            "reply stored",
+            extra={
+                "chat_id": chat.chat_id,
+                "seq": seq,
+                "chars": len(reply.text),
+                "pushes": delivery.pushes,
+                "latency_ms": reply.latency_ms,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+            },
+        )
+
+    def _fail(self, chat: Chat, job: ReplyJob, delivery: _Delivery, exc: LLMError) -> None:
+        """Free the chat and tell the participant; the user message stays, a retry regenerates."""
+        logger.warning("reply failed", extra={"chat_id": chat.chat_id, "code": exc.code, "detail": exc.detail})
+        metrics.add_metric(name="ReplyFailures", unit="Count", value=1)
+        self.store.release_lease(chat.chat_id, job.turn_id)
+        user = self.store.get_message(chat.chat_id, job.user_seq)
+        error = ChatError(
+            exc.code, chat_id=chat.chat_id, seq=job.user_seq + 1, client_msg_id=user.client_msg_id if user else None
+        )
+        delivery.final(error_frame(error))
