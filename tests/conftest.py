@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import secrets
+import threading
 
 import pytest
+from moto.dynamodb.responses import DynamoHandler
 
 from local_gateway.offline_model import OfflineModel
 from local_gateway.threaded import serve_in_thread
@@ -19,6 +21,26 @@ def _aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "LLMChatTests")
     monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _linearizable_moto_dynamodb():
+    """Serialise moto's DynamoDB requests, as DynamoDB's own transactions are.
+
+    moto's in-process backend runs concurrent requests without isolation, so two
+    conditional transactions racing on one item can both commit, which DynamoDB never
+    allows. Tests of concurrency need the real guarantee, so requests take a lock.
+    """
+    lock = threading.Lock()
+    original = DynamoHandler.call_action
+
+    def call_action(self):
+        with lock:
+            return original(self)
+
+    DynamoHandler.call_action = call_action
+    yield
+    DynamoHandler.call_action = original
 
 
 @pytest.fixture(scope="session")

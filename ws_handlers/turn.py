@@ -28,7 +28,13 @@ REBIND_INTERVAL = 1.0
 
 
 class _Delivery:
-    """Pushes a reply's deltas to whichever socket the chat is bound to, surviving reconnects."""
+    """Pushes a reply's deltas to whichever socket the chat is bound to, surviving reconnects.
+
+    The chat's binding moves when the participant starts, sends or asks for history from
+    a new socket. The turn looks at it after a 410, and once a second anyway, because an
+    abandoned socket may not answer 410 at once. A new socket first gets the whole text
+    so far (offset 0), so it misses nothing; clients drop what they already have by offset.
+    """
 
     def __init__(self, store: Store, pusher: Pusher, chat: Chat, seq: int, connection_id: str) -> None:
         self.store, self.pusher, self.chat_id, self.seq = store, pusher, chat.chat_id, seq
@@ -37,7 +43,8 @@ class _Delivery:
         self.sent = 0  #: characters of `text` the current target has received
         self.index = 0
         self.pushes = 0
-        self._next_rebind = 0.0
+        self.gone: set[str] = set()  #: sockets that answered 410; never pushed to again
+        self._next_check = time.monotonic() + REBIND_INTERVAL
 
     def _post(self, frame: dict[str, Any]) -> bool:
         assert self.target is not None
@@ -48,27 +55,26 @@ class _Delivery:
         except ConnectionGone:
             logger.info("connection gone during reply", extra={"connection_id": self.target, "chat_id": self.chat_id})
             self.store.delete_connection(self.target)
+            self.gone.add(self.target)
             self.target, self.sent = None, 0
         except PushFailed as exc:
             logger.warning("push failed", extra={"chat_id": self.chat_id, "error": str(exc)})
         return False
 
-    def _rebind(self, force: bool = False) -> None:
+    def _follow_binding(self, force: bool = False) -> None:
         now = time.monotonic()
-        if self.target is not None or (not force and now < self._next_rebind):
+        if not force and now < self._next_check:
             return
-        self._next_rebind = now + REBIND_INTERVAL
+        self._next_check = now + REBIND_INTERVAL
         chat = self.store.get_chat(self.chat_id)
-        if chat is not None and chat.connection_id:
-            self.target, self.sent = chat.connection_id, 0
+        current = chat.connection_id if chat is not None else None
+        if current and current not in self.gone and current != self.target:
+            self.target, self.sent = current, 0
 
     def delta(self, piece: str) -> None:
         self.text += piece
-        self._push_pending()
-
-    def _push_pending(self, force_rebind: bool = False) -> None:
-        for _ in range(2):  # the current target, then at most one new one
-            self._rebind(force_rebind)
+        self._follow_binding()
+        for _ in range(2):  # the current target, then at most one newly bound socket
             if self.target is None or self.sent >= len(self.text):
                 return
             frame = {
@@ -83,14 +89,13 @@ class _Delivery:
                 self.index += 1
                 self.sent = len(self.text)
                 return
-            force_rebind = True
+            self._follow_binding(force=True)
 
     def final(self, frame: dict[str, Any]) -> None:
         """The closing frame (message or error) to wherever the participant is now."""
-        self.target = None
-        self._rebind(force=True)
+        self._follow_binding(force=True)
         if self.target is not None and not self._post(frame):
-            self._rebind(force=True)
+            self._follow_binding(force=True)
             if self.target is not None:
                 self._post(frame)
 

@@ -58,7 +58,7 @@ class Harness:
         }
         self.settings = Settings.from_env(base | env)
         self.ddb = boto3.client("dynamodb")
-        create_tables(self.ddb, "conns", "chats")
+        create_tables(self.ddb, self.settings.connections_table, self.settings.chats_table)
         self.registry = registry
         self.invoker = ThreadInvoker(reply.handler, max_workers=8)
         services = runtime.from_settings(self.settings, invoker=self.invoker)
@@ -149,4 +149,5 @@ class Harness:
 
     def table_items(self, table: str = "chats") -> list[dict[str, Any]]:
         """Every item (tests only: a scan is fine here, never on a request path)."""
-        return self.ddb.scan(TableName=table)["Items"]
+        name = {"chats": self.settings.chats_table, "conns": self.settings.connections_table}[table]
+        return self.ddb.scan(TableName=name)["Items"]

@@ -1,0 +1,106 @@
+"""Limits live on the server: each refusal has its code and costs no model call."""
+
+from __future__ import annotations
+
+import pytest
+
+from ws_handlers.bot import Limits
+
+
+def _send(harness, chat_id, client_msg_id, text="hello there"):
+    return harness.send("c1", {"action": "send", "chat_id": chat_id, "client_msg_id": client_msg_id, "text": text})
+
+
+def _refused(frames, code):
+    assert [f["type"] for f in frames] == ["error"], frames
+    assert frames[0]["code"] == code
+    return frames[0]
+
+
+@pytest.fixture
+def chat(harness):
+    harness.connect("c1")
+    return harness.start("c1", limits=Limits(max_chars=50, max_user_messages=2, max_tokens_per_chat=100_000))["chat_id"]
+
+
+def test_message_too_long(harness, chat, model):
+    error = _refused(_send(harness, chat, "m1", "x" * 51), "message_too_long")
+    assert error["client_msg_id"] == "m1" and "50" in error["message"]
+    assert harness.store.messages(chat) == [] and model.stats["requests"] == 0
+    assert _send(harness, chat, "m2", "x" * 50)[0]["type"] == "ack"
+
+
+def test_the_server_cap_wins_over_a_generous_ticket(make_harness):
+    harness = make_harness(MAX_MESSAGE_CHARS="20")
+    harness.connect("c1")
+    chat = harness.start("c1", limits=Limits(max_chars=5000))
+    assert chat["limits"]["max_chars"] == 20
+    _refused(_send(harness, chat["chat_id"], "m1", "y" * 21), "message_too_long")
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t "])
+def test_empty_message(harness, chat, text):
+    _refused(_send(harness, chat, "m1", text), "empty_message")
+    assert harness.store.messages(chat) == []
+
+
+def test_user_messages_per_chat(harness, chat, model):
+    assert _send(harness, chat, "m1")[-1]["type"] == "message"
+    assert _send(harness, chat, "m2")[-1]["type"] == "message"
+    requests = model.stats["requests"]
+    _refused(_send(harness, chat, "m3"), "message_limit")
+    assert len(harness.store.messages(chat)) == 4 and model.stats["requests"] == requests
+
+
+def test_chats_per_participant(make_harness):
+    harness = make_harness(MAX_CHATS_PER_PARTICIPANT="2")
+    harness.connect("c1")
+    harness.start("c1", chat_key="a")
+    harness.start("c1", chat_key="b")
+    harness.start("c1", chat_key="a")  # resuming is not a new chat
+    frames = harness.send("c1", {"action": "start", "ticket": harness.ticket(chat_key="c")})
+    _refused(frames, "chat_limit")
+    harness.connect("c2", participant="P2")  # another participant has their own allowance
+    assert harness.start("c2", participant="P2", chat_key="c")["chat_id"]
+
+
+def test_tokens_per_chat(harness, model):
+    harness.connect("c1")
+    chat = harness.start("c1", limits=Limits(max_tokens_per_chat=10))["chat_id"]
+    assert _send(harness, chat, "m1")[-1]["type"] == "message"  # the first reply passes the limit
+    requests = model.stats["requests"]
+    _refused(_send(harness, chat, "m2"), "chat_token_limit")
+    assert model.stats["requests"] == requests
+
+
+def test_experiment_token_budget_from_the_environment(make_harness, model):
+    harness = make_harness(TOKEN_BUDGET="1")
+    harness.connect("c1")
+    harness.connect("c2", participant="P2")
+    chat1 = harness.start("c1")["chat_id"]
+    chat2 = harness.start("c2", participant="P2")["chat_id"]
+    assert _send(harness, chat1, "m1")[-1]["type"] == "message"
+    requests = model.stats["requests"]
+    frames = harness.send("c2", {"action": "send", "chat_id": chat2, "client_msg_id": "m1", "text": "hi"})
+    _refused(frames, "budget_exhausted")
+    assert model.stats["requests"] == requests and harness.store.messages(chat2) == []
+
+
+def test_experiment_token_budget_in_the_table_overrides_the_environment(harness):
+    harness.connect("c1")
+    chat = harness.start("c1")["chat_id"]
+    harness.ddb.put_item(
+        TableName="chats",
+        Item={"pk": {"S": "EXP#exp1"}, "sk": {"S": "CONTROL"}, "token_budget": {"N": "5"}, "tokens_used": {"N": "5"}},
+    )
+    _refused(_send(harness, chat, "m1"), "budget_exhausted")
+
+
+def test_kill_switch_refuses_messages_retryably(harness, model):
+    harness.connect("c1")
+    chat = harness.start("c1")["chat_id"]
+    harness.ddb.put_item(TableName="chats", Item={"pk": {"S": "SERVICE"}, "sk": {"S": "CONTROL"}, "paused": {"BOOL": True}})
+    error = _refused(_send(harness, chat, "m1"), "paused")
+    assert error["retryable"] is True and model.stats["requests"] == 0
+    harness.ddb.delete_item(TableName="chats", Key={"pk": {"S": "SERVICE"}, "sk": {"S": "CONTROL"}})
+    assert _send(harness, chat, "m1")[-1]["type"] == "message"  # resumed: the same message goes through

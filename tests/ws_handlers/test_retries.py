@@ -1,0 +1,114 @@
+"""Exactly once: retries with the same client_msg_id, duplicates, and concurrent sends."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from ws_handlers.bot import Limits
+
+
+def _send_frame(chat_id, client_msg_id, text="Is 7 a prime?"):
+    return {"action": "send", "chat_id": chat_id, "client_msg_id": client_msg_id, "text": text}
+
+
+def _started(harness, cid="c1"):
+    harness.connect(cid)
+    return harness.start(cid)["chat_id"]
+
+
+def test_a_retry_after_the_reply_is_acked_again_and_gets_the_stored_reply(harness, model):
+    chat = _started(harness)
+    first = harness.send("c1", _send_frame(chat, "m1"))
+    requests = model.stats["requests"]
+    again = harness.send("c1", _send_frame(chat, "m1"))
+    assert [f["type"] for f in again] == ["ack", "message"]
+    assert again[0]["duplicate"] is True and again[0]["seq"] == 1
+    assert again[1] == first[-1]
+    assert model.stats["requests"] == requests  # no second model call
+    assert [m.seq for m in harness.store.messages(chat)] == [1, 2]
+
+
+def test_a_retry_with_different_text_is_still_the_same_message(harness):
+    chat = _started(harness)
+    harness.send("c1", _send_frame(chat, "m1", "first words"))
+    again = harness.send("c1", _send_frame(chat, "m1", "other words"))
+    assert again[0]["duplicate"] is True
+    assert harness.store.get_message(chat, 1).text == "first words"
+
+
+def test_a_retry_from_a_new_socket_while_the_reply_streams_moves_the_stream_there(harness, model):
+    chat = _started(harness)
+    # the old socket stays open (no 410): the turn notices the new binding within a second
+    model.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": 1.5}])
+    harness.send("c1", _send_frame(chat, "m1"), wait=False)
+    harness.connect("c2")
+    again = harness.send("c2", _send_frame(chat, "m1"))  # waits for the reply to finish
+    assert again[0]["type"] == "ack" and again[0]["duplicate"] is True
+    final = again[-1]
+    assert final["type"] == "message" and final["seq"] == 2
+    deltas = [f for f in again if f["type"] == "delta"]
+    assembled = ""
+    for d in deltas:
+        assert d["offset"] <= len(assembled)
+        assembled = assembled[: d["offset"]] + d["text"]
+    assert assembled == final["text"]
+    assert [m.seq for m in harness.store.messages(chat)] == [1, 2]
+
+
+def test_two_concurrent_sends_to_one_chat_one_waits(harness, model):
+    chat = _started(harness)
+    model.add_faults([{"kind": "delay", "seconds": 0.5}])
+    barrier = threading.Barrier(2)
+
+    def go(client_msg_id):
+        barrier.wait()
+        harness.send_raw("c1", json.dumps(_send_frame(chat, client_msg_id, f"text {client_msg_id}")))
+
+    threads = [threading.Thread(target=go, args=(f"m{i}",)) for i in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert harness.invoker.wait_idle(30)
+    frames = harness.frames("c1")[1:]  # after the chat frame
+    acks = [f for f in frames if f["type"] == "ack"]
+    errors = [f for f in frames if f["type"] == "error"]
+    assert len(acks) == 1 and len(errors) == 1
+    assert errors[0]["code"] == "reply_in_progress" and errors[0]["retryable"] is True
+    assert errors[0]["client_msg_id"] != acks[0]["client_msg_id"]
+    stored = harness.store.messages(chat)
+    assert [(m.seq, m.role) for m in stored] == [(1, "user"), (2, "assistant")]
+    # the refused one goes through once the reply is done
+    retry = harness.send("c1", _send_frame(chat, errors[0]["client_msg_id"]))
+    assert retry[0]["type"] == "ack" and retry[0]["seq"] == 3 and retry[-1]["seq"] == 4
+
+
+def test_the_same_message_sent_twice_at_once_is_stored_once(harness):
+    chat = _started(harness)
+    harness.connect("c2")
+    barrier = threading.Barrier(2)
+
+    def go(cid):
+        barrier.wait()
+        harness.send_raw(cid, json.dumps(_send_frame(chat, "m1")))
+
+    threads = [threading.Thread(target=go, args=(cid,)) for cid in ("c1", "c2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert harness.invoker.wait_idle(30)
+    acks = [f for cid in ("c1", "c2") for f in harness.frames(cid) if f["type"] == "ack"]
+    assert sorted(a["duplicate"] for a in acks) == [False, True]
+    assert {a["seq"] for a in acks} == {1}
+    stored = harness.store.messages(chat)
+    assert [(m.seq, m.role) for m in stored] == [(1, "user"), (2, "assistant")]
+
+
+def test_limit_counts_stored_messages_not_attempts(harness):
+    harness.connect("c1")
+    chat = harness.start("c1", limits=Limits(max_user_messages=1))["chat_id"]
+    for _ in range(3):
+        assert harness.send("c1", _send_frame(chat, "m1"))[0]["type"] == "ack"
+    assert harness.store.get_chat(chat).user_messages == 1
