@@ -1,0 +1,159 @@
+"""Faults around a turn: 410 Gone, dropped sockets, model errors and timeouts. Nothing is lost."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from local_gateway.offline_model import OfflineModel
+from local_gateway.threaded import serve_in_thread
+from ws_handlers.errors import CODES
+
+
+def _send_frame(chat_id, client_msg_id="m1", text="Why is the sky blue?"):
+    return {"action": "send", "chat_id": chat_id, "client_msg_id": client_msg_id, "text": text}
+
+
+def _wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _assemble(frames, seq):
+    text = ""
+    for d in (f for f in frames if f["type"] == "delta" and f["seq"] == seq):
+        assert d["offset"] <= len(text), "a gap in the stream"
+        text = text[: d["offset"]] + d["text"]
+    return text
+
+
+def _transcript(harness, chat_id):
+    return [(m.seq, m.role) for m in harness.store.messages(chat_id)]
+
+
+# -- the socket -----------------------------------------------------------------------
+def test_410_during_a_reply_removes_the_connection_and_the_reply_is_still_stored(emulated, model):
+    emulated.connect("c1")
+    chat = emulated.start("c1")["chat_id"]
+    model.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": 0.5}])
+    emulated.send("c1", _send_frame(chat), wait=False)
+    assert _wait_for(lambda: any(f["type"] == "delta" for f in emulated.frames("c1")))
+    emulated.registry.mark_gone("c1")  # the participant's Wi-Fi drops, no $disconnect
+    assert emulated.invoker.wait_idle(30)
+    assert emulated.store.get_connection("c1", 0) is None
+    assert _transcript(emulated, chat) == [(1, "user"), (2, "assistant")]
+    # the participant comes back and gets the reply through history
+    emulated.connect("c2")
+    [history] = emulated.send("c2", {"action": "history", "chat_id": chat, "after_seq": 1})
+    assert [m["seq"] for m in history["messages"]] == [2]
+    assert history["messages"][0]["text"] == emulated.store.get_message(chat, 2).text
+
+
+def test_reconnecting_in_the_middle_of_a_reply_resumes_without_gap_or_duplicate(emulated, model):
+    emulated.connect("c1")
+    chat = emulated.start("c1")["chat_id"]
+    model.add_faults([{"kind": "stall", "after_tokens": 3, "seconds": 0.5}])
+    emulated.send("c1", _send_frame(chat), wait=False)
+    assert _wait_for(lambda: any(f["type"] == "delta" for f in emulated.frames("c1")))
+    emulated.registry.mark_gone("c1")
+    emulated.connect("c2")
+    resumed = emulated.send("c2", {"action": "start", "ticket": emulated.ticket()}, wait=False)
+    assert resumed[0]["type"] == "chat" and resumed[0]["replying"] == 2  # the client knows a reply is coming
+    assert emulated.invoker.wait_idle(30)
+    on_c2 = emulated.frames("c2")
+    final = on_c2[-1]
+    assert final["type"] == "message" and final["seq"] == 2
+    assert _assemble(on_c2, 2) == final["text"]
+    # what c1 saw before it dropped is a prefix of the reply: the client shows no duplicate
+    assert final["text"].startswith(_assemble(emulated.frames("c1"), 2))
+    assert _transcript(emulated, chat) == [(1, "user"), (2, "assistant")]
+
+
+def test_a_socket_gone_before_the_ack_still_gets_its_message_stored_and_answered(emulated):
+    emulated.connect("c1")
+    chat = emulated.start("c1")["chat_id"]
+    emulated.registry.mark_gone("c1")
+    emulated.send("c1", _send_frame(chat))
+    assert _transcript(emulated, chat) == [(1, "user"), (2, "assistant")]
+    emulated.connect("c2")
+    again = emulated.send("c2", _send_frame(chat))  # the client retries on its new socket
+    assert [f["type"] for f in again] == ["ack", "message"] and again[0]["duplicate"] is True
+
+
+# -- the model ----------------------------------------------------------------------------
+def test_429_is_retried_with_backoff_before_the_first_token(harness, model):
+    harness.connect("c1")
+    chat = harness.start("c1")["chat_id"]
+    model.add_faults([{"kind": "status", "status": 429, "times": 2}])
+    frames = harness.send("c1", _send_frame(chat))
+    assert frames[-1]["type"] == "message"
+    assert model.stats["by_status"]["429"] == 2
+    assert _transcript(harness, chat) == [(1, "user"), (2, "assistant")]
+
+
+@pytest.mark.parametrize(
+    "faults, code",
+    [
+        ([{"kind": "status", "status": 500, "times": 5}], "llm_unavailable"),
+        ([{"kind": "status", "status": 503, "times": 5}], "llm_unavailable"),
+        ([{"kind": "status", "status": 429, "times": 5}], "llm_rate_limited"),
+        ([{"kind": "status", "status": 400, "times": 1}], "llm_error"),
+        ([{"kind": "cut", "after_tokens": 4}], "reply_interrupted"),  # never retried: text had flowed
+        ([{"kind": "stall", "after_tokens": 4, "seconds": 3}], "reply_interrupted"),
+        ([{"kind": "delay", "seconds": 3}] * 2, "llm_timeout"),  # the first attempt and its one retry
+    ],
+)
+def test_model_failures_become_error_frames_and_a_retry_regenerates(make_harness, model, faults, code):
+    harness = make_harness(LLM_TIMEOUT_SECONDS="1", LLM_MAX_RETRIES="1")
+    harness.connect("c1")
+    chat = harness.start("c1")["chat_id"]
+    model.add_faults(faults)
+    frames = harness.send("c1", _send_frame(chat))
+    assert frames[0]["type"] == "ack"
+    error = frames[-1]
+    assert error["type"] == "error" and error["code"] == code
+    assert error["retryable"] is CODES[code].retryable
+    assert error["seq"] == 2 and error["client_msg_id"] == "m1" and error["chat_id"] == chat
+    assert "500" not in error["message"] and "Traceback" not in error["message"]
+    assert not any(f["type"] == "message" for f in frames)  # no half reply shown as complete
+    assert _transcript(harness, chat) == [(1, "user")]
+    assert harness.store.get_chat(chat).lease is None  # the chat is free again
+
+    model.faults.clear()
+    retry = harness.send("c1", _send_frame(chat))
+    assert retry[0] == {**frames[0], "duplicate": True}
+    assert retry[-1]["type"] == "message" and retry[-1]["seq"] == 2
+    assert _transcript(harness, chat) == [(1, "user"), (2, "assistant")]
+
+
+def test_a_wrong_api_key_is_not_retryable_and_leaks_nothing(secret, make_harness):
+    guarded = OfflineModel(ttft=0, tokens_per_second=0, api_key="the-right-key")
+    with serve_in_thread(guarded.app()) as served:
+        harness = make_harness(OPENAI_BASE_URL=served.url + "/v1", OPENAI_API_KEY="sk-wrong-key-12345")
+        harness.connect("c1")
+        chat = harness.start("c1")["chat_id"]
+        frames = harness.send("c1", _send_frame(chat))
+        error = frames[-1]
+        assert error["code"] == "llm_error" and error["retryable"] is False
+        assert "sk-wrong" not in str(frames) and "401" not in str(frames)
+
+
+def test_a_crashed_turn_frees_the_chat_after_its_lease(make_harness, model):
+    """A reply function that dies mid-turn leaves a lease; once it lapses a retry regenerates."""
+    harness = make_harness(REPLY_LEASE_SECONDS="5")
+    harness.connect("c1")
+    chat_id = harness.start("c1")["chat_id"]
+    chat = harness.store.get_chat(chat_id)
+    from ws_handlers.store import Lease, Message
+
+    now = time.time()
+    message = Message(chat_id, 1, "user", "hello?", now - 10, client_msg_id="m1")
+    harness.store.append_user_message(chat, message, Lease("dead-turn", now - 1, 1), "c1", 30, now - 10)
+    retry = harness.send("c1", _send_frame(chat_id))
+    assert retry[0]["duplicate"] is True and retry[-1]["type"] == "message"
+    assert _transcript(harness, chat_id) == [(1, "user"), (2, "assistant")]
