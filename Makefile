@@ -5,6 +5,16 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# aws-sam-cli pins click and boto3, so it gets a virtual environment of its own.
+SAM_VERSION := 1.170.0
+SAM_VENV := .venv-sam
+SAM_STAMP := $(SAM_VENV)/.installed-$(SAM_VERSION)
+# Offline and non-interactive: no telemetry, a region, dummy keys (nothing calls AWS), and
+# the sam venv first on PATH so ws_handlers/Makefile runs its pip; MAKEFLAGS= keeps this
+# make's flags out of the one sam starts.
+SAM := MAKEFLAGS= SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KEY_ID=testing \
+	AWS_SECRET_ACCESS_KEY=testing AWS_SESSION_TOKEN=testing AWS_EC2_METADATA_DISABLED=true \
+	PATH="$(CURDIR)/$(SAM_VENV)/bin:$$PATH" $(SAM_VENV)/bin/sam
 
 .PHONY: help venv test test-python check-template clean
 
@@ -25,6 +35,20 @@ test: venv check-template test-python
 
 test-python: venv
 	$(PY) -m pytest
+
+# cfn-lint (project venv), then sam's own lint and a real build into .aws-sam/. --cached:
+# the dependency layer is rebuilt only when ws_handlers/ changes (the functions, a copy of
+# the package each, always are).
+check-template: venv $(SAM_STAMP)
+	$(VENV)/bin/cfn-lint template.yaml
+	$(SAM) validate --lint --template-file template.yaml
+	$(SAM) build --cached --parallel --template-file template.yaml
+
+$(SAM_STAMP):
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SAM_VENV)/bin/python -m pip install --quiet aws-sam-cli==$(SAM_VERSION)
+	touch $@
 
 clean:
 	rm -rf $(VENV) .venv-* .aws-sam

@@ -82,9 +82,8 @@ def from_settings(settings: Settings, invoker: Invoker | None = None) -> Service
         **({"endpoint_url": settings.dynamodb_endpoint_url} if settings.dynamodb_endpoint_url else {}),
     )
     if invoker is None:
-        if not settings.reply_function_name:
-            raise ConfigurationError("REPLY_FUNCTION_NAME is not set")
-        invoker = LambdaInvoker(settings.reply_function_name)
+        # the reply function itself invokes nothing; elsewhere a missing name fails loudly on use
+        invoker = LambdaInvoker(settings.reply_function_name) if settings.reply_function_name else _NoInvoker()
     return Services(
         settings=settings,
         store=store,
@@ -102,9 +101,7 @@ def services() -> Services:
     global _services
     with _lock:
         if _services is None:
-            settings = Settings.from_env()
-            # the reply function itself has no invoker to build
-            _services = from_settings(settings, invoker=_NoInvoker() if not settings.reply_function_name else None)
+            _services = from_settings(Settings.from_env())
         return _services
 
 
