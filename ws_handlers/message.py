@@ -6,6 +6,7 @@ reply function asynchronously, so this function returns within API Gateway's 29 
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 
@@ -37,7 +38,10 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
     action_name = "unknown"
     try:
-        action = parse(event.get("body"))
+        body = event.get("body")
+        if event.get("isBase64Encoded") and isinstance(body, str):  # a binary frame
+            body = base64.b64decode(body, validate=False)
+        action = parse(body)
         action_name = type(action).__name__.lower()
         if isinstance(action, Ping):
             respond({"type": "pong"})

@@ -7,10 +7,12 @@ LLM adapter stay inside `model()`: the connect and message functions never load 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,9 +97,14 @@ def from_settings(settings: Settings, invoker: Invoker | None = None) -> Service
 
 _lock = threading.Lock()
 _services: Services | None = None
+_current: ContextVar[Services | None] = ContextVar("services", default=None)
 
 
 def services() -> Services:
+    """The services of the function being run: `using()`'s, else the process's."""
+    current = _current.get()
+    if current is not None:
+        return current
     global _services
     with _lock:
         if _services is None:
@@ -110,6 +117,17 @@ def install(new: Services | None) -> None:
     global _services
     with _lock:
         _services = new
+
+
+@contextlib.contextmanager
+def using(scoped: Services) -> Iterator[Services]:
+    """Run handlers with `scoped` services in this context (the local gateway runs several
+    functions in one process, each with its own settings, as separate Lambdas would)."""
+    token = _current.set(scoped)
+    try:
+        yield scoped
+    finally:
+        _current.reset(token)
 
 
 class _NoInvoker:
