@@ -16,9 +16,10 @@ SAM := MAKEFLAGS= SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KE
 	AWS_SECRET_ACCESS_KEY=testing AWS_SESSION_TOKEN=testing AWS_EC2_METADATA_DISABLED=true \
 	PATH="$(CURDIR)/$(SAM_VENV)/bin:$$PATH" $(SAM_VENV)/bin/sam
 
-.PHONY: help venv test test-python check-template clean
+.PHONY: help venv dev test test-python check-template clean
 
 help:
+	@echo "make dev             set up what is missing and run the whole service on loopback"
 	@echo "make test            set up what is missing and run every test"
 	@echo "make check-template  cfn-lint, sam validate --lint and sam build on template.yaml"
 	@echo "make clean           remove virtual environments and build output"
@@ -30,6 +31,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
+
+# Offline by default; OPENAI_API_KEY (and OPENAI_BASE_URL) switch to a real model.
+dev: venv
+	$(PY) -m local_gateway serve
 
 test: venv check-template test-python
 

@@ -8,16 +8,16 @@ import importlib
 from pathlib import Path
 
 import pytest
-from cfnlint.decode import decode  # loads !Ref, !Sub, !GetAtt ... as {"Ref": ...} etc.
 
+from local_gateway.template import read_template  # !Ref, !Sub, !GetAtt ... as {"Ref": ...} etc.
 from ws_handlers.config import NAMES
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "template.yaml"
 POWERTOOLS = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"}
 PLAIN_SECRETS = {"TICKET_SECRET", "OPENAI_API_KEY"}  # local development only, never on AWS
 
-TEMPLATE, ERRORS = decode(str(TEMPLATE_PATH))
-RESOURCES = (TEMPLATE or {}).get("Resources", {})
+TEMPLATE = read_template(TEMPLATE_PATH)
+RESOURCES = TEMPLATE.get("Resources", {})
 FUNCTIONS = {k: v["Properties"] for k, v in RESOURCES.items() if v["Type"] == "AWS::Serverless::Function"}
 
 
@@ -40,7 +40,6 @@ def actions(statement: dict) -> list[str]:
 
 
 def test_template_loads_with_four_functions():
-    assert not ERRORS, ERRORS
     assert set(FUNCTIONS) == {"ConnectFunction", "DisconnectFunction", "MessageFunction", "ReplyFunction"}
 
 

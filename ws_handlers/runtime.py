@@ -85,7 +85,7 @@ def from_settings(settings: Settings, invoker: Invoker | None = None) -> Service
     )
     if invoker is None:
         # the reply function itself invokes nothing; elsewhere a missing name fails loudly on use
-        invoker = LambdaInvoker(settings.reply_function_name) if settings.reply_function_name else _NoInvoker()
+        invoker = LambdaInvoker(settings.reply_function_name) if settings.reply_function_name else NoInvoker()
     return Services(
         settings=settings,
         store=store,
@@ -130,6 +130,8 @@ def using(scoped: Services) -> Iterator[Services]:
         _current.reset(token)
 
 
-class _NoInvoker:
+class NoInvoker:
+    """For functions that start no replies; a misconfigured message function fails loudly."""
+
     def invoke(self, job: ReplyJob) -> None:
         raise ConfigurationError("REPLY_FUNCTION_NAME is not set")

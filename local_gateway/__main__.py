@@ -1,0 +1,111 @@
+"""`python -m local_gateway`: run the local stack, or mint credentials for it.
+
+    python -m local_gateway serve            # the whole service on loopback (what `make dev` runs)
+    python -m local_gateway mint --participant P1 [--bot tutor] [--chat-key main]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+from ws_handlers.tickets import Identity, mint_ticket, mint_token
+
+from .demo_bots import BOTS
+from .gateway import Limits
+from .stack import ROOT, Stack, StackConfig, dev_secret
+
+
+def _secret(data_dir: Path) -> str:
+    return os.environ.get("TICKET_SECRET") or dev_secret(data_dir)
+
+
+def mint(args: argparse.Namespace) -> dict[str, str]:
+    """What a page needs to chat: the WebSocket URL with its token, and the chat ticket."""
+    secret = _secret(args.data_dir)
+    identity = Identity(args.participant, args.experiment, args.session)
+    token = mint_token(secret, identity, ttl=args.ttl)
+    ticket = mint_ticket(secret, identity, args.chat_key, BOTS[args.bot])
+    url = args.url.rstrip("/")
+    return {"url": url, "token": token, "ticket": ticket, "ws_url": f"{url}?token={quote(token)}",
+            "participant": args.participant, "chat_key": args.chat_key, "bot": args.bot}
+
+
+def serve(args: argparse.Namespace) -> None:
+    config = StackConfig(
+        host=args.host,
+        port=args.port,
+        management_port=args.management_port,
+        model_port=args.model_port,
+        data_dir=args.data_dir,
+        store=args.store,
+        limits=Limits(idle_timeout=args.idle_timeout),
+        openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
+        openai_base_url=os.environ.get("OPENAI_BASE_URL") or None,
+    )
+    if args.origins:
+        config.parameters["AllowedOrigins"] = args.origins
+    asyncio.run(_serve(Stack(config)))
+
+
+async def _serve(stack: Stack) -> None:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    urls = await stack.start()
+    model = "the offline model" if stack.model is not None else urls["model"]
+    print(
+        f"Local chat service ready (store: {stack.config.store}, data: {stack.config.data_dir}, model: {model})\n"
+        f"  WebSocket       {urls['websocket']}?token=...\n"
+        f"  Management API  {urls['management']}\n"
+        f"  Try it:         .venv/bin/python -m local_gateway mint --participant P1\n"
+        f"Stop with Ctrl-C.",
+        flush=True,
+    )
+    await stopping.wait()
+    print("Stopping: finishing replies in flight...", flush=True)
+    await stack.stop()
+    print("Stopped.", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m local_gateway", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=ROOT / ".local", help="store and dev secret (default .local/)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("serve", help="run the whole service on loopback until Ctrl-C")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8787, help="WebSocket port (default 8787)")
+    run.add_argument("--management-port", type=int, default=8788)
+    run.add_argument("--model-port", type=int, default=8789, help="offline model port, when it runs")
+    run.add_argument("--store", choices=("sqlite", "dynamodb"), default="sqlite",
+                     help="sqlite: durable, the default; dynamodb: moto's DynamoDB server, in memory")
+    run.add_argument("--idle-timeout", type=float, default=600.0, help="seconds (API Gateway: 600)")
+    run.add_argument("--origins", help="comma-separated allowed origins (default: local oTree and demo pages)")
+    run.set_defaults(func=serve)
+
+    minting = commands.add_parser("mint", help="print a WebSocket URL, token and ticket as JSON")
+    minting.add_argument("--participant", required=True)
+    minting.add_argument("--experiment", default="local")
+    minting.add_argument("--session", default="local")
+    minting.add_argument("--chat-key", default="main")
+    minting.add_argument("--bot", choices=sorted(BOTS), default="tutor")
+    minting.add_argument("--ttl", type=int, default=6 * 3600, help="token lifetime in seconds")
+    minting.add_argument("--url", default="ws://127.0.0.1:8787/local")
+    minting.set_defaults(func=lambda a: print(json.dumps(mint(a), indent=2)))
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

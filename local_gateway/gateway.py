@@ -1,0 +1,289 @@
+"""An emulation of API Gateway's WebSocket API, on `websockets`.
+
+`sam local` cannot serve WebSocket APIs, so the local stack runs its own gateway. It
+reproduces what the handlers and the browser can observe of API Gateway:
+
+* `$connect` is invoked during the handshake with the real event shape (headers with
+  Origin, query string, requestContext); a non-2xx answer refuses the handshake with
+  that status, and nothing is registered.
+* Each message is routed by the API's route selection expression, read from
+  template.yaml, and its integration is invoked without blocking the socket: frames are
+  handled concurrently, as API Gateway does.
+* Limits: 128 KB messages and 32 KB frames (larger ones close the socket with 1009),
+  binary frames (closed with 1003, as API Gateway accepts only text), an
+  idle timeout (10 min by default; only frames from the client count as activity) and a
+  2-hour maximum connection, both closing with 1001 Going Away.
+* `$disconnect` is invoked after the socket closes, best effort.
+* As the Management API's `ConnectionRegistry`, it delivers post_to_connection data to
+  the socket, and answers "gone" for unknown or closed connections.
+
+docs/local.md lists what it does not reproduce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from .template import WebSocketApi, route_for
+
+log = logging.getLogger("local_gateway")
+
+#: Invokes a function by logical id with an event; returns the handler's result.
+Invoke = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message: int = 128 * 1024
+    max_frame: int = 32 * 1024
+    idle_timeout: float = 600.0
+    max_lifetime: float = 7200.0
+
+
+@dataclass
+class _Socket:
+    connection: ServerConnection
+    connection_id: str
+    connected_at: float
+    source_ip: str
+    user_agent: str
+    last_active: float = field(default_factory=time.time)
+
+
+def new_connection_id() -> str:
+    """An id shaped like API Gateway's (`L0SM9cOFvHcCIhw=`), `=` included, to keep URL-encoding honest."""
+    return base64.b64encode(secrets.token_bytes(10)).decode()
+
+
+def _now_strings() -> tuple[int, str]:
+    now = datetime.now(timezone.utc)
+    return int(now.timestamp() * 1000), now.strftime("%d/%b/%Y:%H:%M:%S +0000")
+
+
+class Gateway:
+    """The WebSocket side of the emulated API; `serve()` starts it on loopback."""
+
+    def __init__(self, api: WebSocketApi, invoke: Invoke, *, limits: Limits = Limits(), api_id: str = "local") -> None:
+        self.api = api
+        self.invoke = invoke
+        self.limits = limits
+        self.api_id = api_id
+        self.sockets: dict[str, _Socket] = {}
+        self._pending: dict[int, str] = {}  # id(ServerConnection) -> connection id, during the handshake
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: Server | None = None
+        self.domain = ""
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self._server = await serve(
+            self._serve,
+            host,
+            port,
+            process_request=self._handshake,
+            max_size=(self.limits.max_message, self.limits.max_frame),
+            ping_interval=None,  # API Gateway sends no pings; clients keep sockets alive themselves
+            compression=None,
+            server_header=None,
+        )
+        bound = self._server.sockets[0].getsockname()[1]
+        self.domain = f"{host}:{bound}"
+        return bound
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Refuse new sockets, let running invocations finish (up to `grace` s), close the rest."""
+        if self._server is None:
+            return
+        self._server.close(close_connections=False)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
+        for sock in list(self.sockets.values()):
+            await sock.connection.close(1001, "Going away")
+        await self._server.wait_closed()
+
+    # -- events -------------------------------------------------------------------------
+    def _context(self, connection_id: str, route: str, event_type: str, connected_at: float) -> dict[str, Any]:
+        epoch, text = _now_strings()
+        return {
+            "routeKey": route,
+            "eventType": event_type,
+            "extendedRequestId": uuid.uuid4().hex[:16],
+            "requestTime": text,
+            "messageDirection": "IN",
+            "stage": self.api.stage,
+            "connectedAt": int(connected_at * 1000),
+            "requestTimeEpoch": epoch,
+            "requestId": uuid.uuid4().hex[:16],
+            "domainName": self.domain,
+            "connectionId": connection_id,
+            "apiId": self.api_id,
+        }
+
+    @staticmethod
+    def _headers(headers: Headers) -> tuple[dict[str, str], dict[str, list[str]]]:
+        single: dict[str, str] = {}
+        multi: dict[str, list[str]] = {}
+        for name, value in headers.raw_items():
+            single[name] = value
+            multi.setdefault(name, []).append(value)
+        return single, multi
+
+    # -- $connect -------------------------------------------------------------------------
+    async def _handshake(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        if url.path.strip("/") != self.api.stage:
+            return connection.respond(403, "Forbidden\n")
+        connection_id = new_connection_id()
+        query = parse_qs(url.query, keep_blank_values=True)
+        headers, multi_headers = self._headers(request.headers)
+        source_ip = connection.remote_address[0] if connection.remote_address else "127.0.0.1"
+        context = self._context(connection_id, "$connect", "CONNECT", time.time())
+        context["identity"] = {"sourceIp": source_ip, "userAgent": request.headers.get("User-Agent", "")}
+        event = {
+            "headers": headers,
+            "multiValueHeaders": multi_headers,
+            "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
+            "multiValueQueryStringParameters": query or None,
+            "requestContext": context,
+            "isBase64Encoded": False,
+        }
+        function = self.api.routes.get("$connect")
+        if function is not None:
+            try:
+                result = await self.invoke(function, event)
+            except Exception:
+                log.exception("$connect failed")
+                return connection.respond(500, "Internal server error\n")
+            status = int(result.get("statusCode", 200)) if isinstance(result, dict) else 200
+            if not 200 <= status < 300:
+                return connection.respond(status, f"{result.get('body') or ''}\n")
+        self._pending[id(connection)] = connection_id
+        return None
+
+    # -- the socket ---------------------------------------------------------------------
+    async def _serve(self, connection: ServerConnection) -> None:
+        connection_id = self._pending.pop(id(connection))
+        request = connection.request
+        sock = _Socket(
+            connection,
+            connection_id,
+            time.time(),
+            connection.remote_address[0] if connection.remote_address else "127.0.0.1",
+            request.headers.get("User-Agent", "") if request else "",
+        )
+        self.sockets[connection_id] = sock
+        watchdog = asyncio.create_task(self._watch(sock))
+        try:
+            async for message in connection:
+                if isinstance(message, bytes):  # API Gateway takes no binary frames: it disconnects
+                    await connection.close(1003, "Binary frames are not supported")
+                    break
+                sock.last_active = time.time()
+                self._spawn(self._dispatch(sock, message))
+        except ConnectionClosed:
+            pass
+        finally:
+            watchdog.cancel()
+            self.sockets.pop(connection_id, None)
+            await self._disconnect(sock)
+
+    async def _watch(self, sock: _Socket) -> None:
+        """Close the socket after the idle timeout or at the maximum connection duration."""
+        deadline_life = sock.connected_at + self.limits.max_lifetime
+        while True:
+            deadline = min(sock.last_active + self.limits.idle_timeout, deadline_life)
+            delay = deadline - time.time()
+            if delay <= 0:
+                await sock.connection.close(1001, "Going away")
+                return
+            await asyncio.sleep(delay)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _dispatch(self, sock: _Socket, message: str) -> None:
+        context = self._context(sock.connection_id, "", "MESSAGE", sock.connected_at)
+        context["messageId"] = uuid.uuid4().hex[:16]
+        try:
+            route = route_for(self.api, message)
+        except LookupError:  # no matching route and no $default
+            await self._error(sock, "Forbidden", context)
+            return
+        context["routeKey"] = route
+        event = {"requestContext": context, "body": message, "isBase64Encoded": False}
+        try:
+            await self.invoke(self.api.routes[route], event)
+        except Exception:
+            log.exception("integration failed for route %s", route)
+            await self._error(sock, "Internal server error", context)
+
+    async def _error(self, sock: _Socket, message: str, context: dict[str, Any]) -> None:
+        """What API Gateway sends when an integration fails or no route matches."""
+        frame = {"message": message, "connectionId": sock.connection_id, "requestId": context["requestId"]}
+        with contextlib.suppress(ConnectionClosed):
+            await sock.connection.send(json.dumps(frame))
+
+    async def _disconnect(self, sock: _Socket) -> None:
+        function = self.api.routes.get("$disconnect")
+        if function is None:
+            return
+        context = self._context(sock.connection_id, "$disconnect", "DISCONNECT", sock.connected_at)
+        context["disconnectStatusCode"] = sock.connection.close_code or 1006
+        context["disconnectReason"] = sock.connection.close_reason or ""
+        headers, multi = self._headers(sock.connection.request.headers) if sock.connection.request else ({}, {})
+        event = {"headers": headers, "multiValueHeaders": multi, "requestContext": context, "isBase64Encoded": False}
+        try:
+            await self.invoke(function, event)
+        except Exception:
+            log.exception("$disconnect failed")
+
+    # -- the Management API's view (ConnectionRegistry) ------------------------------------------
+    async def send(self, connection_id: str, data: bytes) -> bool:
+        sock = self.sockets.get(connection_id)
+        if sock is None:
+            return False
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        try:
+            await sock.connection.send(text if text is not None else data)
+        except ConnectionClosed:
+            return False
+        return True
+
+    def describe(self, connection_id: str) -> dict | None:
+        sock = self.sockets.get(connection_id)
+        if sock is None:
+            return None
+        return {
+            "connectedAt": datetime.fromtimestamp(sock.connected_at, timezone.utc),
+            "lastActiveAt": datetime.fromtimestamp(sock.last_active, timezone.utc),
+            "identity": {"sourceIp": sock.source_ip, "userAgent": sock.user_agent},
+        }
+
+    async def close(self, connection_id: str) -> bool:
+        sock = self.sockets.get(connection_id)
+        if sock is None:
+            return False
+        await sock.connection.close(1000, "")
+        return True

@@ -1,0 +1,243 @@
+"""The whole service on one machine: gateway, Management API, functions, store, model.
+
+Functions, routes and each function's environment come from template.yaml; only the
+edges are local: the store (SQLite by default, or moto's DynamoDB server), the
+Management API emulator, the asynchronous invocation (a thread pool sized like the
+function's reserved concurrency), secrets (a dev secret file instead of Secrets Manager)
+and, without an OpenAI key, the offline model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import secrets
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ws_handlers import runtime
+from ws_handlers.config import Settings
+from ws_handlers.push import ManagementApiPusher
+from ws_handlers.store import Store
+
+from .gateway import Gateway, Limits
+from .invoker import ThreadInvoker
+from .lambda_context import LambdaContext
+from .management_api import management_app
+from .offline_model import OfflineModel
+from .template import Function, Template, load
+
+log = logging.getLogger("local_gateway")
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Origins of the local pages that embed the chat (oTree's devserver, the demo page).
+DEFAULT_ORIGINS = "http://localhost:8000,http://127.0.0.1:8000,http://localhost:8790,http://127.0.0.1:8790"
+#: Variables that point at AWS-only resources; locally their plain counterparts are used.
+_AWS_ONLY = ("TICKET_SECRET_ARN", "OPENAI_API_KEY_SECRET_ARN")
+
+
+def dev_secret(data_dir: Path) -> str:
+    """The local ticket secret: generated at first run into an ignored file, then reused."""
+    path = data_dir / "ticket-secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+@dataclass
+class StackConfig:
+    host: str = "127.0.0.1"
+    port: int = 8787  #: WebSocket port; 0 picks a free one
+    management_port: int = 8788
+    model_port: int = 8789
+    data_dir: Path = ROOT / ".local"
+    store: str = "sqlite"  #: "sqlite" or "dynamodb" (moto's server, in memory)
+    stage: str = "local"
+    limits: Limits = field(default_factory=Limits)
+    secret: str | None = None  #: None: the dev secret file in data_dir
+    openai_api_key: str | None = None  #: None: the offline model (unless openai_base_url is set)
+    openai_base_url: str | None = None
+    model_ttft: float | None = None  #: offline model pacing; None: its environment defaults
+    model_tokens_per_second: float | None = None
+    parameters: dict[str, str] = field(default_factory=dict)  #: template parameter overrides
+    environment: dict[str, str] = field(default_factory=dict)  #: function environment overrides
+    template_path: Path = ROOT / "template.yaml"
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.secret = config.secret or dev_secret(config.data_dir)
+        self.template: Template | None = None
+        self.gateway: Gateway | None = None
+        self.store: Store | None = None
+        self.model: OfflineModel | None = None
+        self.urls: dict[str, str] = {}
+        self._runners: list[web.AppRunner] = []
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="lambda")
+        self._invokers: list[ThreadInvoker] = []
+        self._services: dict[str, runtime.Services] = {}
+        self._moto: Any = None
+
+    # -- pieces -----------------------------------------------------------------------------
+    async def _serve_app(self, app: web.Application, port: int) -> str:
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, port)
+        await site.start()
+        self._runners.append(runner)
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://{self.config.host}:{bound}"
+
+    def _open_store(self, template: Template) -> tuple[Store, dict[str, str]]:
+        """The store and the environment that points functions at it."""
+        if self.config.store == "sqlite":
+            from .sqlite_store import SqliteStore
+
+            self.config.data_dir.mkdir(parents=True, exist_ok=True)
+            return SqliteStore(self.config.data_dir / "chat.sqlite3"), {}
+        if self.config.store == "dynamodb":
+            import boto3
+            from moto.server import ThreadedMotoServer
+
+            from ws_handlers.dynamo_store import DynamoStore
+
+            from .template import create_tables
+
+            self._moto = ThreadedMotoServer(ip_address=self.config.host, port=0, verbose=False)
+            self._moto.start()
+            host, port = self._moto.get_host_and_port()
+            endpoint = f"http://{host}:{port}"
+            client = boto3.client(
+                "dynamodb", endpoint_url=endpoint, region_name="us-east-1",
+                aws_access_key_id="local", aws_secret_access_key="local",
+            )
+            create_tables(client, template)
+            named = Settings.from_env(next(iter(template.functions.values())).environment)
+            store = DynamoStore(named.connections_table, named.chats_table, client=client)
+            return store, {"DYNAMODB_ENDPOINT_URL": endpoint}
+        raise ValueError(f"unknown store {self.config.store!r}: use sqlite or dynamodb")
+
+    def _environment(self, function: Function, overrides: dict[str, str]) -> dict[str, str]:
+        env = {k: v for k, v in function.environment.items() if k not in _AWS_ONLY}
+        return env | overrides | self.config.environment
+
+    def _run(self, function: Function, event: dict[str, Any]) -> Any:
+        """One invocation, as Lambda would run it: the handler with this function's services."""
+        with runtime.using(self._services[function.logical_id]):
+            return function.load()(event, LambdaContext(function.logical_id, function.memory_mb))
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> dict[str, str]:
+        config = self.config
+        parameters = {"Stage": config.stage, "AllowedOrigins": DEFAULT_ORIGINS} | config.parameters
+        template = self.template = load(config.template_path, parameters=parameters)
+        self.store, store_env = self._open_store(template)
+
+        if config.openai_api_key is None and config.openai_base_url is None:
+            self.model = OfflineModel(ttft=config.model_ttft, tokens_per_second=config.model_tokens_per_second)
+            self.urls["model"] = await self._serve_app(self.model.app(), config.model_port) + "/v1"
+            llm_env = {"OPENAI_BASE_URL": self.urls["model"], "OPENAI_API_KEY": "offline"}
+        else:
+            llm_env = {"OPENAI_API_KEY": config.openai_api_key or "none"}
+            if config.openai_base_url:
+                llm_env["OPENAI_BASE_URL"] = config.openai_base_url
+            self.urls["model"] = config.openai_base_url or "https://api.openai.com/v1"
+
+        self.gateway = Gateway(template.api, self._invoke, limits=config.limits)
+        management = await self._serve_app(management_app(self.gateway, template.api.stage), config.management_port)
+        self.urls["management"] = f"{management}/{template.api.stage}"
+        pusher_for = functools.lru_cache(maxsize=4)(
+            lambda endpoint: ManagementApiPusher(
+                endpoint, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local"
+            )
+        )
+        invokers: dict[str, ThreadInvoker] = {}
+        for function in template.functions.values():
+            workers = function.reserved_concurrency or 64
+            invoker = ThreadInvoker(lambda payload, _context, f=function: self._run(f, payload), max_workers=workers)
+            invokers[function.logical_id] = invoker
+            self._invokers.append(invoker)
+        overrides = store_env | llm_env | {"TICKET_SECRET": self.secret, "WEBSOCKET_ENDPOINT": self.urls["management"]}
+        for function in template.functions.values():
+            settings = Settings.from_env(self._environment(function, overrides))
+            target = invokers.get(settings.reply_function_name or "")
+            self._services[function.logical_id] = runtime.Services(
+                settings=settings,
+                store=self.store,
+                invoker=target if target is not None else runtime.NoInvoker(),
+                pusher_for=pusher_for,
+                ticket_secret=lambda: self.secret,
+            )
+        port = await self.gateway.start(config.host, config.port)
+        self.urls["websocket"] = f"ws://{config.host}:{port}/{template.api.stage}"
+        return self.urls
+
+    async def _invoke(self, logical_id: str, event: dict[str, Any]) -> Any:
+        assert self.template is not None
+        function = self.template.functions[logical_id]
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, function, event)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking sockets, let replies in flight finish (up to `grace` s), close the store."""
+        if self.gateway is not None:
+            await self.gateway.stop(grace)
+        loop = asyncio.get_running_loop()
+        for invoker in self._invokers:
+            await loop.run_in_executor(None, invoker.wait_idle, grace)
+            invoker.shutdown()
+        self._pool.shutdown(wait=True)
+        for runner in self._runners:
+            await runner.cleanup()
+        if self.store is not None and hasattr(self.store, "close"):
+            self.store.close()
+        if self._moto is not None:  # in memory by design: what the stack held goes with it
+            import urllib.request
+
+            host, port = self._moto.get_host_and_port()
+            urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"))
+            self._moto.stop()
+
+
+@contextlib.contextmanager
+def running(config: StackConfig) -> Iterator[Stack]:
+    """Run a stack on its own event loop in a background thread (tests, tools)."""
+    loop = asyncio.new_event_loop()
+    stack = Stack(config)
+    ready = threading.Event()
+    failure: list[BaseException] = []
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(stack.start())
+        except BaseException as exc:
+            failure.append(exc)
+            ready.set()
+            return
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=main, name="local-stack", daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise RuntimeError("the local stack did not start within 30 s")
+    if failure:
+        raise failure[0]
+    try:
+        yield stack
+    finally:
+        asyncio.run_coroutine_threadsafe(stack.stop(), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

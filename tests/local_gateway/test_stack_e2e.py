@@ -1,0 +1,262 @@
+"""The local stack end to end, over real sockets on loopback, on both stores."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from urllib.parse import quote
+
+import boto3
+import pytest
+from websockets.asyncio.client import connect as aconnect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from local_gateway.demo_bots import BOTS
+from local_gateway.gateway import Limits
+from local_gateway.stack import StackConfig, running
+from ws_handlers.tickets import Identity, mint_ticket, mint_token
+
+ORIGIN = "http://localhost:8000"
+
+
+def _config(tmp_path, store="sqlite", **kw) -> StackConfig:
+    return StackConfig(
+        port=0, management_port=0, model_port=0, data_dir=tmp_path, store=store,
+        model_ttft=kw.pop("ttft", 0.0), model_tokens_per_second=kw.pop("tps", 0.0), **kw,
+    )
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def stack(request, tmp_path):
+    with running(_config(tmp_path, request.param)) as s:
+        yield s
+
+
+def credentials(stack, participant="P1", chat_key="main", bot="tutor"):
+    who = Identity(participant, "exp", "sess")
+    url = f"{stack.urls['websocket']}?token={quote(mint_token(stack.secret, who))}"
+    return url, mint_ticket(stack.secret, who, chat_key, BOTS[bot])
+
+
+class Client:
+    """A participant's socket, with the merge a real client does: by seq, deltas by offset."""
+
+    def __init__(self, url: str):
+        self.ws = connect(url, origin=ORIGIN, open_timeout=5, close_timeout=2).__enter__()
+        self.frames: list[dict] = []
+
+    def send(self, frame: dict) -> None:
+        self.ws.send(json.dumps(frame))
+
+    def until(self, kind: str, timeout: float = 10.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = json.loads(self.ws.recv(timeout=max(0.01, deadline - time.monotonic())))
+            self.frames.append(frame)
+            if frame.get("type") == kind:
+                return frame
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def render(frames: list[dict]) -> dict[int, str]:
+    """What the participant's screen shows: one text per seq."""
+    shown: dict[int, str] = {}
+    for f in frames:
+        if f.get("type") in ("chat", "history"):
+            shown.update({m["seq"]: m["text"] for m in f["messages"]})
+        elif f.get("type") == "message":
+            shown[f["seq"]] = f["text"]
+        elif f.get("type") == "delta":
+            current = shown.get(f["seq"], "")
+            if f["offset"] <= len(current):
+                shown[f["seq"]] = current[: f["offset"]] + f["text"]
+    return shown
+
+
+def _transcript(stack, chat_id):
+    return [(m.seq, m.role) for m in stack.store.messages(chat_id)]
+
+
+def test_connect_refused_and_accepted(stack):
+    url, _ = credentials(stack)
+    for target, origin, status in (
+        (stack.urls["websocket"], ORIGIN, 401),  # no token
+        (url, "https://evil.example.com", 403),
+        (url.replace("/local?", "/prod?"), ORIGIN, 403),  # wrong stage
+    ):
+        with pytest.raises(InvalidStatus) as refused:
+            Client(target) if origin == ORIGIN else connect(target, origin=origin, open_timeout=5).__enter__()
+        assert refused.value.response.status_code == status
+    client = Client(url)
+    client.send({"action": "ping"})
+    assert client.until("pong") == {"type": "pong"}
+    client.close()
+
+
+def test_start_send_and_a_streamed_reply(stack):
+    url, ticket = credentials(stack)
+    client = Client(url)
+    client.send({"action": "start", "ticket": ticket})
+    chat = client.until("chat")
+    assert chat["messages"][0]["text"] == BOTS["tutor"].opening_message
+    client.send({"action": "send", "chat_id": chat["chat_id"], "client_msg_id": "m1", "text": "Can you explain fractions?"})
+    final = client.until("message")
+    kinds = [f["type"] for f in client.frames]
+    assert kinds[:2] == ["chat", "ack"] and kinds[-1] == "message" and "delta" in kinds
+    assert render(client.frames)[final["seq"]] == final["text"]
+    assert "Ada" in final["text"]  # the offline model speaks in the bot's voice
+    assert _transcript(stack, chat["chat_id"]) == [(1, "assistant"), (2, "user"), (3, "assistant")]
+    client.close()
+
+
+def test_unknown_actions_reach_default_and_bad_frames_get_errors(stack):
+    url, _ = credentials(stack)
+    client = Client(url)
+    client.send({"action": "dance"})
+    assert client.until("error")["code"] == "unknown_action"
+    client.ws.send("not json")
+    assert client.until("error")["code"] == "bad_frame"
+    client.ws.send(b"\x00\x01binary")  # API Gateway accepts text frames only
+    with pytest.raises(ConnectionClosed) as closed:
+        client.until("never")
+    assert closed.value.rcvd.code == 1003
+
+
+def test_reconnect_in_the_middle_of_a_reply_resumes_without_gap_or_duplicate(tmp_path):
+    with running(_config(tmp_path, tps=40)) as stack:  # a reply takes a second or two
+        url, ticket = credentials(stack)
+        first = Client(url)
+        first.send({"action": "start", "ticket": ticket})
+        chat = first.until("chat")
+        first.send({"action": "send", "chat_id": chat["chat_id"], "client_msg_id": "m1", "text": "Tell me about primes"})
+        first.until("delta")
+        first.close()  # the laptop lid closes mid-reply
+        second = Client(url)
+        second.frames = list(first.frames)  # the page keeps what it showed
+        second.send({"action": "start", "ticket": ticket})
+        second.until("chat")
+        final = second.until("message", timeout=20)
+        shown = render(second.frames)
+        assert shown[final["seq"]] == final["text"]
+        stored = {m.seq: m.text for m in stack.store.messages(chat["chat_id"])}
+        assert shown == stored  # nothing missing, nothing twice
+        second.close()
+
+
+def test_410_for_unknown_and_closed_connections(stack):
+    mgmt = boto3.client(
+        "apigatewaymanagementapi", endpoint_url=stack.urls["management"], region_name="us-east-1",
+        aws_access_key_id="x", aws_secret_access_key="x",
+    )
+    url, _ = credentials(stack)
+    client = Client(url)
+    [connection_id] = list(stack.gateway.sockets)
+    mgmt.post_to_connection(ConnectionId=connection_id, Data=b'{"type":"hello"}')
+    assert client.until("hello") == {"type": "hello"}
+    assert mgmt.get_connection(ConnectionId=connection_id)["Identity"]["SourceIp"] == "127.0.0.1"
+    client.close()
+    deadline = time.monotonic() + 5
+    while connection_id in stack.gateway.sockets and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for cid in (connection_id, "bm90LWEtY29ubmVjdGlvbg="):
+        with pytest.raises(mgmt.exceptions.GoneException):
+            mgmt.post_to_connection(ConnectionId=cid, Data=b"{}")
+
+
+@pytest.mark.parametrize("size", [129 * 1024, 40 * 1024])  # over the message limit; one frame over 32 KB
+def test_oversized_messages_and_frames_close_with_1009(stack, size):
+    url, _ = credentials(stack)
+    client = Client(url)
+    client.ws.send("x" * size)
+    with pytest.raises(ConnectionClosed) as closed:
+        client.until("never")
+    assert closed.value.rcvd.code == 1009
+
+
+def test_a_large_message_in_small_frames_is_accepted(stack):
+    url, _ = credentials(stack)
+    client = Client(url)
+    text = json.dumps({"action": "ping", "pad": "y" * 60_000})
+    client.ws.send([text[i : i + 16_000] for i in range(0, len(text), 16_000)])  # fragments under 32 KB
+    assert client.until("pong") == {"type": "pong"}
+    client.close()
+
+
+def test_idle_timeout_and_heartbeat(tmp_path):
+    with running(_config(tmp_path, limits=Limits(idle_timeout=0.6))) as stack:
+        url, _ = credentials(stack)
+        idle, busy = Client(url), Client(url)
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:  # the busy one pings under the timeout
+            busy.send({"action": "ping"})
+            busy.until("pong")
+            time.sleep(0.2)
+        with pytest.raises(ConnectionClosed) as closed:
+            idle.until("never", timeout=1)
+        assert closed.value.rcvd.code == 1001
+        busy.send({"action": "ping"})
+        assert busy.until("pong")
+        busy.close()
+
+
+def test_a_restart_loses_no_chat_or_message(tmp_path):
+    with running(_config(tmp_path)) as stack:
+        url, ticket = credentials(stack)
+        client = Client(url)
+        client.send({"action": "start", "ticket": ticket})
+        chat_id = client.until("chat")["chat_id"]
+        client.send({"action": "send", "chat_id": chat_id, "client_msg_id": "m1", "text": "Remember me"})
+        before = client.until("message")
+        client.close()
+    with running(_config(tmp_path)) as stack:  # same data dir, same dev secret
+        url, ticket = credentials(stack)
+        client = Client(url)
+        client.send({"action": "start", "ticket": ticket})
+        chat = client.until("chat")
+        assert chat["chat_id"] == chat_id
+        assert [m["text"] for m in chat["messages"]][-2:] == ["Remember me", before["text"]]
+        client.send({"action": "send", "chat_id": chat_id, "client_msg_id": "m1", "text": "Remember me"})
+        assert client.until("ack")["duplicate"] is True  # idempotency survives the restart too
+        client.close()
+
+
+def test_fifty_participants_at_once_every_message_stored_exactly_once(stack):
+    participants, messages = 50, 2
+
+    async def participant(n: int) -> tuple[str, list[str]]:
+        url, ticket = credentials(stack, participant=f"P{n}")
+        replies: list[str] = []
+        async with aconnect(url, origin=ORIGIN, open_timeout=20) as ws:
+            await ws.send(json.dumps({"action": "start", "ticket": ticket}))
+            chat_id = await _await_type(ws, "chat")
+            for i in range(messages):
+                frame = {"action": "send", "chat_id": chat_id["chat_id"], "client_msg_id": uuid.uuid4().hex,
+                         "text": f"Message {i} from participant {n}"}
+                await ws.send(json.dumps(frame))
+                replies.append((await _await_type(ws, "message"))["text"])
+        return chat_id["chat_id"], replies
+
+    async def everyone():
+        return await asyncio.wait_for(asyncio.gather(*(participant(n) for n in range(participants))), 120)
+
+    results = asyncio.run(everyone())
+    assert len({chat_id for chat_id, _ in results}) == participants
+    for chat_id, replies in results:
+        stored = stack.store.messages(chat_id)
+        assert [m.seq for m in stored] == list(range(1, 2 + 2 * messages))  # opening + 2 turns, no gap
+        assert [m.role for m in stored[1:]] == ["user", "assistant"] * messages
+        assert [m.text for m in stored if m.role == "assistant"][1:] == replies
+
+
+async def _await_type(ws, kind: str) -> dict:
+    while True:
+        frame = json.loads(await ws.recv())
+        if frame.get("type") == kind:
+            return frame
+        if frame.get("type") == "error":
+            raise AssertionError(frame)

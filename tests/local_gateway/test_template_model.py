@@ -1,0 +1,299 @@
+"""local_gateway.template: the local stack reads routes, handlers, environment and tables
+from template.yaml, so it cannot drift from production."""
+
+from __future__ import annotations
+
+import textwrap
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from local_gateway.template import (
+    NoRoute,
+    TemplateError,
+    WebSocketApi,
+    create_tables,
+    load,
+    route_for,
+)
+
+TEMPLATE = load()
+
+
+# ------------------------------------------------------------------------------ the real template
+
+
+def test_routes_map_to_their_functions():
+    assert TEMPLATE.api.route_selection_expression == "$request.body.action"
+    assert TEMPLATE.api.routes == {
+        "$connect": "ConnectFunction",
+        "$disconnect": "DisconnectFunction",
+        "start": "MessageFunction",
+        "send": "MessageFunction",
+        "history": "MessageFunction",
+        "ping": "MessageFunction",
+        "$default": "MessageFunction",
+    }
+
+
+def test_stage_and_throttling_come_from_parameters():
+    assert (TEMPLATE.api.stage, TEMPLATE.api.throttling_rate, TEMPLATE.api.throttling_burst) == ("prod", 500.0, 1000)
+    api = load(parameters={"Stage": "dev", "ThrottlingRateLimit": "5"}).api
+    assert (api.stage, api.throttling_rate) == ("dev", 5.0)
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATE.functions))
+def test_handlers_load(name):
+    function = TEMPLATE.functions[name]
+    assert callable(function.load())
+    assert function.load().__module__ == function.handler.rsplit(".", 1)[0]
+
+
+def test_environment_merges_globals_and_resolves_refs():
+    template = load(refs={"ReplyFunction": "reply-local", "ConnectionsTable": "conns-local"})
+    env = template.functions["MessageFunction"].environment
+    assert env["REPLY_FUNCTION_NAME"] == "reply-local"
+    assert env["CONNECTIONS_TABLE"] == "conns-local"  # from Globals
+    assert env["CHATS_TABLE"] == "ChatsTable"  # no ref given: the logical id
+    assert env["REPLY_LEASE_SECONDS"] == "330"  # the function's own
+    assert env["POWERTOOLS_SERVICE_NAME"] == "local"  # AWS::StackName
+    assert env["WEBSOCKET_ENDPOINT"] == "https://WebSocketApi.execute-api.us-east-1.amazonaws.com/prod"
+    assert template.tables["ConnectionsTable"]["TableName"] == "conns-local"  # the same name as the env
+    assert "REPLY_FUNCTION_NAME" not in template.functions["ReplyFunction"].environment
+
+
+def test_parameters_override_defaults():
+    assert TEMPLATE.functions["ConnectFunction"].environment["ALLOWED_ORIGINS"] == ""
+    template = load(parameters={"AllowedOrigins": "https://a.example", "ChatPaused": "true"})
+    for function in template.functions.values():
+        assert function.environment["ALLOWED_ORIGINS"] == "https://a.example"
+        assert function.environment["CHAT_PAUSED"] == "true"
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [{"NoSuchParameter": "1"}, {"ChatPaused": "maybe"}, {"Stage": "a/b"}, {"LlmConcurrency": "-2"}],
+)
+def test_bad_parameters_are_refused_as_at_deploy(parameters):
+    with pytest.raises(TemplateError):
+        load(parameters=parameters)
+
+
+def test_reply_function_sizing_and_async_settings():
+    reply = TEMPLATE.functions["ReplyFunction"]
+    assert (reply.timeout, reply.memory_mb) == (300, 512)
+    assert reply.reserved_concurrency == 50
+    assert (reply.max_retry_attempts, reply.max_event_age) == (0, 900)
+    assert load(parameters={"LlmConcurrency": "0"}).functions["ReplyFunction"].reserved_concurrency is None
+    assert load(parameters={"LlmConcurrency": "7"}).functions["ReplyFunction"].reserved_concurrency == 7
+    disconnect = TEMPLATE.functions["DisconnectFunction"]
+    assert (disconnect.timeout, disconnect.memory_mb, disconnect.reserved_concurrency) == (10, 256, None)
+    assert disconnect.max_retry_attempts is None
+
+
+def test_tables():
+    chats = TEMPLATE.tables["ChatsTable"]
+    assert chats["TableName"] == "ChatsTable"
+    assert chats["BillingMode"] == "PAY_PER_REQUEST"
+    assert [k["AttributeName"] for k in chats["KeySchema"]] == ["pk", "sk"]
+    assert [i["IndexName"] for i in chats["GlobalSecondaryIndexes"]] == ["by_experiment"]
+    assert TEMPLATE.ttl == {"ConnectionsTable": "expires_at", "ChatsTable": "expires_at"}
+
+
+# ------------------------------------------------------------------------------ routing
+
+API = TEMPLATE.api
+
+
+@pytest.mark.parametrize(
+    ("body", "route"),
+    [
+        ('{"action": "send", "text": "hi"}', "send"),
+        ('{"action":"ping"}', "ping"),
+        ('{"action":"nope"}', "$default"),
+        ('{"action":"$connect"}', "$default"),
+        ('{"action":"$disconnect"}', "$default"),
+        ('{"text": "no action"}', "$default"),
+        ("not json", "$default"),
+        ("", "$default"),
+        (None, "$default"),
+        ("[1]", "$default"),
+        ('"send"', "$default"),
+        ('{"action": 5}', "$default"),
+        ('{"action": null}', "$default"),
+        ('{"action": {"x": 1}}', "$default"),
+        (b'{"action":"history"}', "history"),
+        (b"\xff\xfe", "$default"),
+    ],
+)
+def test_route_for(body, route):
+    assert route_for(API, body) == route
+
+
+def test_route_for_dotted_and_braced_paths():
+    api = WebSocketApi("${request.body.meta.kind}-v1", {"a-v1": "F", "$default": "G"}, "s", None, None)
+    assert route_for(api, '{"meta": {"kind": "a"}}') == "a-v1"
+    assert route_for(api, '{"meta": {"kind": "b"}}') == "$default"
+    assert route_for(api, '{"meta": "a"}') == "$default"
+    dotted = WebSocketApi("$request.body.a.b", {"x": "F"}, "s", None, None)
+    assert route_for(dotted, '{"a": {"b": "x"}}') == "x"
+
+
+def test_route_for_without_default_raises():
+    api = WebSocketApi("$request.body.action", {"send": "F", "$connect": "C"}, "s", None, None)
+    assert route_for(api, '{"action": "send"}') == "send"
+    with pytest.raises(NoRoute):
+        route_for(api, '{"action": "nope"}')
+    with pytest.raises(LookupError):  # what the gateway catches
+        route_for(api, "not json")
+
+
+# ------------------------------------------------------------------------------ tables on moto
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def test_create_tables_on_moto_server(moto_endpoint):
+    client = boto3.client(
+        "dynamodb", endpoint_url=moto_endpoint, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )
+    suffix = uuid.uuid4().hex[:8]  # moto's backend is shared by the process: names of our own
+    refs = {"ConnectionsTable": f"connections-{suffix}", "ChatsTable": f"chats-{suffix}"}
+    template = load(refs=refs)
+    try:
+        create_tables(client, template)
+        create_tables(client, template)  # idempotent
+        for logical_id, name in refs.items():
+            table = client.describe_table(TableName=name)["Table"]
+            assert table["KeySchema"] == template.tables[logical_id]["KeySchema"]
+            ttl = client.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+            assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expires_at")
+        (index,) = client.describe_table(TableName=refs["ChatsTable"])["Table"]["GlobalSecondaryIndexes"]
+        assert index["IndexName"] == "by_experiment"
+        assert [k["AttributeName"] for k in index["KeySchema"]] == ["gsi1pk", "gsi1sk"]
+    finally:
+        for name in refs.values():
+            client.delete_table(TableName=name)
+
+
+# ------------------------------------------------------------------------------ the resolver
+
+MINI = """
+Parameters:
+  Mode: {Type: String, Default: fast, AllowedValues: [fast, slow]}
+  Cap: {Type: Number, Default: 0}
+Conditions:
+  IsFast: !Equals [!Ref Mode, fast]
+  Capped: !Not [!Equals [!Ref Cap, 0]]
+  Both: !And [!Condition IsFast, !Or [!Condition Capped, !Equals [a, b]]]
+Globals:
+  Function:
+    Timeout: 7
+    Environment:
+      Variables: {SHARED: one, OVERRIDDEN: globals}
+Resources:
+  Table:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      BillingMode: PAY_PER_REQUEST
+      AttributeDefinitions: [{AttributeName: id, AttributeType: S}]
+      KeySchema: [{AttributeName: id, KeyType: HASH}]
+  Fn:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: ws_handlers.message.handler
+      ReservedConcurrentExecutions: !If [Capped, !Ref Cap, !Ref AWS::NoValue]
+      Environment:
+        Variables:
+          OVERRIDDEN: own
+          SUB_MAP: !Sub ["${Name}-${AWS::Region}-${Table}-${!Literal}", {Name: !Ref Mode}]
+          SUB_ATTR: !Sub "${Table.Arn}|${Table.StreamArn}"
+          IF: !If [IsFast, quick, !Ref Mode]
+          BOTH: !If [Both, yes-both, no-both]
+          GONE: !If [IsFast, !Ref AWS::NoValue, kept]
+          JOINED: !Join ["/", [a, !Select [1, !Split [",", "x,y,z"]]]]
+          NUMBER: 42
+  Api:
+    Type: AWS::ApiGatewayV2::Api
+    Properties: {ProtocolType: WEBSOCKET, RouteSelectionExpression: $request.body.op}
+  Integration:
+    Type: AWS::ApiGatewayV2::Integration
+    Properties:
+      ApiId: !Ref Api
+      IntegrationUri: !Join ["", ["arn:...:functions/", !GetAtt [Fn, Arn], "/invocations"]]
+  Route:
+    Type: AWS::ApiGatewayV2::Route
+    Properties: {ApiId: !Ref Api, RouteKey: go, Target: !Join ["/", [integrations, !Ref Integration]]}
+  Stage:
+    Type: AWS::ApiGatewayV2::Stage
+    Properties: {ApiId: !Ref Api, StageName: !Sub "${Mode}-stage"}
+"""
+
+
+@pytest.fixture
+def mini(tmp_path: Path):
+    def write(text: str = MINI) -> Path:
+        path = tmp_path / "template.yaml"
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+def test_resolver_on_a_mini_template(mini):
+    template = load(mini(), refs={"Table.StreamArn": "stream-arn"})
+    function = template.functions["Fn"]
+    assert function.environment == {
+        "SHARED": "one",
+        "OVERRIDDEN": "own",
+        "SUB_MAP": "fast-us-east-1-Table-${Literal}",
+        "SUB_ATTR": "arn:aws:local:::Table|stream-arn",
+        "IF": "quick",
+        "BOTH": "no-both",
+        "JOINED": "a/y",
+        "NUMBER": "42",
+    }  # GONE is dropped by AWS::NoValue
+    assert (function.timeout, function.memory_mb, function.reserved_concurrency) == (7, 128, None)
+    assert template.api.routes == {"go": "Fn"}
+    assert template.api.stage == "fast-stage"
+    assert (template.api.throttling_rate, template.api.throttling_burst) == (None, None)
+    assert template.ttl == {}
+
+
+def test_conditions_follow_parameters(mini):
+    function = load(mini(), parameters={"Mode": "slow", "Cap": "3"}, refs={"Table.StreamArn": "s"}).functions["Fn"]
+    assert function.environment["IF"] == "slow"
+    assert function.environment["GONE"] == "kept"
+    assert function.environment["BOTH"] == "no-both"  # IsFast is false
+    assert function.reserved_concurrency == 3
+    capped = load(mini(), parameters={"Cap": "3"}, refs={"Table.StreamArn": "s"}).functions["Fn"]
+    assert capped.environment["BOTH"] == "yes-both"
+
+
+def test_a_get_att_without_a_local_value_names_its_path(mini):
+    with pytest.raises(TemplateError, match=r"Fn\.Properties\.Environment\.Variables\.SUB_ATTR.*refs"):
+        load(mini())
+
+
+def test_an_unknown_intrinsic_names_its_path(mini):
+    path = mini(MINI.replace("NUMBER: 42", "NUMBER: !ImportValue other-stack-export"))
+    with pytest.raises(TemplateError, match=r"Resources\.Fn\.Properties\.Environment\.Variables\.NUMBER"):
+        load(path, refs={"Table.StreamArn": "s"})
+
+
+def test_an_unknown_ref_and_a_duplicate_key_are_refused(mini):
+    with pytest.raises(TemplateError, match="NoSuchThing"):
+        load(mini(MINI.replace("!Ref Integration", "!Ref NoSuchThing")), refs={"Table.StreamArn": "s"})
+    with pytest.raises(TemplateError, match="duplicate key 'OVERRIDDEN'"):
+        load(mini(MINI.replace("OVERRIDDEN: own", "OVERRIDDEN: own\n          OVERRIDDEN: again")))
