@@ -6,7 +6,6 @@ reply function asynchronously, so this function returns within API Gateway's 29 
 
 from __future__ import annotations
 
-import base64
 import time
 from typing import Any
 
@@ -38,10 +37,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
     action_name = "unknown"
     try:
-        body = event.get("body")
-        if event.get("isBase64Encoded") and isinstance(body, str):  # a binary frame
-            body = base64.b64decode(body, validate=False)
-        action = parse(body)
+        action = parse(event.get("body"))
         action_name = type(action).__name__.lower()
         if isinstance(action, Ping):
             respond({"type": "pong"})

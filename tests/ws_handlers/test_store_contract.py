@@ -1,11 +1,14 @@
-"""The contract every Store adapter keeps. Issue 3 adds the embedded adapter to `store`'s params."""
+"""The contract every Store adapter keeps: each test runs on DynamoDB (moto) and on SQLite."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 
 import boto3
 import pytest
 from moto import mock_aws
+
+from local_gateway.sqlite_store import SqliteStore
 
 from ws_handlers.bot import Bot, Limits
 from ws_handlers.dynamo_store import DynamoStore, create_tables
@@ -14,6 +17,7 @@ from ws_handlers.store import (
     ChatBusy,
     ChatLimitReached,
     Connection,
+    Controls,
     DuplicateMessage,
     Lease,
     Message,
@@ -28,13 +32,17 @@ BOT = Bot("tutor", "m", "prompt", limits=Limits(max_user_messages=3))
 NOW = 1_800_000_000.0
 
 
-@pytest.fixture(params=["dynamodb"])
-def store(request):
+@pytest.fixture(params=["dynamodb", "sqlite"])
+def store(request, tmp_path):
     if request.param == "dynamodb":
         with mock_aws():
             client = boto3.client("dynamodb")
             create_tables(client, "conns", "chats")
             yield DynamoStore("conns", "chats", client=client)
+    else:
+        sqlite = SqliteStore(tmp_path / "store.sqlite3")
+        yield sqlite
+        sqlite.close()
 
 
 def _chat(store, key="main", opening=True, max_chats=5) -> Chat:
@@ -50,6 +58,19 @@ def _user(chat: Chat, cmid: str, text: str = "hi") -> Message:
 
 def _lease(chat: Chat, turn: str = "t1", until: float = NOW + 60) -> Lease:
     return Lease(turn, until, chat.next_seq)
+
+
+def _operator_sets(store, experiment: str | None, **fields) -> None:
+    """What an operator writes: the CONTROL item (`SERVICE` when experiment is None), or set_controls."""
+    if isinstance(store, SqliteStore):
+        return store.set_controls(experiment, **fields)
+    values = {f":{k}": {"BOOL": v} if isinstance(v, bool) else {"N": str(v)} for k, v in fields.items()}
+    store._db.update_item(
+        TableName=store.chats_table,
+        Key={"pk": {"S": "SERVICE" if experiment is None else f"EXP#{experiment}"}, "sk": {"S": "CONTROL"}},
+        UpdateExpression="SET " + ", ".join(f"{k} = :{k}" for k in fields),
+        ExpressionAttributeValues=values,
+    )
 
 
 def test_connections_round_trip_and_expire(store):
@@ -155,3 +176,62 @@ def test_controls_default_and_bind(store):
     chat = _chat(store)
     store.bind_connection(chat.chat_id, "c7")
     assert store.get_chat(chat.chat_id).connection_id == "c7"
+
+
+def test_refused_chats_are_not_counted(store):
+    _chat(store, "a", max_chats=1)
+    with pytest.raises(ChatLimitReached):
+        _chat(store, "b", max_chats=1)
+    _chat(store, "b", max_chats=2)  # the refusal did not count
+    with pytest.raises(ChatLimitReached):
+        _chat(store, "c", max_chats=2)
+
+
+def test_controls_service_pause_experiment_budget_and_tokens(store):
+    _operator_sets(store, "exp1", token_budget=100)
+    _operator_sets(store, None, paused=True)
+    assert store.get_controls("exp1") == Controls(paused=True, token_budget=100, tokens_used=0)
+    assert store.get_controls("exp2") == Controls(paused=True)  # the service-wide switch pauses everyone
+    _operator_sets(store, None, paused=False)
+    _operator_sets(store, "exp2", paused=True)
+    assert store.get_controls("exp1").paused is False and store.get_controls("exp2").paused is True
+    chat = _chat(store)
+    store.append_user_message(chat, _user(chat, "m1"), _lease(chat), "c1", 3, NOW)
+    reply = Message(chat.chat_id, 3, "assistant", "answer", NOW, prompt_tokens=30, completion_tokens=12, model="m")
+    assert store.finish_reply(chat, reply, "t1")
+    _operator_sets(store, "exp1", paused=True)  # the operator's writes keep the count, the count keeps the budget
+    assert store.get_controls("exp1") == Controls(paused=True, token_budget=100, tokens_used=42)
+
+
+def test_take_lease_needs_the_chat_as_it_was_read(store):
+    chat = _chat(store)
+    store.append_user_message(chat, _user(chat, "m1"), _lease(chat, until=NOW - 1), "c1", 3, NOW)  # lapsed at once
+    assert not store.take_lease(chat, Lease("t2", NOW + 60, 2), "c2", NOW)  # read at next_seq 2, now at 3
+    assert not store.take_lease(replace(chat, chat_id="c_missing"), Lease("t2", NOW + 60, 2), "c2", NOW)
+    assert store.get_chat("c_missing") is None
+    after = store.get_chat(chat.chat_id)
+    assert after.lease.turn_id == "t1" and after.connection_id == "c1"
+
+
+def test_a_late_reply_is_stored_unless_another_turn_took_the_lease(store):
+    chat = _chat(store, "late")
+    store.append_user_message(chat, _user(chat, "m1"), _lease(chat, "t1", NOW + 5), "c1", 3, NOW)
+    late = Message(chat.chat_id, 3, "assistant", "late", NOW + 9, None, 1, 2, model="m", latency_ms=9000)
+    assert store.finish_reply(chat, late, "t1")  # lapsed, but nobody took over: the reply is kept
+    assert store.messages(chat.chat_id, after_seq=1) == [_user(chat, "m1"), late]
+
+    chat = _chat(store, "retaken")
+    store.append_user_message(chat, _user(chat, "m1"), _lease(chat, "t1", NOW + 5), "c1", 3, NOW)
+    assert store.take_lease(store.get_chat(chat.chat_id), Lease("t2", NOW + 70, 2), "c2", NOW + 10)
+    assert not store.finish_reply(chat, replace(late, chat_id=chat.chat_id), "t1")
+    assert store.get_message(chat.chat_id, 3) is None
+    assert store.finish_reply(chat, replace(late, chat_id=chat.chat_id, text="fresh"), "t2")
+    assert store.get_message(chat.chat_id, 3).text == "fresh"
+    assert store.get_controls("exp1").tokens_used == 6
+
+
+def test_writes_to_a_missing_chat_create_nothing(store):
+    with pytest.raises(Exception):  # DynamoDB: ConditionalCheckFailedException; SQLite: StoreError
+        store.bind_connection("c_missing", "c1")
+    store.release_lease("c_missing", "t1")
+    assert store.get_chat("c_missing") is None
