@@ -39,6 +39,9 @@ def mint(args: argparse.Namespace) -> dict[str, str]:
 
 
 def serve(args: argparse.Namespace) -> None:
+    # a terminal, not CloudWatch: no metric blobs, warnings and errors only (unless asked)
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     config = StackConfig(
         host=args.host,
         port=args.port,

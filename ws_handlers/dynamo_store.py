@@ -320,7 +320,7 @@ class DynamoStore:
                     "UpdateExpression": "SET next_seq = :next, connection_id = :conn, lease_turn = :turn, "
                     "lease_until = :until, lease_seq = :useq ADD user_messages :one",
                     "ConditionExpression": "next_seq = :seq AND user_messages < :max AND "
-                    "(attribute_not_exists(lease_until) OR lease_until < :now)",
+                    "(attribute_not_exists(lease_until) OR lease_until <= :now)",
                     "ExpressionAttributeValues": values,
                 }
             },
@@ -359,7 +359,7 @@ class DynamoStore:
                 TableName=self.chats_table,
                 Key=_key(_chat_pk(chat.chat_id), "META"),
                 UpdateExpression="SET connection_id = :conn, lease_turn = :turn, lease_until = :until, lease_seq = :useq",
-                ConditionExpression="next_seq = :seq AND (attribute_not_exists(lease_until) OR lease_until < :now)",
+                ConditionExpression="next_seq = :seq AND (attribute_not_exists(lease_until) OR lease_until <= :now)",
                 ExpressionAttributeValues=values,
             )
             return True

@@ -53,6 +53,7 @@ class Chat:
     lease: Lease | None = None
 
     def replying(self, now: float) -> bool:
+        """A lease is held while `until > now`; at `until` it has lapsed and may be taken."""
         return self.lease is not None and self.lease.until > now
 
 

@@ -235,3 +235,11 @@ def test_writes_to_a_missing_chat_create_nothing(store):
         store.bind_connection("c_missing", "c1")
     store.release_lease("c_missing", "t1")
     assert store.get_chat("c_missing") is None
+
+
+def test_a_lease_lapses_exactly_at_its_until(store):
+    chat = _chat(store, opening=False)
+    store.append_user_message(chat, _user(chat, "m1"), _lease(chat, "t1", NOW), "c1", 3, NOW - 1)
+    current = store.get_chat(chat.chat_id)
+    assert not current.replying(NOW)
+    store.append_user_message(current, _user(current, "m2"), _lease(current, "t2"), "c1", 3, NOW)  # not busy

@@ -1,0 +1,383 @@
+"""The store on SQLite: the embedded default of the local stack.
+
+Why SQLite: the local stack must run on one laptop without AWS, keep its data across
+restarts and stay fast as transcripts pile up. moto's DynamoDB sorts the whole table on
+every Query (320 queries/s at 100 items, 26/s at 4,000); SQLite, in the standard library,
+answers the same reads through a primary key in microseconds whatever the file's size, and
+its transactions give the conditional writes of `dynamo_store.DynamoStore` exactly: each
+operation checks its conditions and writes inside one `BEGIN IMMEDIATE` transaction, so
+a refused condition writes nothing and no concurrent writer can interleave.
+
+Tables mirror the DynamoDB items: `chats` (the META item: counters, binding, lease),
+`messages` (one row per message, keyed (chat_id, seq), with the fields an export needs),
+`client_messages` ((chat_id, client_msg_id) -> seq, for idempotent retries),
+`participants` (chats opened), `controls` (pause switch, token budget and tokens used per
+experiment; the row with experiment '' is the service-wide `SERVICE` item) and
+`connections` (a row past `expires_at` reads as absent, as on DynamoDB before TTL deletes
+it; nothing deletes it here: a row per connect is negligible on one laptop).
+
+Concurrency: one connection shared by every thread, behind one lock; a read is one
+statement under it, a write one transaction. Chosen by measurement (16 handler + 16 reply
+threads making whole turns): a connection per thread gave fewer turns per second and a
+p99 several times longer, whether writers queued on a Python lock (its holder fights the
+reader threads for the GIL between statements) or in SQLite's sleeping busy handler
+(stalls up to 2 s). Statements take microseconds; serialising them is cheaper than those
+convoys. The busy timeout covers other processes on the file (operator tools); when it
+runs out the store raises StoreThrottled, as the DynamoDB adapter does on throttling.
+
+Durability: WAL with `synchronous=NORMAL`. A commit is in the WAL, in the operating
+system's hands, before it returns, so nothing committed is lost when the process is
+killed (SIGTERM, Ctrl-C, SIGKILL) and a transaction cut mid-way is never visible. Only a
+power loss or OS crash can drop the last commits (never corrupt the file). That is the
+right trade for a laptop stack: `FULL` would fsync on every commit, and every message
+and lease is a commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from ws_handlers.bot import Bot
+from ws_handlers.store import (
+    Chat,
+    ChatBusy,
+    ChatLimitReached,
+    Connection,
+    Controls,
+    DuplicateMessage,
+    Lease,
+    Message,
+    MessageLimitReached,
+    SeqConflict,
+    StoreError,
+    StoreThrottled,
+)
+from ws_handlers.tickets import Identity
+
+SCHEMA_VERSION = 1  #: PRAGMA user_version; a later migration bumps it
+_SERVICE = ""  #: the `controls` row of the service as a whole (no experiment is named '')
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS connections (
+        connection_id TEXT PRIMARY KEY,
+        participant TEXT NOT NULL, experiment TEXT NOT NULL, session TEXT NOT NULL,
+        connected_at REAL NOT NULL, expires_at INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS chats (
+        chat_id TEXT PRIMARY KEY,
+        experiment TEXT NOT NULL, session TEXT NOT NULL, participant TEXT NOT NULL, chat_key TEXT NOT NULL,
+        bot TEXT NOT NULL, bot_name TEXT NOT NULL, created_at REAL NOT NULL,
+        next_seq INTEGER NOT NULL, user_messages INTEGER NOT NULL, tokens_used INTEGER NOT NULL,
+        connection_id TEXT, lease_turn TEXT, lease_until REAL, lease_seq INTEGER)""",
+    "CREATE INDEX IF NOT EXISTS chats_by_experiment ON chats (experiment, session, participant, chat_key)",
+    """CREATE TABLE IF NOT EXISTS messages (
+        chat_id TEXT NOT NULL, seq INTEGER NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL,
+        created_at REAL NOT NULL, client_msg_id TEXT,
+        prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, model TEXT, latency_ms INTEGER,
+        experiment TEXT NOT NULL, session TEXT NOT NULL, participant TEXT NOT NULL, chat_key TEXT NOT NULL,
+        bot_name TEXT NOT NULL,
+        PRIMARY KEY (chat_id, seq))""",
+    """CREATE TABLE IF NOT EXISTS client_messages (
+        chat_id TEXT NOT NULL, client_msg_id TEXT NOT NULL, seq INTEGER NOT NULL,
+        PRIMARY KEY (chat_id, client_msg_id)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS participants (
+        experiment TEXT NOT NULL, participant TEXT NOT NULL, chats INTEGER NOT NULL,
+        PRIMARY KEY (experiment, participant)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS controls (
+        experiment TEXT PRIMARY KEY, paused INTEGER, token_budget INTEGER,
+        tokens_used INTEGER NOT NULL DEFAULT 0)""",
+)
+
+_CHAT_COLUMNS = (
+    "chat_id, participant, experiment, session, chat_key, bot, created_at, next_seq, user_messages, "
+    "tokens_used, connection_id, lease_turn, lease_until, lease_seq"
+)
+_MESSAGE_COLUMNS = (
+    "chat_id, seq, role, text, created_at, client_msg_id, prompt_tokens, completion_tokens, model, latency_ms"
+)
+_BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+
+
+class SqliteStore:
+    """The `Store` port on one SQLite file, shared by every thread of the process."""
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
+        self.path = os.fspath(path)
+        self._lock = threading.Lock()  # one statement or transaction at a time on the connection
+        self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")  # persistent: recorded in the file
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            with self._write() as db:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise StoreError(f"{self.path} has schema version {version}; this code knows {SCHEMA_VERSION}")
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            self._db.close()
+            raise
+
+    # -- plumbing ---------------------------------------------------------------
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self._lock, _throttled():
+            return self._db.execute(sql, params).fetchall()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed if the block returns, rolled back if it raises."""
+        with self._lock, _throttled():
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        """Close the file (after a transaction in progress); closing checkpoints the WAL into it."""
+        with self._lock:
+            self._db.close()
+
+    # -- connections --------------------------------------------------------------
+    def put_connection(self, connection: Connection) -> None:
+        who = connection.identity
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO connections VALUES (?, ?, ?, ?, ?, ?)",
+                (connection.connection_id, who.participant, who.experiment, who.session,
+                 connection.connected_at, connection.expires_at),
+            )
+
+    def get_connection(self, connection_id: str, now: float) -> Connection | None:
+        rows = self._read(
+            "SELECT participant, experiment, session, connected_at, expires_at FROM connections "
+            "WHERE connection_id = ? AND expires_at > ?",
+            (connection_id, now),
+        )
+        if not rows:
+            return None
+        participant, experiment, session, connected_at, expires_at = rows[0]
+        return Connection(connection_id, Identity(participant, experiment, session), connected_at, expires_at)
+
+    def delete_connection(self, connection_id: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM connections WHERE connection_id = ?", (connection_id,))
+
+    # -- controls ---------------------------------------------------------------------
+    def get_controls(self, experiment: str) -> Controls:
+        rows = {
+            row[0]: row[1:]
+            for row in self._read(
+                "SELECT experiment, paused, token_budget, tokens_used FROM controls WHERE experiment IN (?, ?)",
+                (experiment, _SERVICE),
+            )
+        }
+        paused, budget, used = rows.get(experiment, (None, None, 0))
+        service_paused = rows.get(_SERVICE, (None,))[0]
+        return Controls(paused=bool(paused) or bool(service_paused), token_budget=budget, tokens_used=used)
+
+    def set_controls(
+        self, experiment: str | None, *, paused: bool | None = None, token_budget: int | None = None
+    ) -> None:
+        """What an operator writes to an `EXP#experiment` (or, with None, the `SERVICE`) CONTROL item.
+
+        None leaves a field as it is; tokens_used is never touched. The service-wide item has
+        only the pause switch (get_controls reads no budget from it: TOKEN_BUDGET is that).
+        """
+        if experiment == "":
+            raise ValueError("experiment must be a name, or None for the service-wide controls")
+        if experiment is None and token_budget is not None:
+            raise ValueError("the service-wide controls have no token budget; set TOKEN_BUDGET instead")
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO controls (experiment, paused, token_budget) VALUES (?, ?, ?) "
+                "ON CONFLICT (experiment) DO UPDATE SET paused = coalesce(excluded.paused, paused), "
+                "token_budget = coalesce(excluded.token_budget, token_budget)",
+                (_SERVICE if experiment is None else experiment, paused, token_budget),
+            )
+
+    # -- chats ------------------------------------------------------------------------
+    def get_chat(self, chat_id: str) -> Chat | None:
+        rows = self._read(f"SELECT {_CHAT_COLUMNS} FROM chats WHERE chat_id = ?", (chat_id,))
+        return _chat(rows[0]) if rows else None
+
+    def open_chat(self, chat: Chat, opening: Message | None, max_chats: int) -> Chat:
+        existing = self.get_chat(chat.chat_id)
+        if existing is not None:
+            return existing
+        who = chat.identity
+        with self._write() as db:
+            row = db.execute(f"SELECT {_CHAT_COLUMNS} FROM chats WHERE chat_id = ?", (chat.chat_id,)).fetchone()
+            if row is not None:  # created meanwhile by a concurrent start
+                return _chat(row)
+            opened = db.execute(
+                "SELECT chats FROM participants WHERE experiment = ? AND participant = ?",
+                (who.experiment, who.participant),
+            ).fetchone()
+            if opened is not None and opened[0] >= max_chats:  # as on DynamoDB, a first chat is always allowed
+                raise ChatLimitReached(who.participant)
+            db.execute(
+                "INSERT INTO participants VALUES (?, ?, 1) "
+                "ON CONFLICT (experiment, participant) DO UPDATE SET chats = chats + 1",
+                (who.experiment, who.participant),
+            )
+            db.execute(
+                f"INSERT INTO chats ({_CHAT_COLUMNS}, bot_name) VALUES ({', '.join('?' * 15)})",
+                (chat.chat_id, who.participant, who.experiment, who.session, chat.chat_key,
+                 json.dumps(chat.bot.to_dict()), chat.created_at, chat.next_seq, 0, 0, chat.connection_id,
+                 None, None, None, chat.bot.name),
+            )
+            if opening is not None:
+                try:
+                    _insert_message(db, chat, opening)
+                except sqlite3.IntegrityError:  # a message without its chat: refused as on DynamoDB
+                    raise SeqConflict(f"open_chat: seq {opening.seq} of {chat.chat_id} is taken") from None
+        return chat
+
+    def bind_connection(self, chat_id: str, connection_id: str) -> None:
+        with self._write() as db:
+            bound = db.execute("UPDATE chats SET connection_id = ? WHERE chat_id = ?", (connection_id, chat_id))
+            if bound.rowcount == 0:  # DynamoDB refuses it too (ConditionalCheckFailedException)
+                raise StoreError(f"no chat {chat_id}")
+
+    # -- messages -------------------------------------------------------------------
+    def messages(self, chat_id: str, after_seq: int = 0, limit: int | None = None) -> list[Message]:
+        if limit is not None and limit < 1:  # DynamoDB refuses Limit < 1 as well
+            raise ValueError("limit must be at least 1")
+        rows = self._read(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE chat_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (chat_id, after_seq, -1 if limit is None else limit),
+        )
+        return [Message(*row) for row in rows]
+
+    def get_message(self, chat_id: str, seq: int) -> Message | None:
+        rows = self._read(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE chat_id = ? AND seq = ?", (chat_id, seq))
+        return Message(*rows[0]) if rows else None
+
+    def find_client_message(self, chat_id: str, client_msg_id: str) -> int | None:
+        rows = self._read(
+            "SELECT seq FROM client_messages WHERE chat_id = ? AND client_msg_id = ?", (chat_id, client_msg_id)
+        )
+        return rows[0][0] if rows else None
+
+    def append_user_message(
+        self, chat: Chat, message: Message, lease: Lease, connection_id: str, max_user_messages: int, now: float
+    ) -> None:
+        seq = chat.next_seq
+        assert message.seq == seq and message.client_msg_id
+        with self._write() as db:
+            stored = db.execute(
+                "SELECT seq FROM client_messages WHERE chat_id = ? AND client_msg_id = ?",
+                (chat.chat_id, message.client_msg_id),
+            ).fetchone()
+            if stored is not None:
+                raise DuplicateMessage(stored[0])
+            meta = db.execute(
+                "SELECT next_seq, user_messages, lease_until FROM chats WHERE chat_id = ?", (chat.chat_id,)
+            ).fetchone()
+            if meta is None or meta[0] != seq:
+                raise SeqConflict(chat.chat_id)
+            _, user_messages, lease_until = meta
+            if lease_until is not None and lease_until > now:
+                raise ChatBusy(chat.chat_id)
+            if user_messages >= max_user_messages:
+                raise MessageLimitReached(chat.chat_id)
+            db.execute(
+                "UPDATE chats SET next_seq = ?, connection_id = ?, lease_turn = ?, lease_until = ?, lease_seq = ?, "
+                "user_messages = user_messages + 1 WHERE chat_id = ?",
+                (seq + 1, connection_id, lease.turn_id, lease.until, lease.user_seq, chat.chat_id),
+            )
+            try:
+                _insert_message(db, chat, message)
+            except sqlite3.IntegrityError:  # the seq is taken though META points at it
+                raise SeqConflict(chat.chat_id) from None
+            db.execute(
+                "INSERT INTO client_messages VALUES (?, ?, ?)", (chat.chat_id, message.client_msg_id, seq)
+            )
+
+    def take_lease(self, chat: Chat, lease: Lease, connection_id: str, now: float) -> bool:
+        with self._write() as db:
+            taken = db.execute(
+                "UPDATE chats SET connection_id = ?, lease_turn = ?, lease_until = ?, lease_seq = ? "
+                "WHERE chat_id = ? AND next_seq = ? AND (lease_until IS NULL OR lease_until <= ?)",
+                (connection_id, lease.turn_id, lease.until, lease.user_seq, chat.chat_id, chat.next_seq, now),
+            )
+            return taken.rowcount == 1
+
+    def finish_reply(self, chat: Chat, reply: Message, turn_id: str) -> bool:
+        tokens = reply.prompt_tokens + reply.completion_tokens
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM messages WHERE chat_id = ? AND seq = ?", (chat.chat_id, reply.seq)).fetchone():
+                return False
+            finished = db.execute(
+                "UPDATE chats SET next_seq = ?, tokens_used = tokens_used + ?, "
+                "lease_turn = NULL, lease_until = NULL, lease_seq = NULL "
+                "WHERE chat_id = ? AND next_seq = ? AND lease_turn = ?",
+                (reply.seq + 1, tokens, chat.chat_id, reply.seq, turn_id),
+            )
+            if finished.rowcount == 0:
+                return False
+            _insert_message(db, chat, reply)
+            db.execute(
+                "INSERT INTO controls (experiment, tokens_used) VALUES (?, ?) "
+                "ON CONFLICT (experiment) DO UPDATE SET tokens_used = tokens_used + excluded.tokens_used",
+                (chat.identity.experiment, tokens),
+            )
+        return True
+
+    def release_lease(self, chat_id: str, turn_id: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE chats SET lease_turn = NULL, lease_until = NULL, lease_seq = NULL "
+                "WHERE chat_id = ? AND lease_turn = ?",
+                (chat_id, turn_id),
+            )
+
+
+@contextlib.contextmanager
+def _throttled() -> Iterator[None]:
+    """The database stayed locked past the busy timeout: retryable, like DynamoDB's throttling."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode & 0xFF in _BUSY:  # primary code: SQLITE_BUSY_SNAPSHOT etc. too
+            raise StoreThrottled(str(exc)) from exc
+        raise
+
+
+def _insert_message(db: sqlite3.Connection, chat: Chat, message: Message) -> None:
+    who = chat.identity
+    db.execute(
+        f"INSERT INTO messages ({_MESSAGE_COLUMNS}, experiment, session, participant, chat_key, bot_name) "
+        f"VALUES ({', '.join('?' * 15)})",
+        (chat.chat_id, message.seq, message.role, message.text, message.created_at, message.client_msg_id,
+         message.prompt_tokens, message.completion_tokens, message.model, message.latency_ms,
+         who.experiment, who.session, who.participant, chat.chat_key, chat.bot.name),
+    )
+
+
+def _chat(row: tuple[Any, ...]) -> Chat:
+    (chat_id, participant, experiment, session, chat_key, bot, created_at, next_seq, user_messages,
+     tokens_used, connection_id, lease_turn, lease_until, lease_seq) = row
+    return Chat(
+        chat_id=chat_id,
+        identity=Identity(participant, experiment, session),
+        chat_key=chat_key,
+        bot=Bot.from_dict(json.loads(bot)),
+        created_at=created_at,
+        next_seq=next_seq,
+        user_messages=user_messages,
+        tokens_used=tokens_used,
+        connection_id=connection_id,
+        lease=None if lease_turn is None else Lease(lease_turn, lease_until, lease_seq),
+    )

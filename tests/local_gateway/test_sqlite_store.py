@@ -1,0 +1,291 @@
+"""What is SQLite's own: durability, concurrency from threads, crash recovery, schema, indexes.
+
+The semantics both adapters share are in tests/ws_handlers/test_store_contract.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from local_gateway.sqlite_store import SCHEMA_VERSION, SqliteStore
+from ws_handlers.bot import Bot, Limits
+from ws_handlers.store import (
+    Chat,
+    ChatLimitReached,
+    Connection,
+    Controls,
+    DuplicateMessage,
+    Lease,
+    Message,
+    SeqConflict,
+    StoreError,
+    StoreThrottled,
+    chat_id_for,
+)
+from ws_handlers.tickets import Identity
+
+pytestmark = pytest.mark.timeout(30)
+
+ROOT = Path(__file__).resolve().parents[2]
+BOT = Bot("tutor", "m", "prompt", limits=Limits(max_user_messages=1000))
+NOW = 1_800_000_000.0
+
+
+def _open(store: SqliteStore, participant: str = "P1", key: str = "main", max_chats: int = 5) -> Chat:
+    who = Identity(participant, "exp1", "s1")
+    chat_id = chat_id_for(who, key)
+    fresh = Chat(chat_id, who, key, BOT, NOW, next_seq=2, connection_id="c1")
+    return store.open_chat(fresh, Message(chat_id, 1, "assistant", "Hello.", NOW), max_chats)
+
+
+def _append(store: SqliteStore, chat: Chat, cmid: str) -> int:
+    """Append as the domain does: on SeqConflict read the chat again and retry. Returns the seq."""
+    while True:
+        seq = chat.next_seq
+        message = Message(chat.chat_id, seq, "user", f"text of {cmid}", NOW, client_msg_id=cmid)
+        try:  # the lease lapses at once, so concurrent appends never find the chat busy
+            store.append_user_message(chat, message, Lease(cmid, NOW - 1, seq), "c1", 1000, NOW)
+            return seq
+        except SeqConflict:
+            chat = store.get_chat(chat.chat_id)
+
+
+def _run_threads(count: int, target) -> list:
+    """Run target(i) on `count` threads released together; their results (or exceptions) in order."""
+    start = threading.Barrier(count)
+    results: list = [None] * count
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = target(i)
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return results
+
+
+def test_everything_survives_closing_and_reopening(tmp_path):
+    path = tmp_path / "chat.sqlite3"
+    store = SqliteStore(path)
+    chat = _open(store, max_chats=1)
+    _append(store, chat, "m1")
+    reply = Message(chat.chat_id, 3, "assistant", "answer", NOW + 1, None, 7, 5, model="m", latency_ms=120)
+    assert store.finish_reply(chat, reply, "m1")
+    store.set_controls("exp1", token_budget=500)
+    store.set_controls(None, paused=True)
+    store.put_connection(Connection("c1", chat.identity, NOW, int(NOW) + 100))
+    before = (store.get_chat(chat.chat_id), store.messages(chat.chat_id), store.get_controls("exp1"))
+    store.close()
+
+    again = SqliteStore(path)
+    assert (again.get_chat(chat.chat_id), again.messages(chat.chat_id), again.get_controls("exp1")) == before
+    assert before[0].next_seq == 4 and before[0].tokens_used == 12 and before[1][-1] == reply
+    assert before[2] == Controls(paused=True, token_budget=500, tokens_used=12)
+    assert again.find_client_message(chat.chat_id, "m1") == 2
+    assert again.get_connection("c1", NOW).identity == chat.identity
+    with pytest.raises(ChatLimitReached):  # the chats-per-participant counter survived too
+        _open(again, key="second", max_chats=1)
+    again.close()
+
+
+def test_schema_is_versioned_idempotent_and_durable_mode(tmp_path):
+    path = tmp_path / "chat.sqlite3"
+    SqliteStore(path).close()
+    SqliteStore(path).close()  # CREATE ... IF NOT EXISTS: opening again is harmless
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")  # written by a newer version of the code
+    raw.close()
+    with pytest.raises(StoreError, match="schema version"):
+        SqliteStore(path)
+
+
+def test_reads_use_the_keys_and_rows_carry_the_export_fields(tmp_path):
+    store = SqliteStore(tmp_path / "chat.sqlite3")
+    chat = _open(store)
+    _append(store, chat, "m1")
+    raw = sqlite3.connect(tmp_path / "chat.sqlite3")
+
+    def plan(sql: str) -> str:
+        return " ".join(row[-1] for row in raw.execute("EXPLAIN QUERY PLAN " + sql, ("x",) * sql.count("?")))
+
+    assert "USING INDEX" in plan("SELECT * FROM messages WHERE chat_id = ? AND seq > ? ORDER BY seq")
+    assert "USING PRIMARY KEY" in plan("SELECT seq FROM client_messages WHERE chat_id = ? AND client_msg_id = ?")
+    assert "USING INDEX" in plan("SELECT * FROM chats WHERE chat_id = ?")
+    assert "chats_by_experiment" in plan(
+        "SELECT * FROM chats WHERE experiment = ? ORDER BY session, participant, chat_key"
+    )
+    row = raw.execute(
+        "SELECT experiment, session, participant, chat_key, bot_name, role, client_msg_id FROM messages WHERE seq = 2"
+    ).fetchone()
+    assert row == ("exp1", "s1", "P1", "main", "tutor", "user", "m1")
+    raw.close()
+    store.close()
+
+
+def test_concurrent_appends_to_distinct_chats(tmp_path):
+    store = SqliteStore(tmp_path / "chat.sqlite3")
+    chats = [_open(store, f"P{i}") for i in range(16)]
+
+    def append_20(i: int) -> list[int]:
+        return [_append(store, store.get_chat(chats[i].chat_id), f"m{i}-{k}") for k in range(20)]
+
+    assert _run_threads(16, append_20) == [list(range(2, 22))] * 16
+    for chat in chats:
+        messages = store.messages(chat.chat_id)
+        assert [m.seq for m in messages] == list(range(1, 22))
+        assert store.get_chat(chat.chat_id).next_seq == 22 and store.get_chat(chat.chat_id).user_messages == 20
+    store.close()
+
+
+def test_concurrent_appends_to_one_chat_win_one_seq_each(tmp_path):
+    store = SqliteStore(tmp_path / "chat.sqlite3")
+    chat = _open(store)
+
+    def append_10(i: int) -> list[int]:
+        return [_append(store, store.get_chat(chat.chat_id), f"m{i}-{k}") for k in range(10)]
+
+    won = [seq for seqs in _run_threads(16, append_10) for seq in seqs]
+    assert sorted(won) == list(range(2, 162))  # one winner per seq
+    messages = store.messages(chat.chat_id)
+    assert [m.seq for m in messages] == list(range(1, 162))  # no gaps, no duplicates
+    assert len({m.client_msg_id for m in messages[1:]}) == 160
+    for m in messages[1:]:
+        assert store.find_client_message(chat.chat_id, m.client_msg_id) == m.seq
+    after = store.get_chat(chat.chat_id)
+    assert after.next_seq == 162 and after.user_messages == 160
+    store.close()
+
+
+def test_one_client_message_id_from_8_threads_is_stored_once(tmp_path):
+    store = SqliteStore(tmp_path / "chat.sqlite3")
+    chat = _open(store)
+
+    def send(i: int) -> None:
+        message = Message(chat.chat_id, 2, "user", f"try {i}", NOW, client_msg_id="same")
+        store.append_user_message(chat, message, Lease(f"t{i}", NOW + 60, 2), "c1", 1000, NOW)
+
+    results = _run_threads(8, send)
+    assert results.count(None) == 1
+    duplicates = [r for r in results if r is not None]
+    assert all(isinstance(r, DuplicateMessage) and r.seq == 2 for r in duplicates) and len(duplicates) == 7
+    assert [m.seq for m in store.messages(chat.chat_id)] == [1, 2]
+    assert store.get_chat(chat.chat_id).user_messages == 1
+    store.close()
+
+
+def test_a_writer_from_another_process_past_the_busy_timeout_is_throttling(tmp_path):
+    store = SqliteStore(tmp_path / "chat.sqlite3", busy_timeout=0.1)
+    chat = _open(store)
+    other = sqlite3.connect(tmp_path / "chat.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # an operator tool holding the write lock
+    with pytest.raises(StoreThrottled):
+        _append(store, chat, "m1")
+    assert [m.seq for m in store.messages(chat.chat_id)] == [1]  # reads go on meanwhile (WAL)
+    other.execute("ROLLBACK")
+    assert _append(store, chat, "m1") == 2
+    other.close()
+    store.close()
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys, threading
+    from local_gateway.sqlite_store import SqliteStore
+    from ws_handlers.bot import Bot
+    from ws_handlers.store import Chat, Lease, Message, chat_id_for
+    from ws_handlers.tickets import Identity
+
+    store = SqliteStore(sys.argv[1])
+    bot = Bot("tutor", "m", "prompt")
+    NOW = 1_800_000_000.0
+
+    def write(worker):
+        for n in range(10**6):
+            who = Identity(f"P{worker}", "exp1", "s1")
+            chat_id = chat_id_for(who, f"{sys.argv[2]}-{n}")
+            chat = store.open_chat(Chat(chat_id, who, f"{sys.argv[2]}-{n}", bot, NOW, next_seq=2),
+                                   Message(chat_id, 1, "assistant", "Hello.", NOW), 10**9)
+            for k in range(3):
+                seq = chat.next_seq
+                store.append_user_message(chat, Message(chat_id, seq, "user", "x" * 500, NOW, client_msg_id=f"m{k}"),
+                                          Lease(f"t{k}", NOW + 60, seq), "c1", 1000, NOW)
+                chat = store.get_chat(chat_id)
+                reply = Message(chat_id, seq + 1, "assistant", "y" * 2000, NOW, None, 10, 5, model="m")
+                assert store.finish_reply(chat, reply, f"t{k}")
+                chat = store.get_chat(chat_id)
+            if worker == 0 and n == 5:
+                print("writing", flush=True)
+
+    for worker in range(4):
+        threading.Thread(target=write, args=(worker,)).start()
+    """
+)
+
+
+def _check_consistent(path: Path) -> int:
+    """Every invariant a committed transaction keeps; the number of chats."""
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    chats = raw.execute("SELECT chat_id, next_seq, user_messages, tokens_used, lease_turn FROM chats").fetchall()
+    for chat_id, next_seq, user_messages, tokens_used, lease_turn in chats:
+        rows = raw.execute(
+            "SELECT seq, role, client_msg_id, prompt_tokens + completion_tokens FROM messages WHERE chat_id = ? "
+            "ORDER BY seq",
+            (chat_id,),
+        ).fetchall()
+        assert [r[0] for r in rows] == list(range(1, next_seq))  # META's next_seq agrees with the messages
+        users = {r[2]: r[0] for r in rows if r[1] == "user"}
+        assert len(users) == user_messages
+        cmids = raw.execute("SELECT client_msg_id, seq FROM client_messages WHERE chat_id = ?", (chat_id,))
+        assert dict(cmids) == users
+        assert sum(r[3] for r in rows) == tokens_used
+        assert (lease_turn is None) == (rows[-1][1] == "assistant")  # a user message without its reply holds the lease
+    total_chat_tokens = raw.execute("SELECT coalesce(sum(tokens_used), 0) FROM chats").fetchone()[0]
+    used = raw.execute("SELECT coalesce(sum(tokens_used), 0) FROM controls").fetchone()[0]
+    assert used == total_chat_tokens  # the experiment's count moved in the same transactions
+    counted = dict(raw.execute("SELECT participant, chats FROM participants"))
+    assert counted == dict(raw.execute("SELECT participant, count(*) FROM chats GROUP BY participant"))
+    raw.close()
+    return len(chats)
+
+
+def test_a_killed_writer_leaves_only_whole_transactions(tmp_path):
+    path = tmp_path / "chat.sqlite3"
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    chats = 0
+    for run, pause in enumerate((0.05, 0.15, 0.25)):  # each run writes on top of the file the last one left
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), f"run{run}"], stdout=subprocess.PIPE, env=env, cwd=ROOT
+        )
+        try:
+            assert writer.stdout.readline() == b"writing\n"
+            time.sleep(pause)
+        finally:
+            writer.send_signal(signal.SIGKILL)
+            writer.wait(5)
+            writer.stdout.close()
+        now_chats = _check_consistent(path)
+        assert now_chats > chats
+        chats = now_chats
+    store = SqliteStore(path)  # and the store opens it and goes on
+    chat = store.get_chat(chat_id_for(Identity("P0", "exp1", "s1"), "run0-0"))
+    assert [m.seq for m in store.messages(chat.chat_id)] == list(range(1, 8))
+    store.close()
