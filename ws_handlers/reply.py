@@ -14,6 +14,7 @@ from .turn import Turn
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     job = ReplyJob.from_dict(event)
+    metrics.add_metric(name="ReplyInvocations", unit="Count", value=1)
     logger.append_keys(chat_id=job.chat_id, user_seq=job.user_seq)
     svc = services()
     Turn(svc.settings, svc.store, svc.model(), svc.pusher_for).run(job)
