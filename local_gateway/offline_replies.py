@@ -107,7 +107,9 @@ _STOPWORDS = frozenset(
     through to too under until up us very want was wasn't we we'd we'll we're we've well were
     weren't what what's when when's where where's which while who who's whom why why's will with
     won't would wouldn't yes yet you you'd you'll you're you've your yours yourself yourselves
-    hello hi hey okay ok sure thing things something anything going one""".split()
+    hello hi hey okay ok sure thing things something anything going one especially actually
+    basically probably usually always never often sometimes maybe perhaps still even quite rather
+    already almost especially exactly definitely certainly literally totally""".split()
 )
 
 
