@@ -169,3 +169,27 @@ def test_an_unexpected_failure_is_an_internal_error_without_details(harness):
     [error] = harness.send("c1", _send_frame(chat))
     assert error["type"] == "error" and error["code"] == "internal" and error["retryable"] is True
     assert "Resource" not in error["message"] and "Traceback" not in error["message"]
+
+
+def test_dynamodb_throttling_is_a_retryable_error_and_writes_nothing(harness):
+    """Throttling injected at the SDK's edge (botocore answers before any request is sent)."""
+    harness.connect("c1")
+    chat = harness.start("c1")["chat_id"]
+    client = harness.store._db
+    throttled = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"},
+                 "ResponseMetadata": {"HTTPStatusCode": 400}}
+
+    def throttle(**_):
+        from botocore.awsrequest import AWSResponse
+
+        return AWSResponse("https://dynamodb", 400, {}, None), throttled
+
+    client.meta.events.register("before-call.dynamodb.TransactWriteItems", throttle, unique_id="throttle")
+    try:
+        [error] = harness.send("c1", _send_frame(chat))
+    finally:
+        client.meta.events.unregister("before-call.dynamodb.TransactWriteItems", unique_id="throttle")
+    assert error["code"] == "throttled" and error["retryable"] is True
+    assert _transcript(harness, chat) == []
+    retry = harness.send("c1", _send_frame(chat))
+    assert retry[0]["type"] == "ack" and retry[-1]["type"] == "message"
