@@ -8,6 +8,7 @@ through JSON as Lambda would, so no shortcut skips the serialisation.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,6 +17,8 @@ from typing import Any
 from ws_handlers.chat import ReplyJob
 
 from .lambda_context import LambdaContext
+
+log = logging.getLogger("local_gateway")
 
 
 class ThreadInvoker:
@@ -36,8 +39,9 @@ class ThreadInvoker:
     def _done(self, future: Future) -> None:
         with self._lock:
             self._pending.discard(future)
-        if future.exception() is not None:
+        if future.exception() is not None:  # Lambda would send it to the on-failure destination
             self.failures.append(future.exception())  # type: ignore[arg-type]
+            log.error("a reply invocation failed", exc_info=future.exception())
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Wait until no reply is running (tests); True when idle."""

@@ -88,6 +88,9 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS participants (
         experiment TEXT NOT NULL, participant TEXT NOT NULL, chats INTEGER NOT NULL,
         PRIMARY KEY (experiment, participant)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS llm_breaker (
+        id INTEGER PRIMARY KEY CHECK (id = 1), failures INTEGER NOT NULL, window_start REAL NOT NULL,
+        open_until REAL NOT NULL DEFAULT 0)""",
     """CREATE TABLE IF NOT EXISTS controls (
         experiment TEXT PRIMARY KEY, paused INTEGER, token_budget INTEGER,
         tokens_used INTEGER NOT NULL DEFAULT 0)""",
@@ -184,7 +187,29 @@ class SqliteStore:
         }
         paused, budget, used = rows.get(experiment, (None, None, 0))
         service_paused = rows.get(_SERVICE, (None,))[0]
-        return Controls(paused=bool(paused) or bool(service_paused), token_budget=budget, tokens_used=used)
+        breaker = self._read("SELECT open_until FROM llm_breaker WHERE id = 1", ())
+        return Controls(
+            paused=bool(paused) or bool(service_paused),
+            token_budget=budget,
+            tokens_used=used,
+            llm_paused_until=breaker[0][0] if breaker else 0.0,
+        )
+
+    def record_llm_failure(self, now: float, threshold: int, window: float, cooldown: float) -> bool:
+        with self._write() as db:
+            row = db.execute("SELECT failures, window_start FROM llm_breaker WHERE id = 1").fetchone()
+            failures, started = (row[0] + 1, row[1]) if row else (1, now)
+            if started < now - window:
+                failures, started = 1, now
+            opened = failures >= threshold
+            db.execute(
+                "INSERT INTO llm_breaker (id, failures, window_start, open_until) VALUES (1, ?, ?, 0) "
+                "ON CONFLICT(id) DO UPDATE SET failures = excluded.failures, window_start = excluded.window_start",
+                (0 if opened else failures, now if opened else started),
+            )
+            if opened:
+                db.execute("UPDATE llm_breaker SET open_until = ? WHERE id = 1", (now + cooldown,))
+            return opened
 
     def set_controls(
         self, experiment: str | None, *, paused: bool | None = None, token_budget: int | None = None

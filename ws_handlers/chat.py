@@ -200,6 +200,8 @@ class Chats:
         controls = self.store.get_controls(chat.identity.experiment)
         if self.settings.paused or controls.paused:
             raise ChatError("paused", **context)
+        if controls.llm_paused_until > self._clock():  # the breaker is open: fail fast, store nothing
+            raise ChatError("llm_paused", **context)
         budget = controls.token_budget if controls.token_budget is not None else self.settings.token_budget
         if budget and controls.tokens_used >= budget:
             raise ChatError("budget_exhausted", **context)

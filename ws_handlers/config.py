@@ -42,6 +42,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("OPENAI_API_KEY", "", "The OpenAI API key itself: local development only, never on AWS."),
     Variable("LLM_TIMEOUT_SECONDS", "60", "Seconds to wait for the model (connect, first token, between tokens)."),
     Variable("LLM_MAX_RETRIES", "2", "Retries with backoff on 429 and 5xx before the first token."),
+    Variable("LLM_BREAKER_FAILURES", "5", "Model failures within the window that pause model calls."),
+    Variable("LLM_BREAKER_WINDOW_SECONDS", "30", "The window in which model failures are counted."),
+    Variable("LLM_BREAKER_COOLDOWN_SECONDS", "20", "Seconds model calls stay paused before a probe goes through."),
     Variable("STREAM_FLUSH_MS", "120", "Longest wait before buffered reply text is pushed as a delta."),
     Variable("STREAM_FLUSH_CHARS", "600", "Buffered characters that trigger a delta at once."),
 )
@@ -87,6 +90,9 @@ class Settings:
     openai_api_key: str | None
     llm_timeout: float
     llm_max_retries: int
+    breaker_failures: int
+    breaker_window: float
+    breaker_cooldown: float
     stream_flush_seconds: float
     stream_flush_chars: int
 
@@ -133,6 +139,9 @@ class Settings:
             openai_api_key=optional("OPENAI_API_KEY"),
             llm_timeout=float(integer("LLM_TIMEOUT_SECONDS", 1)),
             llm_max_retries=integer("LLM_MAX_RETRIES"),
+            breaker_failures=integer("LLM_BREAKER_FAILURES", 1),
+            breaker_window=float(integer("LLM_BREAKER_WINDOW_SECONDS", 1)),
+            breaker_cooldown=float(integer("LLM_BREAKER_COOLDOWN_SECONDS", 1)),
             stream_flush_seconds=integer("STREAM_FLUSH_MS") / 1000,
             stream_flush_chars=integer("STREAM_FLUSH_CHARS", 1),
         )

@@ -40,6 +40,7 @@ _ser = TypeSerializer()
 _de = TypeDeserializer()
 _THROTTLING = {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
 _SERVICE_CONTROL = {"pk": "SERVICE", "sk": "CONTROL"}
+_BREAKER = {"pk": "SERVICE", "sk": "LLM"}
 
 
 def _item(values: dict[str, Any]) -> dict[str, Any]:
@@ -148,19 +149,21 @@ class DynamoStore:
             "batch_get_item",
             RequestItems={
                 self.chats_table: {
-                    "Keys": [_item(experiment_key), _item(_SERVICE_CONTROL)],
+                    "Keys": [_item(experiment_key), _item(_SERVICE_CONTROL), _item(_BREAKER)],
                     "ConsistentRead": True,
                 }
             },
         )
-        items = {i["pk"]: i for i in map(_plain, got.get("Responses", {}).get(self.chats_table, []))}
-        exp = items.get(experiment_key["pk"], {})
-        service = items.get("SERVICE", {})
+        items = {(i["pk"], i["sk"]): i for i in map(_plain, got.get("Responses", {}).get(self.chats_table, []))}
+        exp = items.get((experiment_key["pk"], "CONTROL"), {})
+        service = items.get(("SERVICE", "CONTROL"), {})
+        breaker = items.get(("SERVICE", "LLM"), {})
         budget = exp.get("token_budget")
         return Controls(
             paused=bool(exp.get("paused")) or bool(service.get("paused")),
             token_budget=None if budget is None else int(budget),
             tokens_used=int(exp.get("tokens_used", 0)),
+            llm_paused_until=float(breaker.get("open_until", 0)),
         )
 
     # -- chats ------------------------------------------------------------------------
@@ -410,6 +413,36 @@ class DynamoStore:
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
+
+    def record_llm_failure(self, now: float, threshold: int, window: float, cooldown: float) -> bool:
+        key = _item(_BREAKER)
+        got = self._call(
+            "update_item",
+            TableName=self.chats_table,
+            Key=key,
+            UpdateExpression="ADD failures :one SET window_start = if_not_exists(window_start, :now)",
+            ExpressionAttributeValues={":one": {"N": "1"}, ":now": _ser.serialize(_num(now))},
+            ReturnValues="ALL_NEW",
+        )
+        state = _plain(got["Attributes"])
+        started, failures = float(state["window_start"]), int(state["failures"])
+        if started < now - window:
+            values = {":one": {"N": "1"}, ":now": _ser.serialize(_num(now)), ":old": _ser.serialize(state["window_start"])}
+            update = "SET failures = :one, window_start = :now"
+        elif failures >= threshold:
+            values = {":zero": {"N": "0"}, ":now": _ser.serialize(_num(now)), ":old": _ser.serialize(state["window_start"]),
+                      ":until": _ser.serialize(_num(now + cooldown))}
+            update = "SET failures = :zero, window_start = :now, open_until = :until"
+        else:
+            return False
+        try:  # only one of the instances that saw this window moves it on
+            self._call("update_item", TableName=self.chats_table, Key=key, UpdateExpression=update,
+                       ConditionExpression="window_start = :old", ExpressionAttributeValues=values)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            return False
+        return "open_until" in update
 
 
 def _chat(item: dict[str, Any]) -> Chat:

@@ -45,6 +45,7 @@ CODES: dict[str, Code] = {
         Code("llm_timeout", True, "The model took too long to answer; try again."),
         Code("llm_unavailable", True, "The model could not be reached; try again."),
         Code("llm_error", False, "The model refused the request."),
+        Code("llm_paused", True, "The assistant is paused for a moment after repeated failures; try again shortly."),
         Code("reply_interrupted", True, "The reply was interrupted before it was complete; try again."),
         Code("throttled", True, "The service is busy; try again in a moment."),
         Code("internal", True, "Something went wrong on the server; try again."),

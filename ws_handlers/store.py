@@ -78,6 +78,7 @@ class Controls:
     paused: bool = False
     token_budget: int | None = None  #: None: use the TOKEN_BUDGET setting
     tokens_used: int = 0
+    llm_paused_until: float = 0.0  #: the circuit breaker: no model calls before this time
 
 
 class StoreError(Exception):
@@ -158,3 +159,9 @@ class Store(Protocol):
         ...
 
     def release_lease(self, chat_id: str, turn_id: str) -> None: ...
+
+    # the model's circuit breaker, shared by every function instance
+    def record_llm_failure(self, now: float, threshold: int, window: float, cooldown: float) -> bool:
+        """Count a model failure; after `threshold` within `window` seconds, pause model calls
+        for `cooldown` seconds (Controls.llm_paused_until). True when this failure opened it."""
+        ...

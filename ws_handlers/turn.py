@@ -25,6 +25,8 @@ from .stream import Coalescer
 
 #: While the participant has no live socket, look for a new one this often (seconds).
 REBIND_INTERVAL = 1.0
+#: Failures that say the provider is in trouble (not a bad request): they feed the breaker.
+BREAKER_CODES = frozenset({"llm_unavailable", "llm_timeout", "llm_rate_limited"})
 
 
 class _Delivery:
@@ -142,6 +144,9 @@ class Turn:
         coalescer = Coalescer(self.settings.stream_flush_seconds, self.settings.stream_flush_chars)
         started = self._clock()
         usage = Usage(0, 0)
+        if self.store.get_controls(chat.identity.experiment).llm_paused_until > started:
+            self._fail(chat, job, delivery, LLMError("llm_paused", "circuit breaker open"))
+            return
         try:
             for piece in self.model.stream(chat.bot, prompt):
                 if isinstance(piece, Usage):
@@ -187,6 +192,12 @@ class Turn:
         """Free the chat and tell the participant; the user message stays, a retry regenerates."""
         logger.warning("reply failed", extra={"chat_id": chat.chat_id, "code": exc.code, "detail": exc.detail})
         metrics.add_metric(name="ReplyFailures", unit="Count", value=1)
+        s = self.settings
+        if exc.code in BREAKER_CODES and self.store.record_llm_failure(
+            self._clock(), s.breaker_failures, s.breaker_window, s.breaker_cooldown
+        ):
+            logger.error("model calls paused by the circuit breaker", extra={"cooldown_s": s.breaker_cooldown})
+            metrics.add_metric(name="BreakerOpened", unit="Count", value=1)
         self.store.release_lease(chat.chat_id, job.turn_id)
         user = self.store.get_message(chat.chat_id, job.user_seq)
         error = ChatError(

@@ -243,3 +243,19 @@ def test_a_lease_lapses_exactly_at_its_until(store):
     current = store.get_chat(chat.chat_id)
     assert not current.replying(NOW)
     store.append_user_message(current, _user(current, "m2"), _lease(current, "t2"), "c1", 3, NOW)  # not busy
+
+
+def test_the_llm_breaker_opens_after_failures_within_a_window(store):
+    assert store.get_controls("exp1").llm_paused_until == 0
+    assert not store.record_llm_failure(NOW, 3, 30, 20)
+    assert not store.record_llm_failure(NOW + 1, 3, 30, 20)
+    assert store.record_llm_failure(NOW + 2, 3, 30, 20)  # the third within 30 s opens it
+    assert store.get_controls("any-experiment").llm_paused_until == NOW + 22
+    assert not store.record_llm_failure(NOW + 3, 3, 30, 20)  # counting starts again
+
+
+def test_the_llm_breaker_forgets_old_failures(store):
+    store.record_llm_failure(NOW, 2, 30, 20)
+    assert not store.record_llm_failure(NOW + 31, 2, 30, 20)  # outside the window: a new one starts
+    assert store.get_controls("exp1").llm_paused_until == 0
+    assert store.record_llm_failure(NOW + 32, 2, 30, 20)

@@ -1,0 +1,44 @@
+"""When the model is down, fail fast: stop calling it, tell participants, recover by itself."""
+
+from __future__ import annotations
+
+import time
+
+
+def _send(harness, cid, chat_id, client_msg_id):
+    return harness.send(cid, {"action": "send", "chat_id": chat_id, "client_msg_id": client_msg_id, "text": "hello?"})
+
+
+def test_repeated_failures_pause_model_calls_then_a_probe_recovers(make_harness, model):
+    harness = make_harness(
+        LLM_MAX_RETRIES="0", LLM_BREAKER_FAILURES="3", LLM_BREAKER_WINDOW_SECONDS="30", LLM_BREAKER_COOLDOWN_SECONDS="1"
+    )
+    chats = {}
+    for n in range(5):
+        harness.connect(f"c{n}", participant=f"P{n}")
+        chats[n] = harness.start(f"c{n}", participant=f"P{n}")["chat_id"]
+    model.add_faults([{"kind": "status", "status": 503, "times": 100}])
+    for n in range(3):  # three participants see the provider fail
+        assert _send(harness, f"c{n}", chats[n], "m1")[-1]["code"] == "llm_unavailable"
+    calls = model.stats["requests"]
+
+    paused = _send(harness, "c3", chats[3], "m1")  # the breaker is open: refused before anything
+    assert [f["type"] for f in paused] == ["error"]
+    assert paused[0]["code"] == "llm_paused" and paused[0]["retryable"] is True
+    assert model.stats["requests"] == calls and harness.store.messages(chats[3]) == []
+
+    model.faults.clear()  # the provider is back; after the cooldown a probe goes through
+    time.sleep(1.1)
+    recovered = _send(harness, "c3", chats[3], "m1")
+    assert recovered[0]["type"] == "ack" and recovered[-1]["type"] == "message"
+    retry = _send(harness, "c0", chats[0], "m1")  # and the failed ones can be retried
+    assert retry[0]["duplicate"] is True and retry[-1]["type"] == "message"
+
+
+def test_a_bad_request_does_not_trip_the_breaker(make_harness, model):
+    harness = make_harness(LLM_BREAKER_FAILURES="1")
+    harness.connect("c1")
+    chat = harness.start("c1")["chat_id"]
+    model.add_faults([{"kind": "status", "status": 400, "times": 1}])
+    assert _send(harness, "c1", chat, "m1")[-1]["code"] == "llm_error"
+    assert harness.store.get_controls("exp1").llm_paused_until == 0
