@@ -16,12 +16,17 @@ SAM := MAKEFLAGS= SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KE
 	AWS_SECRET_ACCESS_KEY=testing AWS_SESSION_TOKEN=testing AWS_EC2_METADATA_DISABLED=true \
 	PATH="$(CURDIR)/$(SAM_VENV)/bin:$$PATH" $(SAM_VENV)/bin/sam
 
-.PHONY: help venv dev test test-python check-template clean
+# Debian's Chromium for the widget's browser test: playwright (the Python package) only drives
+# it; `playwright install` cannot download browsers here.
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: help venv dev test test-python check-template chromium clean
 
 help:
 	@echo "make dev             set up what is missing and run the whole service on loopback"
 	@echo "make test            set up what is missing and run every test"
 	@echo "make check-template  cfn-lint, sam validate --lint and sam build on template.yaml"
+	@echo "make chromium        install Debian's chromium (apt-get) if $(CHROMIUM) is missing"
 	@echo "make clean           remove virtual environments and build output"
 
 venv: $(STAMP)
@@ -36,9 +41,9 @@ $(STAMP): pyproject.toml
 dev: venv
 	$(PY) -m local_gateway serve
 
-test: venv check-template test-python
+test: venv chromium check-template test-python
 
-test-python: venv
+test-python: venv chromium
 	$(PY) -m pytest
 
 # cfn-lint (project venv), then sam's own lint and a real build into .aws-sam/. --cached:
@@ -48,6 +53,16 @@ check-template: venv $(SAM_STAMP)
 	$(VENV)/bin/cfn-lint template.yaml
 	$(SAM) validate --lint --template-file template.yaml
 	$(SAM) build --cached --parallel --template-file template.yaml
+
+chromium: $(CHROMIUM)
+
+# Only when missing; as root, or through sudo -n (never a password prompt).
+$(CHROMIUM):
+	@if [ "$$(id -u)" -eq 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else \
+		echo "$(CHROMIUM) is missing and installing it needs root: run 'make chromium' as root" \
+			"or 'sudo apt-get install chromium'" >&2; exit 1; fi; \
+	set -x; $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 $(SAM_STAMP):
 	$(PYTHON) -m venv $(SAM_VENV)
