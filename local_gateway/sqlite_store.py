@@ -60,14 +60,15 @@ from ws_handlers.store import (
 )
 from ws_handlers.tickets import Identity
 
-SCHEMA_VERSION = 1  #: PRAGMA user_version; a later migration bumps it
+SCHEMA_VERSION = 2  #: PRAGMA user_version; each migration bumps it
 _SERVICE = ""  #: the `controls` row of the service as a whole (no experiment is named '')
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS connections (
         connection_id TEXT PRIMARY KEY,
         participant TEXT NOT NULL, experiment TEXT NOT NULL, session TEXT NOT NULL,
-        connected_at REAL NOT NULL, expires_at INTEGER NOT NULL)""",
+        connected_at REAL NOT NULL, expires_at INTEGER NOT NULL,
+        rate_window INTEGER NOT NULL DEFAULT 0, rate_count INTEGER NOT NULL DEFAULT 0)""",
     """CREATE TABLE IF NOT EXISTS chats (
         chat_id TEXT PRIMARY KEY,
         experiment TEXT NOT NULL, session TEXT NOT NULL, participant TEXT NOT NULL, chat_key TEXT NOT NULL,
@@ -96,6 +97,14 @@ _SCHEMA = (
         tokens_used INTEGER NOT NULL DEFAULT 0)""",
 )
 
+#: From each version to the next, for files written by older code.
+_MIGRATIONS = {
+    1: (
+        "ALTER TABLE connections ADD COLUMN rate_window INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE connections ADD COLUMN rate_count INTEGER NOT NULL DEFAULT 0",
+    ),
+}
+
 _CHAT_COLUMNS = (
     "chat_id, participant, experiment, session, chat_key, bot, created_at, next_seq, user_messages, "
     "tokens_used, connection_id, lease_turn, lease_until, lease_seq"
@@ -120,8 +129,15 @@ class SqliteStore:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
                     raise StoreError(f"{self.path} has schema version {version}; this code knows {SCHEMA_VERSION}")
-                for statement in _SCHEMA:
-                    db.execute(statement)
+                if version == 0:  # a new file
+                    for statement in _SCHEMA:
+                        db.execute(statement)
+                else:
+                    for step in range(version, SCHEMA_VERSION):
+                        for statement in _MIGRATIONS[step]:
+                            db.execute(statement)
+                    for statement in _SCHEMA:  # tables added since; all IF NOT EXISTS
+                        db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             self._db.close()
@@ -156,7 +172,8 @@ class SqliteStore:
         who = connection.identity
         with self._write() as db:
             db.execute(
-                "INSERT OR REPLACE INTO connections VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO connections "
+                "(connection_id, participant, experiment, session, connected_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (connection.connection_id, who.participant, who.experiment, who.session,
                  connection.connected_at, connection.expires_at),
             )
@@ -171,6 +188,20 @@ class SqliteStore:
             return None
         participant, experiment, session, connected_at, expires_at = rows[0]
         return Connection(connection_id, Identity(participant, experiment, session), connected_at, expires_at)
+
+    def count_frame(self, connection_id: str, now: float, window: float) -> tuple[Connection, int] | None:
+        current = int(now // window)
+        with self._write() as db:
+            row = db.execute(
+                "UPDATE connections SET rate_count = CASE WHEN rate_window = ? THEN rate_count + 1 ELSE 1 END, "
+                "rate_window = ? WHERE connection_id = ? AND expires_at > ? "
+                "RETURNING participant, experiment, session, connected_at, expires_at, rate_count",
+                (current, current, connection_id, now),
+            ).fetchone()
+        if row is None:
+            return None
+        participant, experiment, session, connected_at, expires_at, count = row
+        return Connection(connection_id, Identity(participant, experiment, session), connected_at, expires_at), count
 
     def delete_connection(self, connection_id: str) -> None:
         with self._write() as db:

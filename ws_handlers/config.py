@@ -29,6 +29,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ALLOW_MISSING_ORIGIN", "true", "Accept connections without an Origin header (tools, load tests)."),
     Variable("PARTICIPANT_ALLOWLIST", "", "Comma-separated participant codes; empty means any participant."),
     Variable("CHAT_PAUSED", "false", "Kill switch: true refuses new connections and messages everywhere."),
+    Variable("RATE_LIMIT_FRAMES", "20", "Frames (other than ping) one connection may send per window."),
+    Variable("RATE_LIMIT_WINDOW_SECONDS", "10", "The window of the per-connection rate limit."),
     Variable("CONNECTION_TTL_SECONDS", "7800", "Seconds a connection record lives (API Gateway caps sockets at 2 h)."),
     Variable("TICKET_MAX_AGE_SECONDS", "86400", "Seconds a chat ticket is accepted after it was minted."),
     Variable("MAX_MESSAGE_CHARS", "4000", "Hard cap on a participant message, whatever a ticket allows."),
@@ -77,6 +79,8 @@ class Settings:
     allow_missing_origin: bool
     participant_allowlist: frozenset[str]
     paused: bool
+    rate_limit_frames: int
+    rate_limit_window: float
     connection_ttl: int
     ticket_max_age: int
     max_message_chars: int
@@ -126,6 +130,8 @@ class Settings:
             allow_missing_origin=_bool("ALLOW_MISSING_ORIGIN", get("ALLOW_MISSING_ORIGIN")),
             participant_allowlist=_csv(get("PARTICIPANT_ALLOWLIST")),
             paused=_bool("CHAT_PAUSED", get("CHAT_PAUSED")),
+            rate_limit_frames=integer("RATE_LIMIT_FRAMES", 1),
+            rate_limit_window=float(integer("RATE_LIMIT_WINDOW_SECONDS", 1)),
             connection_ttl=integer("CONNECTION_TTL_SECONDS", 60),
             ticket_max_age=integer("TICKET_MAX_AGE_SECONDS", 60),
             max_message_chars=integer("MAX_MESSAGE_CHARS", 1),

@@ -139,6 +139,29 @@ class DynamoStore:
             int(item["expires_at"]),
         )
 
+    def count_frame(self, connection_id: str, now: float, window: float) -> tuple[Connection, int] | None:
+        key = {"connection_id": {"S": connection_id}}
+        values = {":one": {"N": "1"}, ":w": {"N": str(int(now // window))}, ":now": _ser.serialize(_num(now))}
+        attempts = (  # the current window's counter, else a new window; one write in the steady state
+            ("ADD rate_count :one", "rate_window = :w AND expires_at > :now"),
+            ("SET rate_window = :w, rate_count = :one", "attribute_exists(connection_id) AND expires_at > :now"),
+        )
+        for update, condition in attempts:
+            try:
+                got = self._call(
+                    "update_item", TableName=self.connections_table, Key=key, UpdateExpression=update,
+                    ConditionExpression=condition, ExpressionAttributeValues=values, ReturnValues="ALL_NEW",
+                )
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
+                continue
+            item = _plain(got["Attributes"])
+            identity = Identity(item["participant"], item["experiment"], item["session"])
+            connection = Connection(connection_id, identity, float(item["connected_at"]), int(item["expires_at"]))
+            return connection, int(item["rate_count"])
+        return None
+
     def delete_connection(self, connection_id: str) -> None:
         self._call("delete_item", TableName=self.connections_table, Key={"connection_id": {"S": connection_id}})
 

@@ -39,6 +39,7 @@ CODES: dict[str, Code] = {
         Code("chat_token_limit", False, "This chat has used all the tokens it is allowed."),
         Code("budget_exhausted", False, "The experiment's token budget is used up."),
         Code("paused", True, "The chat is paused by the experimenter; try again later."),
+        Code("rate_limited", True, "Too many frames from this connection; slow down."),
         Code("reply_in_progress", True, "A reply is still being written in this chat; wait for it."),
         # the model and the service
         Code("llm_rate_limited", True, "The model is busy; try again in a moment."),

@@ -42,9 +42,12 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if isinstance(action, Ping):
             respond({"type": "pong"})
         else:
-            connection = svc.store.get_connection(connection_id, time.time())
-            if connection is None:
+            counted = svc.store.count_frame(connection_id, time.time(), svc.settings.rate_limit_window)
+            if counted is None:
                 raise ChatError("not_connected")
+            connection, frames = counted
+            if frames > svc.settings.rate_limit_frames:  # a flood: refused before any other work
+                raise ChatError("rate_limited")
             logger.append_keys(participant=connection.identity.participant)
             chats = Chats(svc.settings, svc.store, svc.invoker, svc.ticket_secret)
             chats.handle(connection, action, endpoint, respond)

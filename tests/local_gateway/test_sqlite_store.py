@@ -289,3 +289,30 @@ def test_a_killed_writer_leaves_only_whole_transactions(tmp_path):
     chat = store.get_chat(chat_id_for(Identity("P0", "exp1", "s1"), "run0-0"))
     assert [m.seq for m in store.messages(chat.chat_id)] == list(range(1, 8))
     store.close()
+
+
+def test_a_version_1_file_is_migrated_and_keeps_its_data(tmp_path):
+    import sqlite3 as sq
+
+    from local_gateway.sqlite_store import SqliteStore
+    from ws_handlers.store import Connection
+    from ws_handlers.tickets import Identity
+
+    path = tmp_path / "old.sqlite3"
+    db = sq.connect(path)
+    db.execute(
+        "CREATE TABLE connections (connection_id TEXT PRIMARY KEY, participant TEXT NOT NULL, experiment TEXT NOT NULL, "
+        "session TEXT NOT NULL, connected_at REAL NOT NULL, expires_at INTEGER NOT NULL)"
+    )
+    db.execute("INSERT INTO connections VALUES ('c1', 'P1', 'exp1', 'sess1', 1.0, 9999999999)")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    try:
+        connection, count = store.count_frame("c1", 100.0, 10)
+        assert connection.identity == Identity("P1", "exp1", "sess1") and count == 1
+        store.put_connection(Connection("c2", connection.identity, 2.0, 9999999999))
+        assert store.count_frame("c2", 100.0, 10)[1] == 1
+    finally:
+        store.close()

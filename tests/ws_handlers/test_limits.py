@@ -104,3 +104,21 @@ def test_kill_switch_refuses_messages_retryably(harness, model):
     assert error["retryable"] is True and model.stats["requests"] == 0
     harness.ddb.delete_item(TableName="chats", Key={"pk": {"S": "SERVICE"}, "sk": {"S": "CONTROL"}})
     assert _send(harness, chat, "m1")[-1]["type"] == "message"  # resumed: the same message goes through
+
+
+def test_a_frame_flood_is_rate_limited_per_connection_and_costs_nothing(make_harness, model):
+    harness = make_harness(RATE_LIMIT_FRAMES="5", RATE_LIMIT_WINDOW_SECONDS="60")
+    harness.connect("c1")
+    chat = harness.start("c1")["chat_id"]  # frame 1
+    for i in range(4):  # frames 2-5
+        harness.send("c1", {"action": "history", "chat_id": chat})
+    flood = [harness.send("c1", _send_frame_for(chat, f"f{i}"))[-1] for i in range(10)]
+    assert {f["code"] for f in flood} == {"rate_limited"} and all(f["retryable"] for f in flood)
+    assert model.stats["requests"] == 0 and harness.store.messages(chat) == []
+    assert harness.send("c1", {"action": "ping"}) == [{"type": "pong"}]  # pings stay free
+    harness.connect("c2")  # another socket has its own allowance
+    assert harness.send("c2", _send_frame_for(chat, "ok"))[0]["type"] == "ack"
+
+
+def _send_frame_for(chat_id, client_msg_id):
+    return {"action": "send", "chat_id": chat_id, "client_msg_id": client_msg_id, "text": "buy now"}

@@ -259,3 +259,13 @@ def test_the_llm_breaker_forgets_old_failures(store):
     assert not store.record_llm_failure(NOW + 31, 2, 30, 20)  # outside the window: a new one starts
     assert store.get_controls("exp1").llm_paused_until == 0
     assert store.record_llm_failure(NOW + 32, 2, 30, 20)
+
+
+def test_frames_are_counted_per_connection_and_window(store):
+    assert store.count_frame("nobody", NOW, 10) is None
+    store.put_connection(Connection("c1", WHO, NOW, int(NOW) + 100))
+    counts = [store.count_frame("c1", NOW + t, 10)[1] for t in (0, 1, 2)]
+    assert counts == [1, 2, 3]
+    connection, count = store.count_frame("c1", NOW + 10, 10)  # the next window starts again
+    assert count == 1 and connection.identity == WHO
+    assert store.count_frame("c1", NOW + 101, 10) is None  # expired

@@ -1,0 +1,318 @@
+"""The default chat widget in Chromium, used as a participant would.
+
+The local stack runs in process; client_js/ is served statically on loopback (its origin is
+the stack's only allowed origin); Debian's /usr/bin/chromium (`make chromium`) is driven by
+playwright, whose own browsers are never installed. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import boto3
+import pytest
+from aiohttp import web
+
+from local_gateway.demo_bots import BOTS
+from local_gateway.stack import StackConfig, running
+from local_gateway.threaded import serve_in_thread
+from ws_handlers.bot import Bot, Limits
+from ws_handlers.tickets import Identity, mint_ticket, mint_token
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: make venv")
+expect = sync_api.expect
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIENT_JS = ROOT / "client_js"
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = ROOT / "docs" / "images" / "chat-widget.png"
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+VIEWPORT = {"width": 800, "height": 600}
+XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: run `make chromium`"),
+    pytest.mark.timeout(180),
+]
+
+# Records, on every change to the message list, each shown assistant message and whether
+# the typing indicator is visible: what the participant saw while a reply streamed.
+WATCH = """() => {
+  window.__seen = [];
+  const log = document.querySelector('.lc-log');
+  const snap = () => {
+    const typing = !document.querySelector('.lc-typing').hidden;
+    for (const m of document.querySelectorAll('.lc-msg--assistant')) {
+      window.__seen.push({seq: Number(m.dataset.seq), status: m.dataset.status, hidden: m.hidden,
+                          text: m.querySelector('.lc-text').textContent, typing});
+    }
+    window.__seen.push({typing});
+  };
+  new MutationObserver(snap).observe(log, {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
+SHOWN = """() => [...document.querySelectorAll('.lc-msg')].filter(m => !m.hidden).map(m => [
+  m.dataset.seq ? Number(m.dataset.seq) : null, m.dataset.role, m.querySelector('.lc-text').textContent, m.dataset.status])"""
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def site():
+    """client_js/ on loopback: the demo page's origin."""
+    app = web.Application()
+    app.router.add_static("/", CLIENT_JS)
+    with serve_in_thread(app) as served:
+        yield served
+
+
+@pytest.fixture
+def stack(site, tmp_path):
+    config = StackConfig(
+        port=0, management_port=0, model_port=0, data_dir=tmp_path / "stack",
+        model_ttft=0.5, model_tokens_per_second=30,  # a reply streams for about two seconds
+        parameters={"AllowedOrigins": site.url},
+    )
+    with running(config) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    # launch() gives Chromium a fresh temporary user-data-dir of its own, removed on close.
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True, timeout=30_000)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def context(browser):
+    context = browser.new_context(viewport=VIEWPORT, reduced_motion="reduce")
+    context.set_default_timeout(10_000)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(context):
+    page = context.new_page()
+    page.errors = []  # uncaught exceptions and console errors, checked by each test
+    page.on("pageerror", lambda exc: page.errors.append(f"pageerror: {exc}"))
+    page.on("console", lambda msg: msg.type == "error" and page.errors.append(f"console: {msg.text}"))
+    return page
+
+
+def open_chat(page, site, stack, participant: str, bot: Bot = BOTS["tutor"]) -> None:
+    who = Identity(participant, "exp", "sess")
+    query = urlencode({
+        "url": stack.urls["websocket"],
+        "token": mint_token(stack.secret, who),
+        "ticket": mint_ticket(stack.secret, who, "main", bot),
+    }, quote_via=quote)
+    page.goto(f"{site.url}/demo.html?{query}")
+
+
+def stored(stack, page) -> list[tuple[int, str, str]]:
+    chat_id = page.evaluate("() => window.chat.client.chatId")
+    return [(m.seq, m.role, m.text) for m in stack.store.messages(chat_id)]
+
+
+def shown(page) -> list[tuple[int, str, str]]:
+    return [(seq, role, text) for seq, role, text, _status in page.evaluate(SHOWN)]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def replies(page):
+    return page.locator(".lc-msg--assistant[data-status=stored]")
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_a_participant_chats_goes_offline_and_comes_back(site, stack, context, page, tmp_path):
+    open_chat(page, site, stack, "P1")
+    log, status = page.locator(".lc-log"), page.locator(".lc-status")
+    textarea, typing = page.locator(".lc-input"), page.locator(".lc-typing")
+    expect(log.locator(".lc-msg--assistant .lc-text").first).to_have_text(BOTS["tutor"].opening_message)
+    expect(status).to_have_attribute("data-state", "open")
+    expect(log).to_have_attribute("role", "log")
+    expect(log).to_have_attribute("aria-live", "polite")
+
+    # Type, send with Enter: typing dots, then the reply streams in while the input is locked.
+    page.evaluate(WATCH)
+    textarea.click()
+    page.keyboard.type("Can you explain fractions?")
+    page.keyboard.press("Enter")
+    expect(typing).to_be_visible(timeout=3_000)
+    expect(textarea).not_to_be_editable()
+    page.keyboard.type("x")  # locked: nothing is typed
+    expect(textarea).to_have_value("")
+    expect(replies(page)).to_have_count(2, timeout=20_000)
+    expect(textarea).to_be_editable()
+    expect(typing).to_be_hidden()
+
+    final = replies(page).nth(1)
+    final_text, final_seq = final.locator(".lc-text").text_content(), int(final.get_attribute("data-seq"))
+    seen = [s for s in page.evaluate("() => window.__seen") if s.get("seq") == final_seq]
+    streaming = [s["text"] for s in seen if s["status"] == "streaming" and s["text"]]
+    assert len(set(streaming)) >= 2, f"too few intermediate texts while streaming: {streaming}"
+    assert all(final_text.startswith(t) for t in streaming)  # no gap, no garbage: always a prefix
+    assert not next(s for s in seen if s["text"])["typing"]  # the dots go with the first text
+    assert stored(stack, page) == shown(page)
+
+    # Offline: what does Chromium's network emulation do to the open WebSocket?
+    [connection_id] = list(stack.gateway.sockets)
+    context.set_offline(True)
+    page.wait_for_timeout(1_500)
+    state = page.evaluate("() => window.chat.client.state")
+    if connection_id in stack.gateway.sockets and state == "open":
+        # It leaves an open socket alone (Chromium 1xx): drop it from the server's side, as
+        # API Gateway does on its idle or 2-hour limits; the reconnect then meets the offline network.
+        management = boto3.client(
+            "apigatewaymanagementapi", endpoint_url=stack.urls["management"], region_name="us-east-1",
+            aws_access_key_id="local", aws_secret_access_key="local",
+        )
+        management.delete_connection(ConnectionId=connection_id)
+    expect(status).to_have_attribute("data-state", "reconnecting", timeout=5_000)
+    expect(status).not_to_be_empty()
+
+    # A message written while offline is queued, shown as waiting, and not stored yet.
+    before = len(stored(stack, page))
+    page.keyboard.type("What about decimals?")
+    page.keyboard.press("Enter")
+    waiting = page.locator(".lc-msg--user").last
+    expect(waiting).to_have_attribute("data-status", "pending")
+    expect(waiting.locator(".lc-meta")).to_be_visible()
+    expect(typing).to_be_hidden()
+    page.wait_for_timeout(500)
+    assert len(stored(stack, page)) == before
+
+    # Online: the client reconnects at once, resends, and the answer streams in.
+    context.set_offline(False)
+    expect(replies(page)).to_have_count(3, timeout=30_000)
+    expect(status).to_have_attribute("data-state", "open", timeout=5_000)
+    expect(textarea).to_be_editable()
+    messages = stored(stack, page)
+    assert [text for _, role, text in messages if role == "user"] == ["Can you explain fractions?", "What about decimals?"]
+    assert [seq for seq, _, _ in messages] == [1, 2, 3, 4, 5]
+    assert shown(page) == messages  # everything the store holds, each message once
+    assert page.errors == []
+
+    # The picture for the README: the conversation, with a draft in the box.
+    expect(status).to_be_empty(timeout=6_000)  # "Connected again." fades after 3 s
+    textarea.fill("Could you give me an example with pizza slices?")
+    textarea.blur()
+    shot = tmp_path / "chat-widget.png"
+    page.screenshot(path=str(shot), animations="disabled", caret="hide")
+    if os.environ.get("UPDATE_SCREENSHOT") or not SCREENSHOT.exists():
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, SCREENSHOT)
+
+
+def test_text_is_never_markup_and_the_counter_stops_long_messages(site, stack, page):
+    bot = Bot(name="xss", model="gpt-4o-mini", system_prompt="You are Eve, a tester.",
+              opening_message=XSS, limits=Limits(max_chars=60))
+    open_chat(page, site, stack, "P2", bot)
+    log = page.locator(".lc-log")
+    expect(log.locator(".lc-msg--assistant .lc-text").first).to_have_text(XSS)
+
+    textarea, counter, send = page.locator(".lc-input"), page.locator(".lc-counter"), page.locator(".lc-send")
+    payload = '<b>bold</b> <img src=y onerror="window.__xss=3">'
+    textarea.fill(payload)
+    expect(counter).to_have_text(f"{len(payload)} / 60")
+    textarea.press("Enter")
+    expect(replies(page)).to_have_count(2, timeout=20_000)
+    expect(log.locator(".lc-msg--user .lc-text")).to_have_text(payload)
+    assert page.locator(".lc-chat img, .lc-chat script, .lc-chat b").count() == 0
+    assert page.evaluate("() => window.__xss") is None
+    assert shown(page) == stored(stack, page)
+
+    # Near the limit: a warning; over it: refused in the page (the server would refuse too).
+    textarea.fill("y" * 55)
+    expect(counter).to_have_class("lc-counter lc-counter--warn")
+    expect(send).not_to_have_attribute("aria-disabled", "true")
+    textarea.fill("z" * 61)
+    expect(counter).to_have_class("lc-counter lc-counter--over")
+    expect(counter).to_contain_text("61 / 60")
+    expect(textarea).to_have_attribute("aria-invalid", "true")
+    expect(send).to_have_attribute("aria-disabled", "true")
+    textarea.press("Enter")
+    send.click()
+    expect(page.locator(".lc-status")).to_have_attribute("data-state", "error")
+    page.wait_for_timeout(500)
+    expect(page.locator(".lc-msg--user")).to_have_count(1)
+    assert len(stored(stack, page)) == 3
+    expect(textarea).to_have_value("z" * 61)  # nothing lost: the participant can shorten it
+    assert page.errors == []
+
+
+def test_keyboard_only(site, stack, page):
+    open_chat(page, site, stack, "P3")
+    expect(page.locator(".lc-msg--assistant").first).to_be_visible()
+    expect(page.locator(".lc-status")).to_have_attribute("data-state", "open")
+
+    order = []
+    for _ in range(4):  # from the top of the page: the message list, then the text box
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("() => document.activeElement.className"))
+        if order[-1] == "lc-input":
+            break
+    assert order == ["lc-log", "lc-input"], order
+    outline = page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
+    assert outline == "solid"  # focus is visible
+
+    page.keyboard.type("First line")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("second line")
+    expect(page.locator(".lc-input")).to_have_value("First line\nsecond line")
+    expect(page.locator(".lc-msg--user")).to_have_count(0)
+    page.keyboard.press("Enter")
+    expect(page.locator(".lc-msg--user .lc-text")).to_have_text("First line\nsecond line")
+    expect(replies(page)).to_have_count(2, timeout=20_000)
+    assert page.evaluate("() => document.activeElement.className") == "lc-input"  # focus stayed
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.className") == "lc-send"
+    assert page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle") == "solid"
+    assert shown(page) == stored(stack, page)
+    assert page.errors == []
+
+
+def test_a_failed_reply_offers_retry_and_retry_completes_it(site, stack, page):
+    open_chat(page, site, stack, "P4")
+    expect(page.locator(".lc-msg--assistant").first).to_be_visible()
+    stack.model.add_faults([{"kind": "cut", "after_tokens": 4}])  # the model breaks off mid-reply
+    page.locator(".lc-input").fill("Tell me about primes")
+    page.locator(".lc-input").press("Enter")
+    retry = page.locator(".lc-retry")
+    expect(retry).to_be_visible(timeout=20_000)
+    expect(page.locator(".lc-msg--failed")).to_have_count(1)
+    expect(page.locator(".lc-input")).to_be_editable()
+    retry.focus()
+    page.keyboard.press("Enter")
+    expect(replies(page)).to_have_count(2, timeout=20_000)
+    expect(page.locator(".lc-msg--failed")).to_have_count(0)
+    messages = stored(stack, page)
+    assert [role for _, role, _ in messages] == ["assistant", "user", "assistant"]
+    assert shown(page) == messages
+    assert page.errors == []
