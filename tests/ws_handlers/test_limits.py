@@ -122,3 +122,43 @@ def test_a_frame_flood_is_rate_limited_per_connection_and_costs_nothing(make_har
 
 def _send_frame_for(chat_id, client_msg_id):
     return {"action": "send", "chat_id": chat_id, "client_msg_id": client_msg_id, "text": "buy now"}
+
+
+def test_budget_and_kill_switch_hold_during_a_burst(make_harness, model):
+    """Eight participants send at once: spending stops once the budget is gone, and the kill
+    switch stops everything at once; no refused message costs a model call."""
+    import json
+    import threading
+
+    harness = make_harness(TOKEN_BUDGET="1")
+    chats = {}
+    for n in range(8):
+        harness.connect(f"c{n}", participant=f"P{n}")
+        chats[n] = harness.start(f"c{n}", participant=f"P{n}")["chat_id"]
+    model.add_faults([{"kind": "delay", "seconds": 0.3}])  # the first reply is still running when others arrive
+
+    def burst(tag):
+        barrier = threading.Barrier(8)
+
+        def one(n):
+            barrier.wait()
+            harness.send_raw(f"c{n}", json.dumps(_send_frame_for(chats[n], f"{tag}{n}")))
+
+        threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert harness.invoker.wait_idle(30)
+
+    burst("a")  # every send passes the check before any reply is counted: the documented overshoot
+    replies = model.stats["requests"]
+    assert replies == 8
+    burst("b")  # now the budget is gone: all refused, no model call
+    assert model.stats["requests"] == replies
+    codes = [harness.frames(f"c{n}")[-1]["code"] for n in range(8)]
+    assert codes == ["budget_exhausted"] * 8
+    harness.ddb.put_item(TableName="chats", Item={"pk": {"S": "SERVICE"}, "sk": {"S": "CONTROL"}, "paused": {"BOOL": True}})
+    burst("c")
+    assert [harness.frames(f"c{n}")[-1]["code"] for n in range(8)] == ["paused"] * 8
+    assert model.stats["requests"] == replies
