@@ -391,6 +391,13 @@ class SqliteStore:
             )
         return True
 
+    def renew_lease(self, chat_id: str, turn_id: str, until: float) -> bool:
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE chats SET lease_until = ? WHERE chat_id = ? AND lease_turn = ?", (until, chat_id, turn_id)
+            )
+            return cursor.rowcount == 1
+
     def release_lease(self, chat_id: str, turn_id: str) -> None:
         with self._write() as db:
             db.execute(

@@ -52,8 +52,8 @@ class Bot:
         if (
             not isinstance(self.temperature, (int, float))
             or isinstance(self.temperature, bool)
+            or not 0 <= self.temperature <= 2  # before isfinite, which overflows on huge ints
             or not math.isfinite(self.temperature)
-            or not 0 <= self.temperature <= 2
         ):
             raise ValueError("bot.temperature must be a number from 0 to 2")
         if (

@@ -36,7 +36,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MAX_MESSAGE_CHARS", "4000", "Hard cap on a participant message, whatever a ticket allows."),
     Variable("MAX_CHATS_PER_PARTICIPANT", "5", "Chats one participant may open in one experiment."),
     Variable("TOKEN_BUDGET", "0", "Default experiment-wide token budget (prompt + completion); 0 = unlimited."),
-    Variable("REPLY_LEASE_SECONDS", "180", "Seconds a reply holds its chat before a retry may take over."),
+    Variable("REPLY_LEASE_SECONDS", "60", "Seconds a reply holds its chat unless renewed; after a crash, a retry takes over."),
     Variable("REPLY_FUNCTION_NAME", "", "Lambda function that generates replies (invoked asynchronously)."),
     Variable("WEBSOCKET_ENDPOINT", "", "Management API endpoint override; default https://{domain}/{stage}."),
     Variable("OPENAI_BASE_URL", "", "OpenAI-compatible API base URL; empty means OpenAI itself."),

@@ -423,6 +423,22 @@ class DynamoStore:
         ]
         return self._transact(items) is None
 
+    def renew_lease(self, chat_id: str, turn_id: str, until: float) -> bool:
+        try:
+            self._call(
+                "update_item",
+                TableName=self.chats_table,
+                Key=_key(_chat_pk(chat_id), "META"),
+                UpdateExpression="SET lease_until = :until",
+                ConditionExpression="lease_turn = :turn",
+                ExpressionAttributeValues={":turn": {"S": turn_id}, ":until": _ser.serialize(_num(until))},
+            )
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+
     def release_lease(self, chat_id: str, turn_id: str) -> None:
         try:
             self._call(

@@ -162,6 +162,10 @@ class Store(Protocol):
         """
         ...
 
+    def renew_lease(self, chat_id: str, turn_id: str, until: float) -> bool:
+        """Extend the lease while the turn holds it (even lapsed); False when another turn took it."""
+        ...
+
     def release_lease(self, chat_id: str, turn_id: str) -> None: ...
 
     # the model's circuit breaker, shared by every function instance

@@ -36,6 +36,15 @@ MIN_SECRET_BYTES = 32
 _CODE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 _MAX_TOKEN_CHARS = 2048
 _MAX_TICKET_CHARS = 64 * 1024
+#: What minted credentials are made of (base64url; a JWT's three segments, Fernet's padding).
+#: Anything else is refused before decoding: a lone surrogate cannot even be encoded, and
+#: base64 decoding would silently skip characters outside its alphabet.
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+")
+_TICKET_SHAPE = re.compile(r"[A-Za-z0-9_\-]+=*")
+#: Clock difference tolerated between the experiment server, which mints with its own clock,
+#: and this service: a token's `iat` may be ahead, its `exp` just past, by this many seconds.
+#: (Fernet tickets get the same 60 s for timestamps ahead, from `cryptography`.)
+CLOCK_SKEW_SECONDS = 60
 
 
 class CredentialError(Exception):
@@ -126,12 +135,17 @@ def mint_token(
 
 def verify_token(secret: str | bytes, token: object, *, now: float | None = None) -> Identity:
     """The identity a connect token proves; raises TokenInvalid or TokenExpired."""
-    if not isinstance(token, str) or not 0 < len(token) <= _MAX_TOKEN_CHARS:
+    if not isinstance(token, str) or not 0 < len(token) <= _MAX_TOKEN_CHARS or not _TOKEN_SHAPE.fullmatch(token):
         raise TokenInvalid("missing or malformed token")
     options = {"require": ["sub", "xp", "ses", "exp", "aud"], "verify_exp": now is None}
     try:
         claims = jwt.decode(
-            token, _keys(_secret_bytes(secret)).token, algorithms=["HS256"], audience=TOKEN_AUDIENCE, options=options
+            token,
+            _keys(_secret_bytes(secret)).token,
+            algorithms=["HS256"],
+            audience=TOKEN_AUDIENCE,
+            options=options,
+            leeway=CLOCK_SKEW_SECONDS,
         )
     except jwt.ExpiredSignatureError:
         raise TokenExpired("the token has expired") from None
@@ -170,7 +184,7 @@ def open_ticket(
     secret: str | bytes, ticket: object, *, max_age: int = DEFAULT_TICKET_MAX_AGE, now: float | None = None
 ) -> Ticket:
     """Decrypt and check a ticket; raises TicketInvalid or TicketExpired."""
-    if not isinstance(ticket, str) or not 0 < len(ticket) <= _MAX_TICKET_CHARS:
+    if not isinstance(ticket, str) or not 0 < len(ticket) <= _MAX_TICKET_CHARS or not _TICKET_SHAPE.fullmatch(ticket):
         raise TicketInvalid("missing or malformed ticket")
     fernet = _keys(_secret_bytes(secret)).ticket
     current = int(time.time() if now is None else now)
@@ -194,5 +208,5 @@ def open_ticket(
         if not isinstance(chat_key, str) or not _CODE.fullmatch(chat_key):
             raise ValueError("bad chat key")
         return Ticket(identity, chat_key, Bot.from_dict(payload["b"]))
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise TicketInvalid("the ticket is not valid") from None

@@ -9,6 +9,7 @@ the text so far, so the new socket gets the reply without a gap) or to nobody.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -102,6 +103,34 @@ class _Delivery:
                 self._post(frame)
 
 
+class _LeaseKeeper:
+    """Renews the turn's lease on a timer, so even a model that stalls between tokens keeps
+    the chat; `lost` turns true when another turn has taken it."""
+
+    def __init__(self, renew: Callable[[], bool], every: float) -> None:
+        self._renew, self._every = renew, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
+        self.lost = False
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                if not self._renew():
+                    self.lost = True
+                    return
+            except Exception:  # a failed renewal is retried next time; the lease has slack
+                logger.warning("lease renewal failed", exc_info=True)
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class Turn:
     def __init__(
         self,
@@ -131,9 +160,13 @@ class Turn:
                 logger.exception("could not report the crash")
             raise  # recorded as a failed asynchronous invocation
 
+    def _renew(self, job: ReplyJob) -> bool:
+        return self.store.renew_lease(job.chat_id, job.turn_id, self._clock() + self.settings.reply_lease_seconds)
+
     def _run(self, job: ReplyJob) -> None:
         chat = self.store.get_chat(job.chat_id)
-        if chat is None or chat.lease is None or chat.lease.turn_id != job.turn_id:
+        # the job may have waited in Lambda's queue: go on only if no retry took the chat meanwhile
+        if chat is None or chat.lease is None or chat.lease.turn_id != job.turn_id or not self._renew(job):
             logger.info("stale reply job skipped", extra={"chat_id": job.chat_id, "user_seq": job.user_seq})
             return
         history = self.store.messages(chat.chat_id, limit=job.user_seq)
@@ -148,11 +181,15 @@ class Turn:
             self._fail(chat, job, delivery, LLMError("llm_paused", "circuit breaker open"))
             return
         try:
-            for piece in self.model.stream(chat.bot, prompt):
-                if isinstance(piece, Usage):
-                    usage = piece
-                elif (text := coalescer.add(piece)) is not None:
-                    delivery.delta(text)
+            with _LeaseKeeper(lambda: self._renew(job), self.settings.reply_lease_seconds / 3) as keeper:
+                for piece in self.model.stream(chat.bot, prompt):
+                    if keeper.lost:  # a retry took the chat (our lease had lapsed): stop paying for this one
+                        logger.warning("reply abandoned: another turn took the chat", extra={"chat_id": chat.chat_id})
+                        return
+                    if isinstance(piece, Usage):
+                        usage = piece
+                    elif (text := coalescer.add(piece)) is not None:
+                        delivery.delta(text)
             if (text := coalescer.flush()) is not None:
                 delivery.delta(text)
         except LLMError as exc:

@@ -193,3 +193,16 @@ def test_dynamodb_throttling_is_a_retryable_error_and_writes_nothing(harness):
     assert _transcript(harness, chat) == []
     retry = harness.send("c1", _send_frame(chat))
     assert retry[0]["type"] == "ack" and retry[-1]["type"] == "message"
+
+
+def test_a_long_reply_renews_its_lease_so_no_retry_races_it(make_harness, model):
+    harness = make_harness(REPLY_LEASE_SECONDS="5", LLM_TIMEOUT_SECONDS="10")  # renewed every ~1.7 s
+    harness.connect("c1")
+    chat = harness.start("c1")["chat_id"]
+    model.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": 7}])  # silent for longer than the lease
+    harness.send("c1", _send_frame(chat), wait=False)
+    time.sleep(5.5)  # past the first lease: still held, because the turn renewed it
+    busy = harness.send("c1", _send_frame(chat, "m2"), wait=False)
+    assert busy[-1]["code"] == "reply_in_progress"
+    assert harness.invoker.wait_idle(30)
+    assert _transcript(harness, chat) == [(1, "user"), (2, "assistant")]

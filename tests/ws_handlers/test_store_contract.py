@@ -269,3 +269,14 @@ def test_frames_are_counted_per_connection_and_window(store):
     connection, count = store.count_frame("c1", NOW + 10, 10)  # the next window starts again
     assert count == 1 and connection.identity == WHO
     assert store.count_frame("c1", NOW + 101, 10) is None  # expired
+
+
+def test_renew_lease_only_for_its_holder(store):
+    chat = _chat(store)
+    store.append_user_message(chat, _user(chat, "m1"), _lease(chat, "t1", NOW + 5), "c1", 3, NOW)
+    assert store.renew_lease(chat.chat_id, "t1", NOW + 100)
+    assert store.get_chat(chat.chat_id).lease.until == NOW + 100
+    assert not store.renew_lease(chat.chat_id, "t2", NOW + 200)
+    store.release_lease(chat.chat_id, "t1")
+    assert not store.renew_lease(chat.chat_id, "t1", NOW + 300)
+    assert store.get_chat(chat.chat_id).lease is None
