@@ -12,6 +12,7 @@ ForbiddenException (403, wrong stage). SigV4 headers are ignored.
 
 from __future__ import annotations
 
+import collections
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -132,8 +133,16 @@ def _too_large() -> web.Response:
     return _error(413, "PayloadTooLargeException", "Request entity too large")
 
 
-def management_app(registry: ConnectionRegistry, stage: str = "local") -> web.Application:
-    """The Management API of one stage, served at /{stage}/@connections/{connection id}."""
+_FAULT_TYPES = {429: "LimitExceededException", 500: "InternalServerErrorException", 503: "ServiceUnavailableException"}
+
+
+def management_app(
+    registry: ConnectionRegistry, stage: str = "local", faults: collections.deque[int] | None = None
+) -> web.Application:
+    """The Management API of one stage, served at /{stage}/@connections/{connection id}.
+
+    `faults` (tests): HTTP statuses that the next POSTs answer instead of delivering, one each.
+    """
 
     async def handle(request: web.Request) -> web.Response:
         # ["", stage, "@connections", encoded id]; request.path would decode %2F into "/".
@@ -144,6 +153,9 @@ def management_app(registry: ConnectionRegistry, stage: str = "local") -> web.Ap
             return web.json_response({"message": "Not Found"}, status=404)
         connection_id = unquote(parts[3])
         if request.method == "POST":
+            if faults:
+                status = faults.popleft()
+                return _error(status, _FAULT_TYPES.get(status, "InternalServerErrorException"), "Injected fault")
             try:
                 data = await request.read()
             except web.HTTPRequestEntityTooLarge:  # beyond aiohttp's client_max_size

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import collections
 import sys
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def harness(make_harness) -> Harness:
 def emulated(secret, model):
     """A harness whose Management API is the local emulator, which can answer 410 Gone."""
     registry = RecordingRegistry()
-    with mock_aws(), serve_in_thread(management_app(registry, "test")) as served:
+    faults: collections.deque[int] = collections.deque()
+    with mock_aws(), serve_in_thread(management_app(registry, "test", faults)) as served:
         h = Harness(secret, model.url, {"WEBSOCKET_ENDPOINT": f"{served.url}/test"}, registry=registry)
+        h.push_faults = faults  # statuses the next pushes get instead of delivery
         yield h
         h.close()

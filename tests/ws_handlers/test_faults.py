@@ -206,3 +206,20 @@ def test_a_long_reply_renews_its_lease_so_no_retry_races_it(make_harness, model)
     assert busy[-1]["code"] == "reply_in_progress"
     assert harness.invoker.wait_idle(30)
     assert _transcript(harness, chat) == [(1, "user"), (2, "assistant")]
+
+
+def test_management_api_errors_lose_no_text(emulated, model):
+    """500s from the Management API: the SDK retries, the turn re-sends from the last offset
+    delivered, so the participant's stream has no gap and the reply is stored once."""
+    emulated.connect("c1")
+    chat = emulated.start("c1")["chat_id"]
+    model.add_faults([{"kind": "stall", "after_tokens": 1, "seconds": 0.3}])
+    emulated.push_faults.extend([500] * 7)  # the ack's post and the first delta's attempts fail
+    emulated.send("c1", _send_frame(chat))
+    assert not emulated.push_faults
+    frames = emulated.frames("c1")
+    stored = emulated.store.get_message(chat, 2)
+    assert _transcript(emulated, chat) == [(1, "user"), (2, "assistant")]
+    assert "ack" not in [f["type"] for f in frames]  # lost after the SDK's 3 attempts: the client will resend
+    assert frames[-1]["type"] == "message" and frames[-1]["text"] == stored.text
+    assert _assemble(frames, 2) == stored.text  # the stream resumed from the last offset delivered: no gap
