@@ -58,7 +58,7 @@ def test_environment_merges_globals_and_resolves_refs():
     assert env["REPLY_FUNCTION_NAME"] == "reply-local"
     assert env["CONNECTIONS_TABLE"] == "conns-local"  # from Globals
     assert env["CHATS_TABLE"] == "ChatsTable"  # no ref given: the logical id
-    assert env["REPLY_LEASE_SECONDS"] == "330"  # the function's own
+    assert env["TICKET_SECRET_ARN"] == "TicketSecret"  # the function's own
     assert env["POWERTOOLS_SERVICE_NAME"] == "local"  # AWS::StackName
     assert env["WEBSOCKET_ENDPOINT"] == "https://WebSocketApi.execute-api.us-east-1.amazonaws.com/prod"
     assert template.tables["ConnectionsTable"]["TableName"] == "conns-local"  # the same name as the env
