@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from ws_handlers.tickets import Identity, mint_ticket, mint_token
 
@@ -47,6 +47,7 @@ def serve(args: argparse.Namespace) -> None:
         port=args.port,
         management_port=args.management_port,
         model_port=args.model_port,
+        demo_port=args.demo_port,
         data_dir=args.data_dir,
         store=args.store,
         limits=Limits(idle_timeout=args.idle_timeout),
@@ -65,14 +66,21 @@ async def _serve(stack: Stack) -> None:
         loop.add_signal_handler(sig, stopping.set)
     urls = await stack.start()
     model = "the offline model" if stack.model is not None else urls["model"]
-    print(
-        f"Local chat service ready (store: {stack.config.store}, data: {stack.config.data_dir}, model: {model})\n"
-        f"  WebSocket       {urls['websocket']}?token=...\n"
-        f"  Management API  {urls['management']}\n"
-        f"  Try it:         .venv/bin/python -m local_gateway mint --participant P1\n"
-        f"Stop with Ctrl-C.",
-        flush=True,
-    )
+    lines = [
+        f"Local chat service ready (store: {stack.config.store}, data: {stack.config.data_dir}, model: {model})",
+        f"  WebSocket       {urls['websocket']}?token=...",
+        f"  Management API  {urls['management']}",
+        f"  Credentials:    .venv/bin/python -m local_gateway mint --participant P1",
+    ]
+    if "demo" in urls:
+        identity = Identity("demo", "local", "local")
+        query = urlencode({
+            "url": urls["websocket"],
+            "token": mint_token(stack.secret, identity),
+            "ticket": mint_ticket(stack.secret, identity, "main", BOTS["tutor"]),
+        })
+        lines.append(f"  Chat in a browser, as participant 'demo':\n    {urls['demo']}?{query}")
+    print("\n".join(lines) + "\nStop with Ctrl-C.", flush=True)
     await stopping.wait()
     print("Stopping: finishing replies in flight...", flush=True)
     await stack.stop()
@@ -89,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--port", type=int, default=8787, help="WebSocket port (default 8787)")
     run.add_argument("--management-port", type=int, default=8788)
     run.add_argument("--model-port", type=int, default=8789, help="offline model port, when it runs")
+    run.add_argument("--demo-port", type=int, default=8790, help="serves the demo chat page (client_js/)")
     run.add_argument("--store", choices=("sqlite", "dynamodb"), default="sqlite",
                      help="sqlite: durable, the default; dynamodb: moto's DynamoDB server, in memory")
     run.add_argument("--idle-timeout", type=float, default=600.0, help="seconds (API Gateway: 600)")

@@ -60,6 +60,7 @@ class StackConfig:
     port: int = 8787  #: WebSocket port; 0 picks a free one
     management_port: int = 8788
     model_port: int = 8789
+    demo_port: int | None = 8790  #: serves client_js/ (the demo page); None: not served
     data_dir: Path = ROOT / ".local"
     store: str = "sqlite"  #: "sqlite" or "dynamodb" (moto's server, in memory)
     stage: str = "local"
@@ -179,6 +180,10 @@ class Stack:
                 pusher_for=pusher_for,
                 ticket_secret=lambda: self.secret,
             )
+        if config.demo_port is not None:
+            static = web.Application()
+            static.router.add_static("/", ROOT / "client_js", show_index=False)
+            self.urls["demo"] = await self._serve_app(static, config.demo_port) + "/demo.html"
         port = await self.gateway.start(config.host, config.port)
         self.urls["websocket"] = f"ws://{config.host}:{port}/{template.api.stage}"
         return self.urls

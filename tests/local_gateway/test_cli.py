@@ -25,7 +25,8 @@ class Served:
 
     def __init__(self, data_dir: Path):
         self.process = subprocess.Popen(
-            _cli("serve", "--port", "0", "--management-port", "0", "--model-port", "0", data_dir=data_dir),
+            _cli("serve", "--port", "0", "--management-port", "0", "--model-port", "0", "--demo-port", "0",
+                 data_dir=data_dir),
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
             env={**os.environ, "OFFLINE_MODEL_TTFT_MS": "0", "OFFLINE_MODEL_TOKENS_PER_SECOND": "0"},
         )
@@ -83,6 +84,7 @@ def test_serve_mint_chat_sigterm_and_serve_again(tmp_path):
     finally:
         assert served.stop() == 0
     assert "Stopped." in "".join(served.output)
+    assert "demo.html?url=" in "".join(served.output)  # a link a researcher can open
     assert (tmp_path / "ticket-secret").stat().st_mode & 0o077 == 0  # the dev secret is private
 
     again = Served(tmp_path)

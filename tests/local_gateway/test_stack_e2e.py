@@ -24,7 +24,7 @@ ORIGIN = "http://localhost:8000"
 
 def _config(tmp_path, store="sqlite", **kw) -> StackConfig:
     return StackConfig(
-        port=0, management_port=0, model_port=0, data_dir=tmp_path, store=store,
+        port=0, management_port=0, model_port=0, demo_port=0, data_dir=tmp_path, store=store,
         model_ttft=kw.pop("ttft", 0.0), model_tokens_per_second=kw.pop("tps", 0.0), **kw,
     )
 
