@@ -68,6 +68,12 @@ class Bot:
             raise ValueError(f"bot.opening_message must be a string of 1 to {MAX_OPENING_CHARS} characters")
         if not isinstance(self.limits, Limits):
             raise ValueError("bot.limits must be a Limits")
+        for name in ("name", "model", "system_prompt", "opening_message"):
+            value = getattr(self, name)
+            try:
+                value is None or value.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates cannot be stored or sent
+                raise ValueError(f"bot.{name} is not valid Unicode") from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -201,7 +201,7 @@ def open_ticket(
         raise TicketInvalid("the ticket is not valid") from None
     try:
         payload = json.loads(data)
-        if payload.get("v") != 1:
+        if type(payload.get("v")) is not int or payload["v"] != 1:  # True == 1 in Python
             raise ValueError("unknown ticket version")
         identity = Identity(payload["p"], payload["x"], payload["s"])
         chat_key = payload["k"]

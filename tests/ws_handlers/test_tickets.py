@@ -120,3 +120,19 @@ def test_the_experiment_server_can_mint_without_the_services_dependencies():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_bots_must_be_valid_unicode():
+    with pytest.raises(ValueError, match="system_prompt"):
+        Bot("b", "m", "You are \ud800 broken")
+
+
+def test_a_ticket_version_must_be_the_integer_1():
+    import json
+
+    from ws_handlers.tickets import _keys
+
+    payload = {"v": True, "p": "P1", "x": "exp1", "s": "sess1", "k": "main", "b": BOT.to_dict()}
+    forged = _keys(SECRET.encode()).ticket.encrypt(json.dumps(payload).encode()).decode()
+    with pytest.raises(TicketInvalid):
+        open_ticket(SECRET, forged)
