@@ -19,8 +19,10 @@ SAM := MAKEFLAGS= SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KE
 # Debian's Chromium for the widget's browser test: playwright (the Python package) only drives
 # it; `playwright install` cannot download browsers here.
 CHROMIUM := /usr/bin/chromium
+# client_js's node packages (ws, for the tests): npm ci again only when package-lock.json changes.
+NODE_STAMP := client_js/node_modules/.installed
 
-.PHONY: help venv dev test test-python check-template chromium clean
+.PHONY: help venv dev test test-python test-js check-template chromium clean
 
 help:
 	@echo "make dev             set up what is missing and run the whole service on loopback"
@@ -41,10 +43,18 @@ $(STAMP): pyproject.toml
 dev: venv
 	$(PY) -m local_gateway serve
 
-test: venv chromium check-template test-python
+test: venv test-js chromium check-template test-python
 
 test-python: venv chromium
 	$(PY) -m pytest
+
+# node --test suites of client_js/chat-client.js; they spawn the local stack from the venv.
+test-js: venv $(NODE_STAMP)
+	cd client_js && node --test test/
+
+$(NODE_STAMP): client_js/package-lock.json
+	npm ci --prefix client_js
+	touch $@
 
 # cfn-lint (project venv), then sam's own lint and a real build into .aws-sam/. --cached:
 # the dependency layer is rebuilt only when ws_handlers/ changes (the functions, a copy of

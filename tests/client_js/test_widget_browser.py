@@ -7,9 +7,9 @@ playwright, whose own browsers are never installed. Every wait is bounded.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import time
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -35,6 +35,7 @@ FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 VIEWPORT = {"width": 800, "height": 600}
+OFFLINE = "net::ERR_INTERNET_DISCONNECTED"  # Chromium's log of a reconnect attempt while offline: expected
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
 
 pytestmark = [
@@ -43,12 +44,15 @@ pytestmark = [
 ]
 
 # Records, on every change to the message list, each shown assistant message and whether
-# the typing indicator is visible: what the participant saw while a reply streamed.
+# the typing indicator is visible (what the participant saw while a reply streamed), and
+# every message node (none may be replaced: a streamed reply grows in place).
 WATCH = """() => {
   window.__seen = [];
+  window.__nodes = new Set();  // every message node ever shown: a redraw must reuse them
   const log = document.querySelector('.lc-log');
   const snap = () => {
     const typing = !document.querySelector('.lc-typing').hidden;
+    for (const m of document.querySelectorAll('.lc-msg')) window.__nodes.add(m);
     for (const m of document.querySelectorAll('.lc-msg--assistant')) {
       window.__seen.push({seq: Number(m.dataset.seq), status: m.dataset.status, hidden: m.hidden,
                           text: m.querySelector('.lc-text').textContent, typing});
@@ -77,7 +81,7 @@ def site():
 @pytest.fixture
 def stack(site, tmp_path):
     config = StackConfig(
-        port=0, management_port=0, model_port=0, data_dir=tmp_path / "stack",
+        port=0, management_port=0, model_port=0, demo_port=None, data_dir=tmp_path / "stack",
         model_ttft=0.5, model_tokens_per_second=30,  # a reply streams for about two seconds
         parameters={"AllowedOrigins": site.url},
     )
@@ -86,7 +90,7 @@ def stack(site, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def browser():
     # launch() gives Chromium a fresh temporary user-data-dir of its own, removed on close.
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True, timeout=30_000)
@@ -109,7 +113,8 @@ def page(context):
     page = context.new_page()
     page.errors = []  # uncaught exceptions and console errors, checked by each test
     page.on("pageerror", lambda exc: page.errors.append(f"pageerror: {exc}"))
-    page.on("console", lambda msg: msg.type == "error" and page.errors.append(f"console: {msg.text}"))
+    page.on("console", lambda msg: msg.type == "error" and OFFLINE not in msg.text
+            and page.errors.append(f"console: {msg.text}"))
     return page
 
 
@@ -130,17 +135,6 @@ def stored(stack, page) -> list[tuple[int, str, str]]:
 
 def shown(page) -> list[tuple[int, str, str]]:
     return [(seq, role, text) for seq, role, text, _status in page.evaluate(SHOWN)]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def replies(page):
@@ -165,6 +159,8 @@ def test_a_participant_chats_goes_offline_and_comes_back(site, stack, context, p
     page.keyboard.type("Can you explain fractions?")
     page.keyboard.press("Enter")
     expect(typing).to_be_visible(timeout=3_000)
+    dot = "() => getComputedStyle(document.querySelector('.lc-dot')).animationName"
+    assert page.evaluate(dot) == "none"  # the context prefers reduced motion: still dots
     expect(textarea).not_to_be_editable()
     page.keyboard.type("x")  # locked: nothing is typed
     expect(textarea).to_have_value("")
@@ -179,6 +175,8 @@ def test_a_participant_chats_goes_offline_and_comes_back(site, stack, context, p
     assert len(set(streaming)) >= 2, f"too few intermediate texts while streaming: {streaming}"
     assert all(final_text.startswith(t) for t in streaming)  # no gap, no garbage: always a prefix
     assert not next(s for s in seen if s["text"])["typing"]  # the dots go with the first text
+    reused = "() => [...window.__nodes].every(n => n.isConnected) && window.__nodes.size"
+    assert page.evaluate(reused) == page.locator(".lc-msg").count() == 3  # no node was ever redrawn
     assert stored(stack, page) == shown(page)
 
     # Offline: what does Chromium's network emulation do to the open WebSocket?
@@ -187,8 +185,9 @@ def test_a_participant_chats_goes_offline_and_comes_back(site, stack, context, p
     page.wait_for_timeout(1_500)
     state = page.evaluate("() => window.chat.client.state")
     if connection_id in stack.gateway.sockets and state == "open":
-        # It leaves an open socket alone (Chromium 1xx): drop it from the server's side, as
-        # API Gateway does on its idle or 2-hour limits; the reconnect then meets the offline network.
+        # Chromium 156 leaves an open socket open (it fires `offline` and holds frames until
+        # online; only new connections fail): drop it from the server's side, as API Gateway
+        # does at its idle or 2-hour limits. The reconnect then meets the offline network.
         management = boto3.client(
             "apigatewaymanagementapi", endpoint_url=stack.urls["management"], region_name="us-east-1",
             aws_access_key_id="local", aws_secret_access_key="local",
@@ -258,7 +257,7 @@ def test_text_is_never_markup_and_the_counter_stops_long_messages(site, stack, p
     expect(textarea).to_have_attribute("aria-invalid", "true")
     expect(send).to_have_attribute("aria-disabled", "true")
     textarea.press("Enter")
-    send.click()
+    send.click(force=True)  # aria-disabled: the click is ignored
     expect(page.locator(".lc-status")).to_have_attribute("data-state", "error")
     page.wait_for_timeout(500)
     expect(page.locator(".lc-msg--user")).to_have_count(1)
@@ -304,7 +303,7 @@ def test_a_failed_reply_offers_retry_and_retry_completes_it(site, stack, page):
     stack.model.add_faults([{"kind": "cut", "after_tokens": 4}])  # the model breaks off mid-reply
     page.locator(".lc-input").fill("Tell me about primes")
     page.locator(".lc-input").press("Enter")
-    retry = page.locator(".lc-retry")
+    retry = page.locator(".lc-msg--failed .lc-retry")
     expect(retry).to_be_visible(timeout=20_000)
     expect(page.locator(".lc-msg--failed")).to_have_count(1)
     expect(page.locator(".lc-input")).to_be_editable()
@@ -315,4 +314,39 @@ def test_a_failed_reply_offers_retry_and_retry_completes_it(site, stack, page):
     messages = stored(stack, page)
     assert [role for _, role, _ in messages] == ["assistant", "user", "assistant"]
     assert shown(page) == messages
+    assert page.errors == []
+
+
+def test_the_demo_page_takes_the_mint_commands_json(site, stack, page):
+    from argparse import Namespace
+
+    from local_gateway.__main__ import mint
+
+    creds = mint(Namespace(data_dir=stack.config.data_dir, participant="P5", experiment="local", session="local",
+                           chat_key="main", bot="tutor", ttl=600, url=stack.urls["websocket"]))
+    page.goto(f"{site.url}/demo.html")
+    expect(page.locator(".lc-chat")).to_have_count(0)
+    page.get_by_label("The JSON printed by the mint command").fill("not json")
+    page.get_by_role("button", name="Open the chat").click()
+    expect(page.locator("#creds-problem")).not_to_be_empty()
+    page.get_by_label("The JSON printed by the mint command").fill(json.dumps(creds, indent=2))
+    page.get_by_role("button", name="Open the chat").click()
+    expect(page.locator(".lc-msg--assistant .lc-text").first).to_have_text(BOTS["tutor"].opening_message)
+    expect(page.locator("#credentials")).to_be_hidden()
+    page.reload()  # the credentials went to the address bar: a reload resumes the same chat
+    expect(page.locator(".lc-msg--assistant .lc-text").first).to_have_text(BOTS["tutor"].opening_message)
+    assert shown(page) == stored(stack, page)
+    assert page.errors == []
+
+
+def test_a_refused_ticket_is_explained_and_locks_the_chat(site, stack, page):
+    who = Identity("P6", "exp", "sess")
+    query = urlencode({"url": stack.urls["websocket"], "token": mint_token(stack.secret, who),
+                       "ticket": "gAAAAAB-not-a-ticket"}, quote_via=quote)
+    page.goto(f"{site.url}/demo.html?{query}")
+    status = page.locator(".lc-status")
+    expect(status).to_have_attribute("data-state", "error")
+    expect(status).to_have_text("This chat link is not valid. Please reload the page.")
+    expect(page.locator(".lc-input")).not_to_be_editable()
+    assert page.evaluate("() => window.chat.client.state") == "closed"
     assert page.errors == []

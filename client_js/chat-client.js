@@ -1,0 +1,377 @@
+// The participant's side of the chat service: an ES module without dependencies, built to
+// client_js/API.md on the protocol of docs/protocol.md.
+
+const DEFAULTS = {
+  heartbeatMs: 240000, pongTimeoutMs: 15000, maxConnectionMs: 6900000, backoffBaseMs: 500,
+  backoffMaxMs: 30000, stableAfterMs: 10000, replyTimeoutMs: 60000,
+};
+const MAX_RESENDS = 3; // reply timeouts (or `reply_in_progress` refusals) in a row before a send fails
+const OPEN = 1; // WebSocket.OPEN
+const rnd = () => Math.random().toString(36).slice(2);
+const UNREACHABLE_AFTER = 5; // handshakes in a row that never opened
+const entry = (seq, role, text, status, id) => ({ seq, role, text, status, ...(id && { client_msg_id: id }) });
+
+/** A client_msg_id: crypto.randomUUID() where it exists (secure contexts), else time and randomness. */
+export const newId = () => globalThis.crypto?.randomUUID?.() ?? `${Date.now().toString(36)}-${rnd()}${rnd()}`;
+
+export class ChatClient extends EventTarget {
+  constructor(options = {}) {
+    super();
+    this.options = { ...DEFAULTS };
+    for (const [key, value] of Object.entries(options)) if (value !== undefined) this.options[key] = value;
+    this.WebSocket = this.options.WebSocket || globalThis.WebSocket;
+    if (!this.WebSocket) throw new TypeError("no WebSocket here: pass options.WebSocket");
+    this.state = "idle";
+    this.chatId = this.limits = null;
+    this._seqs = new Map(); // seq -> transcript entry: stored, streaming or failed
+    this._outbox = []; // sends not stored yet, in order: {id, text, status, seq}
+    this._turn = null; // the send in progress, until its reply is stored or fails
+    this._awaiting = null; // seq of a reply being written (-1: being asked)
+    this._timers = {};
+    this._ready = false; // `start` answered on this socket
+    this._attempt = 0;
+    this._unreachable = 0; // attempts in a row whose handshake never opened
+    this._wake = this._wake.bind(this);
+  }
+
+  // -- the API
+  start() {
+    if (this.state === "closed") return Promise.reject(new Error("the client is closed"));
+    if (!this._started) {
+      this._started = new Promise((resolve, reject) => (this._settle = { resolve, reject }));
+      this._started.catch(() => {}); // never an unhandled rejection
+      this._listen(true);
+      try { this._connect(); } catch (error) { this._settle.reject(error), this.close(); } // a bad url
+    }
+    return this._started;
+  }
+
+  send(text) {
+    const id = newId();
+    this._outbox.push({ id, text: String(text), status: "pending", seq: null });
+    this._changed();
+    return id;
+  }
+
+  /** Resend a failed message, or the message of a failed reply, with the SAME client_msg_id. */
+  retry(id) {
+    if (this._turn?.id === id || this._outbox.some((i) => i.id === id && i.status === "pending")) return false;
+    let item = this._outbox.find((i) => i.id === id);
+    if (item) this._outbox.splice(this._outbox.indexOf(item), 1);
+    else {
+      const user = [...this._seqs.values()].find((m) => m.role === "user" && m.client_msg_id === id);
+      const reply = user && this._seqs.get(user.seq + 1);
+      if (!user || (reply && reply.status !== "failed")) return false;
+      if (reply) this._seqs.delete(reply.seq);
+      item = { id, text: user.text, seq: user.seq }; // stored already: not shown twice
+    }
+    Object.assign(item, { status: "pending", resends: 0 });
+    this._outbox.push(item);
+    this._changed();
+    return true;
+  }
+
+  close() {
+    if (this.state === "closed") return;
+    this._listen(false);
+    Object.keys(this._timers).forEach((name) => this._clear(name));
+    try { this._ws?.close(1000); } catch {}
+    this._ws = null;
+    this._ready = false;
+    this._setState("closed");
+    this._settle?.reject(new Error("the client was closed"));
+  }
+
+  get transcript() {
+    const pending = this._outbox.filter((i) => i.seq == null);
+    return [...this._seqs.values()].sort((a, b) => a.seq - b.seq).map((m) => ({ ...m }))
+      .concat(pending.map((i) => entry(null, "user", i.text, i.status, i.id)));
+  }
+
+  get busy() {
+    return !!this._turn || this._awaiting != null || this._outbox.some((i) => i.status === "pending");
+  }
+
+  /** fn(detail, event); returns a function that unsubscribes. */
+  on(type, fn) {
+    const listener = (event) => fn(event.detail, event);
+    return this.addEventListener(type, listener), () => this.removeEventListener(type, listener);
+  }
+
+  // -- the socket
+  _connect() {
+    this._clear("retry");
+    if (this.state === "idle") this._setState("connecting"); // later attempts stay "reconnecting"
+    this._wsOpened = false;
+    let ws;
+    try {
+      ws = this._ws = new this.WebSocket(`${this.options.url}?token=${encodeURIComponent(this.options.token)}`);
+    } catch (err) { // a malformed URL: nothing to retry
+      this._emit("error", { code: "connect_failed", message: String(err?.message || err), retryable: false });
+      return this.close();
+    }
+    ws.onopen = () => ws === this._ws && this._opened();
+    ws.onmessage = (event) => ws === this._ws && this._frame(event.data);
+    ws.onclose = () => this._lost(ws);
+    ws.onerror = () => {}; // a close event follows
+    this._timer("dead", this.options.pongTimeoutMs, () => this._lost(ws)); // a handshake that hangs
+  }
+
+  _opened() {
+    const o = this.options;
+    this._wsOpened = true;
+    this._unreachable = 0;
+    this._setState("open");
+    this._send({ action: "start", ticket: o.ticket });
+    this._timer("dead", o.pongTimeoutMs, () => this._lost(this._ws)); // the answer must come
+    this._timer("stable", o.stableAfterMs, () => (this._attempt = 0));
+    if (o.maxConnectionMs > 0) this._timer("recycle", o.maxConnectionMs, () => this._lost(this._ws, true));
+    this._beat();
+  }
+
+  _beat() {
+    if (this.options.heartbeatMs > 0) this._timer("beat", this.options.heartbeatMs, () => (this._probe(), this._beat()));
+  }
+
+  /** A ping: no frame at all within pongTimeoutMs and the socket is dead. */
+  _probe() {
+    const ws = this._ws;
+    if (this._send({ action: "ping" }) && !this._timers.dead) this._timer("dead", this.options.pongTimeoutMs, () => this._lost(ws));
+  }
+
+  /** The socket closed or is dead: drop it, reconnect after a jittered backoff (at once if planned). */
+  _lost(ws, planned = false) {
+    if (!ws || ws !== this._ws || this.state === "closed") return;
+    ["dead", "beat", "stable", "recycle", "reply"].forEach((name) => this._clear(name));
+    this._ws = null;
+    this._ready = false;
+    // Browsers hide a refused handshake (an expired token's 401) behind a plain close: after a
+    // few attempts that never opened, tell the page, and go on trying.
+    if (!this._wsOpened && ++this._unreachable === UNREACHABLE_AFTER) {
+      this._emit("error", { code: "cannot_connect", retryable: true,
+        message: "The chat service cannot be reached. If this goes on, reload the page." });
+    }
+    try { ws.terminate ? ws.terminate() : ws.close(); } catch {} // node's `ws` drops a dead socket at once
+    const o = this.options;
+    const delayMs = planned ? 0 : Math.round(Math.random() * Math.min(o.backoffMaxMs, o.backoffBaseMs * 2 ** this._attempt));
+    if (!planned) this._attempt++;
+    this._setState("reconnecting", { attempt: this._attempt, delayMs });
+    this._timer("retry", delayMs, () => this._connect());
+  }
+
+  /** The page is back (online, visible): reconnect now, or check the socket. */
+  _wake(event) {
+    if (event?.type === "visibilitychange" && globalThis.document?.visibilityState !== "visible") return;
+    if (this.state === "reconnecting" && this._timers.retry) this._connect();
+    else if (this.state === "open") this._probe();
+  }
+
+  _listen(on) {
+    const method = on ? "addEventListener" : "removeEventListener";
+    if (typeof window !== "undefined") window[method]?.("online", this._wake);
+    if (typeof document !== "undefined") document[method]?.("visibilitychange", this._wake);
+  }
+
+  _send(frame) {
+    return this._ws?.readyState === OPEN && (this._ws.send(JSON.stringify(frame)), true);
+  }
+
+  // -- frames from the server
+  _frame(data) {
+    this._clear("dead"); // any frame proves the socket alive
+    let f;
+    try { f = JSON.parse(data); } catch {}
+    if (f && !f.type && f.message) f = { type: "error", code: "internal", message: f.message, retryable: true }; // API Gateway's
+    this["_on_" + f?.type]?.(f);
+    this._changed();
+  }
+
+  _on_chat(f) {
+    this.chatId = f.chat_id;
+    this.limits = f.limits;
+    this._ready = this._resuming = true;
+    this._on_history(f);
+    this._emit("chat", { chatId: f.chat_id, limits: f.limits });
+    this._settle.resolve({ chatId: f.chat_id, limits: f.limits });
+  }
+
+  /** A `chat` or `history` answer: what is stored, and which reply is being written now. */
+  _on_history(f) {
+    (f.messages || []).forEach((m) => this._store(m));
+    if (f.more && f.messages?.length) { // the last page decides the rest
+      return this._send({ action: "history", chat_id: f.chat_id, after_seq: f.messages[f.messages.length - 1].seq });
+    }
+    const replying = f.replying != null && this._seqs.get(f.replying)?.status !== "stored" ? f.replying : null;
+    for (const e of this._seqs.values()) if (e.status === "streaming" && e.seq !== replying) this._failReply(e.seq); // broke off
+    if ((this._awaiting = replying) != null) this._armReply();
+    if (!this._resuming) return;
+    // after a (re)connect: the send in progress goes again, unless its reply streams here anyway
+    this._resuming = false;
+    this._reconcile();
+    const t = this._turn;
+    if (t && !(t.seq != null && this._awaiting === t.seq + 1)) this._sendTurn();
+  }
+
+  _on_ack(f) {
+    const t = this._turn?.id === f.client_msg_id ? this._turn : null;
+    const text = t?.text ?? this._outbox.find((i) => i.id === f.client_msg_id)?.text;
+    if (text != null) this._store({ seq: f.seq, role: "user", text, client_msg_id: f.client_msg_id });
+    if (!f.duplicate && this.limits) this.limits.user_messages++;
+    if (t) this._progress();
+    this._emit("ack", { client_msg_id: f.client_msg_id, seq: f.seq, duplicate: !!f.duplicate });
+  }
+
+  _on_delta(f) {
+    const e = this._seqs.get(f.seq);
+    if (e?.status === "stored") return; // the message frame is authoritative
+    const have = e && e.status !== "failed" ? e.text : "";
+    if (f.offset > have.length) return; // a gap: a resumed stream restarts at 0, the message fills it
+    const text = have.slice(0, f.offset) + f.text;
+    this._seqs.set(f.seq, entry(f.seq, "assistant", text, "streaming"));
+    this._awaiting ??= f.seq;
+    if (this._turn && (this._turn.seq == null || this._turn.seq + 1 === f.seq)) this._progress();
+    this._dirty = true;
+    this._emit("delta", { seq: f.seq, text, piece: f.text });
+  }
+
+  _on_message({ type, chat_id, ...message }) {
+    this._store(message);
+    this._emit("message", { message });
+  }
+
+  _on_error({ code, message, retryable, client_msg_id: id, seq }) {
+    const detail = { code, message, retryable: !!retryable, ...(id != null && { client_msg_id: id }), ...(seq != null && { seq }) };
+    const t = this._turn;
+    if (code === "not_connected") this._lost(this._ws); // the server forgot this socket
+    else if (seq != null) {
+      this._failReply(seq, id); // partial text dropped; retry(id) generates it again
+      if (t && (t.id === id || (t.seq != null && t.seq + 1 === seq))) this._endTurn();
+    } else if (id != null && t?.id === id) {
+      this._endTurn();
+      if (code === "reply_in_progress" && ++t.resends <= MAX_RESENDS) {
+        this._awaiting = -1; // again once that reply is done: which one is it?
+        this._send({ action: "history", chat_id: this.chatId, after_seq: this._lastSeq() });
+        this._armReply();
+      } else this._failTurn(t);
+    } else if (!this._ready && id == null) {
+      if (retryable) this._lost(this._ws); // `start` refused for now: again after a backoff
+      else {
+        this._settle.reject(Object.assign(new Error(message || code), detail));
+        this._emit("error", detail);
+        return this.close();
+      }
+    }
+    this._emit("error", detail);
+  }
+
+  // -- the transcript and the send queue
+  _store(m) {
+    const had = this._seqs.get(m.seq);
+    if (had?.status !== "stored" || had.text !== m.text) this._dirty = true;
+    const id = m.client_msg_id;
+    this._seqs.set(m.seq, entry(m.seq, m.role, m.text, "stored", id));
+    if (id) this._outbox = this._outbox.filter((i) => i.id !== id);
+    if (id && this._turn?.id === id) {
+      this._turn.seq = m.seq;
+      if (this._seqs.get(m.seq + 1)?.status !== "stored") this._awaiting = m.seq + 1;
+    }
+  }
+
+  _failReply(seq, id = this._seqs.get(seq - 1)?.client_msg_id) {
+    this._seqs.set(seq, entry(seq, "assistant", "", "failed", id));
+    if (this._awaiting === seq) this._awaiting = null;
+    this._dirty = true;
+  }
+
+  /** The turn ends when its reply is stored; so does the wait for an awaited reply. */
+  _reconcile() {
+    const t = this._turn;
+    if (t?.seq != null && this._seqs.get(t.seq + 1)?.status === "stored") this._endTurn();
+    if (this._seqs.get(this._awaiting)?.status === "stored") this._awaiting = null;
+    if (!this._turn && this._awaiting == null) this._clear("reply");
+  }
+
+  _endTurn() {
+    this._turn = null;
+    this._clear("reply");
+  }
+
+  /** A failed send shows failed if it was never stored, else its reply does: retry(id) either way. */
+  _failTurn(t) {
+    this._endTurn();
+    if (t.seq == null) return (t.status = "failed");
+    this._outbox = this._outbox.filter((i) => i !== t);
+    this._failReply(t.seq + 1, t.id);
+  }
+
+  /** After any change: settle, send the next queued message if nothing is in the way, tell the page. */
+  _changed() {
+    this._reconcile();
+    const next = this._outbox.find((i) => i.status === "pending");
+    if (next && this._ready && !this._resuming && !this._turn && this._awaiting == null) {
+      (this._turn = next).resends ??= 0;
+      this._sendTurn();
+    }
+    const busy = this.busy;
+    if (!this._dirty && busy === this._wasBusy) return;
+    this._dirty = false;
+    this._wasBusy = busy;
+    this._emit("transcript", { transcript: this.transcript });
+  }
+
+  _sendTurn() {
+    const t = this._turn;
+    if (t.seq != null && this._seqs.get(t.seq + 1)?.status === "failed") this._seqs.delete(t.seq + 1); // made again
+    this._send({ action: "send", chat_id: this.chatId, client_msg_id: t.id, text: t.text });
+    this._armReply();
+  }
+
+  _progress() {
+    this._turn.resends = 0;
+    this._armReply();
+  }
+
+  _armReply() {
+    this._timer("reply", this.options.replyTimeoutMs, () => this._replyTimeout());
+  }
+
+  /** Nothing came for the awaited reply: send the same message again (or ask), probe the socket. */
+  _replyTimeout() {
+    const t = this._turn;
+    if (t && ++t.resends > MAX_RESENDS) {
+      this._failTurn(t);
+      this._emit("error", { code: "reply_timeout", message: "No reply came; try again.", retryable: true, client_msg_id: t.id });
+    } else if (t) this._sendTurn();
+    else if (this._awaiting != null) {
+      this._send({ action: "history", chat_id: this.chatId, after_seq: Math.max(0, this._awaiting - 1) });
+      this._armReply();
+    }
+    this._probe();
+    this._changed();
+  }
+
+  _lastSeq() {
+    return Math.max(0, ...[...this._seqs.values()].filter((m) => m.status === "stored").map((m) => m.seq));
+  }
+
+  // -- plumbing
+  _setState(state, extra) {
+    if (state === this.state && !extra) return;
+    this.state = state;
+    this._emit("state", { state, ...extra });
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  _timer(name, ms, fn) {
+    this._clear(name);
+    if (ms >= 0 && ms < 2 ** 31) this._timers[name] = setTimeout(() => (delete this._timers[name], fn()), ms); // else: off
+  }
+
+  _clear(name) {
+    clearTimeout(this._timers[name]);
+    delete this._timers[name];
+  }
+}
