@@ -162,3 +162,31 @@ def test_budget_and_kill_switch_hold_during_a_burst(make_harness, model):
     burst("c")
     assert [harness.frames(f"c{n}")[-1]["code"] for n in range(8)] == ["paused"] * 8
     assert model.stats["requests"] == replies
+
+
+def test_many_sockets_of_one_participant_buy_no_extra_replies(harness, model):
+    """Six sockets, one participant, one chat, all sending at once: one reply is written,
+    the others are refused with reply_in_progress; no extra model call."""
+    import json
+    import threading
+
+    for n in range(6):
+        harness.connect(f"s{n}")
+    chat = harness.start("s0")["chat_id"]
+    model.add_faults([{"kind": "delay", "seconds": 0.3}])
+    barrier = threading.Barrier(6)
+
+    def one(n):
+        barrier.wait()
+        harness.send_raw(f"s{n}", json.dumps(_send_frame_for(chat, f"m{n}")))
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert harness.invoker.wait_idle(30)
+    firsts = [next(f for f in harness.frames(f"s{n}") if f["type"] in ("ack", "error")) for n in range(6)]
+    assert sorted(f.get("code", "ack") for f in firsts) == ["ack"] + ["reply_in_progress"] * 5
+    assert model.stats["requests"] == 1
+    assert [m.role for m in harness.store.messages(chat)] == ["user", "assistant"]
