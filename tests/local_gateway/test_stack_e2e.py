@@ -260,3 +260,36 @@ async def _await_type(ws, kind: str) -> dict:
             return frame
         if frame.get("type") == "error":
             raise AssertionError(frame)
+
+
+def test_the_maximum_connection_duration_closes_even_a_busy_socket(tmp_path):
+    with running(_config(tmp_path, limits=Limits(idle_timeout=60, max_lifetime=0.8))) as stack:
+        url, _ = credentials(stack)
+        client = Client(url)
+        deadline = time.monotonic() + 3
+        with pytest.raises(ConnectionClosed) as closed:
+            while time.monotonic() < deadline:  # active all along: only the 2-hour cap (here 0.8 s) applies
+                client.send({"action": "ping"})
+                client.until("pong")
+                time.sleep(0.1)
+        assert closed.value.rcvd.code == 1001
+
+
+def test_any_openai_compatible_server_through_its_base_url(tmp_path):
+    """OPENAI_BASE_URL: the stack starts no offline model and talks to the given server."""
+    from local_gateway.offline_model import OfflineModel
+    from local_gateway.threaded import serve_in_thread
+
+    external = OfflineModel(ttft=0, tokens_per_second=0, api_key="compat-key")
+    with serve_in_thread(external.app()) as served:
+        config = _config(tmp_path, openai_base_url=served.url + "/v1", openai_api_key="compat-key")
+        with running(config) as stack:
+            assert stack.model is None
+            url, ticket = credentials(stack)
+            client = Client(url)
+            client.send({"action": "start", "ticket": ticket})
+            chat = client.until("chat")
+            client.send({"action": "send", "chat_id": chat["chat_id"], "client_msg_id": "m1", "text": "Hello there"})
+            assert client.until("message")["role"] == "assistant"
+            assert external.stats["completions_finished"] == 1
+            client.close()
