@@ -89,6 +89,21 @@ class DynamoStore:
                 raise StoreThrottled(operation) from exc
             raise
 
+    def _update_if(self, key: dict[str, Any], update: str, condition: str, values: dict[str, Any],
+                   table: str | None = None, returns: bool = False) -> dict[str, Any] | None:
+        """A conditional UpdateItem: the new item (or {}) when the condition held, else None."""
+        try:
+            got = self._call(
+                "update_item", TableName=table or self.chats_table, Key=key, UpdateExpression=update,
+                ConditionExpression=condition, ExpressionAttributeValues=values,
+                **({"ReturnValues": "ALL_NEW"} if returns else {}),
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return None
+            raise
+        return _plain(got["Attributes"]) if returns else {}
+
     def _transact(self, items: list[dict[str, Any]]) -> list[str] | None:
         """Run a transaction; None when it committed, else each item's cancellation reason."""
         try:
@@ -147,16 +162,9 @@ class DynamoStore:
             ("SET rate_window = :w, rate_count = :one", "attribute_exists(connection_id) AND expires_at > :now"),
         )
         for update, condition in attempts:
-            try:
-                got = self._call(
-                    "update_item", TableName=self.connections_table, Key=key, UpdateExpression=update,
-                    ConditionExpression=condition, ExpressionAttributeValues=values, ReturnValues="ALL_NEW",
-                )
-            except ClientError as exc:
-                if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                    raise
+            item = self._update_if(key, update, condition, values, table=self.connections_table, returns=True)
+            if item is None:
                 continue
-            item = _plain(got["Attributes"])
             identity = Identity(item["participant"], item["experiment"], item["session"])
             connection = Connection(connection_id, identity, float(item["connected_at"]), int(item["expires_at"]))
             return connection, int(item["rate_count"])
@@ -379,20 +387,12 @@ class DynamoStore:
 
     def take_lease(self, chat: Chat, lease: Lease, connection_id: str, now: float) -> bool:
         values = self._lease_values(lease, connection_id, now) | {":seq": {"N": str(chat.next_seq)}}
-        try:
-            self._call(
-                "update_item",
-                TableName=self.chats_table,
-                Key=_key(_chat_pk(chat.chat_id), "META"),
-                UpdateExpression="SET connection_id = :conn, lease_turn = :turn, lease_until = :until, lease_seq = :useq",
-                ConditionExpression="next_seq = :seq AND (attribute_not_exists(lease_until) OR lease_until <= :now)",
-                ExpressionAttributeValues=values,
-            )
-            return True
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
+        return self._update_if(
+            _key(_chat_pk(chat.chat_id), "META"),
+            "SET connection_id = :conn, lease_turn = :turn, lease_until = :until, lease_seq = :useq",
+            "next_seq = :seq AND (attribute_not_exists(lease_until) OR lease_until <= :now)",
+            values,
+        ) is not None
 
     def finish_reply(self, chat: Chat, reply: Message, turn_id: str) -> bool:
         tokens = reply.prompt_tokens + reply.completion_tokens
@@ -424,34 +424,16 @@ class DynamoStore:
         return self._transact(items) is None
 
     def renew_lease(self, chat_id: str, turn_id: str, until: float) -> bool:
-        try:
-            self._call(
-                "update_item",
-                TableName=self.chats_table,
-                Key=_key(_chat_pk(chat_id), "META"),
-                UpdateExpression="SET lease_until = :until",
-                ConditionExpression="lease_turn = :turn",
-                ExpressionAttributeValues={":turn": {"S": turn_id}, ":until": _ser.serialize(_num(until))},
-            )
-            return True
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
+        values = {":turn": {"S": turn_id}, ":until": _ser.serialize(_num(until))}
+        return self._update_if(
+            _key(_chat_pk(chat_id), "META"), "SET lease_until = :until", "lease_turn = :turn", values
+        ) is not None
 
     def release_lease(self, chat_id: str, turn_id: str) -> None:
-        try:
-            self._call(
-                "update_item",
-                TableName=self.chats_table,
-                Key=_key(_chat_pk(chat_id), "META"),
-                UpdateExpression="REMOVE lease_turn, lease_until, lease_seq",
-                ConditionExpression="lease_turn = :turn",
-                ExpressionAttributeValues={":turn": {"S": turn_id}},
-            )
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
+        self._update_if(
+            _key(_chat_pk(chat_id), "META"), "REMOVE lease_turn, lease_until, lease_seq", "lease_turn = :turn",
+            {":turn": {"S": turn_id}},
+        )
 
     def record_llm_failure(self, now: float, threshold: int, window: float, cooldown: float) -> bool:
         key = _item(_BREAKER)
@@ -474,14 +456,9 @@ class DynamoStore:
             update = "SET failures = :zero, window_start = :now, open_until = :until"
         else:
             return False
-        try:  # only one of the instances that saw this window moves it on
-            self._call("update_item", TableName=self.chats_table, Key=key, UpdateExpression=update,
-                       ConditionExpression="window_start = :old", ExpressionAttributeValues=values)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
-            return False
-        return "open_until" in update
+        # only one of the instances that saw this window moves it on
+        moved = self._update_if(key, update, "window_start = :old", values) is not None
+        return moved and "open_until" in update
 
 
 def _chat(item: dict[str, Any]) -> Chat:

@@ -8,8 +8,10 @@ Only the edges differ from AWS.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -28,6 +30,16 @@ DOMAIN = "abc123.execute-api.us-east-1.amazonaws.com"
 STAGE = "test"
 ORIGIN = "https://lab.example.org"
 EXPERIMENT, SESSION = "exp1", "sess1"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> bool:
+    """Poll until `predicate()` is true; False after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def bot(**overrides: Any) -> Bot:
@@ -127,6 +139,22 @@ class Harness:
         if wait:
             assert self.invoker.wait_idle(30), "a reply did not finish"
         return self.frames(cid)[before:]
+
+    def send_at_once(self, frames: list[tuple[str, dict[str, Any]]]) -> None:
+        """Send (connection, frame) pairs from as many threads released together, as a burst
+        arrives; return when they and the replies they started are done."""
+        barrier = threading.Barrier(len(frames))
+
+        def one(cid: str, frame: dict[str, Any]) -> None:
+            barrier.wait(10)
+            self.send_raw(cid, json.dumps(frame))
+
+        threads = [threading.Thread(target=one, args=pair) for pair in frames]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert self.invoker.wait_idle(30), "a reply did not finish"
 
     # -- what the socket received ---------------------------------------------------------
     def frames(self, cid: str) -> list[dict[str, Any]]:

@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from harness import wait_for
+
 from local_gateway.offline_model import OfflineModel
 from local_gateway.threaded import serve_in_thread
 from ws_handlers.errors import CODES
@@ -14,14 +16,6 @@ from ws_handlers.errors import CODES
 def _send_frame(chat_id, client_msg_id="m1", text="Why is the sky blue?"):
     return {"action": "send", "chat_id": chat_id, "client_msg_id": client_msg_id, "text": text}
 
-
-def _wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def _assemble(frames, seq):
@@ -42,7 +36,7 @@ def test_410_during_a_reply_removes_the_connection_and_the_reply_is_still_stored
     chat = emulated.start("c1")["chat_id"]
     model.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": 0.5}])
     emulated.send("c1", _send_frame(chat), wait=False)
-    assert _wait_for(lambda: any(f["type"] == "delta" for f in emulated.frames("c1")))
+    assert wait_for(lambda: any(f["type"] == "delta" for f in emulated.frames("c1")))
     emulated.registry.mark_gone("c1")  # the participant's Wi-Fi drops, no $disconnect
     assert emulated.invoker.wait_idle(30)
     assert emulated.store.get_connection("c1", 0) is None
@@ -60,7 +54,7 @@ def test_reconnecting_in_the_middle_of_a_reply_resumes_without_gap_or_duplicate(
     # the model stalls after 3 tokens; the socket drops and the participant is back within it
     model.add_faults([{"kind": "stall", "after_tokens": 3, "seconds": 1.5}])
     emulated.send("c1", _send_frame(chat), wait=False)
-    assert _wait_for(lambda: any(f["type"] == "delta" for f in emulated.frames("c1")))
+    assert wait_for(lambda: any(f["type"] == "delta" for f in emulated.frames("c1")))
     emulated.registry.mark_gone("c1")
     emulated.connect("c2")
     resumed = emulated.send("c2", {"action": "start", "ticket": emulated.ticket()}, wait=False)

@@ -127,9 +127,6 @@ def _send_frame_for(chat_id, client_msg_id):
 def test_budget_and_kill_switch_hold_during_a_burst(make_harness, model):
     """Eight participants send at once: spending stops once the budget is gone, and the kill
     switch stops everything at once; no refused message costs a model call."""
-    import json
-    import threading
-
     harness = make_harness(TOKEN_BUDGET="1")
     chats = {}
     for n in range(8):
@@ -138,18 +135,7 @@ def test_budget_and_kill_switch_hold_during_a_burst(make_harness, model):
     model.add_faults([{"kind": "delay", "seconds": 0.3}])  # the first reply is still running when others arrive
 
     def burst(tag):
-        barrier = threading.Barrier(8)
-
-        def one(n):
-            barrier.wait()
-            harness.send_raw(f"c{n}", json.dumps(_send_frame_for(chats[n], f"{tag}{n}")))
-
-        threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(10)
-        assert harness.invoker.wait_idle(30)
+        harness.send_at_once([(f"c{n}", _send_frame_for(chats[n], f"{tag}{n}")) for n in range(8)])
 
     burst("a")  # every send passes the check before any reply is counted: the documented overshoot
     replies = model.stats["requests"]
@@ -167,25 +153,11 @@ def test_budget_and_kill_switch_hold_during_a_burst(make_harness, model):
 def test_many_sockets_of_one_participant_buy_no_extra_replies(harness, model):
     """Six sockets, one participant, one chat, all sending at once: one reply is written,
     the others are refused with reply_in_progress; no extra model call."""
-    import json
-    import threading
-
     for n in range(6):
         harness.connect(f"s{n}")
     chat = harness.start("s0")["chat_id"]
     model.add_faults([{"kind": "delay", "seconds": 0.3}])
-    barrier = threading.Barrier(6)
-
-    def one(n):
-        barrier.wait()
-        harness.send_raw(f"s{n}", json.dumps(_send_frame_for(chat, f"m{n}")))
-
-    threads = [threading.Thread(target=one, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert harness.invoker.wait_idle(30)
+    harness.send_at_once([(f"s{n}", _send_frame_for(chat, f"m{n}")) for n in range(6)])
     firsts = [next(f for f in harness.frames(f"s{n}") if f["type"] in ("ack", "error")) for n in range(6)]
     assert sorted(f.get("code", "ack") for f in firsts) == ["ack"] + ["reply_in_progress"] * 5
     assert model.stats["requests"] == 1

@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 from moto import mock_aws
 
-from harness import Harness
+from harness import Harness, wait_for
 from local_gateway.management_api import RecordingRegistry, management_app
 from local_gateway.threaded import serve_in_thread
 from ws_handlers import observability, tickets
@@ -40,14 +39,6 @@ MESSAGE_FIELDS = {"seq", "role", "text", "created_at", "client_msg_id", "usage"}
 TREATMENT_KEYS = {"system_prompt", "model", "temperature", "bot", "bot_name", "name", "max_tokens", "opening_message",
                   "prompt", "treatment", "system"}
 
-
-def _wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 @pytest.fixture
@@ -161,7 +152,7 @@ def test_a_whole_chat_logs_no_text_or_secret_and_frames_show_no_treatment(emulat
     assert first[0]["type"] == "ack" and first[-1]["type"] == "message"
     model.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": 0.5}])
     send("c1", "m2", texts["m2"], wait=False)
-    assert _wait_for(lambda: any(json.loads(p)["type"] == "delta" and json.loads(p)["seq"] == 5
+    assert wait_for(lambda: any(json.loads(p)["type"] == "delta" and json.loads(p)["seq"] == 5
                                  for p in h.registry.posts("c1")))
     h.registry.mark_gone("c1")
     assert h.invoker.wait_idle(30)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import threading
-
 from ws_handlers.bot import Limits
 
 
@@ -59,18 +56,7 @@ def test_a_retry_from_a_new_socket_while_the_reply_streams_moves_the_stream_ther
 def test_two_concurrent_sends_to_one_chat_one_waits(harness, model):
     chat = _started(harness)
     model.add_faults([{"kind": "delay", "seconds": 0.5}])
-    barrier = threading.Barrier(2)
-
-    def go(client_msg_id):
-        barrier.wait()
-        harness.send_raw("c1", json.dumps(_send_frame(chat, client_msg_id, f"text {client_msg_id}")))
-
-    threads = [threading.Thread(target=go, args=(f"m{i}",)) for i in (1, 2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert harness.invoker.wait_idle(30)
+    harness.send_at_once([("c1", _send_frame(chat, f"m{i}", f"text m{i}")) for i in (1, 2)])
     frames = harness.frames("c1")[1:]  # after the chat frame
     acks = [f for f in frames if f["type"] == "ack"]
     errors = [f for f in frames if f["type"] == "error"]
@@ -87,18 +73,7 @@ def test_two_concurrent_sends_to_one_chat_one_waits(harness, model):
 def test_the_same_message_sent_twice_at_once_is_stored_once(harness):
     chat = _started(harness)
     harness.connect("c2")
-    barrier = threading.Barrier(2)
-
-    def go(cid):
-        barrier.wait()
-        harness.send_raw(cid, json.dumps(_send_frame(chat, "m1")))
-
-    threads = [threading.Thread(target=go, args=(cid,)) for cid in ("c1", "c2")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert harness.invoker.wait_idle(30)
+    harness.send_at_once([(cid, _send_frame(chat, "m1")) for cid in ("c1", "c2")])
     acks = [f for cid in ("c1", "c2") for f in harness.frames(cid) if f["type"] == "ack"]
     assert sorted(a["duplicate"] for a in acks) == [False, True]
     assert {a["seq"] for a in acks} == {1}
