@@ -70,7 +70,7 @@ async def _serve(stack: Stack) -> None:
         f"Local chat service ready (store: {stack.config.store}, data: {stack.config.data_dir}, model: {model})",
         f"  WebSocket       {urls['websocket']}?token=...",
         f"  Management API  {urls['management']}",
-        f"  Credentials:    .venv/bin/python -m local_gateway mint --participant P1",
+        "  Credentials:    .venv/bin/python -m local_gateway mint --participant P1",
     ]
     if "demo" in urls:
         identity = Identity("demo", "local", "local")
