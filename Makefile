@@ -22,13 +22,15 @@ CHROMIUM := /usr/bin/chromium
 # client_js's node packages (ws, for the tests): npm ci again only when package-lock.json changes.
 NODE_STAMP := client_js/node_modules/.installed
 
-.PHONY: help venv dev test test-python test-js check-template chromium clean
+.PHONY: help venv dev test test-python test-js check-template chromium clean bench
 
 help:
 	@echo "make dev             set up what is missing and run the whole service on loopback"
 	@echo "make test            set up what is missing and run every test"
 	@echo "make check-template  cfn-lint, sam validate --lint and sam build on template.yaml"
+	@echo "make otree           set up oTree's own venv (.venv-otree) for otree_app/"
 	@echo "make chromium        install Debian's chromium (apt-get) if $(CHROMIUM) is missing"
+	@echo "make bench           load tests on the local stack (200 and 1000 participants), reports in $(BENCH_OUT)/"
 	@echo "make clean           remove virtual environments and build output"
 
 venv: $(STAMP)
@@ -40,8 +42,9 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Offline by default; OPENAI_API_KEY (and OPENAI_BASE_URL) switch to a real model.
-dev: venv
-	$(PY) -m local_gateway serve
+# The local stack and, beside it, oTree's devserver (otree_app/, port 8000); Ctrl-C stops both.
+dev: venv otree
+	$(PY) otree_app/run_dev.py
 
 test: venv test-js chromium check-template test-python
 
@@ -80,5 +83,48 @@ $(SAM_STAMP):
 	$(SAM_VENV)/bin/python -m pip install --quiet aws-sam-cli==$(SAM_VERSION)
 	touch $@
 
+# Load tests (issue 6) on the local stack, started by the generator itself in a child process;
+# docs/benchmarks.md has the results. p200 raises LlmConcurrency to 200 so no reply waits for a
+# slot (the template's 50 makes replies queue: the cap working, measured by the third scenario).
+BENCH_OUT ?= load_tests/results
+BENCH := $(PY) -m load_tests --local --ttft-ms 300 --tokens-per-second 40 --messages 3 --think 2
+
+bench: venv
+	$(BENCH) --participants 200 --ramp 10 --llm-concurrency 200 --idle-sockets 1000 --scenario p200 --out $(BENCH_OUT)/p200
+	$(BENCH) --participants 1000 --ramp 30 --reply-timeout 300 --deadline 900 --scenario p1000 --out $(BENCH_OUT)/p1000
+	$(BENCH) --participants 200 --ramp 10 --scenario p200-template-concurrency --out $(BENCH_OUT)/p200-template-concurrency
+
 clean:
 	rm -rf $(VENV) .venv-* .aws-sam
+
+# ---- oTree (issue 5): otree_app/ in its own venv, because oTree pins old libraries.
+OTREE_VENV := .venv-otree
+OTREE_STAMP := $(OTREE_VENV)/.installed
+OTREE_STATIC := otree_app/_static/llm_chat
+OTREE_ASSETS := $(OTREE_STATIC)/chat-client.js $(OTREE_STATIC)/chat-widget.js $(OTREE_STATIC)/chat-widget.css
+
+.PHONY: otree test-otree
+
+otree: $(OTREE_STAMP) $(OTREE_ASSETS)
+
+$(OTREE_STAMP): otree_app/requirements.txt
+	$(PYTHON) -m venv $(OTREE_VENV)
+	$(OTREE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OTREE_VENV)/bin/python -m pip install --quiet -r otree_app/requirements.txt
+	touch $@
+
+# client_js/ copied into oTree's static folder (its static server refuses symlinks that leave it).
+$(OTREE_STATIC)/%: client_js/%
+	@mkdir -p $(@D)
+	cp $< $@
+
+# oTree's own bots (no JavaScript): the server-side rule refuses a chat too short, the stored
+# transcript lets them on, the custom export reads it. A throwaway store, secret and database.
+test-otree: otree
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cd otree_app && \
+		CHAT_STORE="$$tmp/chat.sqlite3" CHAT_TICKET_SECRET="bots-only-secret-0123456789abcdef0123456789" \
+		DATABASE_URL="sqlite:///$$tmp/otree.sqlite3" PATH="$(CURDIR)/$(OTREE_VENV)/bin:$$PATH" \
+		otree test chat_demo
+
+test: test-otree
+test-python: otree

@@ -1,0 +1,194 @@
+"""A chat with an LLM bot, through the WebSocket chat service.
+
+- Treatments: the bots of chat/bots.py named in the session config's `treatments`, assigned
+  in balanced, shuffled blocks when the session is created and kept on the participant
+  (`participant.chat_bot`): a reload cannot change them.
+- The page gets only the WebSocket URL, a connect token and an opaque, encrypted chat
+  ticket (js_vars). The bot, its model and prompt stay on this server.
+- Moving on is decided here, from the stored transcript: at least `min_user_messages`
+  participant messages (and `min_chat_seconds` on the page), whatever the page does.
+- `custom_export` writes the stored transcript, one row per message, and
+  `vars_for_admin_report` shows each participant's progress.
+"""
+
+import random
+import time
+from datetime import datetime, timezone
+
+from otree.api import BaseConstants, BaseGroup, BasePlayer, BaseSubsession, Page, models
+from ws_handlers.store import chat_id_for
+from ws_handlers.tickets import Identity, mint_ticket, mint_token
+
+from . import service
+from .bots import BOTS
+
+doc = "A chat with an LLM bot; the bot (treatment) is assigned on the server and never shown to the page."
+
+
+class C(BaseConstants):
+    NAME_IN_URL = "chat"
+    PLAYERS_PER_GROUP = None
+    NUM_ROUNDS = 1
+
+
+class Subsession(BaseSubsession):
+    pass
+
+
+class Group(BaseGroup):
+    pass
+
+
+class Player(BasePlayer):
+    chat_experiment = models.StringField(doc="experiment name the chat is filed under in the service")
+    chat_key = models.StringField(doc="the chat's key within the participant's chats")
+    chat_id = models.StringField(doc="the service's chat id (ws_handlers.store.chat_id_for)")
+    chat_started_at = models.FloatField(doc="epoch seconds when the chat page was first shown")
+    user_messages = models.IntegerField(doc="participant messages stored when the participant moved on")
+    chat_messages = models.IntegerField(doc="all messages stored when the participant moved on")
+
+
+def treatment_names(session):
+    names = session.config.get("treatments") or sorted(BOTS)
+    unknown = [n for n in names if n not in BOTS]
+    if unknown:
+        raise ValueError(f"treatments {unknown} are not bots of chat/bots.py ({sorted(BOTS)})")
+    return list(names)
+
+
+def creating_session(subsession: Subsession):
+    session = subsession.session
+    if subsession.round_number == 1:
+        # Balanced randomisation: shuffled blocks holding each treatment once.
+        names = treatment_names(session)
+        order = []
+        while len(order) < len(subsession.get_players()):
+            block = names[:]
+            random.shuffle(block)
+            order.extend(block)
+        for player, name in zip(subsession.get_players(), order):
+            player.participant.chat_bot = name
+    for player in subsession.get_players():
+        player.chat_experiment = service.experiment()
+        player.chat_key = f"chat-r{player.round_number}"
+        player.chat_id = chat_id_for(identity(player), player.chat_key)
+
+
+def identity(player: Player) -> Identity:
+    return Identity(player.participant.code, player.chat_experiment, player.session.code)
+
+
+def rules(player: Player) -> tuple[int, int]:
+    config = player.session.config
+    return int(config.get("min_user_messages", 2)), int(config.get("min_chat_seconds", 0))
+
+
+def progress(players):
+    """{chat_id: {user_messages, messages, last_activity}} read from the service's store."""
+    return service.store().progress([p.chat_id for p in players if p.field_maybe_none("chat_id")])
+
+
+# ---------------------------------------------------------------- pages
+
+
+class Chat(Page):
+    @staticmethod
+    def vars_for_template(player: Player):
+        if player.field_maybe_none("chat_started_at") is None:
+            player.chat_started_at = time.time()
+        min_messages, min_seconds = rules(player)
+        return dict(min_user_messages=min_messages, min_chat_seconds=min_seconds)
+
+    @staticmethod
+    def js_vars(player: Player):
+        # Only these three opaque strings reach the browser.
+        secret = service.ticket_secret()
+        who = identity(player)
+        return dict(
+            url=service.ws_url(),
+            token=mint_token(secret, who),
+            ticket=mint_ticket(secret, who, player.chat_key, BOTS[player.participant.chat_bot]),
+        )
+
+    @staticmethod
+    def error_message(player: Player, values):
+        min_messages, min_seconds = rules(player)
+        sent = progress([player]).get(player.chat_id, {}).get("user_messages", 0)
+        if sent < min_messages:
+            return f"Please send at least {min_messages} messages in the chat before moving on (so far: {sent})."
+        started = player.field_maybe_none("chat_started_at") or time.time()
+        if time.time() - started < min_seconds:
+            return f"Please keep chatting for at least {min_seconds} seconds before moving on."
+
+    @staticmethod
+    def before_next_page(player: Player, timeout_happened):
+        seen = progress([player]).get(player.chat_id, {})
+        player.user_messages = seen.get("user_messages", 0)
+        player.chat_messages = seen.get("messages", 0)
+
+
+class Results(Page):
+    @staticmethod
+    def vars_for_template(player: Player):
+        return dict(user_messages=player.field_maybe_none("user_messages") or 0)
+
+
+page_sequence = [Chat, Results]
+
+
+# ---------------------------------------------------------------- the experimenter's views
+
+
+def _when(epoch):
+    if epoch is None:
+        return ""
+    return datetime.fromtimestamp(float(epoch), timezone.utc).isoformat(timespec="milliseconds")
+
+
+EXPORT_HEADER = [
+    "session_code", "participant_code", "participant_label", "round_number", "chat_key", "chat_id", "bot",
+    "seq", "role", "text", "created_at", "prompt_tokens", "completion_tokens", "model", "latency_ms",
+]
+
+
+def custom_export(players):
+    """The transcripts as the service stored them: one row per message (read server-side)."""
+    yield EXPORT_HEADER
+    reader = service.store()
+    for player in players:
+        chat_id = player.field_maybe_none("chat_id")
+        if not chat_id:
+            continue
+        participant = player.participant
+        bot = participant.vars.get("chat_bot") or ""
+        for m in reader.messages(chat_id):
+            yield [
+                player.session.code, participant.code, participant.label or "", player.round_number,
+                player.chat_key, chat_id, m.get("bot_name") or bot, m["seq"], m["role"], m["text"],
+                _when(m["created_at"]), m.get("prompt_tokens") or 0, m.get("completion_tokens") or 0,
+                m.get("model") or "", "" if m.get("latency_ms") is None else m["latency_ms"],
+            ]
+
+
+def vars_for_admin_report(subsession: Subsession):
+    """The monitor: each participant's chat progress, read from the store."""
+    players = subsession.get_players()
+    seen = progress(players)
+    now = time.time()
+    min_messages = int(subsession.session.config.get("min_user_messages", 2))
+    rows = []
+    for p in players:
+        chat = seen.get(p.chat_id, {})
+        last = chat.get("last_activity")
+        rows.append(dict(
+            participant=p.participant.code,
+            label=p.participant.label or "",
+            bot=p.participant.vars.get("chat_bot", ""),
+            page=p.participant._current_page_name or "",
+            user_messages=chat.get("user_messages", 0),
+            messages=chat.get("messages", 0),
+            last_activity=_when(last),
+            idle=f"{int(now - float(last))} s ago" if last is not None else "not started",
+            done=chat.get("user_messages", 0) >= min_messages,
+        ))
+    return dict(chat_rows=rows, min_user_messages=min_messages, store=str(service.store_label()))

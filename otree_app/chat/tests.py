@@ -1,0 +1,83 @@
+"""oTree's bots (`make test-otree`). Bots run no JavaScript, so they cannot chat through the
+widget; they check what the server decides. On the chat page a bot first tries to move on
+with nothing stored (the server must refuse), then writes the chat the service would have
+stored, with the local stack's own store code, into the throwaway CHAT_STORE, and moves on.
+The rule is the same for bots and humans: nothing here weakens it.
+"""
+
+import os
+import time
+import uuid
+
+from otree.api import Bot, Submission, SubmissionMustFail, expect
+
+from . import Chat, custom_export, identity, rules, service
+from .bots import BOTS
+
+
+def _bot_store():
+    from local_gateway.sqlite_store import SqliteStore  # stdlib sqlite3 + ws_handlers only
+
+    path = os.environ.get("CHAT_STORE", "")
+    if not path or path.startswith("dynamodb:") or os.path.abspath(path) == str(service.DEFAULT_STORE):
+        raise RuntimeError("bots write a chat: run them with CHAT_STORE set to a throwaway SQLite file (make test-otree)")
+    return SqliteStore(path)
+
+
+def store_exchanges(player, count):
+    """What `count` more exchanges leave in the service's store (the chat is opened first)."""
+    from ws_handlers.store import Chat as StoredChat, Lease, Message
+
+    bot = BOTS[player.participant.chat_bot]
+    store = _bot_store()
+    try:
+        chat = store.get_chat(player.chat_id)
+        if chat is None:
+            now = time.time()
+            opening = Message(player.chat_id, 1, "assistant", bot.opening_message, now)
+            chat = StoredChat(player.chat_id, identity(player), player.chat_key, bot, created_at=now, next_seq=2)
+            store.open_chat(chat, opening, max_chats=5)
+        for i in range(count):
+            chat = store.get_chat(player.chat_id)
+            seq, now = chat.next_seq, time.time()
+            lease = Lease(uuid.uuid4().hex, now + 60, seq)
+            sent = Message(player.chat_id, seq, "user", f"message {seq}", now, client_msg_id=uuid.uuid4().hex)
+            store.append_user_message(chat, sent, lease, "bot", bot.limits.max_user_messages, now)
+            reply = Message(player.chat_id, seq + 1, "assistant", f"reply {seq + 1}", time.time(),
+                            prompt_tokens=10, completion_tokens=5, model=bot.model, latency_ms=42)
+            assert store.finish_reply(store.get_chat(player.chat_id), reply, lease.turn_id)
+    finally:
+        store.close()
+
+
+class PlayerBot(Bot):
+    def play_round(self):
+        player = self.player
+        treatments = self.session.config["treatments"]
+        expect(player.participant.chat_bot, "in", treatments)
+        # balanced: with 4 participants and 2 bots, each bot twice
+        counts = [p.participant.chat_bot for p in self.subsession.get_players()]
+        expect(max(counts.count(t) for t in treatments) - min(counts.count(t) for t in treatments), "<=", 1)
+
+        # The page carries no trace of the treatment.
+        bot = BOTS[player.participant.chat_bot]
+        for secret_text in (bot.name, bot.model, bot.system_prompt[:40]):
+            expect(secret_text, "not in", self.html)
+
+        min_messages, _ = rules(player)
+        yield SubmissionMustFail(Chat, check_html=False)  # nothing stored: refused on the server
+        store_exchanges(player, min_messages - 1)
+        yield SubmissionMustFail(Chat, check_html=False)  # one message short: still refused
+        store_exchanges(player, 1)
+        yield Submission(Chat, check_html=False)
+        # the Results page: before_next_page recorded the count read from the store
+        expect(f"You sent {min_messages} messages", "in", self.html)
+
+        rows = list(custom_export([player]))
+        expect(len(rows), 1 + 2 * min_messages + 1)
+        header = rows[0]
+        mine = [dict(zip(header, r)) for r in rows[1:]]
+        expect([r["seq"] for r in mine], list(range(1, 2 * min_messages + 2)))
+        expect({r["participant_code"] for r in mine}, {player.participant.code})
+        expect({r["bot"] for r in mine}, {bot.name})
+        # Results is the last page: nothing to submit

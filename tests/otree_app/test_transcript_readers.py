@@ -1,0 +1,97 @@
+"""otree_app/chat/service.py reads what the service's stores wrote: SQLite (local) and DynamoDB.
+
+service.py imports only the standard library (boto3 lazily), so it is loaded here by path,
+in the service's venv, and checked against the real store adapters writing a real chat.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from local_gateway.sqlite_store import SqliteStore
+from ws_handlers.bot import Bot
+from ws_handlers.dynamo_store import DynamoStore, create_tables
+from ws_handlers.store import Chat, Lease, Message, chat_id_for
+from ws_handlers.tickets import Identity
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("otree_chat_service", ROOT / "otree_app" / "chat" / "service.py")
+service = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(service)
+
+BOT = Bot(name="ada_friendly", model="gpt-4o-mini", system_prompt="You are Ada.", opening_message="Hi, I'm Ada.")
+WHO = Identity("p1abcdef", "otree", "s1abcdef")
+
+
+def write_chat(store) -> str:
+    chat_id = chat_id_for(WHO, "chat-r1")
+    now = time.time()
+    chat = Chat(chat_id, WHO, "chat-r1", BOT, created_at=now, next_seq=2)
+    store.open_chat(chat, Message(chat_id, 1, "assistant", BOT.opening_message, now), max_chats=5)
+    for text in ("Hello", "And fractions?"):
+        chat = store.get_chat(chat_id)
+        seq = chat.next_seq
+        lease = Lease(f"t{seq}", time.time() + 60, seq)
+        store.append_user_message(chat, Message(chat_id, seq, "user", text, time.time(), client_msg_id=f"m{seq}"),
+                                  lease, "conn", 30, time.time())
+        reply = Message(chat_id, seq + 1, "assistant", f"Answer to {text}", time.time(),
+                        prompt_tokens=12, completion_tokens=7, model=BOT.model, latency_ms=250)
+        assert store.finish_reply(store.get_chat(chat_id), reply, lease.turn_id)
+    return chat_id
+
+
+def check(reader, store, chat_id):
+    stored = store.messages(chat_id)
+    read = reader.messages(chat_id)
+    assert [(m["seq"], m["role"], m["text"], m["model"], m["latency_ms"]) for m in read] == [
+        (m.seq, m.role, m.text, m.model, m.latency_ms) for m in stored
+    ]
+    assert {m["bot_name"] for m in read} == {BOT.name}
+    assert read[2]["completion_tokens"] == 7 and abs(read[-1]["created_at"] - stored[-1].created_at) < 1e-3
+    progress = reader.progress([chat_id, "c_unknown"])
+    assert progress == {chat_id: {"user_messages": 2, "messages": 5, "last_activity": pytest.approx(stored[-1].created_at)}}
+    assert reader.messages("c_unknown") == []
+
+
+def test_sqlite_reader_reads_the_local_stacks_file(tmp_path, monkeypatch):
+    store = SqliteStore(tmp_path / "chat.sqlite3")
+    try:
+        chat_id = write_chat(store)
+        monkeypatch.setenv("CHAT_STORE", str(tmp_path / "chat.sqlite3"))
+        check(service.store(), store, chat_id)  # read-only, while the store keeps its connection open
+    finally:
+        store.close()
+    assert service.SqliteReader(tmp_path / "missing.sqlite3").progress(["c_x"]) == {}
+
+
+def test_dynamo_reader_reads_the_chats_table(monkeypatch):
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        create_tables(client, "conns", "chats")
+        store = DynamoStore("conns", "chats", client=client)
+        chat_id = write_chat(store)
+        monkeypatch.setenv("CHAT_STORE", "dynamodb:chats")
+        reader = service.store()
+        assert isinstance(reader, service.DynamoReader) and reader.table == "chats"
+        check(reader, store, chat_id)
+
+
+def test_settings_have_safe_local_defaults(monkeypatch, tmp_path):
+    for name in ("CHAT_WS_URL", "CHAT_TICKET_SECRET", "CHAT_STORE", "CHAT_EXPERIMENT"):
+        monkeypatch.delenv(name, raising=False)
+    assert service.ws_url() == "ws://127.0.0.1:8787/local"
+    assert service.experiment() == "otree"
+    assert service.store().path == ROOT / ".local" / "chat.sqlite3"
+    monkeypatch.setattr(service, "DEFAULT_SECRET_FILE", tmp_path / "ticket-secret")
+    with pytest.raises(RuntimeError, match="make dev"):
+        service.ticket_secret()
+    (tmp_path / "ticket-secret").write_text("s" * 48 + "\n")
+    assert service.ticket_secret() == "s" * 48
+    monkeypatch.setenv("CHAT_TICKET_SECRET", "x" * 40)
+    assert service.ticket_secret() == "x" * 40
