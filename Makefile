@@ -120,11 +120,14 @@ $(OTREE_STATIC)/%: client_js/%
 
 # oTree's own bots (no JavaScript): the server-side rule refuses a chat too short, the stored
 # transcript lets them on, the custom export reads it. A throwaway store, secret and database.
+# oTree keeps its database in ./db.sqlite3 whatever DATABASE_URL says: the bots run in a copy of
+# the project, so a developer's otree_app/db.sqlite3 is never read or touched.
 test-otree: otree
-	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cd otree_app && \
-		CHAT_STORE="$$tmp/chat.sqlite3" CHAT_TICKET_SECRET="bots-only-secret-0123456789abcdef0123456789" \
-		DATABASE_URL="sqlite:///$$tmp/otree.sqlite3" PATH="$(CURDIR)/$(OTREE_VENV)/bin:$$PATH" \
-		otree test chat_demo
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+		cp -r otree_app "$$tmp/project" && rm -f "$$tmp/project/db.sqlite3" && cd "$$tmp/project" && \
+		LLM_CHAT_ROOT="$(CURDIR)" CHAT_STORE="$$tmp/chat.sqlite3" \
+		CHAT_TICKET_SECRET="bots-only-secret-0123456789abcdef0123456789" \
+		PATH="$(CURDIR)/$(OTREE_VENV)/bin:$$PATH" otree test chat_demo
 
 test: test-otree
 test-python: otree

@@ -1,12 +1,15 @@
 """oTree settings of the LLM chat project (run it with `make dev`; docs in README.md)."""
 
+import os
 import sys
 from os import environ
 from pathlib import Path
 
 # ws_handlers (minting tickets: cryptography + pyjwt only) and local_gateway.sqlite_store (the bots'
 # tests) live at the repository root; they import nothing of the service's other dependencies.
-_ROOT = str(Path(__file__).resolve().parent.parent)
+# the repository, for ws_handlers; LLM_CHAT_ROOT when the project runs from a copy (tests:
+# oTree keeps its SQLite database in db.sqlite3 of the working directory, whatever DATABASE_URL says)
+_ROOT = os.environ.get("LLM_CHAT_ROOT") or str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 

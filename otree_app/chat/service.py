@@ -20,7 +20,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository
+ROOT = Path(os.environ.get("LLM_CHAT_ROOT") or Path(__file__).resolve().parents[2])  # the repository
 DEFAULT_WS_URL = "ws://127.0.0.1:8787/local"
 DEFAULT_STORE = ROOT / ".local" / "chat.sqlite3"
 DEFAULT_SECRET_FILE = ROOT / ".local" / "ticket-secret"
