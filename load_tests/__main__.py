@@ -1,0 +1,213 @@
+"""python -m load_tests: N virtual participants against the chat service, then a verification pass.
+
+Against a running stack (local or deployed):
+
+    python -m load_tests --url ws://127.0.0.1:8787/local --secret-file .local/ticket-secret \\
+        --participants 200 --messages 3 --think 2 --ramp 10 --out load_tests/results/p200
+
+Or with the local stack started for the run (in a child process; the offline model's pacing
+from the flags):
+
+    python -m load_tests --local --ttft-ms 300 --tokens-per-second 40 --participants 1000 --out ...
+
+Exit status: 0 when no message was lost or duplicated and every reply arrived complete, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .local import LocalConfig, LocalStack, local_stack
+from .model_floor import measure
+from .runner import Options, Run
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m load_tests", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    target = p.add_argument_group("target")
+    target.add_argument("--url", help="WebSocket URL without the token, e.g. ws://127.0.0.1:8787/local or "
+                        "wss://{api}.execute-api.{region}.amazonaws.com/prod")
+    target.add_argument("--secret-file", type=Path, help="the ticket secret shared with the service "
+                        "(.local/ticket-secret for `make dev`); or set TICKET_SECRET")
+    target.add_argument("--origin", default="http://localhost:8000", help="Origin header ('' to send none)")
+    target.add_argument("--model-url", help="OpenAI-compatible base URL to measure the model's own TTFT and "
+                        "tokens/s against (with --local: the offline model, measured automatically)")
+    target.add_argument("--model-ttft-ms", type=float, help="the model's TTFT if it cannot be measured")
+    target.add_argument("--model-tokens-per-second", type=float, help="the model's rate if it cannot be measured")
+    local = p.add_argument_group("local stack (--local)")
+    local.add_argument("--local", action="store_true", help="start the local stack for this run (child process)")
+    local.add_argument("--in-process", action="store_true", help="with --local: run the stack on a thread of "
+                       "this process (shares the GIL with the generator: latencies include the generator's work)")
+    local.add_argument("--ttft-ms", type=float, default=300.0, help="offline model: time to first token")
+    local.add_argument("--tokens-per-second", type=float, default=40.0, help="offline model: token rate (0: unpaced)")
+    local.add_argument("--store", choices=("sqlite", "dynamodb"), default="sqlite")
+    local.add_argument("--llm-concurrency", type=int, help="template parameter LlmConcurrency (reply threads; "
+                       "template default 50)")
+    local.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                       help="function environment override, e.g. RATE_LIMIT_FRAMES=40 (repeatable)")
+    local.add_argument("--idle-sockets", type=int, default=0, help="first measure the stack's RSS with this "
+                       "many idle sockets open vs none (KiB per idle connection)")
+    local.add_argument("--warmup", type=int, default=2, help="participants that send one message each before "
+                       "the measured run (the stack's cold start: the first reply imports openai), not counted")
+    local.add_argument("--profile", type=Path, help="write a cProfile of the stack's event loop thread here")
+    load = p.add_argument_group("load")
+    load.add_argument("--participants", type=int, default=20)
+    load.add_argument("--messages", type=int, default=2, help="messages per participant (each waits for its reply)")
+    load.add_argument("--think", type=float, default=2.0, help="mean think time before each send, s (0.5x-1.5x)")
+    load.add_argument("--ramp", type=float, default=0.0, help="seconds over which participants connect (0: at once)")
+    load.add_argument("--deadline", type=float, default=600.0, help="global time limit for the traffic, s")
+    load.add_argument("--reply-timeout", type=float, default=120.0, help="per wait (ack, delta, message), s")
+    load.add_argument("--connect-timeout", type=float, default=30.0)
+    load.add_argument("--retries", type=int, default=3, help="retries of a send after a retryable error")
+    load.add_argument("--seed", type=int, default=0)
+    out = p.add_argument_group("output")
+    out.add_argument("--out", type=Path, default=Path("load_tests/results/latest"), help="directory for "
+                     "result.json, report.md and the PNG charts")
+    out.add_argument("--scenario", help="name in the report (default: p{participants}-m{messages})")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar (CI logs)")
+    args = p.parse_args(argv)
+    if not args.local and not args.url:
+        p.error("give --url (and --secret-file) or --local")
+    return args
+
+
+def _secret(args: argparse.Namespace) -> str:
+    if args.secret_file:
+        return args.secret_file.read_text().strip()
+    if os.environ.get("TICKET_SECRET"):
+        return os.environ["TICKET_SECRET"]
+    raise SystemExit("no secret: give --secret-file or set TICKET_SECRET")
+
+
+async def _progress(run: Run, enabled: bool) -> None:
+    """A rich progress bar of connections, replies and errors, refreshed 4 times a second."""
+    if not enabled:
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    total = run.o.participants
+    with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+                  TimeElapsedColumn(), refresh_per_second=4, transient=False) as bar:
+        connections = bar.add_task("connections", total=total, note="")
+        replies = bar.add_task("replies", total=total * run.o.messages, note="")
+        verified = bar.add_task("verified (history)", total=total, note="")
+        while True:
+            errors = sum(run.errors.values())
+            top = ", ".join(f"{k} {n}" for k, n in run.errors.most_common(3))
+            bar.update(connections, completed=run.connected, note=f"open {run.open_now}")
+            bar.update(replies, completed=run.replies_done, note=f"errors {errors}" + (f" ({top})" if top else ""))
+            bar.update(verified, completed=run.verified, note="")
+            await asyncio.sleep(0.25)
+
+
+async def idle_memory(stack: LocalStack, sockets: int, origin: str | None) -> dict[str, Any]:
+    """RSS of the stack process with `sockets` idle connections open, against none."""
+    from urllib.parse import quote
+
+    from websockets.asyncio.client import connect
+
+    from ws_handlers.tickets import Identity, mint_token
+
+    await asyncio.sleep(1.0)
+    before = stack.rss_kib()
+    pending = []
+    for n in range(sockets):  # bounded; at most 200 handshakes in flight
+        token = mint_token(stack.secret, Identity(f"I{n:05d}", "idle", "idle"))
+        pending.append(connect(f"{stack.urls['websocket']}?token={quote(token)}", origin=origin,
+                               open_timeout=30, ping_interval=None, compression=None))
+    conns = []
+    try:
+        for i in range(0, len(pending), 200):
+            conns += await asyncio.gather(*pending[i : i + 200])
+        await asyncio.sleep(2.0)
+        after = stack.rss_kib()
+    finally:
+        for c in conns:
+            await c.close()
+    await asyncio.sleep(1.0)
+    return {"sockets": sockets, "rss_before_kib": before, "rss_after_kib": after, "rss_delta_kib": after - before,
+            "kib_per_socket": (after - before) / max(1, sockets)}
+
+
+async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    async with contextlib.AsyncExitStack() as stack_scope:
+        floor: dict[str, Any] | None = None
+        local_info: dict[str, Any] | None = None
+        extra: dict[str, Any] = {}
+        if args.local:
+            config = LocalConfig(ttft=args.ttft_ms / 1000, tokens_per_second=args.tokens_per_second, store=args.store,
+                                 llm_concurrency=args.llm_concurrency,
+                                 environment=dict(e.split("=", 1) for e in args.env))
+            local = stack_scope.enter_context(local_stack(config, in_process=args.in_process,
+                                                          profile=str(args.profile) if args.profile else None))
+            url, secret, model_url = local.urls["websocket"], local.secret, local.urls["model"]
+            local_info = {"ttft_ms": args.ttft_ms, "tokens_per_second": args.tokens_per_second, "store": args.store,
+                          "llm_concurrency": args.llm_concurrency or "template default (50)",
+                          "env": config.environment, "pid": local.pid, "in_process": args.in_process,
+                          "rss_start_kib": local.rss_kib()}
+            if args.idle_sockets:
+                extra["idle_memory"] = await idle_memory(local, args.idle_sockets, args.origin or None)
+        else:
+            url, secret, model_url, local = args.url, _secret(args), args.model_url, None
+        if model_url:
+            floor = await measure(model_url)
+            floor["configured_ttft_s"] = args.ttft_ms / 1000 if args.local else None
+        elif args.model_ttft_ms is not None:
+            floor = {"ttft_s": args.model_ttft_ms / 1000, "tokens_per_second": args.model_tokens_per_second,
+                     "source": "given"}
+        options = Options(url=url, secret=secret, participants=args.participants, messages=args.messages,
+                          think=args.think, ramp=args.ramp, deadline=args.deadline, reply_timeout=args.reply_timeout,
+                          connect_timeout=args.connect_timeout, retries=args.retries, origin=args.origin or None,
+                          seed=args.seed)
+        if args.local and args.warmup:
+            warm = Run(Options(url=url, secret=secret, participants=args.warmup, messages=1, think=0.0, deadline=60,
+                               origin=args.origin or None, experiment="warmup", hold=False))
+            await warm.execute()
+            extra["warmup"] = {"participants": args.warmup, "replies": warm.replies_done, "errors": dict(warm.errors)}
+        run = Run(options)
+        cpu0 = local.cpu_seconds() if local and not args.in_process else None
+        progress = asyncio.create_task(_progress(run, not args.no_progress))
+        try:
+            await run.execute()
+        finally:
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await progress
+        if local is not None:
+            local_info = (local_info or {}) | {"rss_end_kib": local.rss_kib(), "log_counts": local.log_counts()}
+            if cpu0 is not None:
+                used = local.cpu_seconds() - cpu0
+                local_info["stack_cpu_s"] = round(used, 1)
+                local_info["stack_cpu_percent_of_one_core"] = round(100 * used / max(0.001, run.traffic_s + run.verification.duration_s), 1)
+        scenario = args.scenario or f"p{args.participants}-m{args.messages}"
+        return report.build(run, command=command, scenario=scenario, floor=floor, local=local_info, extra=extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    command = "python -m load_tests " + shlex.join(sys.argv[1:] if argv is None else argv)
+    t0 = time.monotonic()
+    result = asyncio.run(main_async(args, command))
+    paths = report.write(result, args.out)
+    lat, v = result["latency_ms"], result["verification"]
+    print(f"{result['scenario']}: {result['participants']['connected']} connected, {result['messages']['replied']} "
+          f"replies in {time.monotonic() - t0:.0f} s; TTFD p50 {lat['ttfd']['p50']} p99 {lat['ttfd']['p99']} ms "
+          f"(over the model: p99 {lat['ttfd_overhead_over_model']['p99']} ms); lost {v['lost']}, duplicated "
+          f"{v['duplicated']}, mismatched {v['replies_mismatch']}; errors {result['errors'] or 'none'}; "
+          f"AWS ${result['cost']['per_participant_usd']['aws']:.5f}/participant")
+    print(f"report: {paths['report']}")
+    return 0 if report.ok(result) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

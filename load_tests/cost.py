@@ -1,0 +1,180 @@
+"""What a run would cost on AWS: the operations it implies, priced by load_tests/prices.py.
+
+The counts come from the run itself (frames each way and their sizes, socket minutes,
+replies, tokens, measured reply durations); what each action does in DynamoDB is read off
+ws_handlers/ (chat.py, turn.py, dynamo_store.py, connect.py, message.py) and written down
+in `DYNAMO_OPS` below, so a change there should change this table.
+
+Unit rules (DynamoDB on-demand): a write is 1 WRU per started KB, a strongly consistent
+read 1 RRU per started 4 KB (a missing item still costs 1), a transaction item costs
+double, a batch costs what its items cost, and every write to an item carrying the
+`by_experiment` index key (only a chat's META item: gsi1pk) costs one more write on the index.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .prices import APIGW_MESSAGE_BYTES, DATE, LLM_PRICES, NOT_COUNTED, PRICES, REGION
+
+#: What each action costs in DynamoDB, as (reads, writes) in items; sizes are applied below.
+#: Read off the code (file:function).
+DYNAMO_OPS = {
+    "$connect": "admission.admit -> get_controls: BatchGetItem of 3 control items (3 RRU); "
+                "connect.handler -> put_connection: PutItem (1 WRU)",
+    "$disconnect": "disconnect.handler -> delete_connection: DeleteItem (1 WRU)",
+    "frame": "message.handler -> count_frame: UpdateItem on the connection (1 WRU; a frame that opens a new "
+             "rate window costs 2: the ADD fails its condition, then SET)",
+    "start (first)": "chat.start: get_chat (1 RRU), open_chat: get_chat (1 RRU) + transaction of 3 "
+                     "(META put, PART update, opening message put: 6 WRU) + META on the index (1 WRU); "
+                     "bind_connection UpdateItem on META (1 WRU + 1 index); messages Query (1 RRU per 4 KB)",
+    "send": "chat.send: get_chat (1 RRU), find_client_message GetItem (1 RRU), get_controls (3 RRU), "
+            "append_user_message: transaction of 3 (META update, message put, CMID put: 2 WRU per KB each) "
+            "+ META on the index (1 WRU)",
+    "reply": "turn._run: get_chat (1 RRU), renew_lease UpdateItem on META (1 WRU + 1 index), messages Query "
+             "(the chat so far: 1 RRU per 4 KB), get_controls (3 RRU); while streaming, _follow_binding reads "
+             "META once a second (1 RRU each) and once at the end; a lease renewal every 20 s (1 WRU + 1 index); "
+             "finish_reply: transaction of 3 (META update, reply put, EXP counter update) + META on the index",
+    "history": "chat.history: get_chat (1 RRU), bind_connection (1 WRU + 1 index), messages Query",
+}
+
+#: Estimated Lambda durations (ms) where the local stack cannot stand in for AWS: a handful of
+#: DynamoDB calls at ~5-8 ms each plus one post_to_connection at ~10-20 ms. The reply function's
+#: duration is measured (it waits for the model; that wait dominates its cost).
+LAMBDA_MS = {"ConnectFunction": 30, "DisconnectFunction": 15, "start": 60, "send": 70, "history": 40, "ping": 15}
+#: MemorySize from template.yaml (Globals 512; DisconnectFunction 256).
+MEMORY_MB = {"ConnectFunction": 512, "DisconnectFunction": 256, "MessageFunction": 512, "ReplyFunction": 512}
+META_BYTES = 900  #: a chat's META item: ids, counters, lease, and the bot as JSON (prompt, limits)
+MESSAGE_OVERHEAD_BYTES = 320  #: a message item's attributes besides its text (ids, seq, tokens, names)
+LEASE_RENEW_SECONDS = 20.0  #: REPLY_LEASE_SECONDS / 3
+REBIND_SECONDS = 1.0  #: turn.REBIND_INTERVAL
+RATE_WINDOW_SECONDS = 10.0  #: RATE_LIMIT_WINDOW_SECONDS
+REPLY_SETUP_SECONDS = 0.05  #: the reply function's reads before it calls the model (4 DynamoDB calls)
+
+
+def wru(size: int) -> int:
+    return max(1, math.ceil(size / 1024))
+
+
+def rru(size: int) -> int:
+    return max(1, math.ceil(size / 4096))
+
+
+def message_bytes(chars: int) -> int:
+    return chars + MESSAGE_OVERHEAD_BYTES  # the corpus is ASCII; utf-8 would be 1-4 bytes a char
+
+
+@dataclass
+class Tally:
+    rru: float = 0
+    wru: float = 0
+    lambda_requests: dict[str, int] = field(default_factory=dict)
+    lambda_gb_s: dict[str, float] = field(default_factory=dict)
+
+    def invoke(self, function: str, ms: float, count: int = 1) -> None:
+        self.lambda_requests[function] = self.lambda_requests.get(function, 0) + count
+        gb_s = count * math.ceil(ms) / 1000 * MEMORY_MB[function] / 1024
+        self.lambda_gb_s[function] = self.lambda_gb_s.get(function, 0.0) + gb_s
+
+
+def estimate(run: Any, model_ttft: float | None = None) -> dict[str, Any]:
+    """The cost of the traffic in `run` (a runner.Run after execute), verification excluded.
+
+    The reply function is billed from its start, not from the send: time queued for a slot
+    (reserved concurrency) is free. With the model's TTFT known, its duration is the model's
+    TTFT plus first delta to final message; without it, ack to final message (an upper bound).
+    """
+    t = Tally()
+    inbound = outbound = outbound_metered = 0
+    connection_minutes = 0.0
+    prompt_tokens = completion_tokens = 0
+    model = run.bot.model
+    opening = len(run.bot.opening_message or "")
+    for p in run.people:
+        if p.connected_at is None:
+            continue
+        # the socket: connect, disconnect, minutes
+        t.rru += 3
+        t.wru += 1 + 1
+        t.invoke("ConnectFunction", LAMBDA_MS["ConnectFunction"])
+        t.invoke("DisconnectFunction", LAMBDA_MS["DisconnectFunction"])
+        connection_minutes += max(0.0, (p.closed_at or run.traffic_s) - p.connected_at) / 60
+        # frames in: each one an API Gateway message and a MessageFunction invocation with a frame count
+        inbound += p.frames_out
+        windows = {int(x // RATE_WINDOW_SECONDS) for x in p.frame_times}
+        t.wru += len(p.frame_times) + len(windows)
+        # frames out: each one a post_to_connection, metered per 32 KB
+        outbound += p.frames_in
+        outbound_metered += sum(max(1, math.ceil(b / APIGW_MESSAGE_BYTES)) for b in p.bytes_in)
+        # start (first time: the chat is opened)
+        if p.chat_id is not None:
+            t.invoke("MessageFunction", LAMBDA_MS["start"])
+            t.rru += 1 + 1 + rru(message_bytes(opening))
+            t.wru += 2 * (wru(META_BYTES) + 1 + wru(message_bytes(opening))) + 1 + (1 + 1)
+        history_bytes = message_bytes(opening)
+        for r in p.replies:
+            for _ in range(r.attempts):
+                t.invoke("MessageFunction", LAMBDA_MS["send"])
+                t.rru += 1 + 1 + 3
+            if r.user_seq is None:
+                continue
+            t.wru += 2 * (wru(META_BYTES) + wru(message_bytes(r.text_chars)) + 1) + 1
+            history_bytes += message_bytes(r.text_chars)
+            if r.reply_s is None:
+                continue
+            if model_ttft is not None and r.ttfd_s is not None:
+                stream_s = model_ttft + REPLY_SETUP_SECONDS + max(0.0, r.reply_s - r.ttfd_s)
+            else:
+                stream_s = max(0.0, r.reply_s - (r.ack_s or 0.0))
+            reply_chars = len(r.final_text or "")
+            t.invoke("ReplyFunction", stream_s * 1000)
+            t.rru += 1 + rru(history_bytes) + 3 + math.floor(stream_s / REBIND_SECONDS) + 1
+            renewals = 1 + math.floor(stream_s / LEASE_RENEW_SECONDS)
+            t.wru += renewals * (1 + 1)
+            t.wru += 2 * (wru(META_BYTES) + wru(message_bytes(reply_chars)) + 1) + 1
+            history_bytes += message_bytes(reply_chars)
+            prompt_tokens += r.prompt_tokens
+            completion_tokens += r.completion_tokens
+    participants = max(1, sum(1 for p in run.people if p.connected_at is not None))
+    apigw_messages = inbound + outbound_metered
+    lines = {
+        "API Gateway messages": apigw_messages * PRICES["apigw_message"],
+        "API Gateway connection minutes": connection_minutes * PRICES["apigw_connection_minute"],
+        "Lambda requests": sum(t.lambda_requests.values()) * PRICES["lambda_request"],
+        "Lambda compute (GB-s)": sum(t.lambda_gb_s.values()) * PRICES["lambda_gb_second"],
+        "DynamoDB writes (WRU)": t.wru * PRICES["dynamodb_wru"],
+        "DynamoDB reads (RRU)": t.rru * PRICES["dynamodb_rru"],
+    }
+    aws_total = sum(lines.values())
+    llm = LLM_PRICES.get(model)
+    llm_cost = None
+    if llm is not None:
+        llm_cost = prompt_tokens / 1e6 * llm["input"] + completion_tokens / 1e6 * llm["output"]
+    return {
+        "prices": {"date": DATE, "region": REGION, "unit_prices_usd": PRICES, "llm_model": model,
+                   "llm_usd_per_1m_tokens": llm, "not_counted": list(NOT_COUNTED)},
+        "operations": {
+            "apigw_messages_inbound": inbound,
+            "apigw_messages_outbound": outbound,
+            "apigw_messages_metered": apigw_messages,
+            "apigw_connection_minutes": round(connection_minutes, 3),
+            "lambda_requests": t.lambda_requests,
+            "lambda_gb_seconds": {k: round(v, 4) for k, v in t.lambda_gb_s.items()},
+            "dynamodb_wru": t.wru,
+            "dynamodb_rru": t.rru,
+            "llm_prompt_tokens": prompt_tokens,
+            "llm_completion_tokens": completion_tokens,
+        },
+        "usd": {k: round(v, 8) for k, v in lines.items()},
+        "usd_aws_total": round(aws_total, 6),
+        "usd_llm_total": None if llm_cost is None else round(llm_cost, 6),
+        "per_participant_usd": {
+            "aws": aws_total / participants,
+            "llm": None if llm_cost is None else llm_cost / participants,
+            "total": aws_total / participants + (llm_cost or 0.0) / participants,
+        },
+        "assumptions": {"lambda_ms_estimated": LAMBDA_MS, "memory_mb": MEMORY_MB, "meta_item_bytes": META_BYTES,
+                        "dynamodb_ops": DYNAMO_OPS},
+    }

@@ -1,0 +1,183 @@
+"""The local stack for a load test: in a child process (the default) or in this one.
+
+In a child process the stack and the load generator do not share a GIL, so the
+generator's own work does not show up as service latency, and the stack's memory (RSS
+from /proc/<pid>/status) is its own. `--in-process` runs it on a thread here instead
+(what tests/load_tests does, for speed).
+
+    python -m load_tests.local '{"ttft": 0.3, ...}'   # the child; prints its URLs as one JSON line
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Quiet functions: a terminal, not CloudWatch (as `python -m local_gateway serve` does).
+QUIET = {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "WARNING",
+         "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "us-east-1",
+         "PYTHONWARNINGS": "ignore::UserWarning"}
+
+
+@dataclass
+class LocalConfig:
+    ttft: float = 0.3  #: the offline model's time to first token, seconds
+    tokens_per_second: float = 40.0
+    store: str = "sqlite"
+    llm_concurrency: int | None = None  #: the template's LlmConcurrency (reply threads); None: its default
+    environment: dict[str, str] = field(default_factory=dict)  #: function environment overrides
+    data_dir: str | None = None  #: None: a fresh temporary directory
+
+
+def stack_config(config: LocalConfig, secret: str, data_dir: Path) -> Any:
+    from local_gateway.stack import StackConfig
+
+    parameters = {}
+    if config.llm_concurrency is not None:
+        parameters["LlmConcurrency"] = str(config.llm_concurrency)
+    return StackConfig(
+        port=0, management_port=0, model_port=0, demo_port=None, data_dir=data_dir, store=config.store,
+        secret=secret, model_ttft=config.ttft, model_tokens_per_second=config.tokens_per_second,
+        parameters=parameters, environment=dict(config.environment),
+    )
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process, KiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used, seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class LocalStack:
+    urls: dict[str, str]
+    secret: str
+    pid: int
+    config: LocalConfig
+    log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=2000))  #: the child's output
+
+    def log_counts(self) -> dict[str, int]:
+        """Warnings and errors the functions logged (powertools JSON lines on stdout), by message."""
+        counts: collections.Counter[str] = collections.Counter()
+        for line in self.log:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("level") in ("WARNING", "ERROR", "CRITICAL"):
+                counts[f"{entry['level']}: {entry.get('message')}"] += 1
+        return dict(counts)
+
+    def rss_kib(self) -> int:
+        return rss_kib(self.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+
+@contextlib.contextmanager
+def local_stack(config: LocalConfig, in_process: bool = False, profile: str | None = None) -> Iterator[LocalStack]:
+    """Run the stack for the length of the block. profile: a cProfile output path (child only)."""
+    secret = secrets.token_urlsafe(48)
+    with tempfile.TemporaryDirectory(prefix="load-stack-") as tmp:
+        data_dir = Path(config.data_dir or tmp)
+        if in_process:
+            from local_gateway.stack import running
+
+            for key, value in QUIET.items():
+                os.environ.setdefault(key, value)
+            with running(stack_config(config, secret, data_dir)) as stack:
+                yield LocalStack(dict(stack.urls), secret, os.getpid(), config)
+            return
+        spec = json.dumps(asdict(config) | {"data_dir": str(data_dir), "profile": profile})
+        env = os.environ | QUIET | {"LOAD_TEST_SECRET": secret, "PYTHONPATH": str(ROOT)}
+        child = subprocess.Popen([sys.executable, "-m", "load_tests.local", spec], cwd=ROOT, env=env,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None
+            line = _readline(child, 60)
+            local = LocalStack(json.loads(line), secret, child.pid, config)
+            # keep reading: a full pipe would block the child's next log line (and its thread)
+            threading.Thread(target=_drain, args=(child, local.log), daemon=True).start()
+            yield local
+        finally:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(10)
+
+
+def _drain(child: subprocess.Popen, log: collections.deque) -> None:
+    for line in child.stdout:  # type: ignore[union-attr]
+        log.append(line)
+
+
+def _readline(child: subprocess.Popen, timeout: float) -> str:
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(child.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout)
+    if not got or not got[0].strip():
+        child.kill()
+        raise RuntimeError(f"the local stack did not start within {timeout:.0f} s (exit {child.poll()})")
+    return got[0]
+
+
+def _child(spec: dict[str, Any]) -> None:
+    import asyncio
+
+    from local_gateway.stack import Stack
+
+    profile = spec.pop("profile", None)
+    config = LocalConfig(**spec)
+    stack = Stack(stack_config(config, os.environ["LOAD_TEST_SECRET"], Path(config.data_dir or ".")))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        urls = await stack.start()
+        print(json.dumps(urls), flush=True)
+        await stop.wait()
+        await stack.stop(grace=5)
+
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()  # the event loop's thread only; py-spy (`--py-spy`) sees every thread
+        try:
+            asyncio.run(main())
+        finally:
+            profiler.disable()
+            profiler.dump_stats(profile)
+    else:
+        asyncio.run(main())
+
+
+if __name__ == "__main__":
+    _child(json.loads(sys.argv[1]))
