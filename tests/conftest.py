@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+from pathlib import Path
 
 import pytest
 from moto.dynamodb.responses import DynamoHandler
@@ -63,3 +64,28 @@ def model(offline_model: OfflineModel):
     offline_model.reset_stats()
     yield offline_model
     offline_model.faults.clear()
+
+
+CHROMIUM = Path("/usr/bin/chromium")  #: Debian's, installed by `make chromium`
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by playwright (only its driver: no browser download here).
+
+    launch() gives Chromium a fresh temporary user-data-dir of its own, removed on close.
+    """
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: run `make chromium`")
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True, timeout=30_000)
+        try:
+            yield launched
+        finally:
+            launched.close()

@@ -28,18 +28,12 @@ expect = sync_api.expect
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_JS = ROOT / "client_js"
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = ROOT / "docs" / "images" / "chat-widget.png"
-FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 VIEWPORT = {"width": 800, "height": 600}
 OFFLINE = "net::ERR_INTERNET_DISCONNECTED"  # Chromium's log of a reconnect attempt while offline: expected
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
 
 pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: run `make chromium`"),
     pytest.mark.timeout(180),
 ]
 
@@ -88,16 +82,6 @@ def stack(site, tmp_path):
     with running(config) as s:
         yield s
 
-
-@pytest.fixture(scope="module")
-def browser():
-    # launch() gives Chromium a fresh temporary user-data-dir of its own, removed on close.
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True, timeout=30_000)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture

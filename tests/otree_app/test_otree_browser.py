@@ -33,13 +33,9 @@ expect = sync_api.expect
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "otree_app"
 OTREE_BIN = ROOT / ".venv-otree" / "bin"
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = ROOT / "docs" / "images" / "otree-chat.png"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: run `make chromium`"),
     pytest.mark.skipif(not (OTREE_BIN / "otree").exists(), reason="oTree's venv is missing: run `make otree`"),
     pytest.mark.timeout(240),
 ]
@@ -123,15 +119,6 @@ def stack_and_otree(tmp_path_factory):
                 break
             log.close()
 
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True, timeout=30_000)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture
