@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 import threading
 from pathlib import Path
 
@@ -89,3 +91,20 @@ def browser():
             yield launched
         finally:
             launched.close()
+
+
+@pytest.fixture
+def readme_screenshot(tmp_path):
+    """Take a screenshot for docs/images/NAME, written only when it is missing or
+    UPDATE_SCREENSHOT is set, so other machines' fonts do not dirty the tree."""
+
+    def take(page, name: str) -> Path:
+        shot = tmp_path / name
+        page.screenshot(path=str(shot), animations="disabled", caret="hide")
+        target = Path(__file__).resolve().parent.parent / "docs" / "images" / name
+        if os.environ.get("UPDATE_SCREENSHOT") or not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shot, target)
+        return shot
+
+    return take

@@ -8,8 +8,6 @@ playwright, whose own browsers are never installed. Every wait is bounded.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -28,7 +26,6 @@ expect = sync_api.expect
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_JS = ROOT / "client_js"
-SCREENSHOT = ROOT / "docs" / "images" / "chat-widget.png"
 VIEWPORT = {"width": 800, "height": 600}
 OFFLINE = "net::ERR_INTERNET_DISCONNECTED"  # Chromium's log of a reconnect attempt while offline: expected
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
@@ -128,7 +125,7 @@ def replies(page):
 # ---------------------------------------------------------------- tests
 
 
-def test_a_participant_chats_goes_offline_and_comes_back(site, stack, context, page, tmp_path):
+def test_a_participant_chats_goes_offline_and_comes_back(site, stack, context, page, tmp_path, readme_screenshot):
     open_chat(page, site, stack, "P1")
     log, status = page.locator(".lc-log"), page.locator(".lc-status")
     textarea, typing = page.locator(".lc-input"), page.locator(".lc-typing")
@@ -206,11 +203,7 @@ def test_a_participant_chats_goes_offline_and_comes_back(site, stack, context, p
     expect(status).to_be_empty(timeout=6_000)  # "Connected again." fades after 3 s
     textarea.fill("Could you give me an example with pizza slices?")
     textarea.blur()
-    shot = tmp_path / "chat-widget.png"
-    page.screenshot(path=str(shot), animations="disabled", caret="hide")
-    if os.environ.get("UPDATE_SCREENSHOT") or not SCREENSHOT.exists():
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, SCREENSHOT)
+    readme_screenshot(page, "chat-widget.png")
 
 
 def test_text_is_never_markup_and_the_counter_stops_long_messages(site, stack, page):

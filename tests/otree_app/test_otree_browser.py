@@ -33,7 +33,6 @@ expect = sync_api.expect
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "otree_app"
 OTREE_BIN = ROOT / ".venv-otree" / "bin"
-SCREENSHOT = ROOT / "docs" / "images" / "otree-chat.png"
 
 pytestmark = [
     pytest.mark.skipif(not (OTREE_BIN / "otree").exists(), reason="oTree's venv is missing: run `make otree`"),
@@ -141,7 +140,7 @@ def replies(page):
     return page.locator(".lc-msg--assistant[data-status=stored]")
 
 
-def test_a_participant_chats_in_otree_and_the_transcript_is_exported(stack_and_otree, page, tmp_path):
+def test_a_participant_chats_in_otree_and_the_transcript_is_exported(stack_and_otree, page, tmp_path, readme_screenshot):
     stack, origin, otree_log = stack_and_otree
     bots = bots_module()
     session = json.loads(http(f"{origin}/api/sessions", {"session_config_name": "chat_demo", "num_participants": 2}))
@@ -202,11 +201,7 @@ def test_a_participant_chats_in_otree_and_the_transcript_is_exported(stack_and_o
     expect(page.locator(".lc-status")).to_be_empty(timeout=6_000)
     box.fill("Could you show me with a drawing?")
     box.blur()
-    shot = tmp_path / "otree-chat.png"
-    page.screenshot(path=str(shot), animations="disabled", caret="hide")
-    if os.environ.get("UPDATE_SCREENSHOT") or not SCREENSHOT.exists():
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, SCREENSHOT)
+    readme_screenshot(page, "otree-chat.png")
 
     # Now the rule holds: on to the last page.
     box.fill("")
