@@ -17,7 +17,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .prices import APIGW_MESSAGE_BYTES, DATE, LLM_PRICES, NOT_COUNTED, PRICES, REGION
+from .prices import (
+    APIGW_MESSAGE_BYTES,
+    DATE,
+    NOT_COUNTED,
+    PRICES,
+    REGION,
+    llm_prices,
+    llm_usd,
+)
 
 #: What each action costs in DynamoDB, as (reads, writes) in items; sizes are applied below.
 #: Read off the code (file:function).
@@ -148,10 +156,8 @@ def estimate(run: Any, model_ttft: float | None = None) -> dict[str, Any]:
         "DynamoDB reads (RRU)": t.rru * PRICES["dynamodb_rru"],
     }
     aws_total = sum(lines.values())
-    llm = LLM_PRICES.get(model)
-    llm_cost = None
-    if llm is not None:
-        llm_cost = prompt_tokens / 1e6 * llm["input"] + completion_tokens / 1e6 * llm["output"]
+    llm = llm_prices(model)
+    llm_cost = llm_usd(model, prompt_tokens, completion_tokens)
     return {
         "prices": {"date": DATE, "region": REGION, "unit_prices_usd": PRICES, "llm_model": model,
                    "llm_usd_per_1m_tokens": llm, "not_counted": list(NOT_COUNTED)},
@@ -178,3 +184,118 @@ def estimate(run: Any, model_ttft: float | None = None) -> dict[str, Any]:
         "assumptions": {"lambda_ms_estimated": LAMBDA_MS, "memory_mb": MEMORY_MB, "meta_item_bytes": META_BYTES,
                         "dynamodb_ops": DYNAMO_OPS},
     }
+
+
+# -- projections: what a study would cost, without running it -------------------------------------
+
+@dataclass(frozen=True)
+class Study:
+    """What one participant of a typical chat study does; the defaults are documented guesses.
+
+    Replies of about 120 tokens (480 characters) at 60 tokens/s after 0.6 s, as gpt-4o-mini
+    streams; 30 s of reading and typing between messages; the prompt resends the whole chat
+    so far (system prompt, opening, every message), as turn.py builds it.
+    """
+
+    messages: int = 10  #: participant messages, each answered
+    user_chars: int = 120
+    reply_chars: int = 480
+    chars_per_token: float = 4.0  #: English text with OpenAI's tokenizers
+    system_prompt_tokens: int = 60
+    opening_chars: int = 60
+    think_s: float = 30.0
+    ttft_s: float = 0.6
+    tokens_per_second: float = 60.0
+    flush_s: float = 0.12  #: STREAM_FLUSH_MS: a delta at most every 120 ms after the first
+    heartbeat_s: float = 240.0  #: client_js heartbeatMs: a ping (and its pong) every 4 minutes
+    frame_bytes: int = 300  #: every frame is far below API Gateway's 32 KB metering unit
+
+
+def _participant(study: Study) -> Any:
+    """One synthetic participant, shaped like runner.Participant for estimate()."""
+    from types import SimpleNamespace
+
+    tokens = lambda chars: max(1, round(chars / study.chars_per_token))
+    completion = tokens(study.reply_chars)
+    stream_s = completion / study.tokens_per_second
+    deltas = 1 + math.ceil(stream_s / study.flush_s)
+    history = study.system_prompt_tokens + tokens(study.opening_chars)
+    replies, clock = [], 0.0
+    for index in range(study.messages):
+        clock += study.think_s
+        history += tokens(study.user_chars)
+        replies.append(SimpleNamespace(
+            attempts=1, user_seq=2 * index + 2, text_chars=study.user_chars, ack_s=0.05,
+            ttfd_s=study.ttft_s, reply_s=study.ttft_s + stream_s, final_text="x" * study.reply_chars,
+            prompt_tokens=history, completion_tokens=completion,
+        ))
+        history += completion
+        clock += study.ttft_s + stream_s
+    pings = int(clock // study.heartbeat_s)
+    frames_in = 1 + study.messages * (1 + deltas + 1) + pings  # chat; ack, deltas, message; pongs
+    return SimpleNamespace(
+        connected_at=0.0, closed_at=clock, chat_id="c_projection", replies=replies,
+        frames_out=1 + study.messages + pings, frame_times=[study.think_s * (i + 1) for i in range(study.messages)],
+        frames_in=frames_in, bytes_in=[study.frame_bytes] * frames_in,
+    )
+
+
+def project(participants: int, study: Study = Study(), model: str = "gpt-4o-mini") -> dict[str, Any]:
+    """estimate() for `participants` who each follow `study` (the same synthetic one, N times)."""
+    from types import SimpleNamespace
+
+    from ws_handlers.bot import Bot
+
+    one = _participant(study)
+    bot = Bot("projection", model, "x", opening_message="x" * study.opening_chars)
+    run = SimpleNamespace(bot=bot, people=[one] * participants, traffic_s=one.closed_at)
+    return estimate(run, model_ttft=study.ttft_s)
+
+
+def table(counts: list[int], study: Study, model: str) -> str:
+    """A Markdown table of projections, one column per number of participants."""
+    results = [project(n, study, model) for n in counts]
+    groups = {
+        "API Gateway (messages, connection minutes)": ("API Gateway messages", "API Gateway connection minutes"),
+        "Lambda (requests, GB-seconds)": ("Lambda requests", "Lambda compute (GB-s)"),
+        "DynamoDB (reads, writes)": ("DynamoDB writes (WRU)", "DynamoDB reads (RRU)"),
+    }
+    header = "| | " + " | ".join(f"{n:,} participants" for n in counts) + " |"
+    lines = [header, "|---|" + "---:|" * len(counts)]
+    for label, keys in groups.items():
+        lines.append(f"| {label} | " + " | ".join(f"${sum(r['usd'][k] for k in keys):,.2f}" for r in results) + " |")
+    lines.append("| **AWS total** | " + " | ".join(f"**${r['usd_aws_total']:,.2f}**" for r in results) + " |")
+    lines.append(f"| LLM ({model}) | " + " | ".join(
+        "not priced" if r["usd_llm_total"] is None else f"${r['usd_llm_total']:,.2f}" for r in results) + " |")
+    lines.append("| **Total** | " + " | ".join(
+        f"**${r['usd_aws_total'] + (r['usd_llm_total'] or 0):,.2f}**" for r in results) + " |")
+    lines.append("| per participant | " + " | ".join(
+        f"${r['per_participant_usd']['total']:.4f}" for r in results) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    defaults = Study()
+    parser = argparse.ArgumentParser(prog="python -m load_tests.cost", description="What a study would cost on AWS "
+                                     "and at the model, by the cost model of the load tests (prices: "
+                                     f"load_tests/prices.py, {DATE}, {REGION}).")
+    parser.add_argument("--participants", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--messages", type=int, default=defaults.messages, help="participant messages each")
+    parser.add_argument("--user-chars", type=int, default=defaults.user_chars)
+    parser.add_argument("--reply-chars", type=int, default=defaults.reply_chars)
+    parser.add_argument("--model", default="gpt-4o-mini", help="priced from prices.LLM_PRICES")
+    args = parser.parse_args(argv)
+    if any(n < 1 for n in args.participants) or min(args.messages, args.user_chars, args.reply_chars) < 1:
+        parser.error("participants, messages and sizes must be at least 1")
+    study = Study(messages=args.messages, user_chars=args.user_chars, reply_chars=args.reply_chars)
+    print(table(args.participants, study, args.model))
+    print(f"\n{study.messages} messages of {study.user_chars} characters each, replies of {study.reply_chars} "
+          f"characters ({study.tokens_per_second:g} tokens/s after {study.ttft_s:g} s), {study.think_s:g} s between "
+          f"messages; {REGION} on-demand list prices of {DATE}; free tiers not counted.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

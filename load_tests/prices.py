@@ -42,3 +42,21 @@ NOT_COUNTED = (
     "SQS (on-failure destination only) and data transfer out",
     "DynamoDB storage ($0.25 per GB-month) and point-in-time recovery",
 )
+
+
+def llm_prices(model: str | None) -> dict[str, float] | None:
+    """USD per 1M tokens for `model`, also under a dated name (gpt-4o-mini-2024-07-18); None if unknown."""
+    if not model:
+        return None
+    if model in LLM_PRICES:
+        return LLM_PRICES[model]
+    known = [name for name in LLM_PRICES if model.startswith(name + "-")]
+    return LLM_PRICES[max(known, key=len)] if known else None
+
+
+def llm_usd(model: str | None, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """What the tokens cost at the table's prices; None for a model the table does not know."""
+    prices = llm_prices(model)
+    if prices is None:
+        return None
+    return prompt_tokens / 1e6 * prices["input"] + completion_tokens / 1e6 * prices["output"]

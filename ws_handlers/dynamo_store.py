@@ -6,12 +6,17 @@ metadata item `META` with counters and the reply lease, one item per message
 (`MSG#0000000001`, so a Query reads them in order), and one item per client message id
 (`CMID#...`) that makes retries idempotent. Counters live beside them: `PART#exp#participant`
 (chats opened) and `EXP#exp` / `SERVICE` (`CONTROL`: pause switch, token budget, tokens used).
-Every write that must not happen twice is conditional; no request path scans.
+Every write that must not happen twice is conditional; no request path scans. The operator's
+methods at the end of `DynamoStore` (`store.AdminStore`) list an experiment's chats through the
+`by_experiment` index and delete with BatchWriteItem.
 """
 
 from __future__ import annotations
 
 import json
+import random
+import time
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -27,6 +32,7 @@ from .store import (
     ChatLimitReached,
     Connection,
     Controls,
+    Deleted,
     DuplicateMessage,
     Lease,
     Message,
@@ -41,6 +47,7 @@ _de = TypeDeserializer()
 _THROTTLING = {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
 _SERVICE_CONTROL = {"pk": "SERVICE", "sk": "CONTROL"}
 _BREAKER = {"pk": "SERVICE", "sk": "LLM"}
+_BATCH_ATTEMPTS = 8  #: BatchWriteItem rounds for unprocessed items (about 6 s of backoff in all)
 
 
 def _item(values: dict[str, Any]) -> dict[str, Any]:
@@ -459,6 +466,184 @@ class DynamoStore:
         # only one of the instances that saw this window moves it on
         moved = self._update_if(key, update, "window_start = :old", values) is not None
         return moved and "open_until" in update
+
+    # -- the operator's port (store.AdminStore): never on a request path ------------------
+    def read_controls(self, experiment: str | None) -> Controls:
+        key = _SERVICE_CONTROL if experiment is None else {"pk": f"EXP#{experiment}", "sk": "CONTROL"}
+        got = self._call(
+            "batch_get_item",
+            RequestItems={self.chats_table: {"Keys": [_item(key), _item(_BREAKER)], "ConsistentRead": True}},
+        )
+        items = {(i["pk"], i["sk"]): i for i in map(_plain, got.get("Responses", {}).get(self.chats_table, []))}
+        own = items.get((key["pk"], key["sk"]), {})
+        budget = own.get("token_budget")
+        return Controls(
+            paused=bool(own.get("paused")),
+            token_budget=None if budget is None else int(budget),
+            tokens_used=int(own.get("tokens_used", 0)),
+            llm_paused_until=float(items.get(("SERVICE", "LLM"), {}).get("open_until", 0)),
+        )
+
+    def set_controls(
+        self, experiment: str | None, *, paused: bool | None = None, token_budget: int | None = None,
+        clear_budget: bool = False,
+    ) -> None:
+        if experiment == "":
+            raise ValueError("experiment must be a name, or None for the service-wide controls")
+        if experiment is None and (token_budget is not None or clear_budget):
+            raise ValueError("the service-wide controls have no token budget; set TOKEN_BUDGET instead")
+        if token_budget is not None and (clear_budget or token_budget < 0):
+            raise ValueError("token_budget must be a non-negative integer, and not given with clear_budget")
+        sets, values = [], {}
+        if paused is not None:
+            sets.append("paused = :paused")
+            values[":paused"] = {"BOOL": paused}
+        if token_budget is not None:
+            sets.append("token_budget = :budget")
+            values[":budget"] = {"N": str(token_budget)}
+        update = ("SET " + ", ".join(sets) if sets else "") + (" REMOVE token_budget" if clear_budget else "")
+        if not update:
+            return
+        key = _SERVICE_CONTROL if experiment is None else {"pk": f"EXP#{experiment}", "sk": "CONTROL"}
+        self._call(
+            "update_item", TableName=self.chats_table, Key=_item(key), UpdateExpression=update.strip(),
+            **({"ExpressionAttributeValues": values} if values else {}),
+        )
+
+    def experiment_chats(
+        self, experiment: str, session: str | None = None, participant: str | None = None, page_size: int = 500
+    ) -> Iterator[Chat]:
+        condition = "gsi1pk = :pk"
+        values: dict[str, Any] = {":pk": {"S": f"EXP#{experiment}"}}
+        names: dict[str, str] = {}
+        filters = []
+        if session is not None:  # the index narrows; the filter is exact even if names hold '#'
+            condition += " AND begins_with(gsi1sk, :prefix)"
+            values[":prefix"] = {"S": f"{session}#" + (f"{participant}#" if participant is not None else "")}
+            names["#s"], values[":s"] = "session", {"S": session}
+            filters.append("#s = :s")
+        if participant is not None:
+            names["#p"], values[":p"] = "participant", {"S": participant}
+            filters.append("#p = :p")
+        kwargs: dict[str, Any] = {
+            "TableName": self.chats_table, "IndexName": "by_experiment", "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": values, "Limit": page_size,
+        }
+        if filters:
+            kwargs |= {"FilterExpression": " AND ".join(filters), "ExpressionAttributeNames": names}
+        for page in self._pages("query", kwargs):
+            yield from (_chat(_plain(i)) for i in page)
+
+    def message_pages(self, chat_id: str, after_seq: int = 0, page_size: int = 500) -> Iterator[list[Message]]:
+        kwargs: dict[str, Any] = {
+            "TableName": self.chats_table,
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :lo AND :hi",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": _chat_pk(chat_id)}, ":lo": {"S": _msg_sk(after_seq + 1)}, ":hi": {"S": _msg_sk(9_999_999_999)},
+            },
+            "ConsistentRead": True,
+            "Limit": page_size,
+        }
+        for page in self._pages("query", kwargs):
+            if page:
+                yield [_message(_plain(i)) for i in page]
+
+    def connections(self, experiment: str | None = None) -> Iterator[Connection]:
+        kwargs: dict[str, Any] = {"TableName": self.connections_table}
+        if experiment is not None:
+            kwargs |= {"FilterExpression": "experiment = :e", "ExpressionAttributeValues": {":e": {"S": experiment}}}
+        for page in self._pages("scan", kwargs):
+            for item in map(_plain, page):
+                identity = Identity(item["participant"], item["experiment"], item["session"])
+                yield Connection(item["connection_id"], identity, float(item["connected_at"]), int(item["expires_at"]))
+
+    def delete_participant(self, experiment: str, participant: str, session: str | None = None) -> Deleted:
+        chats = list(self.experiment_chats(experiment, participant=participant))  # a few: MAX_CHATS_PER_PARTICIPANT
+        doomed = [c for c in chats if session is None or c.identity.session == session]
+        # the counter first, so that an interruption never leaves it behind its chats; rerun to finish
+        counter = _key(f"PART#{experiment}#{participant}", "META")
+        records = 0
+        if len(doomed) < len(chats):
+            self._call(
+                "update_item", TableName=self.chats_table, Key=counter, UpdateExpression="SET chats = :n",
+                ExpressionAttributeValues={":n": {"N": str(len(chats) - len(doomed))}},
+            )
+        else:
+            records += self._delete_item(counter)
+        deleted = Deleted(records=records)
+        for chat in doomed:
+            deleted += self._delete_chat(chat.chat_id)
+        return deleted + self._delete_connections(experiment, participant, session)
+
+    def delete_experiment(self, experiment: str) -> Deleted:
+        deleted, seen = Deleted(), set()
+        for chat in self.experiment_chats(experiment):
+            participant = chat.identity.participant
+            if participant not in seen:  # its counter before its chats, as in delete_participant
+                seen.add(participant)
+                deleted += Deleted(records=self._delete_item(_key(f"PART#{experiment}#{participant}", "META")))
+            deleted += self._delete_chat(chat.chat_id)
+        deleted += self._delete_connections(experiment)
+        return deleted + Deleted(records=self._delete_item(_key(f"EXP#{experiment}", "CONTROL")))
+
+    def _pages(self, operation: str, kwargs: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
+        """Items of a Query or Scan, page by page (one request each)."""
+        while True:
+            page = self._call(operation, **kwargs)
+            yield page.get("Items", [])
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs = kwargs | {"ExclusiveStartKey": page["LastEvaluatedKey"]}
+
+    def _delete_item(self, key: dict[str, Any]) -> int:
+        """1 when the item existed."""
+        got = self._call("delete_item", TableName=self.chats_table, Key=key, ReturnValues="ALL_OLD")
+        return int("Attributes" in got)
+
+    def _delete_chat(self, chat_id: str) -> Deleted:
+        """Messages and client message ids first, META last: until then the index still lists the chat."""
+        messages = records = 0
+        kwargs = {
+            "TableName": self.chats_table, "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": _chat_pk(chat_id)}}, "ProjectionExpression": "pk, sk",
+            "ConsistentRead": True,
+        }
+        for page in self._pages("query", kwargs):
+            keys = [k for k in page if k["sk"]["S"] != "META"]
+            self._batch_delete(self.chats_table, keys)
+            messages += sum(k["sk"]["S"].startswith("MSG#") for k in keys)
+            records += sum(not k["sk"]["S"].startswith("MSG#") for k in keys)
+        return Deleted(chats=self._delete_item(_key(_chat_pk(chat_id), "META")), messages=messages, records=records)
+
+    def _delete_connections(self, experiment: str, participant: str | None = None, session: str | None = None) -> Deleted:
+        """The connections table is small (one item per open socket, TTL): a filtered Scan is fine here."""
+        names, values, filters = {"#e": "experiment"}, {":e": {"S": experiment}}, ["#e = :e"]
+        for attribute, value in (("participant", participant), ("session", session)):
+            if value is not None:
+                names[f"#{attribute}"], values[f":{attribute}"] = attribute, {"S": value}
+                filters.append(f"#{attribute} = :{attribute}")
+        kwargs = {
+            "TableName": self.connections_table, "FilterExpression": " AND ".join(filters),
+            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values,
+            "ProjectionExpression": "connection_id",
+        }
+        count = 0
+        for page in self._pages("scan", kwargs):
+            self._batch_delete(self.connections_table, page)
+            count += len(page)
+        return Deleted(connections=count)
+
+    def _batch_delete(self, table: str, keys: list[dict[str, Any]]) -> None:
+        """BatchWriteItem in 25s; what DynamoDB leaves unprocessed (capacity) is retried with backoff, boundedly."""
+        for start in range(0, len(keys), 25):
+            requests = {table: [{"DeleteRequest": {"Key": k}} for k in keys[start : start + 25]]}
+            for attempt in range(_BATCH_ATTEMPTS):
+                requests = self._call("batch_write_item", RequestItems=requests).get("UnprocessedItems") or {}
+                if not requests:
+                    break
+                time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
+            else:
+                raise StoreThrottled(f"batch_write_item: items still unprocessed after {_BATCH_ATTEMPTS} attempts")
 
 
 def _chat(item: dict[str, Any]) -> Chat:

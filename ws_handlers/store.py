@@ -4,11 +4,14 @@ Each operation is one atomic step (a conditional write or a transaction), so the
 never leaves a half-written turn behind, whatever fails around it. Adapters:
 `dynamo_store.DynamoStore` (production, moto in tests) and, for the local stack, an
 embedded one; both are held to the contract tests in tests/ws_handlers/test_store_contract.py.
+`AdminStore`, at the end, is the operator's port (controls, export, deletion), which the same
+adapters implement.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -172,4 +175,63 @@ class Store(Protocol):
     def record_llm_failure(self, now: float, threshold: int, window: float, cooldown: float) -> bool:
         """Count a model failure; after `threshold` within `window` seconds, pause model calls
         for `cooldown` seconds (Controls.llm_paused_until). True when this failure opened it."""
+        ...
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """What an operator's deletion removed, by kind of record."""
+
+    chats: int = 0
+    messages: int = 0
+    connections: int = 0
+    records: int = 0  #: the rest: client message ids, per-participant counters, controls
+
+    def __add__(self, other: Deleted) -> Deleted:
+        return Deleted(self.chats + other.chats, self.messages + other.messages,
+                       self.connections + other.connections, self.records + other.records)
+
+
+class AdminStore(Protocol):
+    """The operator's port (`python -m ws_handlers.ops`), beside the chat domain's `Store`.
+
+    Never on a request path: these operations read or delete whole experiments (Query over
+    the `by_experiment` index, a Scan of the small connections table). Both adapters
+    implement it, held to the same contract tests as `Store`.
+    """
+
+    def read_controls(self, experiment: str | None) -> Controls:
+        """One CONTROL item as written, not merged with the service's (None: the service's
+        switch, with the model's circuit breaker); `get_controls` is what the domain obeys."""
+        ...
+
+    def set_controls(
+        self, experiment: str | None, *, paused: bool | None = None, token_budget: int | None = None,
+        clear_budget: bool = False,
+    ) -> None:
+        """Write the experiment's (None: the service's) switches; None leaves a field as it is,
+        `clear_budget` removes the budget (TOKEN_BUDGET applies again); tokens_used is never touched."""
+        ...
+
+    def experiment_chats(
+        self, experiment: str, session: str | None = None, participant: str | None = None, page_size: int = 500
+    ) -> Iterator[Chat]:
+        """The experiment's chats by session, participant and chat key, read `page_size` at a time."""
+        ...
+
+    def message_pages(self, chat_id: str, after_seq: int = 0, page_size: int = 500) -> Iterator[list[Message]]:
+        """A chat's messages after `after_seq` in seq order, at most `page_size` per page."""
+        ...
+
+    def connections(self, experiment: str | None = None) -> Iterator[Connection]:
+        """Connection records, expired ones included (TTL deletes them lazily): filter on expires_at."""
+        ...
+
+    def delete_participant(self, experiment: str, participant: str, session: str | None = None) -> Deleted:
+        """Remove the participant's chats, messages, connections and counters (only the session's
+        chats and connections with `session`). Idempotent: run it again after an interruption."""
+        ...
+
+    def delete_experiment(self, experiment: str) -> Deleted:
+        """Remove every chat, message, connection, counter and control of the experiment."""
         ...

@@ -18,6 +18,7 @@ from ws_handlers.store import (
     ChatLimitReached,
     Connection,
     Controls,
+    Deleted,
     DuplicateMessage,
     Lease,
     Message,
@@ -280,3 +281,131 @@ def test_renew_lease_only_for_its_holder(store):
     store.release_lease(chat.chat_id, "t1")
     assert not store.renew_lease(chat.chat_id, "t1", NOW + 300)
     assert store.get_chat(chat.chat_id).lease is None
+
+
+# -- the operator's port (store.AdminStore) ------------------------------------------------------
+
+def _seed_chat(store, who: Identity, key: str = "main", replies: int = 1) -> Chat:
+    """A chat with its opening and `replies` turns (user message and reply), as the domain writes them."""
+    chat = store.open_chat(
+        Chat(chat_id_for(who, key), who, key, BOT, NOW, next_seq=2, connection_id="c1"),
+        Message(chat_id_for(who, key), 1, "assistant", "Hello.", NOW), 5,
+    )
+    for i in range(replies):
+        chat = store.get_chat(chat.chat_id)
+        store.append_user_message(chat, _user(chat, f"{key}-m{i}", f"question {i}"), _lease(chat, f"t{i}"), "c1", 500, NOW)
+        reply = Message(chat.chat_id, chat.next_seq + 1, "assistant", f"answer {i}", NOW + 1, None, 3, 2, "m", 40)
+        assert store.finish_reply(chat, reply, f"t{i}")
+    return store.get_chat(chat.chat_id)
+
+
+def test_operator_controls_are_read_as_written_and_cleared(store):
+    assert store.read_controls(None) == Controls() and store.read_controls("exp1") == Controls()
+    store.set_controls(None, paused=True)
+    store.set_controls("exp1", token_budget=500)
+    assert store.read_controls(None).paused is True
+    assert store.read_controls("exp1") == Controls(paused=False, token_budget=500)  # not merged with the service's
+    assert store.get_controls("exp1").paused is True  # what the domain obeys is merged
+    _seed_chat(store, WHO)
+    store.set_controls("exp1", clear_budget=True)
+    assert store.read_controls("exp1") == Controls(token_budget=None, tokens_used=5)
+    store.set_controls("exp1", paused=True, token_budget=0)  # 0: no budget for this experiment, whatever TOKEN_BUDGET says
+    store.set_controls("exp1")  # nothing to write
+    assert store.read_controls("exp1") == Controls(paused=True, token_budget=0, tokens_used=5)
+    for bad in ({"token_budget": -1}, {"token_budget": 5, "clear_budget": True}):
+        with pytest.raises(ValueError):
+            store.set_controls("exp1", **bad)
+    with pytest.raises(ValueError):
+        store.set_controls(None, token_budget=5)
+    assert store.read_controls("exp1").token_budget == 0
+
+
+def test_experiment_chats_in_order_by_session_participant_and_key_in_pages(store):
+    expected = []
+    for session in ("s1", "s2"):
+        for participant in ("P1", "P2", "P3"):  # a chat id ignores the session: codes are per experiment
+            for key in ("a", "b"):
+                expected.append(_seed_chat(store, Identity(f"{session}{participant}", "exp1", session), key, replies=0))
+    _seed_chat(store, Identity("s1P1", "other", "s1"), replies=0)
+    listed = list(store.experiment_chats("exp1", page_size=4))
+    assert listed == expected
+    assert [c.chat_key for c in store.experiment_chats("exp1", session="s2", participant="s2P2", page_size=1)] == ["a", "b"]
+    assert len(list(store.experiment_chats("exp1", participant="s1P3"))) == 2
+    assert len(list(store.experiment_chats("exp1", session="s1"))) == 6
+    assert list(store.experiment_chats("nobody")) == []
+
+
+def test_message_pages_honour_the_page_size(store):
+    chat = _seed_chat(store, WHO, replies=5)  # 11 messages
+    pages = list(store.message_pages(chat.chat_id, page_size=4))
+    assert [len(p) for p in pages] == [4, 4, 3]
+    assert [m for p in pages for m in p] == store.messages(chat.chat_id)
+    assert [m.seq for p in store.message_pages(chat.chat_id, after_seq=9) for m in p] == [10, 11]
+    assert list(store.message_pages(chat.chat_id, after_seq=11)) == []
+
+
+def test_connections_are_listed_by_experiment(store):
+    store.put_connection(Connection("c1", WHO, NOW, int(NOW) + 100))
+    store.put_connection(Connection("c2", Identity("P2", "exp2", "s"), NOW, int(NOW) - 1))  # expired, still listed
+    assert {c.connection_id for c in store.connections()} == {"c1", "c2"}
+    assert [c.identity for c in store.connections("exp1")] == [WHO]
+
+
+def _everything(store, experiment: str) -> tuple:
+    chats = list(store.experiment_chats(experiment))
+    return (
+        [(c.identity, c.chat_key, [m for p in store.message_pages(c.chat_id) for m in p]) for c in chats],
+        sorted(c.connection_id for c in store.connections(experiment)),
+    )
+
+
+def test_delete_participant_leaves_nothing_of_them_and_the_others_intact(store):
+    p1, p2 = Identity("P1", "exp1", "s1"), Identity("P2", "exp1", "s1")
+    gone = [_seed_chat(store, p1, "a", 2), _seed_chat(store, p1, "b", 1)]
+    _seed_chat(store, p2, "a", 1)
+    _seed_chat(store, Identity("P1", "exp2", "s1"), "a", 1)  # the same code in another experiment
+    for cid, who in (("k1", p1), ("k2", p1), ("k3", p2)):
+        store.put_connection(Connection(cid, who, NOW, int(NOW) + 100))
+    before_p2, before_exp2 = _everything(store, "exp1")[0][2:], _everything(store, "exp2")
+
+    deleted = store.delete_participant("exp1", "P1")
+    assert (deleted.chats, deleted.messages, deleted.connections) == (2, 5 + 3, 2)
+    assert deleted.records == 3 + 1  # client message ids, the chats-per-participant counter
+    for chat in gone:
+        assert store.get_chat(chat.chat_id) is None and store.messages(chat.chat_id) == []
+        assert store.find_client_message(chat.chat_id, "a-m0") is None
+    assert _everything(store, "exp1") == (before_p2, ["k3"])
+    assert _everything(store, "exp2") == before_exp2
+    assert store.delete_participant("exp1", "P1") == Deleted()  # idempotent
+    # the counter went with the chats: P1 may open max_chats again, as a new participant would
+    _chat(store, "x", max_chats=1)
+
+
+def test_delete_participant_of_one_session_keeps_the_others_and_the_count(store):
+    s1, s2 = Identity("P1", "exp1", "s1"), Identity("P1", "exp1", "s2")
+    _seed_chat(store, s1, "a", 1)
+    kept = _seed_chat(store, s2, "b", 1)
+    store.put_connection(Connection("k1", s1, NOW, int(NOW) + 100))
+    store.put_connection(Connection("k2", s2, NOW, int(NOW) + 100))
+    deleted = store.delete_participant("exp1", "P1", session="s1")
+    assert (deleted.chats, deleted.messages, deleted.connections) == (1, 3, 1)
+    assert [c.chat_id for c in store.experiment_chats("exp1")] == [kept.chat_id]
+    assert [c.connection_id for c in store.connections()] == ["k2"]
+    with pytest.raises(ChatLimitReached):  # one chat left, so with max 1 the limit still holds
+        _chat(store, "c", max_chats=1)
+
+
+def test_delete_experiment_removes_everything_of_it_and_only_it(store):
+    for participant in ("P1", "P2", "P3"):
+        _seed_chat(store, Identity(participant, "exp1", "s1"), "a", 1)
+        store.put_connection(Connection(f"k{participant}", Identity(participant, "exp1", "s1"), NOW, int(NOW) + 9))
+    store.set_controls("exp1", paused=True, token_budget=99)
+    other = _everything(store, "exp2") if _seed_chat(store, Identity("P1", "exp2", "s1"), "a", 1) else None
+    deleted = store.delete_experiment("exp1")
+    assert (deleted.chats, deleted.messages, deleted.connections) == (3, 9, 3)
+    assert deleted.records == 3 + 3 + 1  # client message ids, counters, the experiment's controls
+    assert _everything(store, "exp1") == ([], [])
+    assert store.read_controls("exp1") == Controls()
+    assert _everything(store, "exp2") == other
+    assert store.read_controls("exp2").tokens_used == 5
+    assert store.delete_experiment("exp1") == Deleted()
