@@ -59,6 +59,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                        "many idle sockets open vs none (KiB per idle connection)")
     local.add_argument("--warmup", type=int, default=2, help="participants that send one message each before "
                        "the measured run (the stack's cold start: the first reply imports openai), not counted")
+    local.add_argument("--model-in-stack", action="store_true",
+                       help="run the offline model inside the stack's process (default: a process of its own)")
+    local.add_argument("--function-processes", type=int, default=os.cpu_count() or 1,
+                       help="worker processes for the reply function (0: threads of the stack's process)")
     local.add_argument("--profile", type=Path, help="write a cProfile of the stack's event loop thread here")
     load = p.add_argument_group("load")
     load.add_argument("--participants", type=int, default=20)
@@ -146,7 +150,8 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
         extra: dict[str, Any] = {}
         if args.local:
             config = LocalConfig(ttft=args.ttft_ms / 1000, tokens_per_second=args.tokens_per_second, store=args.store,
-                                 llm_concurrency=args.llm_concurrency,
+                                 llm_concurrency=args.llm_concurrency, model_process=not args.model_in_stack,
+                                 function_processes=args.function_processes,
                                  environment=dict(e.split("=", 1) for e in args.env))
             local = stack_scope.enter_context(local_stack(config, in_process=args.in_process,
                                                           profile=str(args.profile) if args.profile else None))

@@ -37,6 +37,8 @@ class LocalConfig:
     ttft: float = 0.3  #: the offline model's time to first token, seconds
     tokens_per_second: float = 40.0
     store: str = "sqlite"
+    model_process: bool = True  #: the offline model in its own process (not on the stack's GIL and loop)
+    function_processes: int = field(default_factory=lambda: os.cpu_count() or 1)  #: reply function workers
     llm_concurrency: int | None = None  #: the template's LlmConcurrency (reply threads); None: its default
     environment: dict[str, str] = field(default_factory=dict)  #: function environment overrides
     data_dir: str | None = None  #: None: a fresh temporary directory
@@ -51,7 +53,8 @@ def stack_config(config: LocalConfig, secret: str, data_dir: Path) -> Any:
     return StackConfig(
         port=0, management_port=0, model_port=0, demo_port=None, data_dir=data_dir, store=config.store,
         secret=secret, model_ttft=config.ttft, model_tokens_per_second=config.tokens_per_second,
-        parameters=parameters, environment=dict(config.environment),
+        parameters=parameters, environment=dict(config.environment), model_process=config.model_process,
+        function_processes=config.function_processes,
     )
 
 

@@ -14,7 +14,9 @@ Tables mirror the DynamoDB items: `chats` (the META item: counters, binding, lea
 `participants` (chats opened), `controls` (pause switch, token budget and tokens used per
 experiment; the row with experiment '' is the service-wide `SERVICE` item) and
 `connections` (a row past `expires_at` reads as absent, as on DynamoDB before TTL deletes
-it; nothing deletes it here: a row per connect is negligible on one laptop).
+it; nothing deletes it here: a row per connect is negligible on one laptop). The operator's
+methods at the end (`store.AdminStore`, for `python -m ws_handlers.ops`) page through an
+experiment along the `chats_by_experiment` index and delete in one transaction.
 
 Concurrency: one connection shared by every thread, behind one lock; a read is one
 statement under it, a write one transaction. Chosen by measurement (16 handler + 16 reply
@@ -50,6 +52,7 @@ from ws_handlers.store import (
     ChatLimitReached,
     Connection,
     Controls,
+    Deleted,
     DuplicateMessage,
     Lease,
     Message,
@@ -120,8 +123,15 @@ class SqliteStore:
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
         self.path = os.fspath(path)
-        self._lock = threading.Lock()  # one statement or transaction at a time on the connection
+        self._lock = threading.Lock()  # one write transaction at a time on the write connection
         self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        # Reads go through one connection per thread, with no lock: in WAL mode readers never
+        # wait for the writer. Sharing one connection (and its lock) made every reply's reads
+        # queue behind every write; under load a thread holding the lock waited for the GIL.
+        self._busy_timeout = busy_timeout
+        self._readers: list[sqlite3.Connection] = []
+        self._local = threading.local()
+        self._closed = False
         try:
             self._db.execute("PRAGMA journal_mode=WAL")  # persistent: recorded in the file
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -144,9 +154,20 @@ class SqliteStore:
             raise
 
     # -- plumbing ---------------------------------------------------------------
+    def _reader(self) -> sqlite3.Connection:
+        reader = getattr(self._local, "db", None)
+        if reader is None:
+            if self._closed:
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            reader = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
+            with self._lock:
+                self._readers.append(reader)
+            self._local.db = reader
+        return reader
+
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        with self._lock, _throttled():
-            return self._db.execute(sql, params).fetchall()
+        with _throttled():
+            return self._reader().execute(sql, params).fetchall()
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -165,6 +186,9 @@ class SqliteStore:
     def close(self) -> None:
         """Close the file (after a transaction in progress); closing checkpoints the WAL into it."""
         with self._lock:
+            self._closed = True
+            for reader in self._readers:
+                reader.close()
             self._db.close()
 
     # -- connections --------------------------------------------------------------
@@ -243,22 +267,26 @@ class SqliteStore:
             return opened
 
     def set_controls(
-        self, experiment: str | None, *, paused: bool | None = None, token_budget: int | None = None
+        self, experiment: str | None, *, paused: bool | None = None, token_budget: int | None = None,
+        clear_budget: bool = False,
     ) -> None:
         """What an operator writes to an `EXP#experiment` (or, with None, the `SERVICE`) CONTROL item.
 
-        None leaves a field as it is; tokens_used is never touched. The service-wide item has
-        only the pause switch (get_controls reads no budget from it: TOKEN_BUDGET is that).
+        None leaves a field as it is, `clear_budget` removes the budget (TOKEN_BUDGET applies
+        again); tokens_used is never touched. The service-wide item has only the pause switch
+        (get_controls reads no budget from it: TOKEN_BUDGET is that).
         """
         if experiment == "":
             raise ValueError("experiment must be a name, or None for the service-wide controls")
-        if experiment is None and token_budget is not None:
+        if experiment is None and (token_budget is not None or clear_budget):
             raise ValueError("the service-wide controls have no token budget; set TOKEN_BUDGET instead")
+        if token_budget is not None and (clear_budget or token_budget < 0):
+            raise ValueError("token_budget must be a non-negative integer, and not given with clear_budget")
         with self._write() as db:
             db.execute(
                 "INSERT INTO controls (experiment, paused, token_budget) VALUES (?, ?, ?) "
                 "ON CONFLICT (experiment) DO UPDATE SET paused = coalesce(excluded.paused, paused), "
-                "token_budget = coalesce(excluded.token_budget, token_budget)",
+                f"token_budget = {'NULL' if clear_budget else 'coalesce(excluded.token_budget, token_budget)'}",
                 (_SERVICE if experiment is None else experiment, paused, token_budget),
             )
 
@@ -406,6 +434,88 @@ class SqliteStore:
                 (chat_id, turn_id),
             )
 
+    # -- the operator's port (store.AdminStore): a process beside the stack, on the same file ------
+    def read_controls(self, experiment: str | None) -> Controls:
+        rows = self._read(
+            "SELECT paused, token_budget, tokens_used FROM controls WHERE experiment = ?",
+            (_SERVICE if experiment is None else experiment,),
+        )
+        paused, budget, used = rows[0] if rows else (None, None, 0)
+        breaker = self._read("SELECT open_until FROM llm_breaker WHERE id = 1", ())
+        return Controls(bool(paused), budget, used, breaker[0][0] if breaker else 0.0)
+
+    def experiment_chats(
+        self, experiment: str, session: str | None = None, participant: str | None = None, page_size: int = 500
+    ) -> Iterator[Chat]:
+        where, params = _who("experiment = ?", (experiment,), session, participant)
+        after: tuple[str, ...] = ("", "", "")
+        while True:  # keyset pages along the chats_by_experiment index; each page is one short read
+            rows = self._read(
+                f"SELECT {_CHAT_COLUMNS} FROM chats WHERE {where} AND (session, participant, chat_key) > (?, ?, ?) "
+                "ORDER BY session, participant, chat_key LIMIT ?",
+                (*params, *after, page_size),
+            )
+            chats = [_chat(row) for row in rows]
+            yield from chats
+            if len(rows) < page_size:
+                return
+            last = chats[-1]
+            after = (last.identity.session, last.identity.participant, last.chat_key)
+
+    def message_pages(self, chat_id: str, after_seq: int = 0, page_size: int = 500) -> Iterator[list[Message]]:
+        while True:
+            page = self.messages(chat_id, after_seq, page_size)
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            after_seq = page[-1].seq
+
+    def connections(self, experiment: str | None = None) -> Iterator[Connection]:
+        where, params = ("experiment = ?", (experiment,)) if experiment is not None else ("1", ())
+        after = ""
+        while True:
+            rows = self._read(
+                "SELECT connection_id, participant, experiment, session, connected_at, expires_at FROM connections "
+                f"WHERE {where} AND connection_id > ? ORDER BY connection_id LIMIT 500",
+                (*params, after),
+            )
+            for cid, participant, exp, session, connected_at, expires_at in rows:
+                yield Connection(cid, Identity(participant, exp, session), connected_at, expires_at)
+            if len(rows) < 500:
+                return
+            after = rows[-1][0]
+
+    def delete_participant(self, experiment: str, participant: str, session: str | None = None) -> Deleted:
+        where, params = _who("experiment = ?", (experiment,), session, participant)
+        with self._write() as db:  # one transaction: all of it, or nothing
+            deleted = _delete_chats(db, where, params)
+            left = db.execute(
+                "SELECT count(*) FROM chats WHERE experiment = ? AND participant = ?", (experiment, participant)
+            ).fetchone()[0]
+            if left:  # other sessions' chats stay, and the counter with them
+                db.execute(
+                    "UPDATE participants SET chats = ? WHERE experiment = ? AND participant = ?",
+                    (left, experiment, participant),
+                )
+                counters = 0
+            else:
+                counters = db.execute(
+                    "DELETE FROM participants WHERE experiment = ? AND participant = ?", (experiment, participant)
+                ).rowcount
+            connections = db.execute(f"DELETE FROM connections WHERE {where}", params).rowcount
+        return deleted + Deleted(connections=connections, records=counters)
+
+    def delete_experiment(self, experiment: str) -> Deleted:
+        with self._write() as db:
+            deleted = _delete_chats(db, "experiment = ?", (experiment,))
+            records = sum(
+                db.execute(f"DELETE FROM {table} WHERE experiment = ?", (experiment,)).rowcount
+                for table in ("participants", "controls")
+            )
+            connections = db.execute("DELETE FROM connections WHERE experiment = ?", (experiment,)).rowcount
+        return deleted + Deleted(connections=connections, records=records)
+
 
 @contextlib.contextmanager
 def _throttled() -> Iterator[None]:
@@ -444,3 +554,20 @@ def _chat(row: tuple[Any, ...]) -> Chat:
         connection_id=connection_id,
         lease=None if lease_turn is None else Lease(lease_turn, lease_until, lease_seq),
     )
+
+
+def _who(where: str, params: tuple[Any, ...], session: str | None, participant: str | None) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE clause narrowed to a session and a participant when they are given."""
+    for column, value in (("session", session), ("participant", participant)):
+        if value is not None:
+            where, params = f"{where} AND {column} = ?", (*params, value)
+    return where, params
+
+
+def _delete_chats(db: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> Deleted:
+    """The chats matching `where`, with their messages and client message ids (inside a transaction)."""
+    chosen = f"SELECT chat_id FROM chats WHERE {where}"
+    messages = db.execute(f"DELETE FROM messages WHERE chat_id IN ({chosen})", params).rowcount
+    records = db.execute(f"DELETE FROM client_messages WHERE chat_id IN ({chosen})", params).rowcount
+    chats = db.execute(f"DELETE FROM chats WHERE {where}", params).rowcount
+    return Deleted(chats=chats, messages=messages, records=records)

@@ -14,8 +14,9 @@ import contextlib
 import functools
 import logging
 import secrets
+import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +25,16 @@ from typing import Any
 from aiohttp import web
 
 from ws_handlers import runtime
+from ws_handlers.chat import Invoker
 from ws_handlers.config import Settings
-from ws_handlers.push import ManagementApiPusher
+from ws_handlers.push import ManagementApiPusher, Pusher
 from ws_handlers.store import Store
 
+from . import model_process
+from .direct_push import DirectPusher
 from .gateway import Gateway, Limits
 from .invoker import ThreadInvoker
+from .process_invoker import ProcessInvoker, WorkerSpec
 from .lambda_context import LambdaContext
 from .management_api import management_app
 from .offline_model import OfflineModel
@@ -63,6 +68,9 @@ class StackConfig:
     demo_port: int | None = 8790  #: serves client_js/ (the demo page); None: not served
     data_dir: Path = ROOT / ".local"
     store: str = "sqlite"  #: "sqlite" or "dynamodb" (moto's server, in memory)
+    #: How functions push frames: "direct" (straight to the gateway, see direct_push) or
+    #: "management_api" (boto3 over HTTP to the emulator, exactly as on AWS)
+    push: str = "direct"
     stage: str = "local"
     limits: Limits = field(default_factory=Limits)
     secret: str | None = None  #: None: the dev secret file in data_dir
@@ -70,6 +78,10 @@ class StackConfig:
     openai_base_url: str | None = None
     model_ttft: float | None = None  #: offline model pacing; None: its environment defaults
     model_tokens_per_second: float | None = None
+    model_process: bool = False  #: run the offline model in a process of its own (load tests)
+    #: Worker processes for asynchronously invoked functions (the reply function), as Lambda
+    #: runs each in execution environments of its own; 0: threads of the stack's process
+    function_processes: int = 0
     parameters: dict[str, str] = field(default_factory=dict)  #: template parameter overrides
     environment: dict[str, str] = field(default_factory=dict)  #: function environment overrides
     template_path: Path = ROOT / "template.yaml"
@@ -86,9 +98,11 @@ class Stack:
         self.urls: dict[str, str] = {}
         self._runners: list[web.AppRunner] = []
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="lambda")
-        self._invokers: list[ThreadInvoker] = []
+        self._invokers: list[ThreadInvoker | ProcessInvoker] = []
         self._services: dict[str, runtime.Services] = {}
         self._moto: Any = None
+        self._model_process: subprocess.Popen[str] | None = None
+        self._sqlite_path: str | None = None
 
     # -- pieces -----------------------------------------------------------------------------
     async def _serve_app(self, app: web.Application, port: int) -> str:
@@ -106,7 +120,8 @@ class Stack:
             from .sqlite_store import SqliteStore
 
             self.config.data_dir.mkdir(parents=True, exist_ok=True)
-            return SqliteStore(self.config.data_dir / "chat.sqlite3"), {}
+            self._sqlite_path = str(self.config.data_dir / "chat.sqlite3")
+            return SqliteStore(self._sqlite_path), {}
         if self.config.store == "dynamodb":
             import boto3
             from moto.server import ThreadedMotoServer
@@ -129,6 +144,28 @@ class Stack:
             return store, {"DYNAMODB_ENDPOINT_URL": endpoint}
         raise ValueError(f"unknown store {self.config.store!r}: use sqlite or dynamodb")
 
+    def _pusher_factory(self) -> Callable[[str], Pusher]:
+        if self.config.push == "direct":
+            pusher = DirectPusher(self.gateway, asyncio.get_running_loop())  # type: ignore[arg-type]
+            return lambda _endpoint: pusher
+        if self.config.push == "management_api":
+            return lambda endpoint: ManagementApiPusher(
+                endpoint, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local"
+            )
+        raise ValueError(f"unknown push {self.config.push!r}: use direct or management_api")
+
+    def _invoker(self, function: Function, environment: dict[str, str]) -> ThreadInvoker | ProcessInvoker:
+        """How `function` is invoked asynchronously: on threads here, or in worker processes."""
+        concurrency = function.reserved_concurrency or 64
+        processes = self.config.function_processes
+        if processes <= 0:
+            return ThreadInvoker(lambda payload, _context: self._run(function, payload), max_workers=concurrency)
+        spec = WorkerSpec(
+            logical_id=function.logical_id, handler=function.handler, memory_mb=function.memory_mb,
+            environment=environment, sqlite_path=self._sqlite_path, threads=-(-concurrency // processes),
+        )
+        return ProcessInvoker(spec, processes)
+
     def _environment(self, function: Function, overrides: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in function.environment.items() if k not in _AWS_ONLY}
         return env | overrides | self.config.environment
@@ -146,8 +183,12 @@ class Stack:
         self.store, store_env = self._open_store(template)
 
         if config.openai_api_key is None and config.openai_base_url is None:
-            self.model = OfflineModel(ttft=config.model_ttft, tokens_per_second=config.model_tokens_per_second)
-            self.urls["model"] = await self._serve_app(self.model.app(), config.model_port) + "/v1"
+            if config.model_process:
+                self._model_process, self.urls["model"] = await model_process.start(
+                    config.host, config.model_port, config.model_ttft, config.model_tokens_per_second)
+            else:
+                self.model = OfflineModel(ttft=config.model_ttft, tokens_per_second=config.model_tokens_per_second)
+                self.urls["model"] = await self._serve_app(self.model.app(), config.model_port) + "/v1"
             llm_env = {"OPENAI_BASE_URL": self.urls["model"], "OPENAI_API_KEY": "offline"}
         else:
             llm_env = {"OPENAI_API_KEY": config.openai_api_key or "none"}
@@ -158,20 +199,16 @@ class Stack:
         self.gateway = Gateway(template.api, self._invoke, limits=config.limits)
         management = await self._serve_app(management_app(self.gateway, template.api.stage), config.management_port)
         self.urls["management"] = f"{management}/{template.api.stage}"
-        pusher_for = functools.lru_cache(maxsize=4)(
-            lambda endpoint: ManagementApiPusher(
-                endpoint, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local"
-            )
-        )
-        invokers: dict[str, ThreadInvoker] = {}
-        for function in template.functions.values():
-            workers = function.reserved_concurrency or 64
-            invoker = ThreadInvoker(lambda payload, _context, f=function: self._run(f, payload), max_workers=workers)
-            invokers[function.logical_id] = invoker
-            self._invokers.append(invoker)
+        pusher_for = functools.lru_cache(maxsize=4)(self._pusher_factory())
         overrides = store_env | llm_env | {"TICKET_SECRET": self.secret, "WEBSOCKET_ENDPOINT": self.urls["management"]}
+        environments = {f.logical_id: self._environment(f, overrides) for f in template.functions.values()}
+        settings_of = {logical_id: Settings.from_env(env) for logical_id, env in environments.items()}
+        invokers: dict[str, Invoker] = {}
+        for logical_id in {s.reply_function_name for s in settings_of.values()} & set(template.functions):
+            invokers[logical_id] = self._invoker(template.functions[logical_id], environments[logical_id])
+        self._invokers.extend(invokers.values())
         for function in template.functions.values():
-            settings = Settings.from_env(self._environment(function, overrides))
+            settings = settings_of[function.logical_id]
             target = invokers.get(settings.reply_function_name or "")
             self._services[function.logical_id] = runtime.Services(
                 settings=settings,
@@ -204,6 +241,8 @@ class Stack:
         self._pool.shutdown(wait=True)
         for runner in self._runners:
             await runner.cleanup()
+        if self._model_process is not None:
+            await loop.run_in_executor(None, model_process.stop, self._model_process)
         if self.store is not None and hasattr(self.store, "close"):
             self.store.close()
         if self._moto is not None:  # in memory by design: what the stack held goes with it

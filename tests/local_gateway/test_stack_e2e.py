@@ -29,9 +29,12 @@ def _config(tmp_path, store="sqlite", **kw) -> StackConfig:
     )
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
+# The defaults (SQLite, functions on threads pushing in process), and closer to AWS: moto's
+# DynamoDB, every push over HTTP through boto3 to the Management API emulator.
+@pytest.fixture(params=[("sqlite", "direct"), ("dynamodb", "management_api")], ids=["sqlite", "dynamodb"])
 def stack(request, tmp_path):
-    with running(_config(tmp_path, request.param)) as s:
+    store, push = request.param
+    with running(_config(tmp_path, store, push=push)) as s:
         yield s
 
 
@@ -127,8 +130,11 @@ def test_unknown_actions_reach_default_and_bad_frames_get_errors(stack):
     assert closed.value.rcvd.code == 1003
 
 
-def test_reconnect_in_the_middle_of_a_reply_resumes_without_gap_or_duplicate(tmp_path):
-    with running(_config(tmp_path, tps=40)) as stack:  # a reply takes a second or two
+@pytest.mark.parametrize("push, processes", [("direct", 0), ("management_api", 0), ("direct", 2)],
+                         ids=["direct", "management_api", "worker_processes"])
+def test_reconnect_in_the_middle_of_a_reply_resumes_without_gap_or_duplicate(tmp_path, push, processes):
+    config = _config(tmp_path, tps=40, push=push, function_processes=processes)
+    with running(config) as stack:  # a reply takes a second or two
         url, ticket = credentials(stack)
         first = Client(url)
         first.send({"action": "start", "ticket": ticket})
@@ -225,8 +231,16 @@ def test_a_restart_loses_no_chat_or_message(tmp_path):
         client.close()
 
 
-def test_fifty_participants_at_once_every_message_stored_exactly_once(stack):
-    participants, messages = 50, 2
+@pytest.fixture(params=[("sqlite", "direct", 0), ("dynamodb", "management_api", 0), ("sqlite", "direct", 2)],
+                ids=["sqlite", "dynamodb", "worker_processes"])
+def busy_stack(request, tmp_path):
+    store, push, processes = request.param
+    with running(_config(tmp_path, store, push=push, function_processes=processes)) as s:
+        yield s
+
+
+def test_fifty_participants_at_once_every_message_stored_exactly_once(busy_stack):
+    stack, participants, messages = busy_stack, 50, 2
 
     async def participant(n: int) -> tuple[str, list[str]]:
         url, ticket = credentials(stack, participant=f"P{n}")
