@@ -160,12 +160,23 @@ def _int(value: Any, path: str) -> int:
         raise TemplateError(f"{path}: expected an integer, got {value!r}") from None
 
 
-class _Resolver:
-    def __init__(self, document: dict, parameters: Mapping[str, str], refs: Mapping[str, str]) -> None:
+class Resolver:
+    """Intrinsic functions of one template, evaluated with given parameters, physical names
+    (`refs`) and pseudo parameters (`pseudo` overrides PSEUDO_PARAMETERS, e.g. another
+    AWS::StackName). `load` uses it; tests use it to evaluate fragments as a stack would."""
+
+    def __init__(
+        self,
+        document: dict,
+        parameters: Mapping[str, str] | None = None,
+        refs: Mapping[str, str] | None = None,
+        pseudo: Mapping[str, str] | None = None,
+    ) -> None:
         self.document = document
         self.resources: dict[str, dict] = document.get("Resources") or {}
-        self.refs = dict(refs)
-        self.parameters = self._parameter_values(document.get("Parameters") or {}, parameters)
+        self.refs = dict(refs or {})
+        self.pseudo = PSEUDO_PARAMETERS | dict(pseudo or {})
+        self.parameters = self._parameter_values(document.get("Parameters") or {}, parameters or {})
         self._conditions: dict[str, bool] = {}
 
     @staticmethod
@@ -202,6 +213,19 @@ class _Resolver:
         """False for a resource whose Condition is false (CloudFormation does not create it)."""
         condition = self.resources[logical_id].get("Condition")
         return condition is None or self.condition(condition, f"Resources.{logical_id}.Condition")
+
+    def choose(self, node: Any, path: str) -> Any:
+        """`node` with each Fn::If replaced by the branch its condition picks, and nothing
+        else resolved: what a stack with these parameters holds before Ref and Sub."""
+        if isinstance(node, list):
+            items = [self.choose(item, f"{path}[{i}]") for i, item in enumerate(node)]
+            return [item for item in items if item != {"Ref": "AWS::NoValue"}]
+        if not isinstance(node, dict):
+            return node
+        if set(node) == {"Fn::If"}:
+            condition, if_true, if_false = self._arguments(node["Fn::If"], 3, f"{path}.Fn::If")
+            return self.choose(if_true if self.condition(condition, f"{path}.Fn::If") else if_false, path)
+        return {key: self.choose(value, f"{path}.{key}") for key, value in node.items()}
 
     def resolve(self, node: Any, path: str) -> Any:
         if isinstance(node, list):
@@ -253,11 +277,11 @@ class _Resolver:
     def ref(self, name: Any, path: str) -> Any:
         if name == "AWS::NoValue":
             return _NO_VALUE
-        if name in PSEUDO_PARAMETERS:
-            return PSEUDO_PARAMETERS[name]
+        if name in self.pseudo:
+            return self.pseudo[name]
         if name in self.parameters:
             return self.parameters[name]
-        if name in self.resources:
+        if name in self.resources or _sam_reference(name) in self.resources:  # X, or SAM's X.Alias
             return self.refs.get(name, name)
         raise TemplateError(f"{path}: Ref to unknown name {name!r}")
 
@@ -319,8 +343,15 @@ class _Resolver:
         raise TemplateError(f"{path}: not a condition function")
 
 
+def _sam_reference(name: str) -> str:
+    """The resource behind SAM's references to what it generates: `Ref MyFunction.Alias`
+    (and `.Version`) name MyFunction's alias (and version)."""
+    return name.split(".", 1)[0]
+
+
 def _mentions(node: Any) -> set[str]:
-    """Names a template fragment refers to (Ref, GetAtt, ${Name} and ${Name.Attr} in Sub)."""
+    """Names a template fragment refers to (Ref, GetAtt, ${Name} and ${Name.Attr} in Sub);
+    SAM's `Ref Function.Alias` mentions Function."""
     if isinstance(node, list):
         return set().union(*(_mentions(item) for item in node))
     if not isinstance(node, dict):
@@ -328,7 +359,7 @@ def _mentions(node: Any) -> set[str]:
     found: set[str] = set()
     for key, arg in node.items():
         if key == "Ref" and isinstance(arg, str):
-            found.add(arg)
+            found.add(_sam_reference(arg))
         elif key == "Fn::GetAtt":
             found.add((arg.split(".", 1) if isinstance(arg, str) else arg)[0])
         elif key == "Fn::Sub":
@@ -352,7 +383,7 @@ def load(
     """Read the template. `parameters` override Defaults; `refs` give resources' physical
     names (Ref X -> refs[X], GetAtt X.Attr -> refs["X.Attr"]), else the logical id."""
     document = read_template(path)
-    resolver = _Resolver(document, parameters or {}, refs or {})
+    resolver = Resolver(document, parameters, refs)
     defaults = (document.get("Globals") or {}).get("Function") or {}  # SAM's Globals
     tables = _of_type(resolver, "AWS::DynamoDB::Table")
     return Template(
@@ -366,7 +397,7 @@ def load(
     )
 
 
-def _of_type(resolver: _Resolver, kind: str) -> dict[str, dict]:
+def _of_type(resolver: Resolver, kind: str) -> dict[str, dict]:
     """Properties of the resources of one type that the stack would create."""
     return {
         logical_id: resource.get("Properties") or {}
@@ -381,7 +412,7 @@ def _only(found: set[str], path: str, what: str) -> str:
     return next(iter(found))
 
 
-def _function(resolver: _Resolver, logical_id: str, own: dict, defaults: dict) -> Function:
+def _function(resolver: Resolver, logical_id: str, own: dict, defaults: dict) -> Function:
     where = f"Resources.{logical_id}.Properties"
 
     def prop(name: str, default: Any = None) -> Any:  # own wins over Globals
@@ -418,7 +449,7 @@ def _function(resolver: _Resolver, logical_id: str, own: dict, defaults: dict) -
     )
 
 
-def _websocket_api(resolver: _Resolver) -> WebSocketApi:
+def _websocket_api(resolver: Resolver) -> WebSocketApi:
     apis = {
         logical_id: properties
         for logical_id, properties in _of_type(resolver, "AWS::ApiGatewayV2::Api").items()
@@ -439,12 +470,13 @@ def _websocket_api(resolver: _Resolver) -> WebSocketApi:
     for route_id, properties in of_api("AWS::ApiGatewayV2::Route").items():
         where = f"Resources.{route_id}.Properties"
         key = _text(resolver.resolve(properties.get("RouteKey"), f"{where}.RouteKey"), f"{where}.RouteKey")
-        target = properties.get("Target")
+        target = resolver.choose(properties.get("Target"), f"{where}.Target")
         if not str(resolver.resolve(target, f"{where}.Target")).startswith("integrations/"):
             raise TemplateError(f"{where}.Target: expected integrations/<integration>, got {target!r}")
         integration = _only(_mentions(target) & set(integrations), f"{where}.Target", "integration of the API")
-        uri = integrations[integration].get("IntegrationUri")
         where_uri = f"Resources.{integration}.Properties.IntegrationUri"
+        # e.g. !If [Provisioned, <the function's alias>, <the function>]: the branch these parameters pick
+        uri = resolver.choose(integrations[integration].get("IntegrationUri"), where_uri)
         if key in routes:
             raise TemplateError(f"{where}.RouteKey: route {key!r} is defined twice")
         routes[key] = _only(_mentions(uri) & functions, where_uri, "AWS::Serverless::Function")
@@ -463,7 +495,7 @@ def _websocket_api(resolver: _Resolver) -> WebSocketApi:
     )
 
 
-def _table(resolver: _Resolver, logical_id: str) -> dict[str, Any]:
+def _table(resolver: Resolver, logical_id: str) -> dict[str, Any]:
     """create_table kwargs; the name is what Ref of the table gives, so it matches the environment."""
     where = f"Resources.{logical_id}.Properties"
     properties = resolver.resources[logical_id].get("Properties") or {}
@@ -477,7 +509,7 @@ def _table(resolver: _Resolver, logical_id: str) -> dict[str, Any]:
     return kwargs
 
 
-def _ttl(resolver: _Resolver, logical_id: str) -> str | None:
+def _ttl(resolver: Resolver, logical_id: str) -> str | None:
     where = f"Resources.{logical_id}.Properties.TimeToLiveSpecification"
     spec = (resolver.resources[logical_id].get("Properties") or {}).get("TimeToLiveSpecification")
     spec = resolver.resolve(spec, where) if spec is not None else {}

@@ -1,18 +1,27 @@
 """template.yaml against the code: handlers resolve, environment variables are declared,
 and the settings the design depends on (async replies, TTL, PITR, routes, scoped
-Management API access) stay in place. `make check-template` lints and builds it."""
+Management API access, alarms, the provisioned alias, names that let stacks coexist) stay
+in place. `make check-template` lints and builds it."""
 
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from local_gateway.template import read_template  # !Ref, !Sub, !GetAtt ... as {"Ref": ...} etc.
+from local_gateway.template import (  # !Ref, !Sub, !GetAtt ... as {"Ref": ...} etc.
+    Resolver,
+    read_template,
+)
 from ws_handlers.config import NAMES
 
-TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "template.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_PATH = ROOT / "template.yaml"
 POWERTOOLS = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"}
 PLAIN_SECRETS = {"TICKET_SECRET", "OPENAI_API_KEY"}  # local development only, never on AWS
 
@@ -91,8 +100,11 @@ def test_websocket_api_routes_on_action():
     assert set(routes) == {"$connect", "$disconnect", "start", "send", "history", "ping", "$default"}
     for key in ("start", "send", "history", "ping", "$default"):
         assert routes[key] == {"Fn::Sub": "integrations/${MessageIntegration}"}
-    (deployment,) = [r for r in RESOURCES.values() if r["Type"] == "AWS::ApiGatewayV2::Deployment"]
-    assert len(deployment["DependsOn"]) == len(routes)
+    route_ids = {k for k, v in RESOURCES.items() if v["Type"] == "AWS::ApiGatewayV2::Route"}
+    deployments = [r for r in RESOURCES.values() if r["Type"] == "AWS::ApiGatewayV2::Deployment"]
+    assert len(deployments) == 2  # one per MessageProvisionedConcurrency setting (see below)
+    for deployment in deployments:
+        assert route_ids <= set(deployment["DependsOn"]), "a deployment snapshots every route"
 
 
 def test_manage_connections_is_scoped_to_this_api():
@@ -104,3 +116,213 @@ def test_manage_connections_is_scoped_to_this_api():
     assert set(granted) == {"MessageFunction", "ReplyFunction"}
     for name, resource in granted.items():
         assert "${WebSocketApi}/${Stage}/POST/@connections/*" in str(resource), (name, resource)
+
+
+# ------------------------------------------------------------------------------ alarms
+
+ALARMS = of_type("AWS::CloudWatch::Alarm")
+
+
+def _watched(alarm: dict) -> set[tuple[str, str, str]]:
+    """(namespace, metric, the resource in its first dimension) of an alarm, metric math included."""
+    stats = [m["MetricStat"]["Metric"] for m in alarm.get("Metrics", []) if "MetricStat" in m] or [alarm]
+    return {(s["Namespace"], s["MetricName"], str(s["Dimensions"][0]["Value"])) for s in stats}
+
+
+def test_every_alarm_notifies_the_optional_email_topic():
+    topic = RESOURCES["AlarmTopic"]
+    assert topic["Condition"] == "HasAlarmEmail"
+    assert topic["Properties"]["Subscription"] == [{"Protocol": "email", "Endpoint": {"Ref": "AlarmEmail"}}]
+    assert TEMPLATE["Parameters"]["AlarmEmail"]["Default"] == ""
+    when_set = {"Fn::If": ["HasAlarmEmail", [{"Ref": "AlarmTopic"}], {"Ref": "AWS::NoValue"}]}
+    assert len(ALARMS) >= 10
+    for name, alarm in ALARMS.items():
+        assert alarm["AlarmActions"] == when_set, name
+        assert alarm["OKActions"] == when_set, name
+        assert "AlarmName" not in alarm, f"{name}: generated names let stacks coexist"
+
+
+def test_alarms_cover_errors_throttles_and_budget():
+    watched = set().union(*map(_watched, ALARMS.values()))
+    for function in FUNCTIONS:
+        assert ("AWS/Lambda", "Errors", str({"Ref": function})) in watched, function
+    for function in ("ConnectFunction", "MessageFunction"):  # the synchronous ones: a throttle fails a request
+        assert ("AWS/Lambda", "Throttles", str({"Ref": function})) in watched, function
+    for table in ("ConnectionsTable", "ChatsTable"):
+        for metric in ("ReadThrottleEvents", "WriteThrottleEvents"):
+            assert ("AWS/DynamoDB", metric, str({"Ref": table})) in watched, (table, metric)
+    assert ("AWS/ApiGateway", "ExecutionError", str({"Ref": "WebSocketApi"})) in watched
+    assert ("LLMChat", "BudgetUsedPercent", str({"Ref": "AWS::StackName"})) in watched
+    assert TEMPLATE["Parameters"]["BudgetAlarmPercent"]["Default"] == 80
+
+
+# ------------------------------------------------------------------------------ provisioned concurrency
+
+
+def _stack(parameters: dict[str, str] | None = None, document: dict = TEMPLATE) -> Resolver:
+    return Resolver(document, parameters)
+
+
+@pytest.mark.parametrize("provisioned", ["0", "4"])
+def test_the_message_route_targets_the_alias_only_when_provisioned(provisioned):
+    stack = _stack({"MessageProvisionedConcurrency": provisioned})
+    message = stack.resolve(FUNCTIONS["MessageFunction"], "MessageFunction")
+    uri = stack.resolve(RESOURCES["MessageIntegration"]["Properties"]["IntegrationUri"], "uri")
+    deployment = stack.resolve(RESOURCES["WebSocketStage"]["Properties"]["DeploymentId"], "stage")
+    assert message["AutoPublishAlias"] == "live"
+    assert stack.exists(deployment)  # the stage serves the deployment that exists with these parameters
+    assert stack.exists("MessagePermission")  # $LATEST stays invocable while a switch rolls out
+    if provisioned == "0":
+        assert "ProvisionedConcurrencyConfig" not in message
+        assert uri.endswith("functions/arn:aws:local:::MessageFunction/invocations")
+        assert not stack.exists("MessageAliasPermission") and not stack.exists("MessageSpilloverAlarm")
+    else:
+        assert message["ProvisionedConcurrencyConfig"] == {"ProvisionedConcurrentExecutions": "4"}
+        assert uri.endswith("functions/MessageFunction.Alias/invocations")
+        assert stack.exists("MessageAliasPermission") and stack.exists("MessageSpilloverAlarm")
+        assert RESOURCES["MessageAliasPermission"]["Properties"]["FunctionName"] == {"Ref": "MessageFunction.Alias"}
+        assert "MessageAliasPermission" in RESOURCES[deployment]["DependsOn"]
+
+
+SAM_PYTHON = ROOT / ".venv-sam" / "bin" / "python"  # `make check-template` creates it
+_TRANSLATE = """
+import json, sys
+from samtranslator.translator.transform import transform
+from samcli.yamlhelper import yaml_parse
+document = yaml_parse(open(sys.argv[1]).read())
+document["Globals"]["Function"]["CodeUri"] = "s3://bucket/code.zip"  # what sam package would write
+for resource in document["Resources"].values():
+    if resource["Type"] == "AWS::Serverless::LayerVersion":
+        resource["Properties"]["ContentUri"] = "s3://bucket/layer.zip"
+class NoManagedPolicies:
+    def load(self): return {}
+print(json.dumps(transform(document, {}, NoManagedPolicies())))
+"""
+
+
+@pytest.fixture(scope="module")
+def transformed() -> dict:
+    """template.yaml through SAM's own transform (samtranslator, in sam's venv), as
+    CloudFormation receives it: the functions' aliases and versions made explicit."""
+    if not SAM_PYTHON.exists():
+        pytest.skip("sam's venv is missing: run `make check-template`")
+    env = os.environ | {"AWS_DEFAULT_REGION": "us-east-1", "SAM_CLI_TELEMETRY": "0"}
+    out = subprocess.run([str(SAM_PYTHON), "-c", _TRANSLATE, str(TEMPLATE_PATH)], capture_output=True, text=True,
+                         env=env, timeout=60, check=True)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("provisioned", ["0", "2"])
+def test_the_transformed_template_invokes_the_alias_when_provisioned(transformed, provisioned):
+    stack = _stack({"MessageProvisionedConcurrency": provisioned}, transformed)
+    resources = transformed["Resources"]
+    (alias,) = [k for k, v in resources.items() if v["Type"] == "AWS::Lambda::Alias"]
+    assert resources[alias]["Properties"]["FunctionName"] == {"Ref": "MessageFunction"}
+    assert resources[alias]["Properties"]["Name"] == "live"
+    config = stack.resolve({"c": resources[alias]["Properties"].get("ProvisionedConcurrencyConfig")}, alias).get("c")
+    uri = stack.resolve(resources["MessageIntegration"]["Properties"]["IntegrationUri"], "uri")
+    permissions = {stack.resolve(r["Properties"]["FunctionName"], k) for k, r in resources.items()
+                   if r["Type"] == "AWS::Lambda::Permission" and stack.exists(k)}
+    deployment = stack.resolve(resources["WebSocketStage"]["Properties"]["DeploymentId"], "stage")
+    assert stack.exists(deployment)
+    if provisioned == "0":
+        assert config is None
+        assert uri.endswith("functions/arn:aws:local:::MessageFunction/invocations")
+        assert alias not in permissions
+    else:
+        assert config == {"ProvisionedConcurrentExecutions": "2"}
+        assert uri.endswith(f"functions/{alias}/invocations")  # Ref of an alias is its ARN
+        assert {alias, "MessageFunction"} <= permissions
+
+
+# ------------------------------------------------------------------------------ names: many stacks, many regions
+
+#: The property holding the physical name of each kind of resource whose name is unique per
+#: account and region. Left out, CloudFormation generates one from the stack name.
+NAME_PROPERTY = {
+    "AWS::DynamoDB::Table": "TableName",
+    "AWS::Serverless::Function": "FunctionName",
+    "AWS::Lambda::Function": "FunctionName",
+    "AWS::Serverless::LayerVersion": "LayerName",
+    "AWS::Lambda::LayerVersion": "LayerName",
+    "AWS::SQS::Queue": "QueueName",
+    "AWS::SNS::Topic": "TopicName",
+    "AWS::CloudWatch::Alarm": "AlarmName",
+    "AWS::Logs::LogGroup": "LogGroupName",
+    "AWS::SecretsManager::Secret": "Name",
+    "AWS::SSM::Parameter": "Name",
+    "AWS::ApiGatewayV2::Api": "Name",
+    "AWS::IAM::Role": "RoleName",
+    "AWS::IAM::ManagedPolicy": "ManagedPolicyName",
+    "AWS::S3::Bucket": "BucketName",
+}
+#: Kinds without a name of their own (or one scoped inside another resource of the stack).
+UNNAMED = {
+    "AWS::ApiGatewayV2::Integration", "AWS::ApiGatewayV2::Route", "AWS::ApiGatewayV2::Deployment",
+    "AWS::ApiGatewayV2::Stage", "AWS::Lambda::Permission",
+}
+REGION = re.compile(r"\b(us|eu|ap|sa|ca|me|af|il|mx|cn)(-gov|-iso[a-z]?)?-(north|south|east|west|central)"
+                    r"(east|west)?-\d\b")
+
+
+def _named() -> list[tuple[str, str, object]]:
+    """(logical id, type, value) of every physical name written in the template."""
+    return [
+        (logical_id, resource["Type"], resource["Properties"][NAME_PROPERTY[resource["Type"]]])
+        for logical_id, resource in RESOURCES.items()
+        if NAME_PROPERTY.get(resource["Type"]) in resource.get("Properties", {})
+    ]
+
+
+def test_every_kind_of_resource_is_classified():
+    unknown = {r["Type"] for r in RESOURCES.values()} - set(NAME_PROPERTY) - UNNAMED
+    assert not unknown, f"add the name property of {unknown} to NAME_PROPERTY (or to UNNAMED)"
+
+
+@pytest.mark.parametrize(("logical_id", "kind", "value"), _named(), ids=lambda v: str(v)[:40])
+def test_no_name_is_written_literally(logical_id, kind, value):
+    assert not isinstance(value, (str, int, float)), f"{logical_id}: the literal name {value!r}"
+    mentioned = str(value)
+    assert "AWS::StackName" in mentioned or any(name in mentioned for name in RESOURCES), (
+        f"{logical_id} must derive its name from the stack name or a generated name: {value!r}"
+    )
+
+
+def test_names_of_two_stacks_never_collide():
+    def names(stack: str) -> set[str]:
+        refs = {logical_id: f"{stack}-{logical_id}-GENERATED" for logical_id in RESOURCES}  # as CloudFormation names them
+        resolver = Resolver(TEMPLATE, refs=refs, pseudo={"AWS::StackName": stack})
+        written = {(kind, resolver.resolve(value, logical_id)) for logical_id, kind, value in _named()}
+        generated = {(r["Type"], refs[k]) for k, r in RESOURCES.items() if r["Type"] in NAME_PROPERTY
+                     and NAME_PROPERTY[r["Type"]] not in r.get("Properties", {})}
+        return written | generated
+
+    first, second = names("llm-chat"), names("llm-chat-study2")
+    assert len(first) == len([r for r in RESOURCES.values() if r["Type"] in NAME_PROPERTY])  # none shared in a stack
+    assert not first & second
+
+
+def _strings(node: object, path: str = ""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _strings(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _strings(value, f"{path}[{i}]")
+    elif isinstance(node, str):
+        yield path, node
+
+
+def test_no_region_account_or_partition_is_written():
+    for path, text in _strings({"Resources": RESOURCES, "Outputs": TEMPLATE["Outputs"], "Globals": TEMPLATE["Globals"]}):
+        assert not REGION.search(text), f"{path}: a region literal in {text!r}"
+        assert not re.search(r"(?<!\d)\d{12}(?!\d)", text), f"{path}: an account id in {text!r}"
+        assert "arn:aws:" not in text, f"{path}: use arn:${{AWS::Partition}}: in {text!r}"
+
+
+def test_the_experiment_server_policy_reads_only_the_secret_and_the_transcripts():
+    (statement_secret, statement_table) = RESOURCES["ExperimentServerPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement_secret == {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                                "Resource": {"Ref": "TicketSecret"}}
+    assert set(statement_table["Action"]) == {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"}
+    assert statement_table["Resource"] == {"Fn::GetAtt": ["ChatsTable", "Arn"]}

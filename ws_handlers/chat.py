@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from .config import Settings
 from .errors import ChatError
+from .observability import record_budget_use
 from .protocol import History, Ping, Send, Start, history_page, message_frame
 from .store import (
     Chat,
@@ -203,6 +204,7 @@ class Chats:
         if controls.llm_paused_until > self._clock():  # the breaker is open: fail fast, store nothing
             raise ChatError("llm_paused", **context)
         budget = controls.token_budget if controls.token_budget is not None else self.settings.token_budget
+        record_budget_use(controls.tokens_used, budget)
         if budget and controls.tokens_used >= budget:
             raise ChatError("budget_exhausted", **context)
         if chat.tokens_used >= chat.bot.limits.max_tokens_per_chat:

@@ -39,6 +39,15 @@ def test_routes_map_to_their_functions():
     }
 
 
+@pytest.mark.parametrize("provisioned", ["0", "3"])
+def test_routes_survive_the_provisioned_alias(provisioned):
+    # with provisioned concurrency the message integration targets the function's alias
+    # (SAM's `Ref MessageFunction.Alias`): locally that is the same handler
+    template = load(parameters={"MessageProvisionedConcurrency": provisioned})
+    assert template.api.routes == TEMPLATE.api.routes
+    assert template.functions["MessageFunction"] == TEMPLATE.functions["MessageFunction"]
+
+
 def test_stage_and_throttling_come_from_parameters():
     assert (TEMPLATE.api.stage, TEMPLATE.api.throttling_rate, TEMPLATE.api.throttling_burst) == ("prod", 500.0, 1000)
     api = load(parameters={"Stage": "dev", "ThrottlingRateLimit": "5"}).api
@@ -297,3 +306,44 @@ def test_an_unknown_ref_and_a_duplicate_key_are_refused(mini):
         load(mini(MINI.replace("!Ref Integration", "!Ref NoSuchThing")), refs={"Table.StreamArn": "s"})
     with pytest.raises(TemplateError, match="duplicate key 'OVERRIDDEN'"):
         load(mini(MINI.replace("OVERRIDDEN: own", "OVERRIDDEN: own\n          OVERRIDDEN: again")))
+
+
+CHOSEN = """
+Parameters:
+  Variant: {Type: String, Default: a, AllowedValues: [a, b]}
+Conditions:
+  IsA: !Equals [!Ref Variant, a]
+Resources:
+  FnA:
+    Type: AWS::Serverless::Function
+    Properties: {Handler: ws_handlers.message.handler, AutoPublishAlias: live}
+  FnB:
+    Type: AWS::Serverless::Function
+    Properties: {Handler: ws_handlers.connect.handler}
+  Api:
+    Type: AWS::ApiGatewayV2::Api
+    Properties: {ProtocolType: WEBSOCKET, RouteSelectionExpression: $request.body.action}
+  Integration:
+    Type: AWS::ApiGatewayV2::Integration
+    Properties:
+      ApiId: !Ref Api
+      IntegrationUri: !If
+        - IsA
+        - !Sub ["arn:${AWS::Partition}:apigateway:${AWS::Region}:lambda:path/functions/${Target}/invocations",
+                {Target: !Ref FnA.Alias}]
+        - !Sub "arn:${AWS::Partition}:apigateway:${AWS::Region}:lambda:path/functions/${FnB.Arn}/invocations"
+  Route:
+    Type: AWS::ApiGatewayV2::Route
+    Properties: {ApiId: !Ref Api, RouteKey: go, Target: !Sub "integrations/${Integration}"}
+  Stage:
+    Type: AWS::ApiGatewayV2::Stage
+    Properties: {ApiId: !Ref Api, StageName: s}
+"""
+
+
+def test_an_integration_chosen_by_a_condition_follows_the_parameters(mini):
+    # both branches name a function: only the one the condition picks is routed to;
+    # SAM's `!Ref Function.Alias` counts as the function
+    path = mini(CHOSEN)
+    assert load(path).api.routes == {"go": "FnA"}
+    assert load(path, parameters={"Variant": "b"}).api.routes == {"go": "FnB"}
