@@ -191,9 +191,15 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
         if local is not None:
             local_info = (local_info or {}) | {"rss_end_kib": local.rss_kib(), "log_counts": local.log_counts()}
             if cpu0 is not None:
-                used = local.cpu_seconds() - cpu0
-                local_info["stack_cpu_s"] = round(used, 1)
-                local_info["stack_cpu_percent_of_one_core"] = round(100 * used / max(0.001, run.traffic_s + run.verification.duration_s), 1)
+                cpu1 = local.cpu_seconds()
+                used = {pid: cpu1[pid] - cpu0.get(pid, 0.0) for pid in cpu1}
+                elapsed = max(0.001, run.traffic_s + run.verification.duration_s)
+                main = used.get(local.pid, 0.0)
+                local_info["stack_cpu_s"] = round(main, 1)  # the gateway's process
+                local_info["stack_cpu_percent_of_one_core"] = round(100 * main / elapsed, 1)
+                # with its worker processes (reply function) and the offline model's
+                local_info["stack_all_processes_cpu_s"] = round(sum(used.values()), 1)
+                local_info["stack_all_processes_percent_of_one_core"] = round(100 * sum(used.values()) / elapsed, 1)
         scenario = args.scenario or f"p{args.participants}-m{args.messages}"
         return report.build(run, command=command, scenario=scenario, floor=floor, local=local_info, extra=extra)
 

@@ -72,6 +72,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def processes(pid: int) -> list[int]:
+    """The process and its live descendants (the stack's reply workers and model), Linux."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        for child in children:
+            found += processes(int(child))
+    return found
+
+
+def cpu_by_process(pid: int) -> dict[int, float]:
+    """CPU seconds of the process and each live descendant (ones that exit meanwhile are left out)."""
+    used = {}
+    for each in processes(pid):
+        try:
+            used[each] = cpu_seconds(each)
+        except OSError:
+            continue
+    return used
+
+
 @dataclass
 class LocalStack:
     urls: dict[str, str]
@@ -95,8 +119,9 @@ class LocalStack:
     def rss_kib(self) -> int:
         return rss_kib(self.pid)
 
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
+    def cpu_seconds(self) -> dict[int, float]:
+        """CPU seconds so far of the stack's process and of each of its worker processes."""
+        return cpu_by_process(self.pid)
 
 
 @contextlib.contextmanager
@@ -108,10 +133,14 @@ def local_stack(config: LocalConfig, in_process: bool = False, profile: str | No
         if in_process:
             from local_gateway.stack import running
 
-            for key, value in QUIET.items():
-                os.environ.setdefault(key, value)
-            with running(stack_config(config, secret, data_dir)) as stack:
-                yield LocalStack(dict(stack.urls), secret, os.getpid(), config)
+            added = [key for key in QUIET if key not in os.environ]
+            os.environ.update({key: QUIET[key] for key in added})
+            try:
+                with running(stack_config(config, secret, data_dir)) as stack:
+                    yield LocalStack(dict(stack.urls), secret, os.getpid(), config)
+            finally:  # leave the caller's environment (a pytest process) as it was
+                for key in added:
+                    os.environ.pop(key, None)
             return
         spec = json.dumps(asdict(config) | {"data_dir": str(data_dir), "profile": profile})
         env = os.environ | QUIET | {"LOAD_TEST_SECRET": secret, "PYTHONPATH": str(ROOT)}
@@ -151,6 +180,7 @@ def _readline(child: subprocess.Popen, timeout: float) -> str:
 
 def _child(spec: dict[str, Any]) -> None:
     import asyncio
+    import gc
 
     from local_gateway.stack import Stack
 
@@ -164,6 +194,7 @@ def _child(spec: dict[str, Any]) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         urls = await stack.start()
+        gc.freeze()  # as `python -m local_gateway serve` does: start-up's objects are never garbage
         print(json.dumps(urls), flush=True)
         await stop.wait()
         await stack.stop(grace=5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ def serve(args: argparse.Namespace) -> None:
         data_dir=args.data_dir,
         store=args.store,
         limits=Limits(idle_timeout=args.idle_timeout),
+        function_processes=args.function_processes,
         openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
         openai_base_url=os.environ.get("OPENAI_BASE_URL") or None,
     )
@@ -65,6 +67,10 @@ async def _serve(stack: Stack) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     urls = await stack.start()
+    # What start-up built (modules, the template, the apps) lives as long as the process: out
+    # of the cyclic collector's way, whose full passes otherwise stalled every socket at once
+    # under load (docs/benchmarks.md).
+    gc.freeze()
     model = "the offline model" if stack.model is not None else urls["model"]
     lines = [
         f"Local chat service ready (store: {stack.config.store}, data: {stack.config.data_dir}, model: {model})",
@@ -101,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--store", choices=("sqlite", "dynamodb"), default="sqlite",
                      help="sqlite: durable, the default; dynamodb: moto's DynamoDB server, in memory")
     run.add_argument("--idle-timeout", type=float, default=600.0, help="seconds (API Gateway: 600)")
+    run.add_argument("--function-processes", type=int, default=0,
+                     help="run the reply function in this many worker processes, for pilots with many "
+                          "participants at once (default 0: threads of this process)")
     run.add_argument("--origins", help="comma-separated allowed origins (default: local oTree and demo pages)")
     run.set_defaults(func=serve)
 

@@ -7,12 +7,13 @@ sends waited hundreds of milliseconds for an ack (docs/benchmarks.md). On AWS ea
 runs in an execution environment of its own. This invoker starts `processes` workers
 (spawned, not forked: the stack has threads), each running the same handler on a pool of
 threads, with the same environment and store, pushing through the Management API
-emulator over HTTP exactly as the function does on AWS. Jobs go through JSON, as Lambda's
-do, over a multiprocessing queue.
+emulator over HTTP (boto3 as on AWS, or a plain POST: see http_push). Jobs go through
+JSON, as Lambda's do, over a multiprocessing queue.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -40,6 +41,7 @@ class WorkerSpec:
     environment: dict[str, str]  #: the function's settings (store, model, secret, endpoint)
     sqlite_path: str | None  #: the stack's SQLite file; None: DYNAMODB_ENDPOINT_URL in environment
     threads: int  #: invocations one worker runs at once
+    push: str = "direct"  #: "direct": a plain POST to the emulator (http_push); "management_api": boto3
 
 
 class ProcessInvoker:
@@ -124,6 +126,10 @@ def _worker(spec: WorkerSpec, jobs: Any, done: Any) -> None:
         from .sqlite_store import SqliteStore
 
         services.store = SqliteStore(spec.sqlite_path)
+    if spec.push == "direct":
+        from .http_push import HttpPusher
+
+        services.pusher_for = functools.lru_cache(maxsize=4)(lambda endpoint: HttpPusher(endpoint, pool_size=spec.threads))
     runtime.install(services)
     handler = Function(logical_id=spec.logical_id, handler=spec.handler, environment=spec.environment, timeout=0,
                        memory_mb=spec.memory_mb, reserved_concurrency=None, max_retry_attempts=None,

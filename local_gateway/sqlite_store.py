@@ -60,6 +60,7 @@ from ws_handlers.store import (
     SeqConflict,
     StoreError,
     StoreThrottled,
+    check_controls_change,
 )
 from ws_handlers.tickets import Identity
 
@@ -276,12 +277,7 @@ class SqliteStore:
         again); tokens_used is never touched. The service-wide item has only the pause switch
         (get_controls reads no budget from it: TOKEN_BUDGET is that).
         """
-        if experiment == "":
-            raise ValueError("experiment must be a name, or None for the service-wide controls")
-        if experiment is None and (token_budget is not None or clear_budget):
-            raise ValueError("the service-wide controls have no token budget; set TOKEN_BUDGET instead")
-        if token_budget is not None and (clear_budget or token_budget < 0):
-            raise ValueError("token_budget must be a non-negative integer, and not given with clear_budget")
+        check_controls_change(experiment, token_budget, clear_budget)
         with self._write() as db:
             db.execute(
                 "INSERT INTO controls (experiment, paused, token_budget) VALUES (?, ?, ?) "

@@ -163,6 +163,7 @@ class Stack:
         spec = WorkerSpec(
             logical_id=function.logical_id, handler=function.handler, memory_mb=function.memory_mb,
             environment=environment, sqlite_path=self._sqlite_path, threads=-(-concurrency // processes),
+            push=self.config.push,
         )
         return ProcessInvoker(spec, processes)
 

@@ -39,6 +39,7 @@ from .store import (
     MessageLimitReached,
     SeqConflict,
     StoreThrottled,
+    check_controls_change,
 )
 from .tickets import Identity
 
@@ -488,12 +489,7 @@ class DynamoStore:
         self, experiment: str | None, *, paused: bool | None = None, token_budget: int | None = None,
         clear_budget: bool = False,
     ) -> None:
-        if experiment == "":
-            raise ValueError("experiment must be a name, or None for the service-wide controls")
-        if experiment is None and (token_budget is not None or clear_budget):
-            raise ValueError("the service-wide controls have no token budget; set TOKEN_BUDGET instead")
-        if token_budget is not None and (clear_budget or token_budget < 0):
-            raise ValueError("token_budget must be a non-negative integer, and not given with clear_budget")
+        check_controls_change(experiment, token_budget, clear_budget)
         sets, values = [], {}
         if paused is not None:
             sets.append("paused = :paused")

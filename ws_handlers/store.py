@@ -235,3 +235,13 @@ class AdminStore(Protocol):
     def delete_experiment(self, experiment: str) -> Deleted:
         """Remove every chat, message, connection, counter and control of the experiment."""
         ...
+
+
+def check_controls_change(experiment: str | None, token_budget: int | None, clear_budget: bool) -> None:
+    """Refuse a `set_controls` that no adapter could write faithfully (ValueError)."""
+    if experiment == "":
+        raise ValueError("experiment must be a name, or None for the service-wide controls")
+    if experiment is None and (token_budget is not None or clear_budget):
+        raise ValueError("the service-wide controls have no token budget; set TOKEN_BUDGET instead")
+    if token_budget is not None and (clear_budget or token_budget < 0):
+        raise ValueError("token_budget must be a non-negative integer, and not given with clear_budget")
