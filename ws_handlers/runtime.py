@@ -61,18 +61,23 @@ class Services:
     ticket_secret: Callable[[], str]
     model_factory: Callable[[], Any] | None = None
     _model: Any = field(default=None, repr=False)
+    _model_key: str | None = field(default=None, repr=False)
 
     def model(self) -> Any:
-        """The ChatModel, built on first use (only the reply function needs it)."""
-        if self._model is None:
-            if self.model_factory is not None:
+        """The ChatModel, built on first use (only the reply function needs it), and again
+        when the key has changed: a warm container follows a rotated key within the secret
+        cache's 5 minutes instead of failing with the old one until Lambda recycles it."""
+        if self.model_factory is not None:
+            if self._model is None:
                 self._model = self.model_factory()
-            else:
-                from .llm import OpenAIChatModel
+            return self._model
+        s = self.settings
+        key = _secret(s.openai_api_key_secret_arn, s.openai_api_key, "OPENAI_API_KEY")
+        if self._model is None or self._model_key != key:
+            from .llm import OpenAIChatModel
 
-                s = self.settings
-                key = _secret(s.openai_api_key_secret_arn, s.openai_api_key, "OPENAI_API_KEY")
-                self._model = OpenAIChatModel(key, s.openai_base_url, s.llm_timeout, s.llm_max_retries)
+            self._model = OpenAIChatModel(key, s.openai_base_url, s.llm_timeout, s.llm_max_retries)
+            self._model_key = key
         return self._model
 
 
