@@ -178,6 +178,15 @@ class Stack:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> dict[str, str]:
+        """Start every piece; if one fails, stop those already started (no stray process or port)."""
+        try:
+            return await self._start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.stop(grace=0)
+            raise
+
+    async def _start(self) -> dict[str, str]:
         config = self.config
         parameters = {"Stage": config.stage, "AllowedOrigins": DEFAULT_ORIGINS} | config.parameters
         template = self.template = load(config.template_path, parameters=parameters)

@@ -307,3 +307,26 @@ def test_any_openai_compatible_server_through_its_base_url(tmp_path):
             assert client.until("message")["role"] == "assistant"
             assert external.stats["completions_finished"] == 1
             client.close()
+
+
+def test_a_failed_start_leaves_no_process_behind(tmp_path):
+    import os
+    import socket
+    from pathlib import Path
+
+    from load_tests.local import processes
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        before = set(processes(os.getpid()))
+        with pytest.raises(OSError):
+            config = StackConfig(port=port, management_port=0, model_port=0, demo_port=None, data_dir=tmp_path,
+                                 model_process=True, function_processes=1)
+            with running(config):
+                pass
+    def ours(pids):  # multiprocessing's resource tracker lives as long as this process: not the stack's
+        return {pid for pid in pids if "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text()}
+
+    assert ours(processes(os.getpid())) <= before  # the model's and the worker's processes are gone
