@@ -458,15 +458,6 @@ class SqliteStore:
             last = chats[-1]
             after = (last.identity.session, last.identity.participant, last.chat_key)
 
-    def message_pages(self, chat_id: str, after_seq: int = 0, page_size: int = 500) -> Iterator[list[Message]]:
-        while True:
-            page = self.messages(chat_id, after_seq, page_size)
-            if page:
-                yield page
-            if len(page) < page_size:
-                return
-            after_seq = page[-1].seq
-
     def connections(self, experiment: str | None = None) -> Iterator[Connection]:
         where, params = ("experiment = ?", (experiment,)) if experiment is not None else ("1", ())
         after = ""

@@ -530,20 +530,6 @@ class DynamoStore:
         for page in self._pages("query", kwargs):
             yield from (_chat(_plain(i)) for i in page)
 
-    def message_pages(self, chat_id: str, after_seq: int = 0, page_size: int = 500) -> Iterator[list[Message]]:
-        kwargs: dict[str, Any] = {
-            "TableName": self.chats_table,
-            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :lo AND :hi",
-            "ExpressionAttributeValues": {
-                ":pk": {"S": _chat_pk(chat_id)}, ":lo": {"S": _msg_sk(after_seq + 1)}, ":hi": {"S": _msg_sk(9_999_999_999)},
-            },
-            "ConsistentRead": True,
-            "Limit": page_size,
-        }
-        for page in self._pages("query", kwargs):
-            if page:
-                yield [_message(_plain(i)) for i in page]
-
     def connections(self, experiment: str | None = None) -> Iterator[Connection]:
         kwargs: dict[str, Any] = {"TableName": self.connections_table}
         if experiment is not None:

@@ -219,8 +219,8 @@ class AdminStore(Protocol):
         """The experiment's chats by session, participant and chat key, read `page_size` at a time."""
         ...
 
-    def message_pages(self, chat_id: str, after_seq: int = 0, page_size: int = 500) -> Iterator[list[Message]]:
-        """A chat's messages after `after_seq` in seq order, at most `page_size` per page."""
+    def messages(self, chat_id: str, after_seq: int = 0, limit: int | None = None) -> list[Message]:
+        """As `Store.messages`; `message_pages` reads a chat through it, a page at a time."""
         ...
 
     def connections(self, experiment: str | None = None) -> Iterator[Connection]:
@@ -245,3 +245,17 @@ def check_controls_change(experiment: str | None, token_budget: int | None, clea
         raise ValueError("the service-wide controls have no token budget; set TOKEN_BUDGET instead")
     if token_budget is not None and (clear_budget or token_budget < 0):
         raise ValueError("token_budget must be a non-negative integer, and not given with clear_budget")
+
+
+def message_pages(
+    store: Store | AdminStore, chat_id: str, after_seq: int = 0, page_size: int = 500
+) -> Iterator[list[Message]]:
+    """A chat's messages after `after_seq` in seq order, `page_size` at a time: one
+    `messages` read per page, so a long chat is never held whole."""
+    while True:
+        page = store.messages(chat_id, after_seq, page_size)
+        if page:
+            yield page
+        if len(page) < page_size:
+            return
+        after_seq = page[-1].seq

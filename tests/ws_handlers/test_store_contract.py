@@ -25,6 +25,7 @@ from ws_handlers.store import (
     MessageLimitReached,
     SeqConflict,
     chat_id_for,
+    message_pages,
 )
 from ws_handlers.tickets import Identity
 
@@ -337,11 +338,11 @@ def test_experiment_chats_in_order_by_session_participant_and_key_in_pages(store
 
 def test_message_pages_honour_the_page_size(store):
     chat = _seed_chat(store, WHO, replies=5)  # 11 messages
-    pages = list(store.message_pages(chat.chat_id, page_size=4))
+    pages = list(message_pages(store, chat.chat_id, page_size=4))
     assert [len(p) for p in pages] == [4, 4, 3]
     assert [m for p in pages for m in p] == store.messages(chat.chat_id)
-    assert [m.seq for p in store.message_pages(chat.chat_id, after_seq=9) for m in p] == [10, 11]
-    assert list(store.message_pages(chat.chat_id, after_seq=11)) == []
+    assert [m.seq for p in message_pages(store, chat.chat_id, after_seq=9) for m in p] == [10, 11]
+    assert list(message_pages(store, chat.chat_id, after_seq=11)) == []
 
 
 def test_connections_are_listed_by_experiment(store):
@@ -354,7 +355,7 @@ def test_connections_are_listed_by_experiment(store):
 def _everything(store, experiment: str) -> tuple:
     chats = list(store.experiment_chats(experiment))
     return (
-        [(c.identity, c.chat_key, [m for p in store.message_pages(c.chat_id) for m in p]) for c in chats],
+        [(c.identity, c.chat_key, [m for p in message_pages(store, c.chat_id) for m in p]) for c in chats],
         sorted(c.connection_id for c in store.connections(experiment)),
     )
 

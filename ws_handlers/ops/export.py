@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..store import AdminStore, Chat, Message
+from ..store import AdminStore, Chat, Message, message_pages
 
 COLUMNS = (
     "experiment", "session", "participant", "chat_key", "chat_id", "bot", "seq", "role", "text",
@@ -52,7 +52,7 @@ def rows(
 ) -> Iterator[dict[str, Any]]:
     """Every message of the experiment (or one session) in chat order, then seq order."""
     for chat in store.experiment_chats(experiment, session):
-        for page in store.message_pages(chat.chat_id, page_size=page_size):
+        for page in message_pages(store, chat.chat_id, page_size=page_size):
             yield from (row(chat, m) for m in page)
             if advance is not None:
                 advance(len(page))

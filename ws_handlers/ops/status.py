@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..store import AdminStore, Chat
+from ..store import AdminStore, Chat, message_pages
 
 
 @dataclass
@@ -108,7 +108,7 @@ class Watch:
         tally = self._chats.setdefault(chat.chat_id, _ChatTally())
         if chat.next_seq - 1 <= tally.seen_seq:
             return tally
-        for page in self.store.message_pages(chat.chat_id, after_seq=tally.seen_seq):
+        for page in message_pages(self.store, chat.chat_id, after_seq=tally.seen_seq):
             for m in page:
                 if m.role == "user":
                     tally.participant_messages += 1

@@ -36,10 +36,10 @@ class _Pages:
     def experiment_chats(self, *args, **kwargs):
         return self.store.experiment_chats(*args, **kwargs)
 
-    def message_pages(self, chat_id, after_seq=0, page_size=500):
-        for page in self.store.message_pages(chat_id, after_seq, page_size):
-            self.sizes.append(len(page))
-            yield page
+    def messages(self, chat_id, after_seq=0, limit=None):
+        page = self.store.messages(chat_id, after_seq, limit)
+        self.sizes.append(len(page))
+        return page
 
 
 def test_twenty_thousand_messages_stream_out_in_pages(big, tmp_path):
