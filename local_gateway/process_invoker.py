@@ -121,11 +121,12 @@ def _worker(spec: WorkerSpec, jobs: Any, done: Any) -> None:
     from .lambda_context import LambdaContext
     from .template import Function
 
-    services = runtime.from_settings(Settings.from_env(spec.environment))
+    store = None
     if spec.sqlite_path is not None:
         from .sqlite_store import SqliteStore
 
-        services.store = SqliteStore(spec.sqlite_path)
+        store = SqliteStore(spec.sqlite_path)
+    services = runtime.from_settings(Settings.from_env(spec.environment), store=store)
     if spec.push == "direct":
         from .http_push import HttpPusher
 

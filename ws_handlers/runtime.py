@@ -81,13 +81,15 @@ class Services:
         return self._model
 
 
-def from_settings(settings: Settings, invoker: Invoker | None = None) -> Services:
-    """The production wiring: DynamoDB, the Management API, Lambda, Secrets Manager."""
-    store = DynamoStore(
-        settings.connections_table,
-        settings.chats_table,
-        **({"endpoint_url": settings.dynamodb_endpoint_url} if settings.dynamodb_endpoint_url else {}),
-    )
+def from_settings(settings: Settings, invoker: Invoker | None = None, store: Store | None = None) -> Services:
+    """The production wiring: DynamoDB, the Management API, Lambda, Secrets Manager (`store`:
+    another adapter, e.g. the local stack's SQLite file in its worker processes)."""
+    if store is None:
+        store = DynamoStore(
+            settings.connections_table,
+            settings.chats_table,
+            **({"endpoint_url": settings.dynamodb_endpoint_url} if settings.dynamodb_endpoint_url else {}),
+        )
     if invoker is None:
         # the reply function itself invokes nothing; elsewhere a missing name fails loudly on use
         invoker = LambdaInvoker(settings.reply_function_name) if settings.reply_function_name else NoInvoker()
