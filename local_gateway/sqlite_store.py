@@ -18,14 +18,16 @@ it; nothing deletes it here: a row per connect is negligible on one laptop). The
 methods at the end (`store.AdminStore`, for `python -m ws_handlers.ops`) page through an
 experiment along the `chats_by_experiment` index and delete in one transaction.
 
-Concurrency: one connection shared by every thread, behind one lock; a read is one
-statement under it, a write one transaction. Chosen by measurement (16 handler + 16 reply
-threads making whole turns): a connection per thread gave fewer turns per second and a
-p99 several times longer, whether writers queued on a Python lock (its holder fights the
-reader threads for the GIL between statements) or in SQLite's sleeping busy handler
-(stalls up to 2 s). Statements take microseconds; serialising them is cheaper than those
-convoys. The busy timeout covers other processes on the file (operator tools); when it
-runs out the store raises StoreThrottled, as the DynamoDB adapter does on throttling.
+Concurrency: writes go through one connection behind one lock, a transaction at a time;
+reads through one connection per thread, with no lock (in WAL mode a reader never waits
+for the writer). An earlier measurement (16 handler + 16 reply threads making whole turns)
+found that a connection per thread for *writes* gave fewer turns per second and a p99
+several times longer, whether writers queued on a Python lock or in SQLite's sleeping busy
+handler (stalls up to 2 s), so writes stay serialised. Reads once shared that lock too; at
+200 participants every reply's reads then queued behind every write while the lock's
+holder waited for the GIL (docs/benchmarks.md), hence the readers. The busy timeout covers
+other processes on the file (the reply function's worker processes, operator tools); when
+it runs out the store raises StoreThrottled, as the DynamoDB adapter does on throttling.
 
 Durability: WAL with `synchronous=NORMAL`. A commit is in the WAL, in the operating
 system's hands, before it returns, so nothing committed is lost when the process is
