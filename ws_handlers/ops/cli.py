@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from ..store import Deleted, StoreThrottled
 from . import OpsError, export, settings
-from .status import Watch, render
+from .status import Watch, describe_budget, render
 from .targets import Target, add_arguments, aws_errors, opened
 
 PROG = "chat-ops"
@@ -97,17 +97,8 @@ def cmd_budget(args: argparse.Namespace, target: Target) -> int:
     if args.set is not None or args.clear:
         target.store.set_controls(args.experiment, token_budget=args.set, clear_budget=args.clear)
     controls = target.store.read_controls(args.experiment)
-    used = f"experiment {args.experiment!r}: {controls.tokens_used:,} tokens used"
-    if controls.token_budget is None:
-        print(f"{used}; no budget of its own: {target.default_budget} applies [{target.where}]")
-    elif controls.token_budget == 0:
-        print(f"{used}; budget 0: unlimited [{target.where}]")
-    else:
-        share = 100 * controls.tokens_used / controls.token_budget
-        line = f"{used} of a budget of {controls.token_budget:,} ({share:.1f}%) [{target.where}]"
-        if controls.tokens_used >= controls.token_budget:
-            line += "; used up: new messages are refused (code `budget_exhausted`)"
-        print(line)
+    budget = describe_budget(controls.tokens_used, controls.token_budget, target.default_budget)
+    print(f"experiment {args.experiment!r}: {budget} [{target.where}]")
     return 0
 
 

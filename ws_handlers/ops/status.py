@@ -161,7 +161,7 @@ def render(s: Snapshot, active_minutes: float) -> str:
         name = s.experiment + (f", session {s.session}" if s.session else "")
         lines += [
             f"  experiment     {name}: {state}",
-            f"  budget         {_budget(s)}",
+            f"  budget         {describe_budget(s.tokens_used or 0, s.token_budget, s.default_budget)}",
             f"  connections    {s.connections} open",
             (f"  chats          {s.chats} ({s.active_chats} active in the last {active_minutes:g} min), "
              f"{s.participants} participants"),
@@ -175,15 +175,17 @@ def render(s: Snapshot, active_minutes: float) -> str:
     return "\n".join(lines)
 
 
-def _budget(s: Snapshot) -> str:
-    used = f"{s.tokens_used:,} tokens used"
-    if s.token_budget is None:
-        return f"{used}; no budget of its own: {s.default_budget or 'the deployment TOKEN_BUDGET'} applies"
-    if s.token_budget == 0:
+def describe_budget(tokens_used: int, token_budget: int | None, default_budget: str | None) -> str:
+    """Tokens used against the budget, in words (`status` and `budget` say it the same way)."""
+    used = f"{tokens_used:,} tokens used"
+    if token_budget is None:
+        return f"{used}; no budget of its own: {default_budget or 'the deployment TOKEN_BUDGET'} applies"
+    if token_budget == 0:
         return f"{used}; budget 0: unlimited"
-    share = 100 * (s.tokens_used or 0) / s.token_budget
-    spent = "  USED UP: sends are refused (code `budget_exhausted`)" if (s.tokens_used or 0) >= s.token_budget else ""
-    return f"{used} of {s.token_budget:,} ({share:.1f}%){spent}"
+    line = f"{used} of a budget of {token_budget:,} ({100 * tokens_used / token_budget:.1f}%)"
+    if tokens_used >= token_budget:
+        line += "; used up: new messages are refused (code `budget_exhausted`)"
+    return line
 
 
 def _spend(s: Snapshot) -> str:
