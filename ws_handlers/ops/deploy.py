@@ -24,13 +24,13 @@ import shlex
 import shutil
 import sys
 import tomllib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from . import OpsError
+from .aws_errors import aws_errors
 
 #: template.yaml's OpenAIKeySecret holds this until the operator puts the key.
 PLACEHOLDER = "REPLACE_WITH_PUT_SECRET_VALUE"
@@ -125,37 +125,10 @@ def otree_environment(outputs: dict[str, str], region: str) -> list[str]:
 # ------------------------------------------------------------------------------ AWS
 
 
-@contextmanager
-def aws(where: str) -> Iterator[None]:
-    """boto3's failures as one line: what went wrong and what to do."""
-    from botocore import exceptions as e
-
-    try:
-        yield
-    except OpsError:
-        raise
-    except e.NoCredentialsError:
-        raise OpsError("no AWS credentials found: run `aws configure` (or `aws sso login`), or set AWS_PROFILE") from None
-    except e.NoRegionError:
-        raise OpsError("no AWS region chosen: set AWS_REGION (e.g. AWS_REGION=eu-central-1) or pass REGION=...") from None
-    except e.ProfileNotFound as exc:
-        raise OpsError(f"{exc}: check AWS_PROFILE") from None
-    except (e.EndpointConnectionError, e.ConnectTimeoutError) as exc:
-        raise OpsError(f"cannot reach {where} ({exc}): check the region's name and the network") from None
-    except e.ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = error.get("Code", "error")
-        if code in ("InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken", "UnrecognizedClientException"):
-            raise OpsError(f"AWS refused the credentials ({code}): renew them (aws configure, aws sso login)") from None
-        raise OpsError(f"{where} refused: {code}: {error.get('Message', '')}".rstrip(": ")) from None
-    except e.BotoCoreError as exc:  # expired SSO token, broken config file, ...
-        raise OpsError(f"{where}: {exc}") from None
-
-
 def session(region: str | None = None) -> Any:
     import boto3
 
-    with aws("AWS"):
+    with aws_errors("AWS"):
         return boto3.Session(region_name=region)
 
 
@@ -165,7 +138,7 @@ def session_region() -> str | None:
 
 def describe_stack(region: str, name: str) -> dict[str, Any] | None:
     client = session(region).client("cloudformation")
-    with aws(f"CloudFormation in {region}"):
+    with aws_errors(f"CloudFormation in {region}"):
         try:
             return client.describe_stacks(StackName=name)["Stacks"][0]
         except client.exceptions.ClientError as exc:
@@ -196,7 +169,7 @@ def deployed(where: Target) -> tuple[dict[str, Any], dict[str, str]]:
 
 def check(args: argparse.Namespace, out: TextIO) -> None:
     """Prerequisites, each with a line; the first one missing stops with its remedy."""
-    with aws("AWS"):
+    with aws_errors("AWS"):
         credentials = session().get_credentials()
     if credentials is None:
         raise OpsError("no AWS credentials found: run `aws configure` (or `aws sso login`), or set AWS_PROFILE")
@@ -204,7 +177,7 @@ def check(args: argparse.Namespace, out: TextIO) -> None:
     if not where.region:
         raise OpsError("no AWS region chosen: set AWS_REGION (e.g. AWS_REGION=eu-central-1), "
                        "run `aws configure set region ...`, or pass REGION=... to make deploy")
-    with aws(f"AWS STS in {where.region}"):
+    with aws_errors(f"AWS STS in {where.region}"):
         identity = session(where.region).client("sts").get_caller_identity()
     print(f"ok  AWS credentials: {identity['Arn']}", file=out)
     print(f"ok  region: {where.region} (from {where.region_from})", file=out)
@@ -236,7 +209,7 @@ def put_openai_key(args: argparse.Namespace, out: TextIO, stdin: TextIO) -> None
     _, outputs = deployed(where)
     arn = outputs["OpenAIKeySecretArn"]
     client = session(where.region).client("secretsmanager")
-    with aws("Secrets Manager"):
+    with aws_errors("Secrets Manager"):
         current = client.get_secret_value(SecretId=arn).get("SecretString")
         if current != PLACEHOLDER and not args.replace:
             print(f"ok  OpenAI key: already set in {arn} (--replace puts a new one)", file=out)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..store import AdminStore, StoreThrottled
+from ..store import AdminStore
 from . import OpsError
+from .aws_errors import aws_errors
 from .settings import env
 
 #: Fewer retries than the functions' (4): an operator waiting on an unreachable endpoint should hear so soon.
@@ -138,33 +139,3 @@ def _check_tables(client: Any, tables: tuple[str, ...], option: str, where: str)
             found = sorted(client.list_tables(Limit=20).get("TableNames", []))
             raise OpsError(f"no table {table!r} at {where} (tables there: {', '.join(found) or 'none'}); "
                            f"name them with {option}", 2) from None
-
-
-@contextlib.contextmanager
-def aws_errors(where: str) -> Iterator[None]:
-    """boto3's failures as one line each: unreachable, no credentials, refused, throttled."""
-    from botocore.exceptions import (
-        BotoCoreError,
-        ClientError,
-        EndpointConnectionError,
-        NoCredentialsError,
-        NoRegionError,
-    )
-
-    try:
-        yield
-    except OpsError:
-        raise
-    except EndpointConnectionError:
-        raise OpsError(f"cannot reach {where}: connection failed (check the URL or region, and the network)") from None
-    except NoCredentialsError:
-        raise OpsError("no AWS credentials: run `aws configure` or set AWS_PROFILE") from None
-    except NoRegionError:
-        raise OpsError("no AWS region: pass --region or set AWS_REGION") from None
-    except StoreThrottled as exc:
-        raise OpsError(f"{where} is throttling requests ({exc}); try again in a minute") from None
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        raise OpsError(f"{where} refused: {error.get('Code', 'error')}: {error.get('Message', '')}".rstrip(": "))
-    except BotoCoreError as exc:
-        raise OpsError(f"{where}: {exc}") from None
