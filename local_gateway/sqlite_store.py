@@ -66,7 +66,7 @@ from ws_handlers.store import (
 )
 from ws_handlers.tickets import Identity
 
-SCHEMA_VERSION = 2  #: PRAGMA user_version; each migration bumps it
+SCHEMA_VERSION = 3  #: PRAGMA user_version; each migration bumps it
 _SERVICE = ""  #: the `controls` row of the service as a whole (no experiment is named '')
 
 _SCHEMA = (
@@ -80,7 +80,8 @@ _SCHEMA = (
         experiment TEXT NOT NULL, session TEXT NOT NULL, participant TEXT NOT NULL, chat_key TEXT NOT NULL,
         bot TEXT NOT NULL, bot_name TEXT NOT NULL, created_at REAL NOT NULL,
         next_seq INTEGER NOT NULL, user_messages INTEGER NOT NULL, tokens_used INTEGER NOT NULL,
-        connection_id TEXT, lease_turn TEXT, lease_until REAL, lease_seq INTEGER)""",
+        connection_id TEXT, lease_turn TEXT, lease_until REAL, lease_seq INTEGER,
+        lease_claimed INTEGER NOT NULL DEFAULT 0)""",
     "CREATE INDEX IF NOT EXISTS chats_by_experiment ON chats (experiment, session, participant, chat_key)",
     """CREATE TABLE IF NOT EXISTS messages (
         chat_id TEXT NOT NULL, seq INTEGER NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL,
@@ -103,17 +104,19 @@ _SCHEMA = (
         tokens_used INTEGER NOT NULL DEFAULT 0)""",
 )
 
-#: From each version to the next, for files written by older code.
+#: From each version to the next, for files written by older code: columns added, as
+#: (table, column definition). A table the file lacks is created whole by _SCHEMA instead.
 _MIGRATIONS = {
     1: (
-        "ALTER TABLE connections ADD COLUMN rate_window INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE connections ADD COLUMN rate_count INTEGER NOT NULL DEFAULT 0",
+        ("connections", "rate_window INTEGER NOT NULL DEFAULT 0"),
+        ("connections", "rate_count INTEGER NOT NULL DEFAULT 0"),
     ),
+    2: (("chats", "lease_claimed INTEGER NOT NULL DEFAULT 0"),),
 }
 
 _CHAT_COLUMNS = (
     "chat_id, participant, experiment, session, chat_key, bot, created_at, next_seq, user_messages, "
-    "tokens_used, connection_id, lease_turn, lease_until, lease_seq"
+    "tokens_used, connection_id, lease_turn, lease_until, lease_seq, lease_claimed"
 )
 _MESSAGE_COLUMNS = (
     "chat_id, seq, role, text, created_at, client_msg_id, prompt_tokens, completion_tokens, model, latency_ms"
@@ -147,8 +150,10 @@ class SqliteStore:
                         db.execute(statement)
                 else:
                     for step in range(version, SCHEMA_VERSION):
-                        for statement in _MIGRATIONS[step]:
-                            db.execute(statement)
+                        for table, column in _MIGRATIONS[step]:
+                            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                          (table,)).fetchone():
+                                db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
                     for statement in _SCHEMA:  # tables added since; all IF NOT EXISTS
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -314,10 +319,10 @@ class SqliteStore:
                 (who.experiment, who.participant),
             )
             db.execute(
-                f"INSERT INTO chats ({_CHAT_COLUMNS}, bot_name) VALUES ({', '.join('?' * 15)})",
+                f"INSERT INTO chats ({_CHAT_COLUMNS}, bot_name) VALUES ({', '.join('?' * 16)})",
                 (chat.chat_id, who.participant, who.experiment, who.session, chat.chat_key,
                  json.dumps(chat.bot.to_dict()), chat.created_at, chat.next_seq, 0, 0, chat.connection_id,
-                 None, None, None, chat.bot.name),
+                 None, None, None, 0, chat.bot.name),
             )
             if opening is not None:
                 try:
@@ -375,7 +380,7 @@ class SqliteStore:
             if user_messages >= max_user_messages:
                 raise MessageLimitReached(chat.chat_id)
             db.execute(
-                "UPDATE chats SET next_seq = ?, connection_id = ?, lease_turn = ?, lease_until = ?, lease_seq = ?, "
+                "UPDATE chats SET next_seq = ?, connection_id = ?, lease_turn = ?, lease_until = ?, lease_seq = ?, lease_claimed = 0, "
                 "user_messages = user_messages + 1 WHERE chat_id = ?",
                 (seq + 1, connection_id, lease.turn_id, lease.until, lease.user_seq, chat.chat_id),
             )
@@ -390,11 +395,20 @@ class SqliteStore:
     def take_lease(self, chat: Chat, lease: Lease, connection_id: str, now: float) -> bool:
         with self._write() as db:
             taken = db.execute(
-                "UPDATE chats SET connection_id = ?, lease_turn = ?, lease_until = ?, lease_seq = ? "
+                "UPDATE chats SET connection_id = ?, lease_turn = ?, lease_until = ?, lease_seq = ?, lease_claimed = 0 "
                 "WHERE chat_id = ? AND next_seq = ? AND (lease_until IS NULL OR lease_until <= ?)",
                 (connection_id, lease.turn_id, lease.until, lease.user_seq, chat.chat_id, chat.next_seq, now),
             )
             return taken.rowcount == 1
+
+    def claim_turn(self, chat_id: str, turn_id: str, until: float) -> bool:
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE chats SET lease_claimed = 1, lease_until = ? WHERE chat_id = ? AND lease_turn = ? "
+                "AND lease_claimed = 0",
+                (until, chat_id, turn_id),
+            )
+            return cursor.rowcount == 1
 
     def finish_reply(self, chat: Chat, reply: Message, turn_id: str) -> bool:
         tokens = reply.prompt_tokens + reply.completion_tokens
@@ -403,19 +417,22 @@ class SqliteStore:
                 return False
             finished = db.execute(
                 "UPDATE chats SET next_seq = ?, tokens_used = tokens_used + ?, "
-                "lease_turn = NULL, lease_until = NULL, lease_seq = NULL "
+                "lease_turn = NULL, lease_until = NULL, lease_seq = NULL, lease_claimed = 0 "
                 "WHERE chat_id = ? AND next_seq = ? AND lease_turn = ?",
                 (reply.seq + 1, tokens, chat.chat_id, reply.seq, turn_id),
             )
             if finished.rowcount == 0:
                 return False
             _insert_message(db, chat, reply)
+        return True
+
+    def count_tokens(self, experiment: str, tokens: int) -> None:
+        with self._write() as db:
             db.execute(
                 "INSERT INTO controls (experiment, tokens_used) VALUES (?, ?) "
                 "ON CONFLICT (experiment) DO UPDATE SET tokens_used = tokens_used + excluded.tokens_used",
-                (chat.identity.experiment, tokens),
+                (experiment, tokens),
             )
-        return True
 
     def renew_lease(self, chat_id: str, turn_id: str, until: float) -> bool:
         with self._write() as db:
@@ -427,10 +444,20 @@ class SqliteStore:
     def release_lease(self, chat_id: str, turn_id: str) -> None:
         with self._write() as db:
             db.execute(
-                "UPDATE chats SET lease_turn = NULL, lease_until = NULL, lease_seq = NULL "
+                "UPDATE chats SET lease_turn = NULL, lease_until = NULL, lease_seq = NULL, lease_claimed = 0 "
                 "WHERE chat_id = ? AND lease_turn = ?",
                 (chat_id, turn_id),
             )
+
+    def release_all_leases(self) -> int:
+        """Free every chat (the local stack at start): the jobs that held leases were queued in
+        memory and died with the previous run, so nobody will write those replies. Returns how
+        many chats were freed; their participants' retries regenerate the replies at once."""
+        with self._write() as db:
+            return db.execute(
+                "UPDATE chats SET lease_turn = NULL, lease_until = NULL, lease_seq = NULL, lease_claimed = 0 "
+                "WHERE lease_turn IS NOT NULL"
+            ).rowcount
 
     # -- the operator's port (store.AdminStore): a process beside the stack, on the same file ------
     def read_controls(self, experiment: str | None) -> Controls:
@@ -530,7 +557,7 @@ def _insert_message(db: sqlite3.Connection, chat: Chat, message: Message) -> Non
 
 def _chat(row: tuple[Any, ...]) -> Chat:
     (chat_id, participant, experiment, session, chat_key, bot, created_at, next_seq, user_messages,
-     tokens_used, connection_id, lease_turn, lease_until, lease_seq) = row
+     tokens_used, connection_id, lease_turn, lease_until, lease_seq, lease_claimed) = row
     return Chat(
         chat_id=chat_id,
         identity=Identity(participant, experiment, session),
@@ -541,7 +568,7 @@ def _chat(row: tuple[Any, ...]) -> Chat:
         user_messages=user_messages,
         tokens_used=tokens_used,
         connection_id=connection_id,
-        lease=None if lease_turn is None else Lease(lease_turn, lease_until, lease_seq),
+        lease=None if lease_turn is None else Lease(lease_turn, lease_until, lease_seq, claimed=bool(lease_claimed)),
     )
 
 

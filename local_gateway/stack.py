@@ -2,9 +2,9 @@
 
 Functions, routes and each function's environment come from template.yaml; only the
 edges are local: the store (SQLite by default, or moto's DynamoDB server), the
-Management API emulator, the asynchronous invocation (a thread pool sized like the
-function's reserved concurrency), secrets (a dev secret file instead of Secrets Manager)
-and, without an OpenAI key, the offline model.
+Management API emulator, the reply queue (sqs_queue.py: the queue and its event source
+mapping, capped at the mapping's MaximumConcurrency), secrets (a dev secret file instead
+of Secrets Manager) and, without an OpenAI key, the offline model.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from ws_handlers import runtime
-from ws_handlers.chat import Invoker
+from ws_handlers.chat import JobQueue
 from ws_handlers.config import Settings
 from ws_handlers.push import ManagementApiPusher, Pusher
 from ws_handlers.store import Store
@@ -33,12 +33,13 @@ from ws_handlers.store import Store
 from . import model_process
 from .direct_push import DirectPusher
 from .gateway import Gateway, Limits
-from .invoker import ThreadInvoker
-from .process_invoker import ProcessInvoker, WorkerSpec
 from .lambda_context import LambdaContext
 from .management_api import management_app
 from .offline_model import OfflineModel
-from .template import Function, Template, load
+from .process_runner import ProcessRunner, WorkerSpec
+from .sqs_queue import LocalQueue
+from .template import Function, QueueSource, Template, load
+from .thread_runner import ThreadRunner
 
 log = logging.getLogger("local_gateway")
 
@@ -79,9 +80,14 @@ class StackConfig:
     model_ttft: float | None = None  #: offline model pacing; None: its environment defaults
     model_tokens_per_second: float | None = None
     model_process: bool = False  #: run the offline model in a process of its own (load tests)
-    #: Worker processes for asynchronously invoked functions (the reply function), as Lambda
-    #: runs each in execution environments of its own; 0: threads of the stack's process
+    #: Worker processes for queue-driven functions (the reply function), as Lambda runs each
+    #: in execution environments of its own; 0: threads of the stack's process
     function_processes: int = 0
+    #: Share of queued jobs delivered twice, as SQS does now and then (at-least-once); the
+    #: tests set 1.0 so every reply job arrives twice
+    duplicate_deliveries: float = 0.0
+    #: Seconds before a failed job is delivered again; None: the queue's VisibilityTimeout
+    queue_visibility_timeout: float | None = None
     parameters: dict[str, str] = field(default_factory=dict)  #: template parameter overrides
     environment: dict[str, str] = field(default_factory=dict)  #: function environment overrides
     template_path: Path = ROOT / "template.yaml"
@@ -98,7 +104,7 @@ class Stack:
         self.urls: dict[str, str] = {}
         self._runners: list[web.AppRunner] = []
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="lambda")
-        self._invokers: list[ThreadInvoker | ProcessInvoker] = []
+        self.queues: dict[str, LocalQueue] = {}  #: by the queue's logical id
         self._services: dict[str, runtime.Services] = {}
         self._moto: Any = None
         self._model_process: subprocess.Popen[str] | None = None
@@ -121,7 +127,10 @@ class Stack:
 
             self.config.data_dir.mkdir(parents=True, exist_ok=True)
             self._sqlite_path = str(self.config.data_dir / "chat.sqlite3")
-            return SqliteStore(self._sqlite_path), {}
+            store = SqliteStore(self._sqlite_path)
+            if freed := store.release_all_leases():
+                log.info("freed %d chats whose replies were queued or running when the stack last stopped", freed)
+            return store, {}
         if self.config.store == "dynamodb":
             import boto3
             from moto.server import ThreadedMotoServer
@@ -154,18 +163,29 @@ class Stack:
             )
         raise ValueError(f"unknown push {self.config.push!r}: use direct or management_api")
 
-    def _invoker(self, function: Function, environment: dict[str, str]) -> ThreadInvoker | ProcessInvoker:
-        """How `function` is invoked asynchronously: on threads here, or in worker processes."""
-        concurrency = function.reserved_concurrency or 64
+    def _queue(self, function: Function, source: QueueSource, environment: dict[str, str]) -> LocalQueue:
+        """The queue `function` drains, run on threads here or in worker processes."""
+        if source.batch_size != 1:
+            raise ValueError(f"{function.logical_id}: the local queue delivers batches of one; BatchSize is {source.batch_size}")
+        concurrency = source.maximum_concurrency or 64
         processes = self.config.function_processes
+        runner: ThreadRunner | ProcessRunner
         if processes <= 0:
-            return ThreadInvoker(lambda payload, _context: self._run(function, payload), max_workers=concurrency)
-        spec = WorkerSpec(
-            logical_id=function.logical_id, handler=function.handler, memory_mb=function.memory_mb,
-            environment=environment, sqlite_path=self._sqlite_path, threads=-(-concurrency // processes),
-            push=self.config.push,
+            runner = ThreadRunner(lambda event, _context: self._run(function, event), threads=concurrency)
+        else:
+            spec = WorkerSpec(
+                logical_id=function.logical_id, handler=function.handler, memory_mb=function.memory_mb,
+                environment=environment, sqlite_path=self._sqlite_path, threads=-(-concurrency // processes),
+                push=self.config.push,
+            )
+            runner = ProcessRunner(spec, processes)
+        visibility = self.config.queue_visibility_timeout
+        return LocalQueue(
+            runner, concurrency=concurrency, retention=source.retention, max_receive_count=source.max_receive_count,
+            visibility_timeout=source.visibility_timeout if visibility is None else visibility,
+            duplicates=self.config.duplicate_deliveries,
+            arn=f"arn:aws:sqs:us-east-1:000000000000:{source.queue}",
         )
-        return ProcessInvoker(spec, processes)
 
     def _environment(self, function: Function, overrides: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in function.environment.items() if k not in _AWS_ONLY}
@@ -213,17 +233,16 @@ class Stack:
         overrides = store_env | llm_env | {"TICKET_SECRET": self.secret, "WEBSOCKET_ENDPOINT": self.urls["management"]}
         environments = {f.logical_id: self._environment(f, overrides) for f in template.functions.values()}
         settings_of = {logical_id: Settings.from_env(env) for logical_id, env in environments.items()}
-        invokers: dict[str, Invoker] = {}
-        for logical_id in {s.reply_function_name for s in settings_of.values()} & set(template.functions):
-            invokers[logical_id] = self._invoker(template.functions[logical_id], environments[logical_id])
-        self._invokers.extend(invokers.values())
+        for function in template.functions.values():
+            for source in function.queue_sources:
+                self.queues[source.queue] = self._queue(function, source, environments[function.logical_id])
         for function in template.functions.values():
             settings = settings_of[function.logical_id]
-            target = invokers.get(settings.reply_function_name or "")
+            queue: JobQueue | None = self.queues.get(settings.reply_queue_url or "")
             self._services[function.logical_id] = runtime.Services(
                 settings=settings,
                 store=self.store,
-                invoker=target if target is not None else runtime.NoInvoker(),
+                jobs=queue if queue is not None else runtime.NoJobQueue(),
                 pusher_for=pusher_for,
                 ticket_secret=lambda: self.secret,
             )
@@ -245,9 +264,9 @@ class Stack:
         if self.gateway is not None:
             await self.gateway.stop(grace)
         loop = asyncio.get_running_loop()
-        for invoker in self._invokers:
-            await loop.run_in_executor(None, invoker.wait_idle, grace)
-            invoker.shutdown()
+        for queue in self.queues.values():
+            await loop.run_in_executor(None, queue.wait_idle, grace)
+            queue.shutdown()
         self._pool.shutdown(wait=True)
         for runner in self._runners:
             await runner.cleanup()

@@ -66,19 +66,33 @@ def test_environment_names_are_declared_in_config(name):
     assert not set(variables) & PLAIN_SECRETS
 
 
-def test_only_the_message_function_invokes_replies():
-    # ws_handlers.runtime builds a Lambda invoker exactly when REPLY_FUNCTION_NAME is set
-    assert [n for n, p in FUNCTIONS.items() if "REPLY_FUNCTION_NAME" in env(p)] == ["MessageFunction"]
-    invoke = [s for s in statements(FUNCTIONS["MessageFunction"]) if "lambda:InvokeFunction" in actions(s)]
-    assert [s["Resource"] for s in invoke] == [{"Fn::GetAtt": ["ReplyFunction", "Arn"]}]
+def test_only_the_message_function_queues_replies():
+    # ws_handlers.runtime builds an SQS job queue exactly when REPLY_QUEUE_URL is set
+    assert [n for n, p in FUNCTIONS.items() if "REPLY_QUEUE_URL" in env(p)] == ["MessageFunction"]
+    assert env(FUNCTIONS["MessageFunction"])["REPLY_QUEUE_URL"] == {"Ref": "ReplyQueue"}
+    send = [s for s in statements(FUNCTIONS["MessageFunction"]) if "sqs:SendMessage" in actions(s)]
+    assert [s["Resource"] for s in send] == [{"Fn::GetAtt": ["ReplyQueue", "Arn"]}]
+    assert not any("lambda:InvokeFunction" in actions(s) for p in FUNCTIONS.values() for s in statements(p))
 
 
-def test_reply_function_runs_once_async_and_capped():
+def test_replies_wait_in_a_queue_capped_without_throttling():
     reply = FUNCTIONS["ReplyFunction"]
-    assert reply["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
-    assert 60 <= reply["EventInvokeConfig"]["MaximumEventAgeInSeconds"] <= 3600
-    assert reply["Timeout"] > 29  # longer than API Gateway's integration timeout: it is async
-    assert "LlmConcurrency" in str(reply["ReservedConcurrentExecutions"])
+    assert "ReservedConcurrentExecutions" not in reply and "EventInvokeConfig" not in reply
+    (event,) = reply["Events"].values()
+    assert event["Type"] == "SQS" and event["Properties"]["Queue"] == {"Fn::GetAtt": ["ReplyQueue", "Arn"]}
+    assert event["Properties"]["BatchSize"] == 1  # a slow reply never holds another back
+    assert event["Properties"]["ScalingConfig"]["MaximumConcurrency"] == {"Ref": "LlmConcurrency"}
+    concurrency = TEMPLATE["Parameters"]["LlmConcurrency"]
+    assert (concurrency["MinValue"], concurrency["MaxValue"]) == (2, 1000)  # what MaximumConcurrency accepts
+    queue = RESOURCES["ReplyQueue"]["Properties"]
+    assert reply["Timeout"] > 29  # longer than API Gateway's integration timeout: replies run apart
+    assert queue["VisibilityTimeout"] >= 6 * reply["Timeout"]  # AWS's advice for event source mappings
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["ReplyFailuresQueue", "Arn"]}, "maxReceiveCount": 5}
+    alarms = of_type("AWS::CloudWatch::Alarm")
+    watched = {str(a.get("Dimensions")) for a in alarms.values() if a.get("Namespace") == "AWS/SQS"}
+    assert any("ReplyQueue" in w for w in watched) and any("ReplyFailuresQueue" in w for w in watched)
+    assert any(a.get("MetricName") == "RepliesNotStored" for a in alarms.values())
 
 
 def test_tables_expire_by_ttl_and_have_point_in_time_recovery():

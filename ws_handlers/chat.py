@@ -1,9 +1,10 @@
 """The chat domain for the message route: start, send, history, ping.
 
 It decides; the ports act. `respond` pushes a frame to the caller's socket, the store
-persists, the invoker starts a reply turn (asynchronously on AWS). The order matters
-and is kept here: a message is stored before it is acknowledged, and acknowledged before
-its reply is started, so the ack always precedes the reply's first delta.
+persists, the job queue hands the reply to the reply function (SQS on AWS). The order
+matters and is kept here: a message is stored before it is acknowledged, and acknowledged
+before its reply is queued, so the ack always precedes the reply's first delta; `queued`
+then tells the participant the reply is waiting for the assistant.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any, Protocol
 
 from .config import Settings
 from .errors import ChatError
-from .observability import record_budget_use
-from .protocol import History, Ping, Send, Start, history_page, message_frame
+from .observability import logger, record_budget_use
+from .protocol import History, Ping, Send, Start, error_frame, history_page, message_frame, queued_frame
 from .store import (
     Chat,
     ChatBusy,
@@ -39,7 +40,7 @@ _APPEND_ATTEMPTS = 3
 
 @dataclass(frozen=True)
 class ReplyJob:
-    """What the reply function needs to write one reply (the payload of its invocation)."""
+    """What the reply function needs to write one reply (the body of its queue message)."""
 
     chat_id: str
     user_seq: int
@@ -55,9 +56,10 @@ class ReplyJob:
         return cls(data["chat_id"], int(data["user_seq"]), data["turn_id"], data["connection_id"], data["endpoint"])
 
 
-class Invoker(Protocol):
-    def invoke(self, job: ReplyJob) -> None:
-        """Start the reply turn without waiting for it."""
+class JobQueue(Protocol):
+    def enqueue(self, job: ReplyJob) -> None:
+        """Hand the job to the reply function without waiting for it. Delivery is at least once
+        and may wait for a free slot: the reply function claims each turn exactly once."""
         ...
 
 
@@ -66,13 +68,13 @@ class Chats:
         self,
         settings: Settings,
         store: Store,
-        invoker: Invoker,
+        jobs: JobQueue,
         ticket_secret: Callable[[], str],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.invoker = invoker
+        self.jobs = jobs
         self._secret = ticket_secret
         self._clock = clock
 
@@ -170,7 +172,7 @@ class Chats:
                 raise ChatError("reply_in_progress", **context)
             seq = chat.next_seq
             message = Message(chat.chat_id, seq, "user", action.text, now, client_msg_id=action.client_msg_id)
-            lease = Lease(uuid.uuid4().hex, now + self.settings.reply_lease_seconds, seq)
+            lease = self._queued_lease(now, seq)
             try:
                 self.store.append_user_message(
                     chat, message, lease, connection.connection_id, chat.bot.limits.max_user_messages, now
@@ -185,9 +187,26 @@ class Chats:
                 chat = self._own_chat(connection, action.chat_id, client_msg_id=action.client_msg_id)
                 continue
             respond({"type": "ack", **context, "seq": seq, "duplicate": False})
-            self.invoker.invoke(ReplyJob(chat.chat_id, seq, lease.turn_id, connection.connection_id, endpoint))
+            self._enqueue(ReplyJob(chat.chat_id, seq, lease.turn_id, connection.connection_id, endpoint), context, respond)
             return None
         raise ChatError("reply_in_progress", **context)
+
+    def _queued_lease(self, now: float, user_seq: int) -> Lease:
+        """The lease a reply holds while its job waits for a slot: long enough for the queue's
+        wait, so a participant's retry does not queue the same reply twice meanwhile."""
+        return Lease(uuid.uuid4().hex, now + self.settings.reply_queue_wait_seconds, user_seq)
+
+    def _enqueue(self, job: ReplyJob, context: dict[str, Any], respond: Respond) -> None:
+        """Queue the reply and say so; if the queue refuses, free the chat and tell the
+        participant to retry (the message is stored: the retry only regenerates the reply)."""
+        try:
+            self.jobs.enqueue(job)
+        except Exception:
+            logger.exception("reply job not queued", extra={"chat_id": job.chat_id, "user_seq": job.user_seq})
+            self.store.release_lease(job.chat_id, job.turn_id)
+            respond(error_frame(ChatError("internal", **context, seq=job.user_seq + 1)))
+            return
+        respond(queued_frame(job.chat_id, job.user_seq + 1, context["client_msg_id"]))
 
     def _check_text(self, chat: Chat, text: str, context: dict[str, Any]) -> None:
         if not text.strip():
@@ -222,12 +241,14 @@ class Chats:
             return
         now = self._clock()
         chat = self.store.get_chat(chat.chat_id) or chat
-        if chat.replying(now):  # the reply is being written: have it pushed here from now on
+        if chat.replying(now):  # the reply is queued or being written: have it pushed here from now on
             self.store.bind_connection(chat.chat_id, connection.connection_id)
+            if chat.lease is not None and chat.lease.user_seq == seq and not chat.lease.claimed:
+                respond(queued_frame(chat.chat_id, seq + 1, action.client_msg_id))
             return
         if chat.next_seq != seq + 1:  # later messages came after; this one stays unanswered
             return
         self._check_spending(chat, context)
-        lease = Lease(uuid.uuid4().hex, now + self.settings.reply_lease_seconds, seq)
+        lease = self._queued_lease(now, seq)
         if self.store.take_lease(chat, lease, connection.connection_id, now):
-            self.invoker.invoke(ReplyJob(chat.chat_id, seq, lease.turn_id, connection.connection_id, endpoint))
+            self._enqueue(ReplyJob(chat.chat_id, seq, lease.turn_id, connection.connection_id, endpoint), context, respond)

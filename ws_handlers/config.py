@@ -37,7 +37,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MAX_CHATS_PER_PARTICIPANT", "5", "Chats one participant may open in one experiment."),
     Variable("TOKEN_BUDGET", "0", "Default experiment-wide token budget (prompt + completion); 0 = unlimited."),
     Variable("REPLY_LEASE_SECONDS", "60", "Seconds a reply holds its chat unless renewed; after a crash, a retry takes over."),
-    Variable("REPLY_FUNCTION_NAME", "", "Lambda function that generates replies (invoked asynchronously)."),
+    Variable("REPLY_QUEUE_WAIT_SECONDS", "300", "Seconds a queued reply holds its chat before it runs; after that a retry may take over."),
+    Variable("REPLY_QUEUE_URL", "", "SQS queue of reply jobs, which the reply function consumes (the message function sends)."),
     Variable("WEBSOCKET_ENDPOINT", "", "Management API endpoint override; default https://{domain}/{stage}."),
     Variable("OPENAI_BASE_URL", "", "OpenAI-compatible API base URL; empty means OpenAI itself."),
     Variable("OPENAI_API_KEY_SECRET_ARN", "", "Secrets Manager secret (name or ARN) holding the OpenAI API key."),
@@ -87,7 +88,8 @@ class Settings:
     max_chats_per_participant: int
     token_budget: int
     reply_lease_seconds: int
-    reply_function_name: str | None
+    reply_queue_wait_seconds: int
+    reply_queue_url: str | None
     websocket_endpoint: str | None
     openai_base_url: str | None
     openai_api_key_secret_arn: str | None
@@ -138,7 +140,8 @@ class Settings:
             max_chats_per_participant=integer("MAX_CHATS_PER_PARTICIPANT", 1),
             token_budget=integer("TOKEN_BUDGET"),
             reply_lease_seconds=integer("REPLY_LEASE_SECONDS", 5),
-            reply_function_name=optional("REPLY_FUNCTION_NAME"),
+            reply_queue_wait_seconds=integer("REPLY_QUEUE_WAIT_SECONDS", 5),
+            reply_queue_url=optional("REPLY_QUEUE_URL"),
             websocket_endpoint=optional("WEBSOCKET_ENDPOINT"),
             openai_base_url=optional("OPENAI_BASE_URL"),
             openai_api_key_secret_arn=optional("OPENAI_API_KEY_SECRET_ARN"),

@@ -14,16 +14,17 @@ methods at the end of `DynamoStore` (`store.AdminStore`) list an experiment's ch
 from __future__ import annotations
 
 import json
-import random
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from .bot import Bot
 from .store import (
@@ -45,10 +46,41 @@ from .tickets import Identity
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()
+_T = TypeVar("_T")
 _THROTTLING = {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
+#: A write that met an in-flight transaction, or a transaction that met another one in flight
+#: (DynamoDB's two-phase commit is still holding the item). Nothing was written: run it again.
+_CONFLICTS = {"TransactionConflictException", "TransactionInProgressException"}
+#: Cancellation reasons that say "not now" rather than "no": a condition was not what failed.
+_RETRYABLE_REASONS = {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
 _SERVICE_CONTROL = {"pk": "SERVICE", "sk": "CONTROL"}
 _BREAKER = {"pk": "SERVICE", "sk": "LLM"}
-_BATCH_ATTEMPTS = 8  #: BatchWriteItem rounds for unprocessed items (about 6 s of backoff in all)
+#: Attempts of a write that lost to a concurrent transaction or to capacity, and rounds of a
+#: batch with unprocessed keys: with full-jitter backoff from 25 ms up to 1 s, about 4 s at most.
+ATTEMPTS = 8
+
+
+class _Contended(Exception):
+    """A write refused for contention or capacity, which wrote nothing and may run again."""
+
+
+def _backoff(attempts: int = ATTEMPTS) -> Retrying:
+    """Full-jitter exponential backoff over `_Contended` (AWS's advice for conflicts and throttling:
+    retries of many writers spread out instead of meeting again)."""
+    return Retrying(
+        retry=retry_if_exception_type(_Contended),
+        wait=wait_random_exponential(multiplier=0.025, max=1.0),
+        stop=stop_after_attempt(attempts),
+        sleep=lambda seconds: time.sleep(seconds),  # looked up at each call: tests may replace time.sleep
+    )
+
+
+def _retried(attempt: Callable[[], _T], what: str) -> _T:
+    """`attempt()` until it stops raising `_Contended`; StoreThrottled (retryable for the client) after ATTEMPTS."""
+    try:
+        return _backoff()(attempt)
+    except RetryError as exc:
+        raise StoreThrottled(f"{what}: still contended after {ATTEMPTS} attempts") from exc.last_attempt.exception()
 
 
 def _item(values: dict[str, Any]) -> dict[str, Any]:
@@ -90,12 +122,22 @@ class DynamoStore:
 
     # -- plumbing ---------------------------------------------------------------
     def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        try:
-            return getattr(self._db, operation)(**kwargs)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] in _THROTTLING:
-                raise StoreThrottled(operation) from exc
-            raise
+        """One request. Throttling has already been retried by botocore (standard mode) and
+        becomes StoreThrottled; a conflict with an in-flight transaction, which botocore does
+        not retry, is retried here with backoff (the request wrote nothing)."""
+
+        def attempt() -> dict[str, Any]:
+            try:
+                return getattr(self._db, operation)(**kwargs)
+            except ClientError as exc:
+                code = exc.response["Error"]["Code"]
+                if code in _CONFLICTS:
+                    raise _Contended(operation) from exc
+                if code in _THROTTLING:
+                    raise StoreThrottled(operation) from exc
+                raise
+
+        return _retried(attempt, operation)
 
     def _update_if(self, key: dict[str, Any], update: str, condition: str, values: dict[str, Any],
                    table: str | None = None, returns: bool = False) -> dict[str, Any] | None:
@@ -113,17 +155,49 @@ class DynamoStore:
         return _plain(got["Attributes"]) if returns else {}
 
     def _transact(self, items: list[dict[str, Any]]) -> list[str] | None:
-        """Run a transaction; None when it committed, else each item's cancellation reason."""
-        try:
-            self._call("transact_write_items", TransactItems=items)
-            return None
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "TransactionCanceledException":
-                raise
-            reasons = _reasons(exc)
-            if any(r in _THROTTLING or r == "TransactionConflict" for r in reasons):
-                raise StoreThrottled("transaction") from exc
-            return reasons
+        """Run a transaction; None when it committed, else each item's cancellation reason.
+
+        Every transaction here is fully conditional, so running it again is safe: a cancellation
+        for contention (TransactionConflict) or capacity is retried with backoff, and the conditions
+        decide afresh. Each attempt has its own ClientRequestToken, which botocore's own retries of
+        a lost response reuse, so an attempt that committed unseen is not applied twice.
+        """
+
+        def attempt() -> list[str] | None:
+            try:
+                self._db.transact_write_items(TransactItems=items, ClientRequestToken=uuid.uuid4().hex)
+                return None
+            except ClientError as exc:
+                code = exc.response["Error"]["Code"]
+                if code in _CONFLICTS or code in _THROTTLING:
+                    raise _Contended(code) from exc
+                if code != "TransactionCanceledException":
+                    raise
+                reasons = _reasons(exc)
+                if any(r in _RETRYABLE_REASONS for r in reasons):
+                    raise _Contended(",".join(reasons)) from exc
+                return reasons
+
+        return _retried(attempt, "transact_write_items")
+
+    def _batch_get(self, keys: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """Items of the chats table by key, consistent; keys DynamoDB leaves unprocessed (capacity)
+        are asked again with backoff, and StoreThrottled if they stay so: a caller deciding on
+        controls must never mistake an unread item for an absent one (pause and budget fail closed)."""
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        request = {self.chats_table: {"Keys": keys, "ConsistentRead": True}}
+
+        def attempt() -> dict[tuple[str, str], dict[str, Any]]:
+            nonlocal request
+            got = self._call("batch_get_item", RequestItems=request)
+            for item in map(_plain, got.get("Responses", {}).get(self.chats_table, [])):
+                found[(item["pk"], item["sk"])] = item
+            request = got.get("UnprocessedKeys") or {}
+            if request:
+                raise _Contended("batch_get_item: unprocessed keys")
+            return found
+
+        return _retried(attempt, "batch_get_item")
 
     # -- connections --------------------------------------------------------------
     def put_connection(self, connection: Connection) -> None:
@@ -184,16 +258,7 @@ class DynamoStore:
     # -- controls ---------------------------------------------------------------------
     def get_controls(self, experiment: str) -> Controls:
         experiment_key = {"pk": f"EXP#{experiment}", "sk": "CONTROL"}
-        got = self._call(
-            "batch_get_item",
-            RequestItems={
-                self.chats_table: {
-                    "Keys": [_item(experiment_key), _item(_SERVICE_CONTROL), _item(_BREAKER)],
-                    "ConsistentRead": True,
-                }
-            },
-        )
-        items = {(i["pk"], i["sk"]): i for i in map(_plain, got.get("Responses", {}).get(self.chats_table, []))}
+        items = self._batch_get([_item(experiment_key), _item(_SERVICE_CONTROL), _item(_BREAKER)])
         exp = items.get((experiment_key["pk"], "CONTROL"), {})
         service = items.get(("SERVICE", "CONTROL"), {})
         breaker = items.get(("SERVICE", "LLM"), {})
@@ -360,7 +425,7 @@ class DynamoStore:
                     "TableName": self.chats_table,
                     "Key": _key(_chat_pk(chat.chat_id), "META"),
                     "UpdateExpression": "SET next_seq = :next, connection_id = :conn, lease_turn = :turn, "
-                    "lease_until = :until, lease_seq = :useq ADD user_messages :one",
+                    "lease_until = :until, lease_seq = :useq ADD user_messages :one REMOVE lease_claimed",
                     "ConditionExpression": "next_seq = :seq AND user_messages < :max AND "
                     "(attribute_not_exists(lease_until) OR lease_until <= :now)",
                     "ExpressionAttributeValues": values,
@@ -397,19 +462,30 @@ class DynamoStore:
         values = self._lease_values(lease, connection_id, now) | {":seq": {"N": str(chat.next_seq)}}
         return self._update_if(
             _key(_chat_pk(chat.chat_id), "META"),
-            "SET connection_id = :conn, lease_turn = :turn, lease_until = :until, lease_seq = :useq",
+            "SET connection_id = :conn, lease_turn = :turn, lease_until = :until, lease_seq = :useq REMOVE lease_claimed",
             "next_seq = :seq AND (attribute_not_exists(lease_until) OR lease_until <= :now)",
             values,
         ) is not None
 
+    def claim_turn(self, chat_id: str, turn_id: str, until: float) -> bool:
+        values = {":turn": {"S": turn_id}, ":until": _ser.serialize(_num(until)), ":yes": {"BOOL": True}}
+        return self._update_if(
+            _key(_chat_pk(chat_id), "META"), "SET lease_claimed = :yes, lease_until = :until",
+            "lease_turn = :turn AND attribute_not_exists(lease_claimed)", values,
+        ) is not None
+
     def finish_reply(self, chat: Chat, reply: Message, turn_id: str) -> bool:
+        # Only this chat's items: an item every reply touched (the experiment's token counter)
+        # would make concurrent replies cancel each other (TransactionConflict). count_tokens
+        # adds to the experiment after the commit, with a plain ADD, which never conflicts.
         tokens = reply.prompt_tokens + reply.completion_tokens
         items = [
             {
                 "Update": {
                     "TableName": self.chats_table,
                     "Key": _key(_chat_pk(chat.chat_id), "META"),
-                    "UpdateExpression": "SET next_seq = :next ADD tokens_used :t REMOVE lease_turn, lease_until, lease_seq",
+                    "UpdateExpression": "SET next_seq = :next ADD tokens_used :t "
+                    "REMOVE lease_turn, lease_until, lease_seq, lease_claimed",
                     "ConditionExpression": "next_seq = :seq AND lease_turn = :turn",
                     "ExpressionAttributeValues": {
                         ":seq": {"N": str(reply.seq)},
@@ -420,16 +496,14 @@ class DynamoStore:
                 }
             },
             self._put_message(chat, reply),
-            {
-                "Update": {
-                    "TableName": self.chats_table,
-                    "Key": _key(f"EXP#{chat.identity.experiment}", "CONTROL"),
-                    "UpdateExpression": "ADD tokens_used :t",
-                    "ExpressionAttributeValues": {":t": {"N": str(tokens)}},
-                }
-            },
         ]
         return self._transact(items) is None
+
+    def count_tokens(self, experiment: str, tokens: int) -> None:
+        self._call(
+            "update_item", TableName=self.chats_table, Key=_key(f"EXP#{experiment}", "CONTROL"),
+            UpdateExpression="ADD tokens_used :t", ExpressionAttributeValues={":t": {"N": str(tokens)}},
+        )
 
     def renew_lease(self, chat_id: str, turn_id: str, until: float) -> bool:
         values = {":turn": {"S": turn_id}, ":until": _ser.serialize(_num(until))}
@@ -439,8 +513,8 @@ class DynamoStore:
 
     def release_lease(self, chat_id: str, turn_id: str) -> None:
         self._update_if(
-            _key(_chat_pk(chat_id), "META"), "REMOVE lease_turn, lease_until, lease_seq", "lease_turn = :turn",
-            {":turn": {"S": turn_id}},
+            _key(_chat_pk(chat_id), "META"), "REMOVE lease_turn, lease_until, lease_seq, lease_claimed",
+            "lease_turn = :turn", {":turn": {"S": turn_id}},
         )
 
     def record_llm_failure(self, now: float, threshold: int, window: float, cooldown: float) -> bool:
@@ -471,11 +545,7 @@ class DynamoStore:
     # -- the operator's port (store.AdminStore): never on a request path ------------------
     def read_controls(self, experiment: str | None) -> Controls:
         key = _SERVICE_CONTROL if experiment is None else {"pk": f"EXP#{experiment}", "sk": "CONTROL"}
-        got = self._call(
-            "batch_get_item",
-            RequestItems={self.chats_table: {"Keys": [_item(key), _item(_BREAKER)], "ConsistentRead": True}},
-        )
-        items = {(i["pk"], i["sk"]): i for i in map(_plain, got.get("Responses", {}).get(self.chats_table, []))}
+        items = self._batch_get([_item(key), _item(_BREAKER)])
         own = items.get((key["pk"], key["sk"]), {})
         budget = own.get("token_budget")
         return Controls(
@@ -619,19 +689,21 @@ class DynamoStore:
         """BatchWriteItem in 25s; what DynamoDB leaves unprocessed (capacity) is retried with backoff, boundedly."""
         for start in range(0, len(keys), 25):
             requests = {table: [{"DeleteRequest": {"Key": k}} for k in keys[start : start + 25]]}
-            for attempt in range(_BATCH_ATTEMPTS):
+
+            def attempt() -> None:
+                nonlocal requests
                 requests = self._call("batch_write_item", RequestItems=requests).get("UnprocessedItems") or {}
-                if not requests:
-                    break
-                time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
-            else:
-                raise StoreThrottled(f"batch_write_item: items still unprocessed after {_BATCH_ATTEMPTS} attempts")
+                if requests:
+                    raise _Contended("batch_write_item: unprocessed items")
+
+            _retried(attempt, "batch_write_item")
 
 
 def _chat(item: dict[str, Any]) -> Chat:
     lease = None
     if "lease_turn" in item:
-        lease = Lease(item["lease_turn"], float(item["lease_until"]), int(item["lease_seq"]))
+        lease = Lease(item["lease_turn"], float(item["lease_until"]), int(item["lease_seq"]),
+                      claimed=bool(item.get("lease_claimed")))
     return Chat(
         chat_id=item["chat_id"],
         identity=Identity(item["participant"], item["experiment"], item["session"]),

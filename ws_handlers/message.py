@@ -1,7 +1,7 @@
 """The message route (start, send, history, ping and $default): answer fast, never raise.
 
-Replies are not written here: `send` stores the message, acknowledges it and invokes the
-reply function asynchronously, so this function returns within API Gateway's 29 s.
+Replies are not written here: `send` stores the message, acknowledges it and queues the
+reply for the reply function, so this function returns within API Gateway's 29 s.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             if frames > svc.settings.rate_limit_frames:  # a flood: refused before any other work
                 raise ChatError("rate_limited")
             logger.append_keys(participant=connection.identity.participant)
-            chats = Chats(svc.settings, svc.store, svc.invoker, svc.ticket_secret)
+            chats = Chats(svc.settings, svc.store, svc.jobs, svc.ticket_secret)
             chats.handle(connection, action, endpoint, respond)
     except ChatError as exc:
         logger.info("refused", extra={"action": action_name, "code": exc.code})

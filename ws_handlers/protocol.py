@@ -128,6 +128,11 @@ def message_frame(chat_id: str, message: Message) -> dict[str, Any]:
     return {"type": "message", "chat_id": chat_id, **visible(message)}
 
 
+def queued_frame(chat_id: str, seq: int, client_msg_id: str) -> dict[str, Any]:
+    """The reply `seq` waits for the assistant (a free reply slot); deltas follow when it starts."""
+    return {"type": "queued", "chat_id": chat_id, "seq": seq, "client_msg_id": client_msg_id}
+
+
 def history_page(messages: list[Message]) -> tuple[list[dict[str, Any]], bool]:
     """As many messages as fit in one frame, and whether more remain."""
     page: list[dict[str, Any]] = []

@@ -16,7 +16,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from .chat import Invoker, ReplyJob
+from .chat import JobQueue, ReplyJob
 from .config import Settings
 from .dynamo_store import DynamoStore
 from .push import ManagementApiPusher, Pusher
@@ -37,26 +37,25 @@ def _secret(arn: str | None, plain: str | None, what: str) -> str:
     raise ConfigurationError(f"no {what}: set {what}_ARN (AWS) or {what} (local development)")
 
 
-class LambdaInvoker:
-    """Starts the reply function asynchronously (InvocationType Event)."""
+class SqsJobQueue:
+    """Reply jobs on SQS, which the reply function's event source mapping consumes with at most
+    LlmConcurrency at once: a burst waits in the queue, in about arrival order (docs/architecture.md)."""
 
-    def __init__(self, function_name: str, client: Any | None = None) -> None:
+    def __init__(self, queue_url: str, client: Any | None = None) -> None:
         import boto3
 
-        self.function_name = function_name
-        self._client = client or boto3.client("lambda")
+        self.queue_url = queue_url
+        self._client = client or boto3.client("sqs")
 
-    def invoke(self, job: ReplyJob) -> None:
-        self._client.invoke(
-            FunctionName=self.function_name, InvocationType="Event", Payload=json.dumps(job.to_dict()).encode()
-        )
+    def enqueue(self, job: ReplyJob) -> None:
+        self._client.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(job.to_dict()))
 
 
 @dataclass
 class Services:
     settings: Settings
     store: Store
-    invoker: Invoker
+    jobs: JobQueue
     pusher_for: Callable[[str], Pusher]
     ticket_secret: Callable[[], str]
     model_factory: Callable[[], Any] | None = None
@@ -81,8 +80,8 @@ class Services:
         return self._model
 
 
-def from_settings(settings: Settings, invoker: Invoker | None = None, store: Store | None = None) -> Services:
-    """The production wiring: DynamoDB, the Management API, Lambda, Secrets Manager (`store`:
+def from_settings(settings: Settings, jobs: JobQueue | None = None, store: Store | None = None) -> Services:
+    """The production wiring: DynamoDB, the Management API, SQS, Secrets Manager (`store`:
     another adapter, e.g. the local stack's SQLite file in its worker processes)."""
     if store is None:
         store = DynamoStore(
@@ -90,13 +89,13 @@ def from_settings(settings: Settings, invoker: Invoker | None = None, store: Sto
             settings.chats_table,
             **({"endpoint_url": settings.dynamodb_endpoint_url} if settings.dynamodb_endpoint_url else {}),
         )
-    if invoker is None:
-        # the reply function itself invokes nothing; elsewhere a missing name fails loudly on use
-        invoker = LambdaInvoker(settings.reply_function_name) if settings.reply_function_name else NoInvoker()
+    if jobs is None:
+        # the reply function itself queues nothing; elsewhere a missing queue fails loudly on use
+        jobs = SqsJobQueue(settings.reply_queue_url) if settings.reply_queue_url else NoJobQueue()
     return Services(
         settings=settings,
         store=store,
-        invoker=invoker,
+        jobs=jobs,
         pusher_for=functools.lru_cache(maxsize=8)(ManagementApiPusher),
         ticket_secret=lambda: _secret(settings.ticket_secret_arn, settings.ticket_secret, "TICKET_SECRET"),
     )
@@ -137,8 +136,8 @@ def using(scoped: Services) -> Iterator[Services]:
         _current.reset(token)
 
 
-class NoInvoker:
+class NoJobQueue:
     """For functions that start no replies; a misconfigured message function fails loudly."""
 
-    def invoke(self, job: ReplyJob) -> None:
-        raise ConfigurationError("REPLY_FUNCTION_NAME is not set")
+    def enqueue(self, job: ReplyJob) -> None:
+        raise ConfigurationError("REPLY_QUEUE_URL is not set")

@@ -35,11 +35,18 @@ class Connection:
 
 @dataclass(frozen=True)
 class Lease:
-    """A reply being written: who writes it, until when, and which user message it answers."""
+    """A reply owed: which turn writes it, until when, and which user message it answers.
+
+    A lease starts queued (taken with the user message, for as long as a job may wait for a
+    reply slot) and is claimed once by the reply function that runs the job, which shortens it
+    to REPLY_LEASE_SECONDS and renews it while it writes. A second delivery of the same job
+    finds it claimed and does nothing.
+    """
 
     turn_id: str
     until: float
     user_seq: int
+    claimed: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,10 +165,25 @@ class Store(Protocol):
         """Take the lease to (re)generate a reply, if the chat is still at `chat.next_seq`."""
         ...
 
+    def claim_turn(self, chat_id: str, turn_id: str, until: float) -> bool:
+        """Claim the lease of `turn_id` for the one delivery that will write its reply, until
+        `until`. False when the lease is another turn's or already claimed (a duplicate delivery)."""
+        ...
+
     def finish_reply(self, chat: Chat, reply: Message, turn_id: str) -> bool:
-        """Store the reply as seq `reply.seq`, count its tokens and free the lease, atomically.
+        """Store the reply as seq `reply.seq`, count its tokens in the chat and free the lease,
+        atomically, touching only the chat's own records.
 
         False (and nothing written) when the turn no longer holds the lease or the seq is taken.
+        Raises StoreThrottled when contention or capacity outlast the retries.
+        """
+        ...
+
+    def count_tokens(self, experiment: str, tokens: int) -> None:
+        """Add spent tokens to the experiment's total (what its budget is checked against).
+
+        Kept out of `finish_reply`'s transaction on purpose: a record every reply writes would
+        serialise the experiment's replies and cancel concurrent ones (docs/architecture.md).
         """
         ...
 

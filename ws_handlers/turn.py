@@ -1,7 +1,7 @@
 """One reply turn: read the chat, stream the model's reply to the participant, store it.
 
-Runs in the reply function, invoked asynchronously after the user message was stored
-and acknowledged, so no integration timeout can cut it. Whatever happens to the socket,
+Runs in the reply function, which takes the job from a queue after the user message was
+stored and acknowledged, so no integration timeout can cut it. Whatever happens to the socket,
 the reply is stored: a 410 Gone removes the stale connection and the turn goes on,
 pushing to the chat's current connection if the participant reconnected (starting with
 the text so far, so the new socket gets the reply without a gap) or to nobody.
@@ -21,7 +21,7 @@ from .llm import ChatModel, LLMError, Usage
 from .observability import logger, metrics
 from .protocol import error_frame, message_frame
 from .push import ConnectionGone, PushFailed, Pusher
-from .store import Chat, Message, Store
+from .store import Chat, Message, Store, StoreThrottled
 from .stream import Coalescer
 
 #: While the participant has no live socket, look for a new one this often (seconds).
@@ -132,6 +132,8 @@ class _LeaseKeeper:
 
 
 class Turn:
+    """One reply, in three steps: claim the job, generate (prompt and stream), store."""
+
     def __init__(
         self,
         settings: Settings,
@@ -158,60 +160,80 @@ class Turn:
                 self.pusher_for(job.endpoint).send(job.connection_id, error_frame(error))
             except Exception:
                 logger.exception("could not report the crash")
-            raise  # recorded as a failed asynchronous invocation
+            raise  # the queue delivers the job again; the claim makes that a no-op
 
     def _renew(self, job: ReplyJob) -> bool:
         return self.store.renew_lease(job.chat_id, job.turn_id, self._clock() + self.settings.reply_lease_seconds)
 
     def _run(self, job: ReplyJob) -> None:
-        chat = self.store.get_chat(job.chat_id)
-        # the job may have waited in Lambda's queue: go on only if no retry took the chat meanwhile
-        if chat is None or chat.lease is None or chat.lease.turn_id != job.turn_id or not self._renew(job):
-            logger.info("stale reply job skipped", extra={"chat_id": job.chat_id, "user_seq": job.user_seq})
+        # Queues deliver at least once: only the delivery that claims the turn writes the reply.
+        # A duplicate, or a job whose lease a retry has since taken, stops here.
+        if not self.store.claim_turn(job.chat_id, job.turn_id, self._clock() + self.settings.reply_lease_seconds):
+            logger.info("reply job skipped: already claimed or superseded", extra={"chat_id": job.chat_id})
+            metrics.add_metric(name="ReplyJobsSkipped", unit="Count", value=1)
             return
-        history = self.store.messages(chat.chat_id, limit=job.user_seq)
-        prompt = [{"role": "system", "content": chat.bot.system_prompt}] if chat.bot.system_prompt else []
-        prompt += [{"role": m.role, "content": m.text} for m in history]
-        seq = job.user_seq + 1
-        delivery = _Delivery(self.store, self.pusher_for(job.endpoint), chat, seq, job.connection_id)
-        coalescer = Coalescer(self.settings.stream_flush_seconds, self.settings.stream_flush_chars)
+        chat = self.store.get_chat(job.chat_id)
+        if chat is None:  # deleted by the operator meanwhile
+            return
+        delivery = _Delivery(self.store, self.pusher_for(job.endpoint), chat, job.user_seq + 1, job.connection_id)
         started = self._clock()
-        usage = Usage(0, 0)
         if self.store.get_controls(chat.identity.experiment).llm_paused_until > started:
             self._fail(chat, job, delivery, LLMError("llm_paused", "circuit breaker open"))
             return
         try:
-            with _LeaseKeeper(lambda: self._renew(job), self.settings.reply_lease_seconds / 3) as keeper:
-                for piece in self.model.stream(chat.bot, prompt):
-                    if keeper.lost:  # a retry took the chat (our lease had lapsed): stop paying for this one
-                        logger.warning("reply abandoned: another turn took the chat", extra={"chat_id": chat.chat_id})
-                        return
-                    if isinstance(piece, Usage):
-                        usage = piece
-                    elif (text := coalescer.add(piece)) is not None:
-                        delivery.delta(text)
-            if (text := coalescer.flush()) is not None:
-                delivery.delta(text)
+            usage = self._generate(chat, job, delivery)
         except LLMError as exc:
             self._fail(chat, job, delivery, exc)
             return
+        if usage is not None:
+            self._store(chat, job, delivery, usage, started)
+
+    def _prompt(self, chat: Chat, job: ReplyJob) -> list[dict[str, str]]:
+        """The system prompt, then the chat up to the message being answered."""
+        history = self.store.messages(chat.chat_id, limit=job.user_seq)
+        prompt = [{"role": "system", "content": chat.bot.system_prompt}] if chat.bot.system_prompt else []
+        return prompt + [{"role": m.role, "content": m.text} for m in history]
+
+    def _generate(self, chat: Chat, job: ReplyJob, delivery: _Delivery) -> Usage | None:
+        """Stream the model's reply to the participant, coalesced; its usage, or None when another
+        turn took the chat meanwhile (the reply is abandoned). Raises LLMError."""
+        coalescer = Coalescer(self.settings.stream_flush_seconds, self.settings.stream_flush_chars)
+        usage = Usage(0, 0)
+        with _LeaseKeeper(lambda: self._renew(job), self.settings.reply_lease_seconds / 3) as keeper:
+            for piece in self.model.stream(chat.bot, self._prompt(chat, job)):
+                if keeper.lost:  # a retry took the chat (our lease had lapsed): stop paying for this one
+                    logger.warning("reply abandoned: another turn took the chat", extra={"chat_id": chat.chat_id})
+                    return None
+                if isinstance(piece, Usage):
+                    usage = piece
+                elif (text := coalescer.add(piece)) is not None:
+                    delivery.delta(text)
+        if (text := coalescer.flush()) is not None:
+            delivery.delta(text)
+        return usage
+
+    def _store(self, chat: Chat, job: ReplyJob, delivery: _Delivery, usage: Usage, started: float) -> None:
+        """Count the tokens (spent whether or not the reply is stored), store the reply, tell the
+        participant. A reply the store refuses after its retries is never dropped silently."""
+        seq = job.user_seq + 1
         reply = Message(
-            chat.chat_id,
-            seq,
-            "assistant",
-            delivery.text,
-            self._clock(),
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            model=chat.bot.model,
-            latency_ms=int((self._clock() - started) * 1000),
+            chat.chat_id, seq, "assistant", delivery.text, self._clock(),
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+            model=chat.bot.model, latency_ms=int((self._clock() - started) * 1000),
         )
-        if not self.store.finish_reply(chat, reply, job.turn_id):
+        self._count_tokens(chat, usage)
+        try:
+            stored = self.store.finish_reply(chat, reply, job.turn_id)
+        except StoreThrottled:
+            logger.error("reply not stored: the store stayed contended or throttled", extra={"chat_id": chat.chat_id, "seq": seq})
+            metrics.add_metric(name="RepliesNotStored", unit="Count", value=1)
+            self._abandon(chat, job, delivery, "throttled")
+            return
+        if not stored:
             logger.warning("reply not stored: the turn lost its lease", extra={"chat_id": chat.chat_id, "seq": seq})
             return
         delivery.final(message_frame(chat.chat_id, reply))
         metrics.add_metric(name="RepliesStored", unit="Count", value=1)
-        metrics.add_metric(name="TokensUsed", unit="Count", value=usage.prompt_tokens + usage.completion_tokens)
         logger.info(
             "reply stored",
             extra={
@@ -225,8 +247,17 @@ class Turn:
             },
         )
 
+    def _count_tokens(self, chat: Chat, usage: Usage) -> None:
+        tokens = usage.prompt_tokens + usage.completion_tokens
+        metrics.add_metric(name="TokensUsed", unit="Count", value=tokens)
+        try:
+            self.store.count_tokens(chat.identity.experiment, tokens)
+        except StoreThrottled:  # the reply still goes on; the budget lags by this reply's tokens
+            logger.error("tokens not counted: the store stayed throttled", extra={"chat_id": chat.chat_id, "tokens": tokens})
+            metrics.add_metric(name="TokensNotCounted", unit="Count", value=tokens)
+
     def _fail(self, chat: Chat, job: ReplyJob, delivery: _Delivery, exc: LLMError) -> None:
-        """Free the chat and tell the participant; the user message stays, a retry regenerates."""
+        """The model failed: feed the breaker, free the chat and tell the participant."""
         logger.warning("reply failed", extra={"chat_id": chat.chat_id, "code": exc.code, "detail": exc.detail})
         metrics.add_metric(name="ReplyFailures", unit="Count", value=1)
         s = self.settings
@@ -235,9 +266,14 @@ class Turn:
         ):
             logger.error("model calls paused by the circuit breaker", extra={"cooldown_s": s.breaker_cooldown})
             metrics.add_metric(name="BreakerOpened", unit="Count", value=1)
+        self._abandon(chat, job, delivery, exc.code)
+
+    def _abandon(self, chat: Chat, job: ReplyJob, delivery: _Delivery, code: str) -> None:
+        """Free the chat and send the error `code` for the reply; the user message stays stored,
+        so the participant's retry (same client_msg_id) generates the reply again."""
         self.store.release_lease(chat.chat_id, job.turn_id)
         user = self.store.get_message(chat.chat_id, job.user_seq)
         error = ChatError(
-            exc.code, chat_id=chat.chat_id, seq=job.user_seq + 1, client_msg_id=user.client_msg_id if user else None
+            code, chat_id=chat.chat_id, seq=job.user_seq + 1, client_msg_id=user.client_msg_id if user else None
         )
         delivery.final(error_frame(error))

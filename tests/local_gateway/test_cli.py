@@ -70,7 +70,7 @@ def _chat(creds: dict, text: str | None) -> dict:
             return chat
         ws.send(json.dumps({"action": "send", "chat_id": chat["chat_id"], "client_msg_id": "m1", "text": text}))
         while (frame := json.loads(ws.recv(timeout=10)))["type"] != "message":
-            assert frame["type"] in ("ack", "delta"), frame
+            assert frame["type"] in ("ack", "queued", "delta"), frame
         return frame
 
 

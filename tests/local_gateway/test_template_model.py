@@ -13,6 +13,7 @@ from moto.server import ThreadedMotoServer
 
 from local_gateway.template import (
     NoRoute,
+    QueueSource,
     TemplateError,
     WebSocketApi,
     create_tables,
@@ -62,16 +63,16 @@ def test_handlers_load(name):
 
 
 def test_environment_merges_globals_and_resolves_refs():
-    template = load(refs={"ReplyFunction": "reply-local", "ConnectionsTable": "conns-local"})
+    template = load(refs={"ReplyQueue": "http://queue.local/reply", "ConnectionsTable": "conns-local"})
     env = template.functions["MessageFunction"].environment
-    assert env["REPLY_FUNCTION_NAME"] == "reply-local"
+    assert env["REPLY_QUEUE_URL"] == "http://queue.local/reply"
     assert env["CONNECTIONS_TABLE"] == "conns-local"  # from Globals
     assert env["CHATS_TABLE"] == "ChatsTable"  # no ref given: the logical id
     assert env["TICKET_SECRET_ARN"] == "TicketSecret"  # the function's own
     assert env["POWERTOOLS_SERVICE_NAME"] == "local"  # AWS::StackName
     assert env["WEBSOCKET_ENDPOINT"] == "https://WebSocketApi.execute-api.us-east-1.amazonaws.com/prod"
     assert template.tables["ConnectionsTable"]["TableName"] == "conns-local"  # the same name as the env
-    assert "REPLY_FUNCTION_NAME" not in template.functions["ReplyFunction"].environment
+    assert "REPLY_QUEUE_URL" not in template.functions["ReplyFunction"].environment
 
 
 def test_parameters_override_defaults():
@@ -84,23 +85,25 @@ def test_parameters_override_defaults():
 
 @pytest.mark.parametrize(
     "parameters",
-    [{"NoSuchParameter": "1"}, {"ChatPaused": "maybe"}, {"Stage": "a/b"}, {"LlmConcurrency": "-2"}],
+    [{"NoSuchParameter": "1"}, {"ChatPaused": "maybe"}, {"Stage": "a/b"}, {"LlmConcurrency": "1"},
+     {"LlmConcurrency": "1001"}],
 )
 def test_bad_parameters_are_refused_as_at_deploy(parameters):
     with pytest.raises(TemplateError):
         load(parameters=parameters)
 
 
-def test_reply_function_sizing_and_async_settings():
+def test_reply_function_sizing_and_its_queue():
     reply = TEMPLATE.functions["ReplyFunction"]
     assert (reply.timeout, reply.memory_mb) == (300, 512)
-    assert reply.reserved_concurrency == 50
-    assert (reply.max_retry_attempts, reply.max_event_age) == (0, 900)
-    assert load(parameters={"LlmConcurrency": "0"}).functions["ReplyFunction"].reserved_concurrency is None
-    assert load(parameters={"LlmConcurrency": "7"}).functions["ReplyFunction"].reserved_concurrency == 7
+    assert reply.reserved_concurrency is None and reply.max_retry_attempts is None
+    assert reply.queue_sources == (QueueSource(queue="ReplyQueue", batch_size=1, maximum_concurrency=50,
+                                               visibility_timeout=1800, retention=3600, max_receive_count=5),)
+    (source,) = load(parameters={"LlmConcurrency": "7"}).functions["ReplyFunction"].queue_sources
+    assert source.maximum_concurrency == 7
     disconnect = TEMPLATE.functions["DisconnectFunction"]
     assert (disconnect.timeout, disconnect.memory_mb, disconnect.reserved_concurrency) == (10, 256, None)
-    assert disconnect.max_retry_attempts is None
+    assert disconnect.max_retry_attempts is None and disconnect.queue_sources == ()
 
 
 def test_tables():

@@ -1,8 +1,8 @@
 """Drive the Lambda handlers as API Gateway would: events in, frames read off the socket.
 
-DynamoDB and the Management API are moto's (in process); the reply function runs on a
-thread pool as an asynchronous invocation would; the LLM is the offline model over HTTP.
-Only the edges differ from AWS.
+DynamoDB and the Management API are moto's (in process); the reply function drains the
+local SQS queue, which delivers every job twice (at-least-once, as SQS may); the LLM is
+the offline model over HTTP. Only the edges differ from AWS.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 import boto3
 from moto.apigatewaymanagementapi.models import apigatewaymanagementapi_backends
 
-from local_gateway.invoker import ThreadInvoker
+from local_gateway.sqs_queue import LocalQueue
+from local_gateway.thread_runner import ThreadRunner
 from local_gateway.lambda_context import LambdaContext
 from local_gateway.management_api import RecordingRegistry
 from ws_handlers import connect, disconnect, message, reply, runtime
@@ -72,14 +73,18 @@ class Harness:
         self.ddb = boto3.client("dynamodb")
         create_tables(self.ddb, self.settings.connections_table, self.settings.chats_table)
         self.registry = registry
-        self.invoker = ThreadInvoker(reply.handler, max_workers=8)
-        services = runtime.from_settings(self.settings, invoker=self.invoker)
+        # every job twice; a failed one again after 0.2 s (not the template's 30 minutes)
+        self.queue = LocalQueue(
+            ThreadRunner(reply.handler, threads=8), concurrency=8, duplicates=1.0, visibility_timeout=0.2,
+            max_receive_count=5,
+        )
+        services = runtime.from_settings(self.settings, jobs=self.queue)
         self.store: DynamoStore = services.store  # type: ignore[assignment]
         runtime.install(services)
 
     def close(self) -> None:
-        self.invoker.wait_idle(30)
-        self.invoker.shutdown()
+        self.queue.wait_idle(30)
+        self.queue.shutdown()
         runtime.install(None)
 
     # -- credentials ------------------------------------------------------------------
@@ -137,7 +142,7 @@ class Harness:
         response = self.send_raw(cid, json.dumps(frame), route)
         assert response == {"statusCode": 200}
         if wait:
-            assert self.invoker.wait_idle(30), "a reply did not finish"
+            assert self.queue.wait_idle(30), "a reply did not finish"
         return self.frames(cid)[before:]
 
     def send_at_once(self, frames: list[tuple[str, dict[str, Any]]]) -> None:
@@ -154,7 +159,7 @@ class Harness:
             t.start()
         for t in threads:
             t.join(10)
-        assert self.invoker.wait_idle(30), "a reply did not finish"
+        assert self.queue.wait_idle(30), "a reply did not finish"
 
     # -- what the socket received ---------------------------------------------------------
     def frames(self, cid: str) -> list[dict[str, Any]]:

@@ -28,9 +28,10 @@ def test_send_acks_streams_deltas_and_stores_the_reply(harness):
     chat_id = harness.start("c1")["chat_id"]
     frames = harness.send("c1", {"action": "send", "chat_id": chat_id, "client_msg_id": "m1", "text": "What is a prime?"})
     kinds = [f["type"] for f in frames]
-    assert kinds[0] == "ack" and kinds[-1] == "message" and set(kinds[1:-1]) == {"delta"}
-    ack, deltas, final = frames[0], frames[1:-1], frames[-1]
+    assert kinds[:2] == ["ack", "queued"] and kinds[-1] == "message" and set(kinds[2:-1]) == {"delta"}
+    ack, queued, deltas, final = frames[0], frames[1], frames[2:-1], frames[-1]
     assert ack == {"type": "ack", "chat_id": chat_id, "client_msg_id": "m1", "seq": 1, "duplicate": False}
+    assert queued == {"type": "queued", "chat_id": chat_id, "seq": 2, "client_msg_id": "m1"}
     assert [d["index"] for d in deltas] == list(range(len(deltas)))
     assert all(d["seq"] == 2 and d["chat_id"] == chat_id for d in deltas)
     text = ""

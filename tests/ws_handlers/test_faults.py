@@ -38,7 +38,7 @@ def test_410_during_a_reply_removes_the_connection_and_the_reply_is_still_stored
     emulated.send("c1", _send_frame(chat), wait=False)
     assert wait_for(lambda: any(f["type"] == "delta" for f in emulated.frames("c1")))
     emulated.registry.mark_gone("c1")  # the participant's Wi-Fi drops, no $disconnect
-    assert emulated.invoker.wait_idle(30)
+    assert emulated.queue.wait_idle(30)
     assert emulated.store.get_connection("c1", 0) is None
     assert _transcript(emulated, chat) == [(1, "user"), (2, "assistant")]
     # the participant comes back and gets the reply through history
@@ -61,7 +61,7 @@ def test_reconnecting_in_the_middle_of_a_reply_resumes_without_gap_or_duplicate(
     # the reply's catch-up delta may overtake the chat frame: clients merge by seq and offset
     [chat_frame] = [f for f in resumed if f["type"] == "chat"]
     assert chat_frame["replying"] == 2 or any(m["seq"] == 2 for m in chat_frame["messages"])
-    assert emulated.invoker.wait_idle(30)
+    assert emulated.queue.wait_idle(30)
     on_c2 = emulated.frames("c2")
     final = on_c2[-1]
     assert final["type"] == "message" and final["seq"] == 2
@@ -198,7 +198,7 @@ def test_a_long_reply_renews_its_lease_so_no_retry_races_it(make_harness, model)
     time.sleep(5.5)  # past the first lease: still held, because the turn renewed it
     busy = harness.send("c1", _send_frame(chat, "m2"), wait=False)
     assert busy[-1]["code"] == "reply_in_progress"
-    assert harness.invoker.wait_idle(30)
+    assert harness.queue.wait_idle(30)
     assert _transcript(harness, chat) == [(1, "user"), (2, "assistant")]
 
 

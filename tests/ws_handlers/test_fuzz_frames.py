@@ -379,7 +379,7 @@ def _fuzz_through_handler(harness, spec: tuple) -> None:
         assert _snapshot(harness) == before
         return
     if isinstance(expected, Send) and new[0]["type"] == "ack":
-        assert harness.invoker.wait_idle(30), "a reply did not finish"
+        assert harness.queue.wait_idle(30), "a reply did not finish"
         new = harness.frames("c1")[seen:]
         _check_send_answer(new, expected)
         allowed_pks = {f"CHAT#{expected.chat_id}", f"EXP#{EXPERIMENT}", "SERVICE"}
@@ -433,9 +433,13 @@ REFUSALS: dict[type, set[str]] = {
 
 
 def _check_send_answer(frames_: list[dict[str, Any]], send: Send) -> None:
-    """ack, then either the stored reply (a duplicate) or deltas and a message or an error."""
+    """ack, then either the stored reply (a duplicate) or `queued`, deltas and a message or an error."""
     ack, rest = frames_[0], frames_[1:]
     assert ack["type"] == "ack" and ack["client_msg_id"] == send.client_msg_id and ack["chat_id"] == send.chat_id
+    if rest and rest[0]["type"] == "queued":
+        assert rest[0] == {"type": "queued", "chat_id": send.chat_id, "seq": ack["seq"] + 1,
+                           "client_msg_id": send.client_msg_id}
+        rest = rest[1:]
     assert rest, "an accepted send gets its reply"
     *deltas, final = rest
     assert all(d["type"] == "delta" and d["seq"] == ack["seq"] + 1 for d in deltas), rest

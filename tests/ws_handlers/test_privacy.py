@@ -30,6 +30,7 @@ FRAME_FIELDS = {
     "chat": {"type", "chat_id", "messages", "more", "replying", "limits"},
     "history": {"type", "chat_id", "messages", "more", "replying"},
     "ack": {"type", "chat_id", "client_msg_id", "seq", "duplicate"},
+    "queued": {"type", "chat_id", "seq", "client_msg_id"},
     "delta": {"type", "chat_id", "seq", "index", "offset", "text"},
     "message": {"type", "chat_id", "seq", "role", "text", "created_at", "client_msg_id", "usage"},
     "error": {"type", "code", "message", "retryable", "chat_id", "client_msg_id", "seq", "field"},
@@ -155,7 +156,7 @@ def test_a_whole_chat_logs_no_text_or_secret_and_frames_show_no_treatment(emulat
     assert wait_for(lambda: any(json.loads(p)["type"] == "delta" and json.loads(p)["seq"] == 5
                                  for p in h.registry.posts("c1")))
     h.registry.mark_gone("c1")
-    assert h.invoker.wait_idle(30)
+    assert h.queue.wait_idle(30)
     assert h.store.get_connection("c1", 0) is None  # the 410 removed it; the reply is stored anyway
     assert h.connect("c2", token=token2) == {"statusCode": 200}
     [history] = h.send("c2", {"action": "history", "chat_id": chat_id, "after_seq": 0})
@@ -177,7 +178,7 @@ def test_a_whole_chat_logs_no_text_or_secret_and_frames_show_no_treatment(emulat
     assert h.send("c2", {"action": "ping"}) == [{"type": "pong"}]
     h.disconnect("c2")
     h.disconnect("c1")
-    assert h.invoker.wait_idle(30)
+    assert h.queue.wait_idle(30)
 
     # -- what was logged -------------------------------------------------------------------
     out, err = capfd.readouterr()  # Powertools metrics (EMF) and anything printed

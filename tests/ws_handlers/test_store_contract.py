@@ -145,8 +145,38 @@ def test_finish_reply_counts_tokens_and_frees_the_chat(store):
     after = store.get_chat(chat.chat_id)
     assert after.next_seq == 4 and after.tokens_used == 12 and after.lease is None
     assert store.get_message(chat.chat_id, 3) == reply
-    assert store.get_controls("exp1").tokens_used == 12
+    # the experiment's counter is not in the reply's transaction (a hot item): the turn adds to it
+    assert store.get_controls("exp1").tokens_used == 0
+    store.count_tokens("exp1", 12)
+    store.count_tokens("exp1", 3)
+    assert store.get_controls("exp1").tokens_used == 15
     assert store.get_controls("other").tokens_used == 0
+
+
+def test_a_turn_is_claimed_exactly_once(store):
+    chat = _chat(store)
+    store.append_user_message(chat, _user(chat, "m1"), _lease(chat, "t1", NOW + 300), "c1", 3, NOW)
+    assert store.get_chat(chat.chat_id).lease == Lease("t1", NOW + 300, 2, claimed=False)
+    assert not store.claim_turn(chat.chat_id, "someone-else", NOW + 60)
+    assert store.claim_turn(chat.chat_id, "t1", NOW + 60)  # the first delivery: the lease shortens to the turn's
+    assert store.get_chat(chat.chat_id).lease == Lease("t1", NOW + 60, 2, claimed=True)
+    assert not store.claim_turn(chat.chat_id, "t1", NOW + 90)  # a duplicate delivery does nothing
+    assert store.get_chat(chat.chat_id).lease.until == NOW + 60
+    assert not store.claim_turn("c_missing", "t1", NOW + 60) and store.get_chat("c_missing") is None
+
+
+def test_a_retaken_lease_is_claimable_again_and_the_old_job_is_not(store):
+    chat = _chat(store)
+    store.append_user_message(chat, _user(chat, "m1"), _lease(chat, "t1", NOW + 5), "c1", 3, NOW)
+    assert store.claim_turn(chat.chat_id, "t1", NOW + 5)  # then its function died; the lease lapses
+    assert store.take_lease(store.get_chat(chat.chat_id), Lease("t2", NOW + 300, 2), "c2", NOW + 6)
+    assert store.get_chat(chat.chat_id).lease == Lease("t2", NOW + 300, 2, claimed=False)
+    assert not store.claim_turn(chat.chat_id, "t1", NOW + 66)  # the old job, delivered again
+    assert store.claim_turn(chat.chat_id, "t2", NOW + 66)
+    store.release_lease(chat.chat_id, "t2")
+    store.append_user_message(store.get_chat(chat.chat_id), _user(store.get_chat(chat.chat_id), "m2"),
+                              Lease("t3", NOW + 300, 4), "c2", 3, NOW + 7)
+    assert store.claim_turn(chat.chat_id, "t3", NOW + 70)  # a new message's lease starts unclaimed
 
 
 def test_release_and_retake_the_lease(store):
@@ -201,6 +231,7 @@ def test_controls_service_pause_experiment_budget_and_tokens(store):
     store.append_user_message(chat, _user(chat, "m1"), _lease(chat), "c1", 3, NOW)
     reply = Message(chat.chat_id, 3, "assistant", "answer", NOW, prompt_tokens=30, completion_tokens=12, model="m")
     assert store.finish_reply(chat, reply, "t1")
+    store.count_tokens("exp1", 42)
     _operator_sets(store, "exp1", paused=True)  # the operator's writes keep the count, the count keeps the budget
     assert store.get_controls("exp1") == Controls(paused=True, token_budget=100, tokens_used=42)
 
@@ -229,7 +260,7 @@ def test_a_late_reply_is_stored_unless_another_turn_took_the_lease(store):
     assert store.get_message(chat.chat_id, 3) is None
     assert store.finish_reply(chat, replace(late, chat_id=chat.chat_id, text="fresh"), "t2")
     assert store.get_message(chat.chat_id, 3).text == "fresh"
-    assert store.get_controls("exp1").tokens_used == 6
+    assert store.get_chat(chat.chat_id).tokens_used == 3
 
 
 def test_writes_to_a_missing_chat_create_nothing(store):
@@ -297,6 +328,7 @@ def _seed_chat(store, who: Identity, key: str = "main", replies: int = 1) -> Cha
         store.append_user_message(chat, _user(chat, f"{key}-m{i}", f"question {i}"), _lease(chat, f"t{i}"), "c1", 500, NOW)
         reply = Message(chat.chat_id, chat.next_seq + 1, "assistant", f"answer {i}", NOW + 1, None, 3, 2, "m", 40)
         assert store.finish_reply(chat, reply, f"t{i}")
+        store.count_tokens(who.experiment, 5)
     return store.get_chat(chat.chat_id)
 
 

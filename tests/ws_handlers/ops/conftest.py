@@ -164,6 +164,7 @@ def seed_store(store, experiment: str, who: list[tuple[str, str]], turns: int = 
             reply = Message(chat_id, seq + 1, "assistant", ("reply " + words)[:text_chars], NOW + seq + 1, None,
                             3, 2, "gpt-4o-mini", 250)
             assert store.finish_reply(chat, reply, f"t{turn}")
+            store.count_tokens(identity.experiment, 5)
             chat = replace(chat, next_seq=seq + 2)
         chats.append(store.get_chat(chat_id))
     return chats

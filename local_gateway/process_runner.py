@@ -1,14 +1,15 @@
-"""Asynchronous invocations in worker processes: Lambda's execution environments, locally.
+"""Invocations in worker processes: Lambda's execution environments, locally.
 
-`ThreadInvoker` runs every reply of the stack on threads of its one process. Each reply
+`ThreadRunner` runs every reply of the stack on threads of its one process. Each reply
 parses its model stream chunk by chunk, so at a few hundred replies at once the stack's
 single GIL, shared with the event loop that serves every socket, became the bottleneck:
 sends waited hundreds of milliseconds for an ack (docs/benchmarks.md). On AWS each reply
-runs in an execution environment of its own. This invoker starts `processes` workers
+runs in an execution environment of its own. This runner starts `processes` workers
 (spawned, not forked: the stack has threads), each running the same handler on a pool of
 threads, with the same environment and store, pushing through the Management API
-emulator over HTTP (boto3 as on AWS, or a plain POST: see http_push). Jobs go through
-JSON, as Lambda's do, over a multiprocessing queue.
+emulator over HTTP (boto3 as on AWS, or a plain POST: see http_push). Events go through
+JSON, as Lambda's do, over a multiprocessing queue; the local queue (sqs_queue.py) decides
+what runs and when.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ws_handlers.chat import ReplyJob
+from .thread_runner import Done
 
 log = logging.getLogger("local_gateway")
 
@@ -44,17 +45,16 @@ class WorkerSpec:
     push: str = "direct"  #: "direct": a plain POST to the emulator (http_push); "management_api": boto3
 
 
-class ProcessInvoker:
-    """The `Invoker` port, with the reply function running in `processes` worker processes."""
+class ProcessRunner:
+    """Runs a function's invocations in `processes` worker processes (the `ThreadRunner` interface)."""
 
     def __init__(self, spec: WorkerSpec, processes: int) -> None:
         context = multiprocessing.get_context("spawn")
         self._jobs: Any = context.Queue()
         self._done: Any = context.Queue()
         self._ids = itertools.count(1)
-        self._pending: set[int] = set()
-        self._idle = threading.Condition()
-        self.failures: list[str] = []  #: what an on-failure destination would receive
+        self._callbacks: dict[int, Done] = {}
+        self._lock = threading.Lock()
         self._workers = [
             context.Process(target=_worker, args=(spec, self._jobs, self._done), name=f"{spec.logical_id}-{i}",
                             daemon=True)
@@ -62,14 +62,15 @@ class ProcessInvoker:
         ]
         for worker in self._workers:
             worker.start()
-        self._collector = threading.Thread(target=self._collect, name="invoker-collector", daemon=True)
+        self._collector = threading.Thread(target=self._collect, name="runner-collector", daemon=True)
         self._collector.start()
 
-    def invoke(self, job: ReplyJob) -> None:
+    def submit(self, event: dict[str, Any], done: Done) -> None:
+        """Hand `event` to whichever worker is free; `done` is called when the invocation ends."""
         job_id = next(self._ids)
-        with self._idle:
-            self._pending.add(job_id)
-        self._jobs.put((job_id, json.dumps(job.to_dict())))
+        with self._lock:
+            self._callbacks[job_id] = done
+        self._jobs.put((job_id, json.dumps(event)))
 
     def _collect(self) -> None:
         while True:
@@ -77,18 +78,9 @@ class ProcessInvoker:
             if item is None:
                 return
             job_id, failure = item
-            if failure is not None:
-                self.failures.append(failure)
-                log.error("a reply invocation failed: %s", failure)
-            with self._idle:
-                self._pending.discard(job_id)
-                if not self._pending:
-                    self._idle.notify_all()
-
-    def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Wait until no invocation is queued or running; True when idle."""
-        with self._idle:
-            return self._idle.wait_for(lambda: not self._pending, timeout)
+            with self._lock:
+                done = self._callbacks.pop(job_id)
+            done(failure)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the workers (each finishes what it runs) and the collector."""
