@@ -204,13 +204,14 @@ def mint_ticket(
     ticket = (fernet.encrypt(data) if now is None else fernet.encrypt_at_time(data, int(now))).decode()
     size = len(start_frame(ticket))
     if size > MAX_CLIENT_FRAME_BYTES:
-        prompt, opening = bot.system_prompt, bot.opening_message or ""
+        prompt, opening = bot.system_prompt, bot.opening_message
+        sizes = f"The system prompt is {len(prompt):,} characters ({len(prompt.encode()):,} bytes of UTF-8)"
+        if opening:
+            sizes += f", the opening message {len(opening):,} characters ({len(opening.encode()):,} bytes)"
         raise TicketTooLarge(
             f"bot {bot.name!r}: its chat ticket would make a {size:,}-byte start frame, over API Gateway's "
-            f"limit of {MAX_CLIENT_FRAME_BYTES:,} bytes per frame (the socket would be closed). "
-            f"The system prompt is {len(prompt):,} characters ({len(prompt.encode()):,} bytes of UTF-8)"
-            + (f" and the opening message {len(opening):,} characters ({len(opening.encode()):,} bytes)" if opening else "")
-            + ": shorten them (docs/protocol.md gives rough sizes that fit)."
+            f"limit of {MAX_CLIENT_FRAME_BYTES:,} bytes per frame (the socket would be closed). {sizes}: "
+            "shorten them (docs/protocol.md, Sizes, gives rough lengths that fit)."
         )
     return ticket
 
