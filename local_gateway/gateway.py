@@ -41,6 +41,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ws_handlers.gateway_limits import MAX_CLIENT_FRAME_BYTES, MAX_MESSAGE_BYTES
+
 from .template import WebSocketApi, route_for
 
 log = logging.getLogger("local_gateway")
@@ -51,8 +53,8 @@ Invoke = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 @dataclass(frozen=True)
 class Limits:
-    max_message: int = 128 * 1024
-    max_frame: int = 32 * 1024
+    max_message: int = MAX_MESSAGE_BYTES
+    max_frame: int = MAX_CLIENT_FRAME_BYTES
     idle_timeout: float = 600.0
     max_lifetime: float = 7200.0
 

@@ -22,7 +22,9 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-MAX_DATA = 128 * 1024  #: API Gateway's limit on one post_to_connection payload (bytes)
+from ws_handlers.gateway_limits import MAX_MESSAGE_BYTES
+
+MAX_DATA = MAX_MESSAGE_BYTES  #: API Gateway's limit on one post_to_connection payload (bytes)
 
 
 class ConnectionRegistry(Protocol):

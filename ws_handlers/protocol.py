@@ -11,13 +11,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ChatError
+from .gateway_limits import MAX_CLIENT_FRAME_BYTES
 from .store import Message
 
-#: Largest client frame parsed. API Gateway accepts 128 KB, but no valid action needs
-#: more than a ticket plus a long message, so anything bigger is refused before parsing.
-MAX_FRAME_BYTES = 64 * 1024
-#: Server frames that carry history stay under API Gateway's 128 KB message limit.
-MAX_HISTORY_BYTES = 96 * 1024
+#: Largest client message parsed: what one frame can carry. API Gateway closes the socket
+#: on a bigger frame, so only a message split into several frames (up to 128 KB) gets here
+#: bigger; browsers send none, and no valid action needs one (a ticket fits in a frame by
+#: construction): it is refused before parsing.
+MAX_FRAME_BYTES = MAX_CLIENT_FRAME_BYTES
+#: Budgets of server frames, in bytes of text as `encode` writes it (UTF-8, escapes
+#: included), chosen so that no frame reaches API Gateway's 128 KB per post_to_connection:
+MAX_HISTORY_BYTES = 96 * 1024  #: the messages of one `chat` or `history` frame
+MAX_REPLY_BYTES = 96 * 1024  #: a reply's text: the turn cuts it there, so its `message` frame fits
+MAX_DELTA_BYTES = 32 * 1024  #: one delta's text: a resumed long reply comes as several deltas
 
 _ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 
@@ -100,7 +106,42 @@ def parse(body: str | bytes | None) -> Action:
 
 # -- server frames ------------------------------------------------------------------------
 def encode(frame: dict[str, Any]) -> bytes:
+    """A frame as it is sent: compact JSON in UTF-8 (not \\u-escaped: 3 bytes for a CJK
+    character, not 6)."""
     return json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def text_bytes(text: str) -> int:
+    """Bytes `text` takes inside a frame written by `encode` (escapes included, quotes not)."""
+    return len(json.dumps(text, ensure_ascii=False).encode()) - 2
+
+
+def fitting(text: str, limit: int) -> str:
+    """The longest start of `text` that takes at most `limit` bytes in a frame."""
+    high = min(len(text), limit)  # a character takes at least one byte
+    if text_bytes(text[:high]) <= limit:  # the usual case: all of it, or all a limit can hold
+        return text[:high]
+    low = 0
+    while low < high:  # text_bytes grows with the length: bisect
+        middle = (low + high + 1) // 2
+        if text_bytes(text[:middle]) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low]
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """`text` in consecutive pieces of at most `limit` bytes each in a frame (limit >= 6,
+    the most one character takes)."""
+    pieces = []
+    while text:
+        piece = fitting(text, limit)
+        if not piece:
+            raise ValueError(f"no character fits in {limit} bytes")
+        pieces.append(piece)
+        text = text[len(piece) :]
+    return pieces
 
 
 def error_frame(error: ChatError) -> dict[str, Any]:
@@ -134,7 +175,9 @@ def queued_frame(chat_id: str, seq: int, client_msg_id: str) -> dict[str, Any]:
 
 
 def history_page(messages: list[Message]) -> tuple[list[dict[str, Any]], bool]:
-    """As many messages as fit in one frame, and whether more remain."""
+    """As many messages as fit in MAX_HISTORY_BYTES, and whether more remain. The first one
+    always goes: no stored message is too big for a frame (participants' messages came in a
+    32 KB frame, openings are at most 4,000 characters, replies are cut at MAX_REPLY_BYTES)."""
     page: list[dict[str, Any]] = []
     size = 0
     for message in messages:

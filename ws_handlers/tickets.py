@@ -7,7 +7,8 @@ The experiment server and the service share one secret. From it two keys are der
   proves who the participant is (participant, experiment, session) until it expires;
 * the **chat ticket** is a Fernet token (AES-CBC + HMAC): encrypted and authenticated, it
   carries the chat key and the bot (model, system prompt, limits), which the browser can
-  neither read nor change.
+  neither read nor change. The bot is compressed JSON, so that a long system prompt in any
+  script still fits in the one WebSocket frame that carries the ticket (`start`).
 
 This module imports only the standard library, `cryptography` and `jwt`, because the
 experiment server (oTree) imports it to mint.
@@ -20,6 +21,7 @@ import functools
 import json
 import re
 import time
+import zlib
 from dataclasses import dataclass
 
 import jwt
@@ -28,6 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .bot import Bot
+from .gateway_limits import MAX_CLIENT_FRAME_BYTES
 
 TOKEN_AUDIENCE = "llm-chat:connect"
 DEFAULT_TOKEN_TTL = 6 * 3600  #: seconds a connect token stays valid
@@ -35,7 +38,16 @@ DEFAULT_TICKET_MAX_AGE = 24 * 3600  #: seconds a ticket is accepted after mintin
 MIN_SECRET_BYTES = 32
 _CODE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 _MAX_TOKEN_CHARS = 2048
-_MAX_TICKET_CHARS = 64 * 1024
+_MAX_TICKET_CHARS = MAX_CLIENT_FRAME_BYTES  #: a longer ticket could never have been sent
+#: What a ticket's plaintext starts with. Tickets minted first held the JSON itself, which
+#: starts with "{"; they are still read until they expire. Now a format byte, then the JSON
+#: (UTF-8, compact) compressed with zlib.
+_LEGACY_JSON = b"{"
+_ZLIB_JSON = b"\x01"
+#: Bound on a ticket's decompressed JSON, so that a decompression bomb stops here. A valid
+#: bot takes at most about 150 KB (every text field at its maximum, escaped at 6 bytes a
+#: character); a valid ticket, at most 32 KB compressed.
+_MAX_PAYLOAD_BYTES = 256 * 1024
 #: What minted credentials are made of (base64url; a JWT's three segments, Fernet's padding).
 #: Anything else is refused before decoding: a lone surrogate cannot even be encoded, and
 #: base64 decoding would silently skip characters outside its alphabet.
@@ -67,6 +79,11 @@ class TicketInvalid(CredentialError):
 
 class TicketExpired(CredentialError):
     code = "ticket_expired"
+
+
+class TicketTooLarge(ValueError):
+    """Minting refused: the ticket's `start` frame would exceed API Gateway's frame limit,
+    which closes the participant's socket instead of delivering it."""
 
 
 @dataclass(frozen=True)
@@ -159,10 +176,19 @@ def verify_token(secret: str | bytes, token: object, *, now: float | None = None
         raise TokenInvalid("the token is not valid") from None
 
 
+def start_frame(ticket: str) -> bytes:
+    """The `start` frame carrying `ticket`, byte for byte as the client sends it (JSON.stringify)."""
+    return json.dumps({"action": "start", "ticket": ticket}, separators=(",", ":")).encode()
+
+
 def mint_ticket(
     secret: str | bytes, identity: Identity, chat_key: str, bot: Bot, *, now: float | None = None
 ) -> str:
-    """An encrypted chat ticket binding `bot` to this participant's chat `chat_key`."""
+    """An encrypted chat ticket binding `bot` to this participant's chat `chat_key`.
+
+    Raises TicketTooLarge (a ValueError naming the system prompt's size) when the ticket's
+    `start` frame would not fit in one API Gateway frame.
+    """
     if not isinstance(chat_key, str) or not _CODE.fullmatch(chat_key):
         raise ValueError("chat_key must be 1 to 64 characters of A-Z a-z 0-9 _ . : -")
     payload = {
@@ -173,11 +199,21 @@ def mint_ticket(
         "k": chat_key,
         "b": bot.to_dict(),
     }
-    data = json.dumps(payload, separators=(",", ":")).encode()
+    data = _ZLIB_JSON + zlib.compress(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(), 9)
     fernet = _keys(_secret_bytes(secret)).ticket
-    if now is None:
-        return fernet.encrypt(data).decode()
-    return fernet.encrypt_at_time(data, int(now)).decode()
+    ticket = (fernet.encrypt(data) if now is None else fernet.encrypt_at_time(data, int(now))).decode()
+    size = len(start_frame(ticket))
+    if size > MAX_CLIENT_FRAME_BYTES:
+        prompt, opening = bot.system_prompt, bot.opening_message
+        sizes = f"The system prompt is {len(prompt):,} characters ({len(prompt.encode()):,} bytes of UTF-8)"
+        if opening:
+            sizes += f", the opening message {len(opening):,} characters ({len(opening.encode()):,} bytes)"
+        raise TicketTooLarge(
+            f"bot {bot.name!r}: its chat ticket would make a {size:,}-byte start frame, over API Gateway's "
+            f"limit of {MAX_CLIENT_FRAME_BYTES:,} bytes per frame (the socket would be closed). {sizes}: "
+            "shorten them (docs/protocol.md, Sizes, gives rough lengths that fit)."
+        )
+    return ticket
 
 
 def open_ticket(
@@ -200,7 +236,7 @@ def open_ticket(
             raise TicketExpired("the ticket has expired") from None
         raise TicketInvalid("the ticket is not valid") from None
     try:
-        payload = json.loads(data)
+        payload = json.loads(_payload(data))
         if type(payload.get("v")) is not int or payload["v"] != 1:  # True == 1 in Python
             raise ValueError("unknown ticket version")
         identity = Identity(payload["p"], payload["x"], payload["s"])
@@ -208,5 +244,18 @@ def open_ticket(
         if not isinstance(chat_key, str) or not _CODE.fullmatch(chat_key):
             raise ValueError("bad chat key")
         return Ticket(identity, chat_key, Bot.from_dict(payload["b"]))
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, zlib.error):
         raise TicketInvalid("the ticket is not valid") from None
+
+
+def _payload(data: bytes) -> bytes:
+    """A ticket's JSON: inflated (at most _MAX_PAYLOAD_BYTES), or as stored by the first format."""
+    if data.startswith(_LEGACY_JSON):
+        return data
+    if not data.startswith(_ZLIB_JSON):
+        raise ValueError("unknown ticket format")
+    inflater = zlib.decompressobj()
+    json_bytes = inflater.decompress(data[len(_ZLIB_JSON) :], _MAX_PAYLOAD_BYTES)
+    if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
+        raise ValueError("ticket payload too large, truncated or followed by data")
+    return json_bytes

@@ -19,7 +19,7 @@ from .config import Settings
 from .errors import ChatError
 from .llm import ChatModel, LLMError, Usage
 from .observability import logger, metrics
-from .protocol import error_frame, message_frame
+from .protocol import MAX_DELTA_BYTES, MAX_REPLY_BYTES, error_frame, fitting, message_frame, split_text, text_bytes
 from .push import ConnectionGone, PushFailed, Pusher
 from .store import Chat, Message, Store, StoreThrottled
 from .stream import Coalescer
@@ -37,12 +37,18 @@ class _Delivery:
     a new socket. The turn looks at it after a 410, and once a second anyway, because an
     abandoned socket may not answer 410 at once. A new socket first gets the whole text
     so far (offset 0), so it misses nothing; clients drop what they already have by offset.
+
+    No frame may exceed API Gateway's 128 KB: text is sent in deltas of at most
+    MAX_DELTA_BYTES, and the reply is cut at MAX_REPLY_BYTES (far beyond `max_tokens` for
+    ordinary text), so that its `message` frame fits too.
     """
 
     def __init__(self, store: Store, pusher: Pusher, chat: Chat, seq: int, connection_id: str) -> None:
         self.store, self.pusher, self.chat_id, self.seq = store, pusher, chat.chat_id, seq
         self.target: str | None = connection_id
-        self.text = ""  #: everything generated so far
+        self.text = ""  #: everything generated so far, up to MAX_REPLY_BYTES
+        self.room = MAX_REPLY_BYTES  #: bytes `text` may still grow by
+        self.cut = False  #: whether the reply was cut at MAX_REPLY_BYTES
         self.sent = 0  #: characters of `text` the current target has received
         self.index = 0
         self.pushes = 0
@@ -75,24 +81,37 @@ class _Delivery:
             self.target, self.sent = current, 0
 
     def delta(self, piece: str) -> None:
+        if self.cut:  # the rest of the reply is dropped (the model is still read, for its usage)
+            return
+        size = text_bytes(piece)
+        if size > self.room:
+            logger.warning("reply cut: too long for one frame", extra={"chat_id": self.chat_id, "seq": self.seq})
+            piece, self.cut = fitting(piece, self.room), True
+            size = text_bytes(piece)
         self.text += piece
+        self.room -= size
         self._follow_binding()
         for _ in range(2):  # the current target, then at most one newly bound socket
-            if self.target is None or self.sent >= len(self.text):
+            if self.target is None or self.sent >= len(self.text) or self._push_unsent():
                 return
+            self._follow_binding(force=True)
+
+    def _push_unsent(self) -> bool:
+        """Send the target what it has not received yet, in deltas that fit; False on a failure."""
+        for text in split_text(self.text[self.sent :], MAX_DELTA_BYTES):
             frame = {
                 "type": "delta",
                 "chat_id": self.chat_id,
                 "seq": self.seq,
                 "index": self.index,
                 "offset": self.sent,
-                "text": self.text[self.sent :],
+                "text": text,
             }
-            if self._post(frame):
-                self.index += 1
-                self.sent = len(self.text)
-                return
-            self._follow_binding(force=True)
+            if not self._post(frame):
+                return False
+            self.index += 1
+            self.sent += len(text)
+        return True
 
     def final(self, frame: dict[str, Any]) -> None:
         """The closing frame (message or error) to wherever the participant is now."""
@@ -240,6 +259,7 @@ class Turn:
                 "chat_id": chat.chat_id,
                 "seq": seq,
                 "chars": len(reply.text),
+                "cut": delivery.cut,
                 "pushes": delivery.pushes,
                 "latency_ms": reply.latency_ms,
                 "prompt_tokens": usage.prompt_tokens,

@@ -72,10 +72,19 @@ def creating_session(subsession: Subsession):
         player.chat_experiment = service.experiment()
         player.chat_key = f"chat-r{player.round_number}"
         player.chat_id = chat_id_for(identity(player), player.chat_key)
+        # Minted once here so that a bot whose ticket cannot fit in a WebSocket frame stops the
+        # session's creation, for the researcher, with mint_ticket's message naming the prompt's
+        # size, instead of failing every participant's chat page.
+        ticket(player)
 
 
 def identity(player: Player) -> Identity:
     return Identity(player.participant.code, player.chat_experiment, player.session.code)
+
+
+def ticket(player: Player) -> str:
+    """The player's chat ticket; a ValueError (TicketTooLarge) says why a bot cannot have one."""
+    return mint_ticket(service.ticket_secret(), identity(player), player.chat_key, BOTS[player.participant.chat_bot])
 
 
 def rules(player: Player) -> tuple[int, int]:
@@ -102,12 +111,10 @@ class Chat(Page):
     @staticmethod
     def js_vars(player: Player):
         # Only these three opaque strings reach the browser.
-        secret = service.ticket_secret()
-        who = identity(player)
         return dict(
             url=service.ws_url(),
-            token=mint_token(secret, who),
-            ticket=mint_ticket(secret, who, player.chat_key, BOTS[player.participant.chat_bot]),
+            token=mint_token(service.ticket_secret(), identity(player)),
+            ticket=ticket(player),
         )
 
     @staticmethod

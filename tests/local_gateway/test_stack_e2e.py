@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import random
 import time
 import uuid
 from urllib.parse import quote
@@ -184,11 +186,33 @@ def test_oversized_messages_and_frames_close_with_1009(stack, size):
     assert closed.value.rcvd.code == 1009
 
 
-def test_a_large_message_in_small_frames_is_accepted(stack):
+def test_a_large_message_in_small_frames_passes_the_gateway_and_the_service_refuses_it(stack):
+    """Frames under 32 KB make a message of up to 128 KB at the gateway; the service parses
+    only what one frame can carry (a browser sends each message as one frame)."""
     url, _ = credentials(stack)
     client = Client(url)
-    text = json.dumps({"action": "ping", "pad": "y" * 60_000})
-    client.ws.send([text[i : i + 16_000] for i in range(0, len(text), 16_000)])  # fragments under 32 KB
+    for size, answer in ((30_000, "pong"), (60_000, "error")):
+        text = json.dumps({"action": "ping", "pad": "y" * size})
+        client.ws.send([text[i : i + 16_000] for i in range(0, len(text), 16_000)])  # fragments under 32 KB
+        frame = client.until(answer)
+    assert frame["code"] == "frame_too_large" and frame["retryable"] is False
+    client.send({"action": "ping"})  # the socket stays open
+    assert client.until("pong") == {"type": "pong"}
+    client.close()
+
+
+def test_a_ticket_for_a_long_cjk_prompt_fits_in_one_frame_and_the_socket_stays_open(stack):
+    """Ten thousand CJK characters were 60 KB of \\u escapes in the ticket: the gateway closed the socket."""
+    rng = random.Random(5)
+    prompt = "".join(chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(10_000))
+    who = Identity("P1", "exp", "sess")
+    url = f"{stack.urls['websocket']}?token={quote(mint_token(stack.secret, who))}"
+    ticket = mint_ticket(stack.secret, who, "main", dataclasses.replace(BOTS["tutor"], system_prompt=prompt))
+    client = Client(url)
+    client.send({"action": "start", "ticket": ticket})
+    chat = client.until("chat")
+    assert stack.store.get_chat(chat["chat_id"]).bot.system_prompt == prompt
+    client.send({"action": "ping"})
     assert client.until("pong") == {"type": "pong"}
     client.close()
 

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import random
 import subprocess
 import sys
 import time
+import tracemalloc
+import zlib
 
 import pytest
 
 from ws_handlers.bot import Bot, Limits
 from ws_handlers.tickets import (
+    _ZLIB_JSON,
     Identity,
     TicketExpired,
     TicketInvalid,
+    TicketTooLarge,
     TokenExpired,
     TokenInvalid,
+    _keys,
     mint_ticket,
     mint_token,
     open_ticket,
@@ -128,11 +135,98 @@ def test_bots_must_be_valid_unicode():
 
 
 def test_a_ticket_version_must_be_the_integer_1():
-    import json
-
-    from ws_handlers.tickets import _keys
-
     payload = {"v": True, "p": "P1", "x": "exp1", "s": "sess1", "k": "main", "b": BOT.to_dict()}
     forged = _keys(SECRET.encode()).ticket.encrypt(json.dumps(payload).encode()).decode()
     with pytest.raises(TicketInvalid):
         open_ticket(SECRET, forged)
+
+
+# -- tickets in one frame (issue 12): API Gateway closes the socket on a frame over 32 KB --------
+FRAME_LIMIT = 32_768  #: API Gateway's, in bytes
+SCRIPTS = {"cjk": (0x4E00, 0x9FFF), "cyrillic": (0x0410, 0x044F), "arabic": (0x0621, 0x064A)}
+
+
+def random_text(script: str, length: int, seed: int = 12) -> str:
+    """Letters drawn at random: text that compresses about as little as any in its script."""
+    first, last = SCRIPTS[script]
+    rng = random.Random(seed)
+    return "".join(chr(rng.randint(first, last)) for _ in range(length))
+
+
+def start_frame_bytes(ticket: str) -> int:
+    """The `start` frame as the browser sends it: JSON.stringify({action, ticket})."""
+    return len(json.dumps({"action": "start", "ticket": ticket}, separators=(",", ":")).encode())
+
+
+def sealed(plaintext: bytes) -> str:
+    """A ticket holding `plaintext`, sealed with the real key (what only the secret's holder can do)."""
+    return _keys(SECRET.encode()).ticket.encrypt(plaintext).decode()
+
+
+def payload(bot: Bot = BOT) -> dict:
+    return {"v": 1, "p": "P1", "x": "exp1", "s": "sess1", "k": "main", "b": bot.to_dict()}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_long_non_ascii_prompt_fits_in_one_frame_and_opens_to_the_same_bot(script):
+    bot = Bot("tutor", "gpt-4o-mini", random_text(script, 6_000), opening_message=random_text(script, 500, seed=3))
+    ticket = mint_ticket(SECRET, WHO, "main", bot)
+    assert start_frame_bytes(ticket) <= FRAME_LIMIT
+    opened = open_ticket(SECRET, ticket)
+    assert opened.bot == bot and opened.identity == WHO and opened.chat_key == "main"
+
+
+def test_the_longest_prompts_of_the_alphabetic_scripts_fit():
+    """docs/protocol.md: Latin, Cyrillic or Arabic prompts fit up to the 20,000-character cap."""
+    for script in ("cyrillic", "arabic"):
+        bot = Bot("tutor", "gpt-4o-mini", random_text(script, 20_000))
+        assert start_frame_bytes(mint_ticket(SECRET, WHO, "main", bot)) <= FRAME_LIMIT
+
+
+def test_a_prompt_too_long_even_compressed_is_refused_at_minting_with_its_size():
+    bot = Bot("tutor_zh", "gpt-4o-mini", random_text("cjk", 12_000))
+    with pytest.raises(TicketTooLarge) as refused:
+        mint_ticket(SECRET, WHO, "main", bot)
+    message = str(refused.value)
+    assert isinstance(refused.value, ValueError)
+    assert "'tutor_zh'" in message and "12,000 characters" in message and "36,000 bytes" in message
+    assert f"{FRAME_LIMIT:,} bytes" in message
+
+
+def test_a_ticket_minted_before_compression_still_opens():
+    """Tickets live 24 h: those minted by the previous release (plain JSON, ASCII-escaped) still open."""
+    bot = Bot("tutor", "gpt-4o-mini", "Ты — терпеливый учитель. 你好", opening_message="Привет!")
+    old = sealed(json.dumps(payload(bot), separators=(",", ":")).encode())
+    opened = open_ticket(SECRET, old)
+    assert opened.bot == bot and opened.identity == WHO and opened.chat_key == "main"
+
+
+def test_a_decompression_bomb_is_refused_without_being_inflated():
+    bomb = sealed(_ZLIB_JSON + zlib.compress(b'{"v":1,"pad":"' + b" " * (16 * 2**20) + b'"}', 9))
+    assert len(bomb) < FRAME_LIMIT  # small enough to arrive: only the bound on inflating stops it
+    tracemalloc.start()
+    try:
+        with pytest.raises(TicketInvalid):
+            open_ticket(SECRET, bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 2**20
+
+
+@pytest.mark.parametrize(
+    "plaintext",
+    [
+        _ZLIB_JSON + zlib.compress(json.dumps(payload()).encode())[:-6],  # truncated
+        _ZLIB_JSON + zlib.compress(json.dumps(payload()).encode()) + b"{}",  # followed by data
+        _ZLIB_JSON + b"not zlib at all",
+        _ZLIB_JSON + zlib.compress(b"[1, 2]"),
+        b"\x02" + zlib.compress(json.dumps(payload()).encode()),  # an unknown format
+        b"",
+    ],
+    ids=["truncated", "trailing", "not_zlib", "not_an_object", "unknown_format", "empty"],
+)
+def test_malformed_ticket_contents_are_invalid_tickets(plaintext):
+    assert open_ticket(SECRET, sealed(_ZLIB_JSON + zlib.compress(json.dumps(payload()).encode()))).bot == BOT
+    with pytest.raises(TicketInvalid):
+        open_ticket(SECRET, sealed(plaintext))
