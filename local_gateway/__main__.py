@@ -53,11 +53,14 @@ def serve(args: argparse.Namespace) -> None:
         store=args.store,
         limits=Limits(idle_timeout=args.idle_timeout),
         function_processes=args.function_processes,
+        duplicate_deliveries=args.duplicate_deliveries,
         openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
         openai_base_url=os.environ.get("OPENAI_BASE_URL") or None,
     )
     if args.origins:
         config.parameters["AllowedOrigins"] = args.origins
+    if args.llm_concurrency is not None:
+        config.parameters["LlmConcurrency"] = str(args.llm_concurrency)
     asyncio.run(_serve(Stack(config)))
 
 
@@ -111,6 +114,10 @@ def main(argv: list[str] | None = None) -> None:
                      help="run the reply function in this many worker processes, for pilots with many "
                           "participants at once (default 0: threads of this process)")
     run.add_argument("--origins", help="comma-separated allowed origins (default: local oTree and demo pages)")
+    run.add_argument("--llm-concurrency", type=int,
+                     help="replies generated at once; more wait in the reply queue (default: the template's LlmConcurrency)")
+    run.add_argument("--duplicate-deliveries", type=float, default=0.0, metavar="SHARE",
+                     help="share of reply jobs the queue delivers twice, as SQS may (0 to 1; default 0)")
     run.set_defaults(func=serve)
 
     minting = commands.add_parser("mint", help="print a WebSocket URL, token and ticket as JSON")
