@@ -40,11 +40,13 @@ DYNAMO_OPS = {
                      "bind_connection UpdateItem on META (1 WRU + 1 index); messages Query (1 RRU per 4 KB)",
     "send": "chat.send: get_chat (1 RRU), find_client_message GetItem (1 RRU), get_controls (3 RRU), "
             "append_user_message: transaction of 3 (META update, message put, CMID put: 2 WRU per KB each) "
-            "+ META on the index (1 WRU)",
-    "reply": "turn._run: get_chat (1 RRU), renew_lease UpdateItem on META (1 WRU + 1 index), messages Query "
-             "(the chat so far: 1 RRU per 4 KB), get_controls (3 RRU); while streaming, _follow_binding reads "
-             "META once a second (1 RRU each) and once at the end; a lease renewal every 20 s (1 WRU + 1 index); "
-             "finish_reply: transaction of 3 (META update, reply put, EXP counter update) + META on the index",
+            "+ META on the index (1 WRU); SendMessage to the reply queue",
+    "reply": "the queue: ReceiveMessage and DeleteMessage by the event source mapping; turn._run: claim_turn "
+             "UpdateItem on META (1 WRU + 1 index), get_chat (1 RRU), get_controls (3 RRU), messages Query "
+             "(the chat so far: 1 RRU per 4 KB); while streaming, _follow_binding reads META once a second "
+             "(1 RRU each) and once at the end; a lease renewal every 20 s (1 WRU + 1 index); count_tokens "
+             "UpdateItem on the experiment's CONTROL item (1 WRU); finish_reply: transaction of 2 (META "
+             "update, reply put) + META on the index",
     "history": "chat.history: get_chat (1 RRU), bind_connection (1 WRU + 1 index), messages Query",
 }
 
@@ -74,10 +76,15 @@ def message_bytes(chars: int) -> int:
     return chars + MESSAGE_OVERHEAD_BYTES  # the corpus is ASCII; utf-8 would be 1-4 bytes a char
 
 
+#: SQS requests per reply job: SendMessage, then the mapping's ReceiveMessage and DeleteMessage.
+SQS_REQUESTS_PER_JOB = 3
+
+
 @dataclass
 class Tally:
     rru: float = 0
     wru: float = 0
+    sqs_requests: int = 0
     lambda_requests: dict[str, int] = field(default_factory=dict)
     lambda_gb_s: dict[str, float] = field(default_factory=dict)
 
@@ -91,7 +98,7 @@ def estimate(run: Any, model_ttft: float | None = None) -> dict[str, Any]:
     """The cost of the traffic in `run` (a runner.Run after execute), verification excluded.
 
     The reply function is billed from its start, not from the send: time queued for a slot
-    (reserved concurrency) is free. With the model's TTFT known, its duration is the model's
+    (in the reply queue) is free. With the model's TTFT known, its duration is the model's
     TTFT plus first delta to final message; without it, ack to final message (an upper bound).
     """
     t = Tally()
@@ -129,6 +136,7 @@ def estimate(run: Any, model_ttft: float | None = None) -> dict[str, Any]:
             if r.user_seq is None:
                 continue
             t.wru += 2 * (wru(META_BYTES) + wru(message_bytes(r.text_chars)) + 1) + 1
+            t.sqs_requests += SQS_REQUESTS_PER_JOB
             history_bytes += message_bytes(r.text_chars)
             if r.reply_s is None:
                 continue
@@ -140,8 +148,8 @@ def estimate(run: Any, model_ttft: float | None = None) -> dict[str, Any]:
             t.invoke("ReplyFunction", stream_s * 1000)
             t.rru += 1 + rru(history_bytes) + 3 + math.floor(stream_s / REBIND_SECONDS) + 1
             renewals = 1 + math.floor(stream_s / LEASE_RENEW_SECONDS)
-            t.wru += renewals * (1 + 1)
-            t.wru += 2 * (wru(META_BYTES) + wru(message_bytes(reply_chars)) + 1) + 1
+            t.wru += renewals * (1 + 1) + 1  # the claim and renewals (META and its index), count_tokens
+            t.wru += 2 * (wru(META_BYTES) + wru(message_bytes(reply_chars))) + 1
             history_bytes += message_bytes(reply_chars)
             prompt_tokens += r.prompt_tokens
             completion_tokens += r.completion_tokens
@@ -152,6 +160,7 @@ def estimate(run: Any, model_ttft: float | None = None) -> dict[str, Any]:
         "API Gateway connection minutes": connection_minutes * PRICES["apigw_connection_minute"],
         "Lambda requests": sum(t.lambda_requests.values()) * PRICES["lambda_request"],
         "Lambda compute (GB-s)": sum(t.lambda_gb_s.values()) * PRICES["lambda_gb_second"],
+        "SQS requests": t.sqs_requests * PRICES["sqs_request"],
         "DynamoDB writes (WRU)": t.wru * PRICES["dynamodb_wru"],
         "DynamoDB reads (RRU)": t.rru * PRICES["dynamodb_rru"],
     }
@@ -168,6 +177,7 @@ def estimate(run: Any, model_ttft: float | None = None) -> dict[str, Any]:
             "apigw_connection_minutes": round(connection_minutes, 3),
             "lambda_requests": t.lambda_requests,
             "lambda_gb_seconds": {k: round(v, 4) for k, v in t.lambda_gb_s.items()},
+            "sqs_requests": t.sqs_requests,
             "dynamodb_wru": t.wru,
             "dynamodb_rru": t.rru,
             "llm_prompt_tokens": prompt_tokens,
@@ -232,7 +242,7 @@ def _participant(study: Study) -> Any:
         history += completion
         clock += study.ttft_s + stream_s
     pings = int(clock // study.heartbeat_s)
-    frames_in = 1 + study.messages * (1 + deltas + 1) + pings  # chat; ack, deltas, message; pongs
+    frames_in = 1 + study.messages * (2 + deltas + 1) + pings  # chat; ack, queued, deltas, message; pongs
     return SimpleNamespace(
         connected_at=0.0, closed_at=clock, chat_id="c_projection", replies=replies,
         frames_out=1 + study.messages + pings, frame_times=[study.think_s * (i + 1) for i in range(study.messages)],
@@ -257,7 +267,7 @@ def table(counts: list[int], study: Study, model: str) -> str:
     results = [project(n, study, model) for n in counts]
     groups = {
         "API Gateway (messages, connection minutes)": ("API Gateway messages", "API Gateway connection minutes"),
-        "Lambda (requests, GB-seconds)": ("Lambda requests", "Lambda compute (GB-s)"),
+        "Lambda (requests, GB-seconds) and SQS": ("Lambda requests", "Lambda compute (GB-s)", "SQS requests"),
         "DynamoDB (reads, writes)": ("DynamoDB writes (WRU)", "DynamoDB reads (RRU)"),
     }
     header = "| | " + " | ".join(f"{n:,} participants" for n in counts) + " |"

@@ -5,6 +5,7 @@ before budgeting a study). Free tiers are ignored: a study should not count on t
 
 - API Gateway WebSocket: https://aws.amazon.com/api-gateway/pricing/  (first 1 billion messages)
 - Lambda (x86_64):       https://aws.amazon.com/lambda/pricing/
+- SQS standard queues:   https://aws.amazon.com/sqs/pricing/ ($0.40 per million requests of up to 64 KB)
 - DynamoDB on-demand:    https://aws.amazon.com/dynamodb/pricing/on-demand/ (after the
   November 2024 price cut: $0.625 per million write request units, $0.125 per million reads)
 - OpenAI gpt-4o-mini:    https://openai.com/api/pricing/ ($0.15 per 1M input, $0.60 per 1M output tokens)
@@ -21,6 +22,7 @@ PRICES = {
     "apigw_connection_minute": 0.25 / 1e6,
     "lambda_request": 0.20 / 1e6,  #: per invocation (synchronous or asynchronous)
     "lambda_gb_second": 0.0000166667,  #: x86_64, first 6 billion GB-s per month
+    "sqs_request": 0.40 / 1e6,  #: standard queue, per request of up to 64 KB
     "dynamodb_wru": 0.625 / 1e6,  #: write request unit (1 KB; transactional writes take 2)
     "dynamodb_rru": 0.125 / 1e6,  #: read request unit (4 KB strongly consistent; transactional reads take 2)
 }
@@ -39,7 +41,7 @@ NOT_COUNTED = (
     "CloudWatch Logs ingestion and storage (about 1 KB of structured log per invocation, $0.50 per GB)",
     "X-Ray traces (Tracing: Active; the default sampling records 1 request per second and 5% of the rest)",
     "Secrets Manager ($0.40 per secret per month; values are cached per Lambda container)",
-    "SQS (on-failure destination only) and data transfer out",
+    "the reply queue's idle polling (Lambda's pollers long-poll it: cents a month) and data transfer out",
     "DynamoDB storage ($0.25 per GB-month) and point-in-time recovery",
 )
 
