@@ -95,6 +95,8 @@ class LocalQueue:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if not 0.0 <= duplicates <= 1.0:
+            raise ValueError("duplicates is a share of messages, from 0 to 1")
         self._runner = runner
         self.concurrency = concurrency
         self.visibility_timeout = visibility_timeout

@@ -25,9 +25,11 @@ ORIGIN = "http://localhost:8000"
 
 
 def _config(tmp_path, store="sqlite", **kw) -> StackConfig:
+    """A stack on free ports whose reply queue delivers every job twice, as SQS may."""
     return StackConfig(
         port=0, management_port=0, model_port=0, demo_port=0, data_dir=tmp_path, store=store,
-        model_ttft=kw.pop("ttft", 0.0), model_tokens_per_second=kw.pop("tps", 0.0), **kw,
+        model_ttft=kw.pop("ttft", 0.0), model_tokens_per_second=kw.pop("tps", 0.0),
+        duplicate_deliveries=kw.pop("duplicate_deliveries", 1.0), **kw,
     )
 
 
@@ -259,7 +261,9 @@ def test_a_restart_loses_no_chat_or_message(tmp_path):
                 ids=["sqlite", "dynamodb", "worker_processes"])
 def busy_stack(request, tmp_path):
     store, push, processes = request.param
-    with running(_config(tmp_path, store, push=push, function_processes=processes)) as s:
+    # ten reply slots for fifty participants: most replies wait in the queue
+    config = _config(tmp_path, store, push=push, function_processes=processes, parameters={"LlmConcurrency": "10"})
+    with running(config) as s:
         yield s
 
 
@@ -289,6 +293,11 @@ def test_fifty_participants_at_once_every_message_stored_exactly_once(busy_stack
         assert [m.seq for m in stored] == list(range(1, 2 + 2 * messages))  # opening + 2 turns, no gap
         assert [m.role for m in stored[1:]] == ["user", "assistant"] * messages
         assert [m.text for m in stored if m.role == "assistant"][1:] == replies
+    # every job came twice, yet each reply was generated once
+    (queue,) = stack.queues.values()
+    assert queue.stats.sent == participants * messages and queue.stats.delivered == 2 * queue.stats.sent
+    assert stack.model.stats["requests"] == participants * messages
+    assert queue.stats.max_waiting > 0 and not queue.dead_letters
 
 
 async def _await_type(ws, kind: str) -> dict:

@@ -1,0 +1,93 @@
+"""Replies go through a queue that delivers at least once: the message function sends jobs to
+SQS (moto's here), the reply function claims each turn once, and a queue that refuses a job
+frees the chat at once."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from local_gateway.lambda_context import LambdaContext
+from ws_handlers import reply, runtime
+
+
+def _send(cid: str, chat_id: str, cmid: str, text: str = "What is a prime?") -> dict:
+    return {"action": "send", "chat_id": chat_id, "client_msg_id": cmid, "text": text}
+
+
+def _sqs_records(sqs, url: str) -> list[dict]:
+    """What the event source mapping would hand the function: the queue's messages, as records."""
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"])
+    return [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+             "attributes": m.get("Attributes", {}), "eventSource": "aws:sqs"} for m in got.get("Messages", [])]
+
+
+def test_a_job_through_sqs_delivered_twice_writes_one_reply_and_calls_the_model_once(harness, model):
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(QueueName="replies")["QueueUrl"]
+    runtime.services().jobs = runtime.SqsJobQueue(url, client=sqs)  # the production adapter, on moto
+    harness.connect("c1")
+    chat_id = harness.start("c1")["chat_id"]
+    frames = harness.send("c1", _send("c1", chat_id, "m1"))
+    assert [f["type"] for f in frames] == ["ack", "queued"]
+    (record,) = _sqs_records(sqs, url)
+    job = json.loads(record["body"])
+    assert job["chat_id"] == chat_id and job["user_seq"] == 1
+    for _ in range(2):  # SQS delivers at least once: the same record twice
+        reply.handler({"Records": [record]}, LambdaContext("reply"))
+    replies = [m for m in harness.store.messages(chat_id) if m.role == "assistant"]
+    assert [m.seq for m in replies] == [2] and model.stats["requests"] == 1
+    assert [f["type"] for f in harness.frames("c1")].count("message") == 1
+
+
+def test_the_harness_queue_delivers_every_job_twice_and_the_duplicate_does_nothing(harness, model):
+    harness.connect("c1")
+    chat_id = harness.start("c1")["chat_id"]
+    for n in range(3):
+        frames = harness.send("c1", _send("c1", chat_id, f"m{n}", f"question {n}"))
+        assert frames[-1]["type"] == "message"
+    assert harness.queue.stats.delivered == 2 * harness.queue.stats.sent == 6
+    assert model.stats["requests"] == 3
+    assert [m.seq for m in harness.store.messages(chat_id)] == list(range(1, 7))
+
+
+def test_a_queue_that_refuses_the_job_frees_the_chat_and_the_retry_works(harness, model):
+    harness.connect("c1")
+    chat_id = harness.start("c1")["chat_id"]
+    services = runtime.services()
+    services.jobs = runtime.SqsJobQueue("https://sqs.us-east-1.amazonaws.com/123456789012/no-such-queue")
+    frames = harness.send("c1", _send("c1", chat_id, "m1"))
+    assert [f["type"] for f in frames] == ["ack", "error"]
+    error = frames[-1]
+    assert (error["code"], error["retryable"], error["seq"], error["client_msg_id"]) == ("internal", True, 2, "m1")
+    assert "no-such-queue" not in json.dumps(frames)  # nothing of the failure's detail reaches the client
+    assert harness.store.get_chat(chat_id).lease is None  # not held for the queue's wait
+    services.jobs = harness.queue
+    again = harness.send("c1", _send("c1", chat_id, "m1"))
+    assert [f["type"] for f in again][:2] == ["ack", "queued"] and again[0]["duplicate"] is True
+    assert again[-1]["type"] == "message" and again[-1]["seq"] == 2 and model.stats["requests"] == 1
+
+
+def test_a_retry_of_a_queued_message_is_told_it_is_queued_and_queues_nothing(harness, model):
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(QueueName="replies")["QueueUrl"]
+    runtime.services().jobs = runtime.SqsJobQueue(url, client=sqs)
+    harness.connect("c1")
+    chat_id = harness.start("c1")["chat_id"]
+    harness.send("c1", _send("c1", chat_id, "m1"))
+    harness.connect("c2")  # the participant reloaded the page while the reply waited
+    retry = harness.send("c2", _send("c2", chat_id, "m1"))
+    assert [f["type"] for f in retry] == ["ack", "queued"] and retry[0]["duplicate"] is True
+    assert retry[1] == {"type": "queued", "chat_id": chat_id, "seq": 2, "client_msg_id": "m1"}
+    assert len(_sqs_records(sqs, url)) == 1  # one job for the message, however often it is retried
+    chat = harness.send("c2", {"action": "history", "chat_id": chat_id})[-1]
+    assert chat["replying"] == 2
+
+
+def test_a_malformed_job_fails_the_invocation_so_sqs_keeps_it_for_the_dead_letter_queue(harness):
+    with pytest.raises(reply.JobsFailed):
+        reply.handler({"Records": [{"messageId": "x", "body": "not json"}]}, LambdaContext("reply"))
+    with pytest.raises(reply.JobsFailed):
+        reply.handler({"Records": [{"messageId": "y", "body": json.dumps({"kind": "reply"})}]}, LambdaContext("reply"))
