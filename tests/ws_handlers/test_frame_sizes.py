@@ -129,7 +129,7 @@ def test_a_resumed_long_reply_comes_as_several_deltas_by_offset(emulated, script
     emulated.connect("c2")
     emulated.send("c2", {"action": "start", "ticket": emulated.ticket()}, wait=False)
     model.release.set()
-    assert emulated.invoker.wait_idle(30)
+    assert emulated.queue.wait_idle(30)
 
     frames = emulated.frames("c2")
     final = frames[-1]
