@@ -84,7 +84,7 @@ DEPLOY_KEY = $(if $(OPENAI_KEY_FILE),--from-file "$(OPENAI_KEY_FILE)")
 
 .PHONY: deploy
 deploy: venv $(SAM_STAMP)
-	@$(DEPLOY_TOOL) check $(DEPLOY_WHERE) --sam $(SAM_VENV)/bin/sam $(DEPLOY_KEY)
+	@$(DEPLOY_TOOL) check $(DEPLOY_WHERE) --sam $(SAM_VENV)/bin/sam $(DEPLOY_KEY) $(if $(filter 1,$(GUIDED)),--guided)
 	$(SAM_AWS) build --cached --parallel --template-file template.yaml
 	@[ -f $(SAMCONFIG) ] || cp samconfig.toml $(SAMCONFIG)
 	@guided="$(if $(filter 1,$(GUIDED)),--guided,$$($(DEPLOY_TOOL) guided-flag $(DEPLOY_WHERE)))" || exit 1; \

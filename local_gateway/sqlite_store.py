@@ -11,8 +11,9 @@ a refused condition writes nothing and no concurrent writer can interleave.
 Tables mirror the DynamoDB items: `chats` (the META item: counters, binding, lease),
 `messages` (one row per message, keyed (chat_id, seq), with the fields an export needs),
 `client_messages` ((chat_id, client_msg_id) -> seq, for idempotent retries),
-`participants` (chats opened), `controls` (pause switch, token budget and tokens used per
-experiment; the row with experiment '' is the service-wide `SERVICE` item) and
+`participants` (chats opened), `controls` (pause switch, token budget, tokens used and the
+allowlist flag per experiment; the row with experiment '' is the service-wide `SERVICE` item),
+`allowlist` ((experiment, participant): the `ALLOW#` items) and
 `connections` (a row past `expires_at` reads as absent, as on DynamoDB before TTL deletes
 it; nothing deletes it here: a row per connect is negligible on one laptop). The operator's
 methods at the end (`store.AdminStore`, for `python -m ws_handlers.ops`) page through an
@@ -44,7 +45,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from ws_handlers.bot import Bot
@@ -62,11 +63,12 @@ from ws_handlers.store import (
     SeqConflict,
     StoreError,
     StoreThrottled,
+    check_allowlist_change,
     check_controls_change,
 )
 from ws_handlers.tickets import Identity
 
-SCHEMA_VERSION = 2  #: PRAGMA user_version; each migration bumps it
+SCHEMA_VERSION = 3  #: PRAGMA user_version; each migration bumps it
 _SERVICE = ""  #: the `controls` row of the service as a whole (no experiment is named '')
 
 _SCHEMA = (
@@ -100,15 +102,18 @@ _SCHEMA = (
         open_until REAL NOT NULL DEFAULT 0)""",
     """CREATE TABLE IF NOT EXISTS controls (
         experiment TEXT PRIMARY KEY, paused INTEGER, token_budget INTEGER,
-        tokens_used INTEGER NOT NULL DEFAULT 0)""",
+        tokens_used INTEGER NOT NULL DEFAULT 0, allowlist INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS allowlist (
+        experiment TEXT NOT NULL, participant TEXT NOT NULL,
+        PRIMARY KEY (experiment, participant)) WITHOUT ROWID""",
 )
 
-#: From each version to the next, for files written by older code.
+#: The columns each version added to tables that already existed, for files written by older
+#: code (tables added since come whole with _SCHEMA).
 _MIGRATIONS = {
-    1: (
-        "ALTER TABLE connections ADD COLUMN rate_window INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE connections ADD COLUMN rate_count INTEGER NOT NULL DEFAULT 0",
-    ),
+    1: (("connections", "rate_window INTEGER NOT NULL DEFAULT 0"),
+        ("connections", "rate_count INTEGER NOT NULL DEFAULT 0")),
+    2: (("controls", "allowlist INTEGER"),),
 }
 
 _CHAT_COLUMNS = (
@@ -147,8 +152,8 @@ class SqliteStore:
                         db.execute(statement)
                 else:
                     for step in range(version, SCHEMA_VERSION):
-                        for statement in _MIGRATIONS[step]:
-                            db.execute(statement)
+                        for table, column in _MIGRATIONS[step]:
+                            _add_column(db, table, column)
                     for statement in _SCHEMA:  # tables added since; all IF NOT EXISTS
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -239,11 +244,12 @@ class SqliteStore:
         rows = {
             row[0]: row[1:]
             for row in self._read(
-                "SELECT experiment, paused, token_budget, tokens_used FROM controls WHERE experiment IN (?, ?)",
+                "SELECT experiment, paused, token_budget, tokens_used, allowlist FROM controls "
+                "WHERE experiment IN (?, ?)",
                 (experiment, _SERVICE),
             )
         }
-        paused, budget, used = rows.get(experiment, (None, None, 0))
+        paused, budget, used, allowlist = rows.get(experiment, (None, None, 0, None))
         service_paused = rows.get(_SERVICE, (None,))[0]
         breaker = self._read("SELECT open_until FROM llm_breaker WHERE id = 1", ())
         return Controls(
@@ -251,7 +257,12 @@ class SqliteStore:
             token_budget=budget,
             tokens_used=used,
             llm_paused_until=breaker[0][0] if breaker else 0.0,
+            allowlist=bool(allowlist),
         )
+
+    def on_allowlist(self, experiment: str, participant: str) -> bool:
+        return bool(self._read("SELECT 1 FROM allowlist WHERE experiment = ? AND participant = ?",
+                               (experiment, participant)))
 
     def record_llm_failure(self, now: float, threshold: int, window: float, cooldown: float) -> bool:
         with self._write() as db:
@@ -435,12 +446,42 @@ class SqliteStore:
     # -- the operator's port (store.AdminStore): a process beside the stack, on the same file ------
     def read_controls(self, experiment: str | None) -> Controls:
         rows = self._read(
-            "SELECT paused, token_budget, tokens_used FROM controls WHERE experiment = ?",
+            "SELECT paused, token_budget, tokens_used, allowlist FROM controls WHERE experiment = ?",
             (_SERVICE if experiment is None else experiment,),
         )
-        paused, budget, used = rows[0] if rows else (None, None, 0)
+        paused, budget, used, allowlist = rows[0] if rows else (None, None, 0, None)
         breaker = self._read("SELECT open_until FROM llm_breaker WHERE id = 1", ())
-        return Controls(bool(paused), budget, used, breaker[0][0] if breaker else 0.0)
+        return Controls(bool(paused), budget, used, breaker[0][0] if breaker else 0.0, bool(allowlist))
+
+    def add_to_allowlist(self, experiment: str, participants: Collection[str]) -> None:
+        check_allowlist_change(experiment, participants)
+        if not participants:
+            return
+        with self._write() as db:  # one transaction: the flag and the codes together
+            db.execute("INSERT INTO controls (experiment, allowlist) VALUES (?, 1) "
+                       "ON CONFLICT (experiment) DO UPDATE SET allowlist = 1", (experiment,))
+            db.executemany("INSERT OR IGNORE INTO allowlist VALUES (?, ?)", ((experiment, p) for p in participants))
+
+    def remove_from_allowlist(self, experiment: str, participants: Collection[str]) -> None:
+        check_allowlist_change(experiment, participants)
+        with self._write() as db:
+            db.executemany("DELETE FROM allowlist WHERE experiment = ? AND participant = ?",
+                           ((experiment, p) for p in participants))
+
+    def allowlist(self, experiment: str, page_size: int = 500) -> Iterator[str]:
+        after = ""
+        while True:  # keyset pages along the primary key
+            rows = self._read("SELECT participant FROM allowlist WHERE experiment = ? AND participant > ? "
+                              "ORDER BY participant LIMIT ?", (experiment, after, page_size))
+            yield from (row[0] for row in rows)
+            if len(rows) < page_size:
+                return
+            after = rows[-1][0]
+
+    def clear_allowlist(self, experiment: str) -> int:
+        with self._write() as db:
+            db.execute("UPDATE controls SET allowlist = NULL WHERE experiment = ?", (experiment,))
+            return db.execute("DELETE FROM allowlist WHERE experiment = ?", (experiment,)).rowcount
 
     def experiment_chats(
         self, experiment: str, session: str | None = None, participant: str | None = None, page_size: int = 500
@@ -493,6 +534,9 @@ class SqliteStore:
                     "DELETE FROM participants WHERE experiment = ? AND participant = ?", (experiment, participant)
                 ).rowcount
             connections = db.execute(f"DELETE FROM connections WHERE {where}", params).rowcount
+            if session is None:  # the participant is gone from the experiment: their code with them
+                counters += db.execute("DELETE FROM allowlist WHERE experiment = ? AND participant = ?",
+                                       (experiment, participant)).rowcount
         return deleted + Deleted(connections=connections, records=counters)
 
     def delete_experiment(self, experiment: str) -> Deleted:
@@ -500,7 +544,7 @@ class SqliteStore:
             deleted = _delete_chats(db, "experiment = ?", (experiment,))
             records = sum(
                 db.execute(f"DELETE FROM {table} WHERE experiment = ?", (experiment,)).rowcount
-                for table in ("participants", "controls")
+                for table in ("participants", "controls", "allowlist")
             )
             connections = db.execute("DELETE FROM connections WHERE experiment = ?", (experiment,)).rowcount
         return deleted + Deleted(connections=connections, records=records)
@@ -515,6 +559,14 @@ def _throttled() -> Iterator[None]:
         if exc.sqlite_errorcode & 0xFF in _BUSY:  # primary code: SQLITE_BUSY_SNAPSHOT etc. too
             raise StoreThrottled(str(exc)) from exc
         raise
+
+
+def _add_column(db: sqlite3.Connection, table: str, column: str) -> None:
+    """ALTER TABLE ADD COLUMN on a table that exists without the column (a missing table is
+    created whole, with every column, by _SCHEMA afterwards)."""
+    existing = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    if existing and column.split()[0] not in existing:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 def _insert_message(db: sqlite3.Connection, chat: Chat, message: Message) -> None:

@@ -316,3 +316,31 @@ def test_a_version_1_file_is_migrated_and_keeps_its_data(tmp_path):
         assert store.count_frame("c2", 100.0, 10)[1] == 1
     finally:
         store.close()
+
+
+def test_a_version_2_file_gets_the_allowlist_and_keeps_its_controls(tmp_path):
+    import sqlite3 as sq
+
+    from local_gateway.sqlite_store import SqliteStore
+    from ws_handlers.store import Controls
+
+    path = tmp_path / "v2.sqlite3"
+    db = sq.connect(path)
+    db.execute("CREATE TABLE controls (experiment TEXT PRIMARY KEY, paused INTEGER, token_budget INTEGER, "
+               "tokens_used INTEGER NOT NULL DEFAULT 0)")
+    db.execute("INSERT INTO controls VALUES ('exp1', 1, 500, 42)")
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    try:
+        assert store.read_controls("exp1") == Controls(paused=True, token_budget=500, tokens_used=42)
+        store.add_to_allowlist("exp1", ["P1"])
+        assert store.get_controls("exp1").allowlist and store.on_allowlist("exp1", "P1")
+    finally:
+        store.close()
+    reopened = SqliteStore(path)  # no migration runs twice
+    try:
+        assert reopened.read_controls("exp1").allowlist
+    finally:
+        reopened.close()

@@ -73,6 +73,35 @@ class Seeded:
             p.close()
 
 
+@pytest.fixture(scope="module")
+def moto_url():
+    """moto's server on loopback, shared by a module's tests."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def reset_moto(url: str) -> None:
+    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10)
+
+
+@pytest.fixture
+def server(moto_url):
+    """moto's server, emptied, with the tables under the functions' default names."""
+    import boto3
+
+    from ws_handlers.dynamo_store import DynamoStore, create_tables
+
+    reset_moto(moto_url)
+    client = boto3.client("dynamodb", endpoint_url=moto_url, region_name="us-east-1")
+    create_tables(client, "chat-connections", "chat-chats")
+    return moto_url, DynamoStore("chat-connections", "chat-chats", client=client)
+
+
 @pytest.fixture
 def seed(stack):
     """seed(experiment): P1 and P2 in session s1, P3 in s2, two messages each, sockets left open."""
