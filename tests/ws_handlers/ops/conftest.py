@@ -73,18 +73,6 @@ class Seeded:
             p.close()
 
 
-@pytest.fixture(scope="module")
-def moto_url():
-    """moto's server on loopback, shared by a module's tests."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 def reset_moto(url: str) -> None:
     urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10)
 
