@@ -11,9 +11,10 @@ a refused condition writes nothing and no concurrent writer can interleave.
 Tables mirror the DynamoDB items: `chats` (the META item: counters, binding, lease),
 `messages` (one row per message, keyed (chat_id, seq), with the fields an export needs),
 `client_messages` ((chat_id, client_msg_id) -> seq, for idempotent retries),
-`participants` (chats opened), `controls` (pause switch, token budget, tokens used and the
-allowlist flag per experiment; the row with experiment '' is the service-wide `SERVICE` item),
-`allowlist` ((experiment, participant): the `ALLOW#` items) and
+`participants` (chats opened), `controls` (pause switch, token budget and tokens used per
+experiment; the row with experiment '' is the service-wide `SERVICE` item), `allowlists` (the
+experiments whose allowlist is on: the CONTROL item's flag), `allowlist` ((experiment,
+participant): the `ALLOW#` items) and
 `connections` (a row past `expires_at` reads as absent, as on DynamoDB before TTL deletes
 it; nothing deletes it here: a row per connect is negligible on one laptop). The operator's
 methods at the end (`store.AdminStore`, for `python -m ws_handlers.ops`) page through an
@@ -68,7 +69,7 @@ from ws_handlers.store import (
 )
 from ws_handlers.tickets import Identity
 
-SCHEMA_VERSION = 3  #: PRAGMA user_version; each migration bumps it
+SCHEMA_VERSION = 2  #: PRAGMA user_version; each migration bumps it
 _SERVICE = ""  #: the `controls` row of the service as a whole (no experiment is named '')
 
 _SCHEMA = (
@@ -97,23 +98,25 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS participants (
         experiment TEXT NOT NULL, participant TEXT NOT NULL, chats INTEGER NOT NULL,
         PRIMARY KEY (experiment, participant)) WITHOUT ROWID""",
+    # Tables of their own, not columns: an older file gains them on opening, without a migration.
+    "CREATE TABLE IF NOT EXISTS allowlists (experiment TEXT PRIMARY KEY) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS allowlist (
+        experiment TEXT NOT NULL, participant TEXT NOT NULL,
+        PRIMARY KEY (experiment, participant)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS llm_breaker (
         id INTEGER PRIMARY KEY CHECK (id = 1), failures INTEGER NOT NULL, window_start REAL NOT NULL,
         open_until REAL NOT NULL DEFAULT 0)""",
     """CREATE TABLE IF NOT EXISTS controls (
         experiment TEXT PRIMARY KEY, paused INTEGER, token_budget INTEGER,
-        tokens_used INTEGER NOT NULL DEFAULT 0, allowlist INTEGER)""",
-    """CREATE TABLE IF NOT EXISTS allowlist (
-        experiment TEXT NOT NULL, participant TEXT NOT NULL,
-        PRIMARY KEY (experiment, participant)) WITHOUT ROWID""",
+        tokens_used INTEGER NOT NULL DEFAULT 0)""",
 )
 
-#: The columns each version added to tables that already existed, for files written by older
-#: code (tables added since come whole with _SCHEMA).
+#: From each version to the next, for files written by older code.
 _MIGRATIONS = {
-    1: (("connections", "rate_window INTEGER NOT NULL DEFAULT 0"),
-        ("connections", "rate_count INTEGER NOT NULL DEFAULT 0")),
-    2: (("controls", "allowlist INTEGER"),),
+    1: (
+        "ALTER TABLE connections ADD COLUMN rate_window INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE connections ADD COLUMN rate_count INTEGER NOT NULL DEFAULT 0",
+    ),
 }
 
 _CHAT_COLUMNS = (
@@ -152,8 +155,8 @@ class SqliteStore:
                         db.execute(statement)
                 else:
                     for step in range(version, SCHEMA_VERSION):
-                        for table, column in _MIGRATIONS[step]:
-                            _add_column(db, table, column)
+                        for statement in _MIGRATIONS[step]:
+                            db.execute(statement)
                     for statement in _SCHEMA:  # tables added since; all IF NOT EXISTS
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -244,12 +247,11 @@ class SqliteStore:
         rows = {
             row[0]: row[1:]
             for row in self._read(
-                "SELECT experiment, paused, token_budget, tokens_used, allowlist FROM controls "
-                "WHERE experiment IN (?, ?)",
+                "SELECT experiment, paused, token_budget, tokens_used FROM controls WHERE experiment IN (?, ?)",
                 (experiment, _SERVICE),
             )
         }
-        paused, budget, used, allowlist = rows.get(experiment, (None, None, 0, None))
+        paused, budget, used = rows.get(experiment, (None, None, 0))
         service_paused = rows.get(_SERVICE, (None,))[0]
         breaker = self._read("SELECT open_until FROM llm_breaker WHERE id = 1", ())
         return Controls(
@@ -257,12 +259,15 @@ class SqliteStore:
             token_budget=budget,
             tokens_used=used,
             llm_paused_until=breaker[0][0] if breaker else 0.0,
-            allowlist=bool(allowlist),
+            allowlist=self._allowlist_on(experiment),
         )
 
     def on_allowlist(self, experiment: str, participant: str) -> bool:
         return bool(self._read("SELECT 1 FROM allowlist WHERE experiment = ? AND participant = ?",
                                (experiment, participant)))
+
+    def _allowlist_on(self, experiment: str | None) -> bool:
+        return bool(self._read("SELECT 1 FROM allowlists WHERE experiment = ?", (experiment,)))
 
     def record_llm_failure(self, now: float, threshold: int, window: float, cooldown: float) -> bool:
         with self._write() as db:
@@ -446,20 +451,19 @@ class SqliteStore:
     # -- the operator's port (store.AdminStore): a process beside the stack, on the same file ------
     def read_controls(self, experiment: str | None) -> Controls:
         rows = self._read(
-            "SELECT paused, token_budget, tokens_used, allowlist FROM controls WHERE experiment = ?",
+            "SELECT paused, token_budget, tokens_used FROM controls WHERE experiment = ?",
             (_SERVICE if experiment is None else experiment,),
         )
-        paused, budget, used, allowlist = rows[0] if rows else (None, None, 0, None)
+        paused, budget, used = rows[0] if rows else (None, None, 0)
         breaker = self._read("SELECT open_until FROM llm_breaker WHERE id = 1", ())
-        return Controls(bool(paused), budget, used, breaker[0][0] if breaker else 0.0, bool(allowlist))
+        return Controls(bool(paused), budget, used, breaker[0][0] if breaker else 0.0, self._allowlist_on(experiment))
 
     def add_to_allowlist(self, experiment: str, participants: Collection[str]) -> None:
         check_allowlist_change(experiment, participants)
         if not participants:
             return
         with self._write() as db:  # one transaction: the flag and the codes together
-            db.execute("INSERT INTO controls (experiment, allowlist) VALUES (?, 1) "
-                       "ON CONFLICT (experiment) DO UPDATE SET allowlist = 1", (experiment,))
+            db.execute("INSERT OR IGNORE INTO allowlists VALUES (?)", (experiment,))
             db.executemany("INSERT OR IGNORE INTO allowlist VALUES (?, ?)", ((experiment, p) for p in participants))
 
     def remove_from_allowlist(self, experiment: str, participants: Collection[str]) -> None:
@@ -480,7 +484,7 @@ class SqliteStore:
 
     def clear_allowlist(self, experiment: str) -> int:
         with self._write() as db:
-            db.execute("UPDATE controls SET allowlist = NULL WHERE experiment = ?", (experiment,))
+            db.execute("DELETE FROM allowlists WHERE experiment = ?", (experiment,))
             return db.execute("DELETE FROM allowlist WHERE experiment = ?", (experiment,)).rowcount
 
     def experiment_chats(
@@ -544,8 +548,11 @@ class SqliteStore:
             deleted = _delete_chats(db, "experiment = ?", (experiment,))
             records = sum(
                 db.execute(f"DELETE FROM {table} WHERE experiment = ?", (experiment,)).rowcount
-                for table in ("participants", "controls", "allowlist")
+                for table in ("participants", "allowlist")
             )
+            controls, flag = (db.execute(f"DELETE FROM {table} WHERE experiment = ?", (experiment,)).rowcount
+                              for table in ("controls", "allowlists"))
+            records += max(controls, flag)  # on DynamoDB both are the one CONTROL item
             connections = db.execute("DELETE FROM connections WHERE experiment = ?", (experiment,)).rowcount
         return deleted + Deleted(connections=connections, records=records)
 
@@ -559,14 +566,6 @@ def _throttled() -> Iterator[None]:
         if exc.sqlite_errorcode & 0xFF in _BUSY:  # primary code: SQLITE_BUSY_SNAPSHOT etc. too
             raise StoreThrottled(str(exc)) from exc
         raise
-
-
-def _add_column(db: sqlite3.Connection, table: str, column: str) -> None:
-    """ALTER TABLE ADD COLUMN on a table that exists without the column (a missing table is
-    created whole, with every column, by _SCHEMA afterwards)."""
-    existing = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-    if existing and column.split()[0] not in existing:
-        db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 def _insert_message(db: sqlite3.Connection, chat: Chat, message: Message) -> None:

@@ -458,42 +458,6 @@ def _function(resolver: Resolver, logical_id: str, own: dict, defaults: dict) ->
     )
 
 
-@dataclass(frozen=True)
-class Reservation:
-    """What one function takes from the account's Lambda concurrency with given parameters."""
-
-    function: str
-    reserved: int = 0  #: ReservedConcurrentExecutions (0: unreserved)
-    provisioned: int = 0  #: ProvisionedConcurrencyConfig of its alias (0: none)
-
-    @property
-    def taken(self) -> int:
-        """Provisioned environments come out of the function's reservation when it has one, else
-        out of the account's unreserved pool, as a reservation would."""
-        return max(self.reserved, self.provisioned)
-
-
-def reservations(document: dict, parameters: Mapping[str, str] | None = None) -> list[Reservation]:
-    """The functions (AWS::Serverless::Function, as `sam deploy` uploads the template) that
-    reserve or provision concurrency with these parameters: what the stack takes from the
-    account. Read from the template itself, so a template that stops reserving (e.g. the reply
-    function capped by a queue instead) needs no change here."""
-    resolver = Resolver(document, parameters)
-    defaults = (document.get("Globals") or {}).get("Function") or {}
-    found = []
-    for logical_id, own in _of_type(resolver, "AWS::Serverless::Function").items():
-        where = f"Resources.{logical_id}.Properties"
-        reserved = resolver.resolve({"v": own.get("ReservedConcurrentExecutions",
-                                                  defaults.get("ReservedConcurrentExecutions"))}, where).get("v")
-        config = resolver.resolve({"v": own.get("ProvisionedConcurrencyConfig")}, where).get("v") or {}
-        provisioned = config.get("ProvisionedConcurrentExecutions")
-        reservation = Reservation(logical_id, 0 if reserved is None else _int(reserved, where),
-                                  0 if provisioned is None else _int(provisioned, where))
-        if reservation.taken:
-            found.append(reservation)
-    return found
-
-
 def _websocket_api(resolver: Resolver) -> WebSocketApi:
     apis = {
         logical_id: properties
@@ -582,6 +546,45 @@ def create_tables(client: Any, template: Template) -> None:
             client.update_time_to_live(
                 TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute}
             )
+
+
+# ------------------------------------------------------------------------------ concurrency
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What one function takes from the account's Lambda concurrency with given parameters."""
+
+    function: str
+    reserved: int = 0  #: ReservedConcurrentExecutions (0: unreserved)
+    provisioned: int = 0  #: ProvisionedConcurrencyConfig of its alias (0: none)
+
+    @property
+    def taken(self) -> int:
+        """Provisioned environments come out of the function's reservation when it has one, else
+        out of the account's unreserved pool, as a reservation would."""
+        return max(self.reserved, self.provisioned)
+
+
+def reservations(document: dict, parameters: Mapping[str, str] | None = None) -> list[Reservation]:
+    """The functions (AWS::Serverless::Function, as `sam deploy` uploads the template) that
+    reserve or provision concurrency with these parameters: what the stack takes from the
+    account. Read from the template itself, so a template that stops reserving (e.g. the reply
+    function capped by a queue instead) needs no change here."""
+    resolver = Resolver(document, parameters)
+    defaults = (document.get("Globals") or {}).get("Function") or {}
+    found = []
+    for logical_id, own in _of_type(resolver, "AWS::Serverless::Function").items():
+        where = f"Resources.{logical_id}.Properties"
+        reserved = resolver.resolve({"v": own.get("ReservedConcurrentExecutions",
+                                                  defaults.get("ReservedConcurrentExecutions"))}, where).get("v")
+        config = resolver.resolve({"v": own.get("ProvisionedConcurrencyConfig")}, where).get("v") or {}
+        provisioned = config.get("ProvisionedConcurrentExecutions")
+        reservation = Reservation(logical_id, 0 if reserved is None else _int(reserved, where),
+                                  0 if provisioned is None else _int(provisioned, where))
+        if reservation.taken:
+            found.append(reservation)
+    return found
 
 
 # ------------------------------------------------------------------------------ routing

@@ -69,11 +69,6 @@ class TicketExpired(CredentialError):
     code = "ticket_expired"
 
 
-def valid_code(value: object) -> bool:
-    """Whether `value` can be a participant code, experiment or session name in a token."""
-    return isinstance(value, str) and _CODE.fullmatch(value) is not None
-
-
 @dataclass(frozen=True)
 class Identity:
     """Who is connected: a participant in one session of one experiment."""
@@ -95,6 +90,11 @@ class Ticket:
     identity: Identity
     chat_key: str
     bot: Bot
+
+
+def valid_code(value: object) -> bool:
+    """Whether `value` can be a participant code, experiment or session name in a token."""
+    return isinstance(value, str) and _CODE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

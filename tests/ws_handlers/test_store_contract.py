@@ -465,6 +465,7 @@ def test_codes_no_token_could_carry_are_refused(store, experiment, codes):
 
 
 def test_deletions_take_the_allowlist_codes_with_them(store):
+    store.set_controls("exp1", paused=True)
     store.add_to_allowlist("exp1", ["P1", "P2"])
     store.add_to_allowlist("exp2", ["P1"])
     assert store.delete_participant("exp1", "P2", session="s1") == Deleted()  # one session: the code stays

@@ -71,7 +71,12 @@ def saved_overrides(saved: Mapping[str, Any]) -> dict[str, str] | None:
         return {str(k): str(v) for k, v in value.items()}
     found: dict[str, str] = {}
     for item in value if isinstance(value, list) else [value]:
-        for token in shlex.split(str(item)):
+        try:
+            tokens = shlex.split(str(item))
+        except ValueError as exc:  # an unbalanced quote
+            raise OpsError(f"samconfig's parameter_overrides cannot be read ({exc}): fix them, or deploy with "
+                           "GUIDED=1 to answer again", 2) from None
+        for token in tokens:
             if token.startswith("ParameterKey="):
                 key, _, val = token.removeprefix("ParameterKey=").partition(",ParameterValue=")
             else:
@@ -84,7 +89,7 @@ def plan(template: dict, overrides: Mapping[str, str], stack: str | None = None,
          stack_parameters: Mapping[str, str] | None = None, deployed: dict | None = None) -> Plan:
     """What deploying `template` with `overrides` over `stack` (its parameters and deployed
     template, when it exists) reserves and gives back. Parameters the template does not declare
-    are ignored, as sam ignores them, with a warning."""
+    are ignored, as sam ignores them, with a warning; TemplateError for values the template refuses."""
     declared = template.get("Parameters") or {}
     previous = dict(stack_parameters or {})
     values = {k: v for k, v in previous.items() if k in declared} | {k: v for k, v in overrides.items() if k in declared}
@@ -97,11 +102,8 @@ def plan(template: dict, overrides: Mapping[str, str], stack: str | None = None,
         if name in _REMOVED and previous[name]:
             result.warnings.append(f"stack {stack} uses {name}={previous[name][:60]!r}, which this deploy removes: "
                                    + _REMOVED[name].format(stack=stack))
-    try:
-        result.reserves = reservations(template, values)
-        llm = Resolver(template, values).parameters.get("LlmConcurrency")
-    except TemplateError as exc:
-        raise OpsError(f"the deploy's parameters are refused by template.yaml: {exc}", 2) from None
+    result.reserves = reservations(template, values)  # TemplateError: parameters CloudFormation would refuse
+    llm = Resolver(template, values).parameters.get("LlmConcurrency")
     result.llm_concurrency = None if llm is None else int(float(llm))
     if deployed is not None:
         try:
@@ -191,12 +193,18 @@ def check(session: Any, region: str, stack: str | None, described: dict | None, 
     defaults to one from `session`."""
     overrides = saved_overrides(saved)
     template = read_template(template_path)
+    previous, deployed = None, None
     if described is not None:
         previous = {p["ParameterKey"]: p.get("ParameterValue", "") for p in described.get("Parameters", [])}
-        deploy = plan(template, overrides or {}, stack, previous,
-                      deployed_template(session.client("cloudformation", region_name=region), stack))
-    else:
-        deploy = plan(template, overrides or {}, stack)
+        deployed = deployed_template(session.client("cloudformation", region_name=region), stack)
+    try:
+        deploy = plan(template, overrides or {}, stack, previous, deployed)
+    except TemplateError as exc:  # CloudFormation would refuse them too, after the build
+        if guided:
+            return None, [f"the saved parameters are refused by template.yaml ({exc}): answer within its limits "
+                          "when sam asks (the concurrency check is skipped)"]
+        raise OpsError(f"the deploy's parameters (saved in samconfig, else the stack's) are refused by "
+                       f"template.yaml: {exc}; fix them, or deploy with GUIDED=1 to answer again", 2) from None
     limits = account(lambda_client or session.client("lambda", region_name=region), region)
     if limits is None:
         return None, [*deploy.warnings, f"these credentials may not read Lambda's concurrency quota in {region} "

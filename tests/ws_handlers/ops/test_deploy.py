@@ -369,6 +369,25 @@ def test_a_removed_allowlist_parameter_is_not_dropped_silently(run, sam, tmp_pat
     assert any("stack study1 uses ParticipantAllowlist='P1,P2', which this deploy removes" in w for w in warnings)
 
 
+@MOTO_SKIPS_SAM_RESOURCES
+@mock_aws
+def test_parameters_the_new_template_refuses_stop_the_deploy_before_the_build(run, sam, tmp_path):
+    """A stack deployed with LlmConcurrency 0 (unreserved) keeps it on update (sam's UsePreviousValue),
+    but a template whose LlmConcurrency is a queue's MaximumConcurrency (2 to 1000) refuses 0."""
+    _stack(RESERVING, LlmConcurrency="0")
+    config = saved(tmp_path, 'AllowedOrigins="https://a.example"')
+    argv = ("check", "--sam", sam, "--config", str(config), "--template", template_file(tmp_path, QUEUED))
+    code, _, err = run(*argv)
+    assert code == 2
+    assert ("the deploy's parameters (saved in samconfig, else the stack's) are refused by template.yaml: "
+            "Parameters.LlmConcurrency: 0 is outside [MinValue, MaxValue]") in one_line_error(err)
+    code, out, err = run(*argv, "--guided")
+    assert (code, err) == (0, "") and "warn  the saved parameters are refused by template.yaml" in out
+    config = saved(tmp_path, 'AllowedOrigins="https://a.example')  # a quote left open
+    code, _, err = run(*argv[:3], "--config", str(config), *argv[5:])
+    assert code == 2 and "samconfig's parameter_overrides cannot be read (No closing quotation)" in one_line_error(err)
+
+
 @pytest.mark.parametrize("overrides, expected", [
     ('Stage="prod" AllowedOrigins="https://a.example https://b.example" LlmConcurrency=5',
      {"Stage": "prod", "AllowedOrigins": "https://a.example https://b.example", "LlmConcurrency": "5"}),
