@@ -46,7 +46,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from ws_handlers.bot import Bot
@@ -54,6 +54,7 @@ from ws_handlers.store import (
     Chat,
     ChatBusy,
     ChatLimitReached,
+    Codes,
     Connection,
     Controls,
     Deleted,
@@ -458,7 +459,7 @@ class SqliteStore:
         breaker = self._read("SELECT open_until FROM llm_breaker WHERE id = 1", ())
         return Controls(bool(paused), budget, used, breaker[0][0] if breaker else 0.0, self._allowlist_on(experiment))
 
-    def add_to_allowlist(self, experiment: str, participants: Collection[str]) -> None:
+    def add_to_allowlist(self, experiment: str, participants: Codes) -> None:
         check_allowlist_change(experiment, participants)
         if not participants:
             return
@@ -466,7 +467,7 @@ class SqliteStore:
             db.execute("INSERT OR IGNORE INTO allowlists VALUES (?)", (experiment,))
             db.executemany("INSERT OR IGNORE INTO allowlist VALUES (?, ?)", ((experiment, p) for p in participants))
 
-    def remove_from_allowlist(self, experiment: str, participants: Collection[str]) -> None:
+    def remove_from_allowlist(self, experiment: str, participants: Codes) -> None:
         check_allowlist_change(experiment, participants)
         with self._write() as db:
             db.executemany("DELETE FROM allowlist WHERE experiment = ? AND participant = ?",

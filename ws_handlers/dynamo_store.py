@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -31,6 +31,7 @@ from .store import (
     Chat,
     ChatBusy,
     ChatLimitReached,
+    Codes,
     Connection,
     Controls,
     Deleted,
@@ -522,7 +523,7 @@ class DynamoStore:
             **({"ExpressionAttributeValues": values} if values else {}),
         )
 
-    def add_to_allowlist(self, experiment: str, participants: Collection[str]) -> None:
+    def add_to_allowlist(self, experiment: str, participants: Codes) -> None:
         check_allowlist_change(experiment, participants)
         if not participants:
             return
@@ -531,7 +532,7 @@ class DynamoStore:
             {"PutRequest": {"Item": _key(_allow_pk(experiment), code)}} for code in dict.fromkeys(participants)
         ])
 
-    def remove_from_allowlist(self, experiment: str, participants: Collection[str]) -> None:
+    def remove_from_allowlist(self, experiment: str, participants: Codes) -> None:
         check_allowlist_change(experiment, participants)
         self._batch_delete(self.chats_table, [_key(_allow_pk(experiment), c) for c in dict.fromkeys(participants)])
 

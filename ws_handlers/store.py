@@ -87,6 +87,10 @@ class Controls:
     allowlist: bool = False
 
 
+#: Participant codes given to an allowlist change (AdminStore.add_to_allowlist ...).
+Codes = Collection[str]
+
+
 class StoreError(Exception):
     """Base of the store's refusals."""
 
@@ -220,13 +224,13 @@ class AdminStore(Protocol):
         `clear_budget` removes the budget (TOKEN_BUDGET applies again); tokens_used is never touched."""
         ...
 
-    def add_to_allowlist(self, experiment: str, participants: Collection[str]) -> None:
+    def add_to_allowlist(self, experiment: str, participants: Codes) -> None:
         """Turn the experiment's allowlist on (the flag first: an interrupted upload refuses some
         invited participants, never admits uninvited ones) and add the codes; codes already on it
         stay once."""
         ...
 
-    def remove_from_allowlist(self, experiment: str, participants: Collection[str]) -> None:
+    def remove_from_allowlist(self, experiment: str, participants: Codes) -> None:
         """Remove the codes; the allowlist stays on, so removing the last code admits nobody."""
         ...
 
@@ -274,7 +278,7 @@ def check_controls_change(experiment: str | None, token_budget: int | None, clea
         raise ValueError("token_budget must be a non-negative integer, and not given with clear_budget")
 
 
-def check_allowlist_change(experiment: str, participants: Collection[str]) -> None:
+def check_allowlist_change(experiment: str, participants: Codes) -> None:
     """Refuse codes no token could carry (ValueError): they would never match a participant."""
     for name in (experiment, *participants):
         if not valid_code(name):
