@@ -28,7 +28,7 @@ help:
 	@echo "make dev             set up what is missing and run the whole service on loopback"
 	@echo "make test            set up what is missing and run every test"
 	@echo "make check-template  cfn-lint, sam validate --lint and sam build on template.yaml"
-	@echo "make deploy          check AWS credentials and region, sam build + deploy (guided the first time), OpenAI key, oTree settings"
+	@echo "make deploy          check AWS credentials, region and Lambda concurrency, sam build + deploy (guided the first time), OpenAI key, oTree settings"
 	@echo "make otree           set up oTree's own venv (.venv-otree) for otree_app/"
 	@echo "make chromium        install Debian's chromium (apt-get) if $(CHROMIUM) is missing"
 	@echo "make bench           load tests on the local stack (200 and 1000 participants), reports in $(BENCH_OUT)/"
@@ -84,7 +84,7 @@ DEPLOY_KEY = $(if $(OPENAI_KEY_FILE),--from-file "$(OPENAI_KEY_FILE)")
 
 .PHONY: deploy
 deploy: venv $(SAM_STAMP)
-	@$(DEPLOY_TOOL) check $(DEPLOY_WHERE) --sam $(SAM_VENV)/bin/sam $(DEPLOY_KEY)
+	@$(DEPLOY_TOOL) check $(DEPLOY_WHERE) --sam $(SAM_VENV)/bin/sam $(DEPLOY_KEY) $(if $(filter 1,$(GUIDED)),--guided)
 	$(SAM_AWS) build --cached --parallel --template-file template.yaml
 	@[ -f $(SAMCONFIG) ] || cp samconfig.toml $(SAMCONFIG)
 	@guided="$(if $(filter 1,$(GUIDED)),--guided,$$($(DEPLOY_TOOL) guided-flag $(DEPLOY_WHERE)))" || exit 1; \

@@ -12,7 +12,9 @@ Tables mirror the DynamoDB items: `chats` (the META item: counters, binding, lea
 `messages` (one row per message, keyed (chat_id, seq), with the fields an export needs),
 `client_messages` ((chat_id, client_msg_id) -> seq, for idempotent retries),
 `participants` (chats opened), `controls` (pause switch, token budget and tokens used per
-experiment; the row with experiment '' is the service-wide `SERVICE` item) and
+experiment; the row with experiment '' is the service-wide `SERVICE` item), `allowlists` (the
+experiments whose allowlist is on: the CONTROL item's flag), `allowlist` ((experiment,
+participant): the `ALLOW#` items) and
 `connections` (a row past `expires_at` reads as absent, as on DynamoDB before TTL deletes
 it; nothing deletes it here: a row per connect is negligible on one laptop). The operator's
 methods at the end (`store.AdminStore`, for `python -m ws_handlers.ops`) page through an
@@ -52,6 +54,7 @@ from ws_handlers.store import (
     Chat,
     ChatBusy,
     ChatLimitReached,
+    Codes,
     Connection,
     Controls,
     Deleted,
@@ -62,6 +65,7 @@ from ws_handlers.store import (
     SeqConflict,
     StoreError,
     StoreThrottled,
+    check_allowlist_change,
     check_controls_change,
 )
 from ws_handlers.tickets import Identity
@@ -95,6 +99,11 @@ _SCHEMA = (
         PRIMARY KEY (chat_id, client_msg_id)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS participants (
         experiment TEXT NOT NULL, participant TEXT NOT NULL, chats INTEGER NOT NULL,
+        PRIMARY KEY (experiment, participant)) WITHOUT ROWID""",
+    # Tables of their own, not columns: an older file gains them on opening, without a migration.
+    "CREATE TABLE IF NOT EXISTS allowlists (experiment TEXT PRIMARY KEY) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS allowlist (
+        experiment TEXT NOT NULL, participant TEXT NOT NULL,
         PRIMARY KEY (experiment, participant)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS llm_breaker (
         id INTEGER PRIMARY KEY CHECK (id = 1), failures INTEGER NOT NULL, window_start REAL NOT NULL,
@@ -256,7 +265,15 @@ class SqliteStore:
             token_budget=budget,
             tokens_used=used,
             llm_paused_until=breaker[0][0] if breaker else 0.0,
+            allowlist=self._allowlist_on(experiment),
         )
+
+    def on_allowlist(self, experiment: str, participant: str) -> bool:
+        return bool(self._read("SELECT 1 FROM allowlist WHERE experiment = ? AND participant = ?",
+                               (experiment, participant)))
+
+    def _allowlist_on(self, experiment: str | None) -> bool:
+        return bool(self._read("SELECT 1 FROM allowlists WHERE experiment = ?", (experiment,)))
 
     def record_llm_failure(self, now: float, threshold: int, window: float, cooldown: float) -> bool:
         with self._write() as db:
@@ -467,7 +484,36 @@ class SqliteStore:
         )
         paused, budget, used = rows[0] if rows else (None, None, 0)
         breaker = self._read("SELECT open_until FROM llm_breaker WHERE id = 1", ())
-        return Controls(bool(paused), budget, used, breaker[0][0] if breaker else 0.0)
+        return Controls(bool(paused), budget, used, breaker[0][0] if breaker else 0.0, self._allowlist_on(experiment))
+
+    def add_to_allowlist(self, experiment: str, participants: Codes) -> None:
+        check_allowlist_change(experiment, participants)
+        if not participants:
+            return
+        with self._write() as db:  # one transaction: the flag and the codes together
+            db.execute("INSERT OR IGNORE INTO allowlists VALUES (?)", (experiment,))
+            db.executemany("INSERT OR IGNORE INTO allowlist VALUES (?, ?)", ((experiment, p) for p in participants))
+
+    def remove_from_allowlist(self, experiment: str, participants: Codes) -> None:
+        check_allowlist_change(experiment, participants)
+        with self._write() as db:
+            db.executemany("DELETE FROM allowlist WHERE experiment = ? AND participant = ?",
+                           ((experiment, p) for p in participants))
+
+    def allowlist(self, experiment: str, page_size: int = 500) -> Iterator[str]:
+        after = ""
+        while True:  # keyset pages along the primary key
+            rows = self._read("SELECT participant FROM allowlist WHERE experiment = ? AND participant > ? "
+                              "ORDER BY participant LIMIT ?", (experiment, after, page_size))
+            yield from (row[0] for row in rows)
+            if len(rows) < page_size:
+                return
+            after = rows[-1][0]
+
+    def clear_allowlist(self, experiment: str) -> int:
+        with self._write() as db:
+            db.execute("DELETE FROM allowlists WHERE experiment = ?", (experiment,))
+            return db.execute("DELETE FROM allowlist WHERE experiment = ?", (experiment,)).rowcount
 
     def experiment_chats(
         self, experiment: str, session: str | None = None, participant: str | None = None, page_size: int = 500
@@ -520,6 +566,9 @@ class SqliteStore:
                     "DELETE FROM participants WHERE experiment = ? AND participant = ?", (experiment, participant)
                 ).rowcount
             connections = db.execute(f"DELETE FROM connections WHERE {where}", params).rowcount
+            if session is None:  # the participant is gone from the experiment: their code with them
+                counters += db.execute("DELETE FROM allowlist WHERE experiment = ? AND participant = ?",
+                                       (experiment, participant)).rowcount
         return deleted + Deleted(connections=connections, records=counters)
 
     def delete_experiment(self, experiment: str) -> Deleted:
@@ -527,8 +576,11 @@ class SqliteStore:
             deleted = _delete_chats(db, "experiment = ?", (experiment,))
             records = sum(
                 db.execute(f"DELETE FROM {table} WHERE experiment = ?", (experiment,)).rowcount
-                for table in ("participants", "controls")
+                for table in ("participants", "allowlist")
             )
+            controls, flag = (db.execute(f"DELETE FROM {table} WHERE experiment = ?", (experiment,)).rowcount
+                              for table in ("controls", "allowlists"))
+            records += max(controls, flag)  # on DynamoDB both are the one CONTROL item
             connections = db.execute("DELETE FROM connections WHERE experiment = ?", (experiment,)).rowcount
         return deleted + Deleted(connections=connections, records=records)
 

@@ -146,9 +146,14 @@ for _name in ("And", "Base64", "Cidr", "Equals", "FindInMap", "GetAtt", "GetAZs"
 def read_template(path: str | Path = DEFAULT_PATH) -> dict[str, Any]:
     """The template as plain data, intrinsic functions in their long form (as cfn-lint reads it)."""
     with open(path, encoding="utf-8") as f:
-        document = yaml.load(f, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        return parse_template(f.read(), str(path))
+
+
+def parse_template(text: str, where: str = "the template") -> dict[str, Any]:
+    """A template's text (YAML with short tags, or JSON) as plain data, like `read_template`."""
+    document = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     if not isinstance(document, dict):
-        raise TemplateError(f"{path}: not a template")
+        raise TemplateError(f"{where}: not a template")
     return document
 
 
@@ -212,6 +217,8 @@ class Resolver:
                 raise TemplateError(f"{where}: {value!r} is not one of {spec['AllowedValues']}")
             if "AllowedPattern" in spec and not re.fullmatch(spec["AllowedPattern"], value):
                 raise TemplateError(f"{where}: {value!r} does not match {spec['AllowedPattern']}")
+            if not int(spec.get("MinLength", 0)) <= len(value) <= int(spec.get("MaxLength", len(value))):
+                raise TemplateError(f"{where}: {len(value)} characters is outside [MinLength, MaxLength]")
             if kind == "Number":
                 try:
                     number = float(value)
@@ -393,11 +400,13 @@ def load(
     *,
     parameters: Mapping[str, str] | None = None,
     refs: Mapping[str, str] | None = None,
+    pseudo: Mapping[str, str] | None = None,
 ) -> Template:
     """Read the template. `parameters` override Defaults; `refs` give resources' physical
-    names (Ref X -> refs[X], GetAtt X.Attr -> refs["X.Attr"]), else the logical id."""
+    names (Ref X -> refs[X], GetAtt X.Attr -> refs["X.Attr"]), else the logical id; `pseudo`
+    overrides PSEUDO_PARAMETERS (another AWS::StackName, AWS::Region ...)."""
     document = read_template(path)
-    resolver = Resolver(document, parameters, refs)
+    resolver = Resolver(document, parameters, refs, pseudo)
     defaults = (document.get("Globals") or {}).get("Function") or {}  # SAM's Globals
     tables = _of_type(resolver, "AWS::DynamoDB::Table")
     return Template(
@@ -579,6 +588,45 @@ def create_tables(client: Any, template: Template) -> None:
             client.update_time_to_live(
                 TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute}
             )
+
+
+# ------------------------------------------------------------------------------ concurrency
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What one function takes from the account's Lambda concurrency with given parameters."""
+
+    function: str
+    reserved: int = 0  #: ReservedConcurrentExecutions (0: unreserved)
+    provisioned: int = 0  #: ProvisionedConcurrencyConfig of its alias (0: none)
+
+    @property
+    def taken(self) -> int:
+        """Provisioned environments come out of the function's reservation when it has one, else
+        out of the account's unreserved pool, as a reservation would."""
+        return max(self.reserved, self.provisioned)
+
+
+def reservations(document: dict, parameters: Mapping[str, str] | None = None) -> list[Reservation]:
+    """The functions (AWS::Serverless::Function, as `sam deploy` uploads the template) that
+    reserve or provision concurrency with these parameters: what the stack takes from the
+    account. Read from the template itself, so a template that stops reserving (e.g. the reply
+    function capped by a queue instead) needs no change here."""
+    resolver = Resolver(document, parameters)
+    defaults = (document.get("Globals") or {}).get("Function") or {}
+    found = []
+    for logical_id, own in _of_type(resolver, "AWS::Serverless::Function").items():
+        where = f"Resources.{logical_id}.Properties"
+        reserved = resolver.resolve({"v": own.get("ReservedConcurrentExecutions",
+                                                  defaults.get("ReservedConcurrentExecutions"))}, where).get("v")
+        config = resolver.resolve({"v": own.get("ProvisionedConcurrencyConfig")}, where).get("v") or {}
+        provisioned = config.get("ProvisionedConcurrentExecutions")
+        reservation = Reservation(logical_id, 0 if reserved is None else _int(reserved, where),
+                                  0 if provisioned is None else _int(provisioned, where))
+        if reservation.taken:
+            found.append(reservation)
+    return found
 
 
 # ------------------------------------------------------------------------------ routing

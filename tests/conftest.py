@@ -46,6 +46,18 @@ def _linearizable_moto_dynamodb():
     DynamoHandler.call_action = original
 
 
+@pytest.fixture(scope="module")
+def moto_url():
+    """moto's server on loopback (DynamoDB, CloudFormation ... over HTTP), shared by a module's tests."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def secret() -> str:
     return secrets.token_urlsafe(48)

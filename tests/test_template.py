@@ -1,7 +1,7 @@
-"""template.yaml against the code: handlers resolve, environment variables are declared,
-and the settings the design depends on (async replies, TTL, PITR, routes, scoped
-Management API access, alarms, the provisioned alias, names that let stacks coexist) stay
-in place. `make check-template` lints and builds it."""
+"""template.yaml against the code: handlers resolve, environment variables are declared and
+stay within Lambda's 4 KB, and the settings the design depends on (async replies, TTL, PITR,
+routes, scoped Management API access, alarms, the provisioned alias, optional access logs,
+names that let stacks coexist) stay in place. `make check-template` lints and builds it."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import pytest
 
 from local_gateway.template import (  # !Ref, !Sub, !GetAtt ... as {"Ref": ...} etc.
     Resolver,
+    TemplateError,
+    load,
     read_template,
 )
 from ws_handlers.config import NAMES
@@ -102,7 +104,9 @@ def test_tables_expire_by_ttl_and_have_point_in_time_recovery():
         assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
         assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
         assert table["SSESpecification"]["SSEEnabled"] is True
-    assert RESOURCES["ChatsTable"]["DeletionPolicy"] == "Retain"
+    # kept when the stack is deleted or the table replaced, but not after a failed first create (empty then)
+    assert RESOURCES["ChatsTable"]["DeletionPolicy"] == "RetainExceptOnCreate"
+    assert RESOURCES["ChatsTable"]["UpdateReplacePolicy"] == "Retain"
     assert [i["IndexName"] for i in tables["ChatsTable"]["GlobalSecondaryIndexes"]] == ["by_experiment"]
 
 
@@ -274,6 +278,8 @@ NAME_PROPERTY = {
 UNNAMED = {
     "AWS::ApiGatewayV2::Integration", "AWS::ApiGatewayV2::Route", "AWS::ApiGatewayV2::Deployment",
     "AWS::ApiGatewayV2::Stage", "AWS::Lambda::Permission",
+    "AWS::ApiGateway::Account",  # one per account and Region: a setting, not a named resource
+    "AWS::CloudFormation::WaitConditionHandle",
 }
 REGION = re.compile(r"\b(us|eu|ap|sa|ca|me|af|il|mx|cn)(-gov|-iso[a-z]?)?-(north|south|east|west|central)"
                     r"(east|west)?-\d\b")
@@ -340,3 +346,132 @@ def test_the_experiment_server_policy_reads_only_the_secret_and_the_transcripts(
                                 "Resource": {"Ref": "TicketSecret"}}
     assert set(statement_table["Action"]) == {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"}
     assert statement_table["Resource"] == {"Fn::GetAtt": ["ChatsTable", "Arn"]}
+
+
+# ------------------------------------------------------------------------------ Lambda's 4 KB of environment
+
+#: Lambda refuses a function whose variables exceed 4 KB, measured as their JSON (its error quotes
+#: "String measured: {...}"): keys, values, quotes and separators.
+ENVIRONMENT_LIMIT = 4096
+LONGEST = {  # pseudo parameters, longer than any AWS gives
+    "AWS::StackName": "s" * 128,  # CloudFormation's maximum
+    "AWS::Region": "r" * 20,  # the longest Region names have 15 characters (us-isof-south-1)
+    "AWS::AccountId": "1" * 12,
+    "AWS::Partition": "aws-iso-b-xx",  # aws-us-gov, aws-iso-b: 10 or fewer
+    "AWS::URLSuffix": "amazonaws.com.cn-xxxx",  # amazonaws.com.cn: 16
+}
+
+
+def _arn(service: str, resource: str) -> str:
+    return f"arn:{LONGEST['AWS::Partition']}:{service}:{LONGEST['AWS::Region']}:{LONGEST['AWS::AccountId']}:{resource}"
+
+
+def _generated(logical_id: str) -> str:
+    """A name CloudFormation generates: stack name, logical id, a random suffix."""
+    return f"{LONGEST['AWS::StackName']}-{logical_id}-ABCDEFGHIJKLM"
+
+
+#: The longest value Ref (and GetAtt) can give, by resource type, within each service's limits.
+LONGEST_REFS = {
+    "AWS::DynamoDB::Table": lambda lid: {lid: "t" * 255, f"{lid}.Arn": _arn("dynamodb", "table/" + "t" * 255)},
+    "AWS::Serverless::Function": lambda lid: {lid: "f" * 64, f"{lid}.Arn": _arn("lambda", "function:" + "f" * 64)},
+    "AWS::SecretsManager::Secret": lambda lid: {lid: _arn("secretsmanager", f"secret:{_generated(lid)}-AbCdEf")},
+    "AWS::SQS::Queue": lambda lid: {
+        lid: f"https://sqs.{LONGEST['AWS::Region']}.{LONGEST['AWS::URLSuffix']}/{LONGEST['AWS::AccountId']}/{'q' * 80}",
+        f"{lid}.Arn": _arn("sqs", "q" * 80), f"{lid}.QueueName": "q" * 80},
+    "AWS::ApiGatewayV2::Api": lambda lid: {lid: "a" * 10},  # API ids have 10 characters
+}
+
+
+def _longest_refs() -> dict[str, str]:
+    refs: dict[str, str] = {}
+    for logical_id, resource in RESOURCES.items():
+        longest = LONGEST_REFS.get(resource["Type"])
+        unknown = f"<add the longest Ref of {resource['Type']} to LONGEST_REFS>"
+        refs |= longest(logical_id) if longest else {logical_id: unknown, f"{logical_id}.Arn": unknown}
+    return refs
+
+
+def _longest_parameters() -> dict[str, str]:
+    """Every parameter that reaches an environment at its maximum."""
+    declared = TEMPLATE["Parameters"]
+    origins = [f"https://study-{i:02d}.{'x' * 70}.example.org" for i in range(20)]  # 20 origins of 99 characters
+    values = {
+        "AllowedOrigins": ",".join(origins),
+        "OpenAIBaseUrl": "https://" + "m" * (declared["OpenAIBaseUrl"]["MaxLength"] - len("https://")),
+        "Stage": "S" * 128,
+        "TokenBudget": "9" * 15,
+        "MaxChatsPerParticipant": "9" * 6,
+        "ChatPaused": "false",
+    }
+    assert len(values["AllowedOrigins"]) <= declared["AllowedOrigins"]["MaxLength"] < len(values["AllowedOrigins"]) + 100
+    return {k: v for k, v in values.items() if k in declared}
+
+
+def test_long_parameters_are_refused_before_they_reach_an_environment():
+    """The maxima below are the template's: CloudFormation refuses longer values (the Resolver checks as it does)."""
+    for name in ("AllowedOrigins", "OpenAIBaseUrl"):
+        limit = TEMPLATE["Parameters"][name]["MaxLength"]
+        Resolver(TEMPLATE, {name: "x" * limit})
+        with pytest.raises(TemplateError, match="MaxLength"):
+            Resolver(TEMPLATE, {name: "x" * (limit + 1)})
+
+
+@pytest.mark.parametrize("provisioned", ["0", "5"])
+def test_every_environment_stays_under_lambdas_4_kb_at_the_longest_values(provisioned):
+    parameters = _longest_parameters() | {"MessageProvisionedConcurrency": provisioned}
+    functions = load(TEMPLATE_PATH, parameters=parameters, refs=_longest_refs(), pseudo=LONGEST).functions
+    assert set(functions) == set(FUNCTIONS)
+    for name, function in functions.items():
+        measured = json.dumps(function.environment, separators=(",", ":"), ensure_ascii=False).encode()
+        assert not [v for v in function.environment.values() if "<add the longest Ref" in v or ":local:::" in v], name
+        assert len(measured) <= ENVIRONMENT_LIMIT, f"{name}: {len(measured)} bytes of environment"
+
+
+# ------------------------------------------------------------------------------ stage: throttling, access logs
+
+
+def test_the_throttling_parameters_say_their_limits_hold_for_each_route():
+    for name in ("ThrottlingRateLimit", "ThrottlingBurstLimit"):
+        description = TEMPLATE["Parameters"][name]["Description"]
+        assert "each route" in description and "all routes together" not in description, name
+    settings = RESOURCES["WebSocketStage"]["Properties"]["DefaultRouteSettings"]
+    assert settings == {"ThrottlingRateLimit": {"Ref": "ThrottlingRateLimit"},
+                        "ThrottlingBurstLimit": {"Ref": "ThrottlingBurstLimit"}}
+
+
+@pytest.mark.parametrize(("logs", "role"), [("false", "false"), ("true", "false"), ("true", "true"), ("false", "true")])
+def test_access_logs_and_the_accounts_cloudwatch_role_are_separate_opt_ins(logs, role):
+    stack = _stack({"StageAccessLogs": logs, "ApiGatewayAccountRole": role})
+    stage = stack.resolve(RESOURCES["WebSocketStage"]["Properties"], "stage")
+    assert TEMPLATE["Parameters"]["StageAccessLogs"]["Default"] == "false"
+    assert TEMPLATE["Parameters"]["ApiGatewayAccountRole"]["Default"] == "false"
+    assert stack.exists("StageAccessLogGroup") == ("AccessLogSettings" in stage) == (logs == "true")
+    assert stack.exists("ApiGatewayAccount") == stack.exists("ApiGatewayCloudWatchRole") == (role == "true")
+    # the stage waits for the account's role when this stack sets it (a plain DependsOn could not be conditional)
+    assert RESOURCES["WebSocketStage"]["DependsOn"] == "AccountRoleReady"
+    ready = stack.resolve(RESOURCES["AccountRoleReady"]["Metadata"], "AccountRoleReady")
+    assert ready == {"AccountRole": "ApiGatewayAccount" if role == "true" else ""}
+    if logs == "true":
+        settings = stage["AccessLogSettings"]
+        assert settings["DestinationArn"] == "arn:aws:local:::StageAccessLogGroup"
+        assert stack.resolve(RESOURCES["StageAccessLogGroup"]["Properties"]["RetentionInDays"], "r") == "30"
+        fields = json.loads(settings["Format"])  # one JSON object per line
+        assert "\n" not in settings["Format"] and len(settings["Format"].encode()) <= 3 * 1024  # API Gateway's limit
+        assert {"requestId", "ip", "connectionId", "eventType", "routeKey", "status", "integrationError",
+                "integrationLatency"} <= set(fields)
+        assert all(value.startswith("$context.") for value in fields.values())
+        assert not [v for v in fields.values() if "body" in v.lower() or v.startswith("$context.authorizer")]
+
+
+def test_the_accounts_cloudwatch_role_is_api_gateways_and_outlives_the_stack():
+    role = RESOURCES["ApiGatewayCloudWatchRole"]
+    assert role["DeletionPolicy"] == "Retain"  # the account setting outlives the stack; other APIs use it
+    (statement,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "apigateway.amazonaws.com"}
+    assert role["Properties"]["ManagedPolicyArns"] == [
+        {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"}]
+    assert RESOURCES["ApiGatewayAccount"]["Properties"] == {"CloudWatchRoleArn": {"Fn::GetAtt":
+                                                                                  ["ApiGatewayCloudWatchRole", "Arn"]}}
+    description = TEMPLATE["Parameters"]["ApiGatewayAccountRole"]["Description"]
+    assert "ACCOUNT-WIDE" in description and "every API" in description

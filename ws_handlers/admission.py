@@ -43,18 +43,25 @@ def admit(
     token: str | None,
     origin: str | None,
     controls_for: Callable[[str], Controls],
+    on_allowlist: Callable[[str, str], bool],
 ) -> Identity:
     """The participant's identity if the socket may open; raises Refused otherwise.
 
-    `controls_for(experiment)` reads the pause switch; it is called only for a valid token.
+    Only a valid token leads to reads: `controls_for(experiment)` (the pause switch and the
+    allowlist flag, one request), then `on_allowlist(experiment, participant)` (one read by key)
+    only for an experiment whose allowlist is on. An open experiment costs no extra read, and a
+    long allowlist is never read whole.
     """
     check_origin(settings, origin)
     try:
         identity = verify_token(secret, token)
     except CredentialError as exc:
         raise Refused(401, exc.code) from None
-    if settings.participant_allowlist and identity.participant not in settings.participant_allowlist:
+    if settings.paused:
+        raise Refused(403, "paused")
+    controls = controls_for(identity.experiment)
+    if controls.allowlist and not on_allowlist(identity.experiment, identity.participant):
         raise Refused(403, "participant_not_allowed")
-    if settings.paused or controls_for(identity.experiment).paused:
+    if controls.paused:
         raise Refused(403, "paused")
     return identity

@@ -27,7 +27,6 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("TICKET_SECRET", "", "The shared ticket secret itself: local development only, never on AWS."),
     Variable("ALLOWED_ORIGINS", "", "Comma-separated exact origins allowed to connect, or * for any."),
     Variable("ALLOW_MISSING_ORIGIN", "true", "Accept connections without an Origin header (tools, load tests)."),
-    Variable("PARTICIPANT_ALLOWLIST", "", "Comma-separated participant codes; empty means any participant."),
     Variable("CHAT_PAUSED", "false", "Kill switch: true refuses new connections and messages everywhere."),
     Variable("RATE_LIMIT_FRAMES", "20", "Frames (other than ping) one connection may send per window."),
     Variable("RATE_LIMIT_WINDOW_SECONDS", "10", "The window of the per-connection rate limit."),
@@ -78,7 +77,6 @@ class Settings:
     ticket_secret: str | None
     allowed_origins: frozenset[str]
     allow_missing_origin: bool
-    participant_allowlist: frozenset[str]
     paused: bool
     rate_limit_frames: int
     rate_limit_window: float
@@ -130,7 +128,6 @@ class Settings:
             ticket_secret=optional("TICKET_SECRET"),
             allowed_origins=_csv(get("ALLOWED_ORIGINS")),
             allow_missing_origin=_bool("ALLOW_MISSING_ORIGIN", get("ALLOW_MISSING_ORIGIN")),
-            participant_allowlist=_csv(get("PARTICIPANT_ALLOWLIST")),
             paused=_bool("CHAT_PAUSED", get("CHAT_PAUSED")),
             rate_limit_frames=integer("RATE_LIMIT_FRAMES", 1),
             rate_limit_window=float(integer("RATE_LIMIT_WINDOW_SECONDS", 1)),

@@ -20,7 +20,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     token = (event.get("queryStringParameters") or {}).get("token")
     origin = header(event.get("headers"), "origin")
     try:
-        identity = admit(settings, svc.ticket_secret(), token, origin, svc.store.get_controls)
+        identity = admit(settings, svc.ticket_secret(), token, origin, svc.store.get_controls,
+                         svc.store.on_allowlist)
     except Refused as refused:
         logger.info("connection refused", extra={"status": refused.status, "reason": refused.reason})
         metrics.add_metric(name="ConnectionsRefused", unit="Count", value=1)

@@ -5,7 +5,8 @@ $disconnect is best effort. `chats`: an item collection per chat (pk `CHAT#id`):
 metadata item `META` with counters and the reply lease, one item per message
 (`MSG#0000000001`, so a Query reads them in order), and one item per client message id
 (`CMID#...`) that makes retries idempotent. Counters live beside them: `PART#exp#participant`
-(chats opened) and `EXP#exp` / `SERVICE` (`CONTROL`: pause switch, token budget, tokens used).
+(chats opened) and `EXP#exp` / `SERVICE` (`CONTROL`: pause switch, token budget, tokens used,
+the allowlist flag); an experiment's allowlist is one item per code, `ALLOW#exp` / participant.
 Every write that must not happen twice is conditional; no request path scans. The operator's
 methods at the end of `DynamoStore` (`store.AdminStore`) list an experiment's chats through the
 `by_experiment` index and delete with BatchWriteItem.
@@ -31,6 +32,7 @@ from .store import (
     Chat,
     ChatBusy,
     ChatLimitReached,
+    Codes,
     Connection,
     Controls,
     Deleted,
@@ -40,6 +42,7 @@ from .store import (
     MessageLimitReached,
     SeqConflict,
     StoreThrottled,
+    check_allowlist_change,
     check_controls_change,
 )
 from .tickets import Identity
@@ -105,6 +108,10 @@ def _chat_pk(chat_id: str) -> str:
 
 def _msg_sk(seq: int) -> str:
     return f"MSG#{seq:010d}"
+
+
+def _allow_pk(experiment: str) -> str:
+    return f"ALLOW#{experiment}"
 
 
 def _reasons(exc: ClientError) -> list[str]:
@@ -268,6 +275,7 @@ class DynamoStore:
             token_budget=None if budget is None else int(budget),
             tokens_used=int(exp.get("tokens_used", 0)),
             llm_paused_until=float(breaker.get("open_until", 0)),
+            allowlist=bool(exp.get("allowlist")),
         )
 
     # -- chats ------------------------------------------------------------------------
@@ -542,6 +550,14 @@ class DynamoStore:
         moved = self._update_if(key, update, "window_start = :old", values) is not None
         return moved and "open_until" in update
 
+    # -- the allowlist on the connect path: one item per code, read by key -------------------------
+    def on_allowlist(self, experiment: str, participant: str) -> bool:
+        got = self._call(
+            "get_item", TableName=self.chats_table, Key=_key(_allow_pk(experiment), participant),
+            ConsistentRead=True, ProjectionExpression="pk",  # a code added a second ago counts
+        )
+        return "Item" in got
+
     # -- the operator's port (store.AdminStore): never on a request path ------------------
     def read_controls(self, experiment: str | None) -> Controls:
         key = _SERVICE_CONTROL if experiment is None else {"pk": f"EXP#{experiment}", "sk": "CONTROL"}
@@ -553,6 +569,7 @@ class DynamoStore:
             token_budget=None if budget is None else int(budget),
             tokens_used=int(own.get("tokens_used", 0)),
             llm_paused_until=float(items.get(("SERVICE", "LLM"), {}).get("open_until", 0)),
+            allowlist=bool(own.get("allowlist")),
         )
 
     def set_controls(
@@ -575,6 +592,54 @@ class DynamoStore:
             "update_item", TableName=self.chats_table, Key=_item(key), UpdateExpression=update.strip(),
             **({"ExpressionAttributeValues": values} if values else {}),
         )
+
+    def add_to_allowlist(self, experiment: str, participants: Codes) -> None:
+        check_allowlist_change(experiment, participants)
+        if not participants:
+            return
+        self._allowlist_flag(experiment, True)  # first: an interruption refuses, never admits
+        self._batch_write(self.chats_table, [
+            {"PutRequest": {"Item": _key(_allow_pk(experiment), code)}} for code in dict.fromkeys(participants)
+        ])
+
+    def remove_from_allowlist(self, experiment: str, participants: Codes) -> None:
+        check_allowlist_change(experiment, participants)
+        self._batch_delete(self.chats_table, [_key(_allow_pk(experiment), c) for c in dict.fromkeys(participants)])
+
+    def allowlist(self, experiment: str, page_size: int = 500) -> Iterator[str]:
+        kwargs = {
+            "TableName": self.chats_table, "KeyConditionExpression": "pk = :pk", "ConsistentRead": True,
+            "ExpressionAttributeValues": {":pk": {"S": _allow_pk(experiment)}}, "ProjectionExpression": "sk",
+            "Limit": page_size,
+        }
+        for page in self._pages("query", kwargs):
+            yield from (item["sk"]["S"] for item in page)
+
+    def clear_allowlist(self, experiment: str) -> int:
+        removed = self._delete_allowlist(experiment)
+        self._allowlist_flag(experiment, False)  # last: until then, the codes left still apply
+        return removed
+
+    def _allowlist_flag(self, experiment: str, on: bool) -> None:
+        change = ({"UpdateExpression": "SET allowlist = :on", "ExpressionAttributeValues": {":on": {"BOOL": True}}}
+                  if on else  # clearing never creates a CONTROL item
+                  {"UpdateExpression": "REMOVE allowlist", "ConditionExpression": "attribute_exists(pk)"})
+        try:
+            self._call("update_item", TableName=self.chats_table, Key=_key(f"EXP#{experiment}", "CONTROL"), **change)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+
+    def _delete_allowlist(self, experiment: str) -> int:
+        """Every code, a page at a time (a long list is never held whole); how many there were."""
+        removed, keys = 0, []
+        for code in self.allowlist(experiment):
+            keys.append(_key(_allow_pk(experiment), code))
+            if len(keys) == 500:
+                self._batch_delete(self.chats_table, keys)
+                removed, keys = removed + len(keys), []
+        self._batch_delete(self.chats_table, keys)
+        return removed + len(keys)
 
     def experiment_chats(
         self, experiment: str, session: str | None = None, participant: str | None = None, page_size: int = 500
@@ -622,6 +687,8 @@ class DynamoStore:
             )
         else:
             records += self._delete_item(counter)
+        if session is None:  # the participant is gone from the experiment: their code with them
+            records += self._delete_item(_key(_allow_pk(experiment), participant))
         deleted = Deleted(records=records)
         for chat in doomed:
             deleted += self._delete_chat(chat.chat_id)
@@ -635,7 +702,7 @@ class DynamoStore:
                 seen.add(participant)
                 deleted += Deleted(records=self._delete_item(_key(f"PART#{experiment}#{participant}", "META")))
             deleted += self._delete_chat(chat.chat_id)
-        deleted += self._delete_connections(experiment)
+        deleted += self._delete_connections(experiment) + Deleted(records=self._delete_allowlist(experiment))
         return deleted + Deleted(records=self._delete_item(_key(f"EXP#{experiment}", "CONTROL")))
 
     def _pages(self, operation: str, kwargs: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
@@ -686,9 +753,12 @@ class DynamoStore:
         return Deleted(connections=count)
 
     def _batch_delete(self, table: str, keys: list[dict[str, Any]]) -> None:
+        self._batch_write(table, [{"DeleteRequest": {"Key": k}} for k in keys])
+
+    def _batch_write(self, table: str, writes: list[dict[str, Any]]) -> None:
         """BatchWriteItem in 25s; what DynamoDB leaves unprocessed (capacity) is retried with backoff, boundedly."""
-        for start in range(0, len(keys), 25):
-            requests = {table: [{"DeleteRequest": {"Key": k}} for k in keys[start : start + 25]]}
+        for start in range(0, len(writes), 25):
+            requests = {table: writes[start : start + 25]}
 
             def attempt() -> None:
                 nonlocal requests

@@ -4,19 +4,19 @@ Each operation is one atomic step (a conditional write or a transaction), so the
 never leaves a half-written turn behind, whatever fails around it. Adapters:
 `dynamo_store.DynamoStore` (production, moto in tests) and, for the local stack, an
 embedded one; both are held to the contract tests in tests/ws_handlers/test_store_contract.py.
-`AdminStore`, at the end, is the operator's port (controls, export, deletion), which the same
-adapters implement.
+`AdminStore`, at the end, is the operator's port (controls, allowlists, export, deletion), which
+the same adapters implement.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from .bot import Bot
-from .tickets import Identity
+from .tickets import Identity, valid_code
 
 
 def chat_id_for(identity: Identity, chat_key: str) -> str:
@@ -89,6 +89,13 @@ class Controls:
     token_budget: int | None = None  #: None: use the TOKEN_BUDGET setting
     tokens_used: int = 0
     llm_paused_until: float = 0.0  #: the circuit breaker: no model calls before this time
+    #: The experiment admits only the codes on its allowlist (`chat-ops allowlist`). A flag on
+    #: the CONTROL item the connect path reads anyway, so an open experiment costs no extra read.
+    allowlist: bool = False
+
+
+#: Participant codes given to an allowlist change (AdminStore.add_to_allowlist ...).
+Codes = Collection[str]
 
 
 class StoreError(Exception):
@@ -135,6 +142,10 @@ class Store(Protocol):
 
     # controls
     def get_controls(self, experiment: str) -> Controls: ...
+    def on_allowlist(self, experiment: str, participant: str) -> bool:
+        """Whether the experiment's allowlist names the participant: one read by key
+        (`ALLOW#experiment`, participant), asked only when `Controls.allowlist` is set."""
+        ...
 
     # chats
     def get_chat(self, chat_id: str) -> Chat | None: ...
@@ -235,6 +246,25 @@ class AdminStore(Protocol):
         `clear_budget` removes the budget (TOKEN_BUDGET applies again); tokens_used is never touched."""
         ...
 
+    def add_to_allowlist(self, experiment: str, participants: Codes) -> None:
+        """Turn the experiment's allowlist on (the flag first: an interrupted upload refuses some
+        invited participants, never admits uninvited ones) and add the codes; codes already on it
+        stay once."""
+        ...
+
+    def remove_from_allowlist(self, experiment: str, participants: Codes) -> None:
+        """Remove the codes; the allowlist stays on, so removing the last code admits nobody."""
+        ...
+
+    def allowlist(self, experiment: str, page_size: int = 500) -> Iterator[str]:
+        """The codes on the experiment's allowlist in order, read `page_size` at a time."""
+        ...
+
+    def clear_allowlist(self, experiment: str) -> int:
+        """Remove every code, then the flag (anyone with a valid token is admitted again); how many
+        codes were removed. Idempotent: run it again after an interruption."""
+        ...
+
     def experiment_chats(
         self, experiment: str, session: str | None = None, participant: str | None = None, page_size: int = 500
     ) -> Iterator[Chat]:
@@ -250,12 +280,13 @@ class AdminStore(Protocol):
         ...
 
     def delete_participant(self, experiment: str, participant: str, session: str | None = None) -> Deleted:
-        """Remove the participant's chats, messages, connections and counters (only the session's
-        chats and connections with `session`). Idempotent: run it again after an interruption."""
+        """Remove the participant's chats, messages, connections, counters and allowlist entry
+        (with `session`, only that session's chats and connections: the allowlist entry stays).
+        Idempotent: run it again after an interruption."""
         ...
 
     def delete_experiment(self, experiment: str) -> Deleted:
-        """Remove every chat, message, connection, counter and control of the experiment."""
+        """Remove every chat, message, connection, counter, control and allowlist code of the experiment."""
         ...
 
 
@@ -267,6 +298,14 @@ def check_controls_change(experiment: str | None, token_budget: int | None, clea
         raise ValueError("the service-wide controls have no token budget; set TOKEN_BUDGET instead")
     if token_budget is not None and (clear_budget or token_budget < 0):
         raise ValueError("token_budget must be a non-negative integer, and not given with clear_budget")
+
+
+def check_allowlist_change(experiment: str, participants: Codes) -> None:
+    """Refuse codes no token could carry (ValueError): they would never match a participant."""
+    for name in (experiment, *participants):
+        if not valid_code(name):
+            raise ValueError(f"{name!r} is not an experiment name or participant code "
+                             "(1 to 64 characters of A-Z a-z 0-9 _ . : -)")
 
 
 def message_pages(

@@ -96,8 +96,7 @@ class Identity:
 
     def __post_init__(self) -> None:
         for name in ("participant", "experiment", "session"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not _CODE.fullmatch(value):
+            if not valid_code(getattr(self, name)):
                 raise ValueError(f"{name} must be 1 to 64 characters of A-Z a-z 0-9 _ . : -")
 
 
@@ -108,6 +107,11 @@ class Ticket:
     identity: Identity
     chat_key: str
     bot: Bot
+
+
+def valid_code(value: object) -> bool:
+    """Whether `value` can be a participant code, experiment or session name in a token."""
+    return isinstance(value, str) and _CODE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ The semantics both adapters share are in tests/ws_handlers/test_store_contract.p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -294,28 +295,46 @@ def test_a_killed_writer_leaves_only_whole_transactions(tmp_path):
     store.close()
 
 
-def test_a_version_1_file_is_migrated_and_keeps_its_data(tmp_path):
-    import sqlite3 as sq
-
-    from local_gateway.sqlite_store import SqliteStore
-    from ws_handlers.store import Connection
-    from ws_handlers.tickets import Identity
-
-    path = tmp_path / "old.sqlite3"
-    db = sq.connect(path)
-    db.execute(
-        "CREATE TABLE connections (connection_id TEXT PRIMARY KEY, participant TEXT NOT NULL, experiment TEXT NOT NULL, "
-        "session TEXT NOT NULL, connected_at REAL NOT NULL, expires_at INTEGER NOT NULL)"
-    )
-    db.execute("INSERT INTO connections VALUES ('c1', 'P1', 'exp1', 'sess1', 1.0, 9999999999)")
-    db.execute("PRAGMA user_version = 1")
+@contextlib.contextmanager
+def _migrated(tmp_path, version: int, statements: tuple[str, ...]):
+    """The store opened on a file an older version of the code left: these tables and rows, that user_version."""
+    path = tmp_path / f"v{version}.sqlite3"
+    db = sqlite3.connect(path)
+    for statement in statements:
+        db.execute(statement)
+    db.execute(f"PRAGMA user_version = {version}")
     db.commit()
     db.close()
     store = SqliteStore(path)
     try:
+        yield store
+    finally:
+        store.close()
+
+
+def test_a_version_1_file_is_migrated_and_keeps_its_data(tmp_path):
+    from ws_handlers.store import Connection
+    from ws_handlers.tickets import Identity
+
+    with _migrated(tmp_path, 1, (
+        "CREATE TABLE connections (connection_id TEXT PRIMARY KEY, participant TEXT NOT NULL, experiment TEXT NOT NULL, "
+        "session TEXT NOT NULL, connected_at REAL NOT NULL, expires_at INTEGER NOT NULL)",
+        "INSERT INTO connections VALUES ('c1', 'P1', 'exp1', 'sess1', 1.0, 9999999999)",
+    )) as store:
         connection, count = store.count_frame("c1", 100.0, 10)
         assert connection.identity == Identity("P1", "exp1", "sess1") and count == 1
         store.put_connection(Connection("c2", connection.identity, 2.0, 9999999999))
         assert store.count_frame("c2", 100.0, 10)[1] == 1
-    finally:
-        store.close()
+
+
+def test_a_version_2_file_gains_the_allowlist_tables_and_keeps_its_controls(tmp_path):
+    from ws_handlers.store import Controls
+
+    with _migrated(tmp_path, 2, (
+        "CREATE TABLE controls (experiment TEXT PRIMARY KEY, paused INTEGER, token_budget INTEGER, "
+        "tokens_used INTEGER NOT NULL DEFAULT 0)",
+        "INSERT INTO controls VALUES ('exp1', 1, 500, 42)",
+    )) as store:
+        assert store.read_controls("exp1") == Controls(paused=True, token_budget=500, tokens_used=42)
+        store.add_to_allowlist("exp1", ["P1"])
+        assert store.get_controls("exp1").allowlist and store.on_allowlist("exp1", "P1")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from local_gateway.template import (
     NoRoute,
@@ -166,18 +165,9 @@ def test_route_for_without_default_raises():
 # ------------------------------------------------------------------------------ tables on moto
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-def test_create_tables_on_moto_server(moto_endpoint):
+def test_create_tables_on_moto_server(moto_url):
     client = boto3.client(
-        "dynamodb", endpoint_url=moto_endpoint, region_name="us-east-1",
+        "dynamodb", endpoint_url=moto_url, region_name="us-east-1",
         aws_access_key_id="testing", aws_secret_access_key="testing",
     )
     suffix = uuid.uuid4().hex[:8]  # moto's backend is shared by the process: names of our own

@@ -77,11 +77,43 @@ def test_missing_origin_follows_the_setting(make_harness):
     assert strict.connect("c1", origin=None) == {"statusCode": 403, "body": "origin_required"}
 
 
-def test_participant_allowlist(make_harness):
-    harness = make_harness(PARTICIPANT_ALLOWLIST="P1, P2")
+def test_an_allowlist_admits_only_its_codes_until_it_is_cleared(harness):
+    assert harness.connect("c0", participant="P3")["statusCode"] == 200  # no allowlist: any valid token
+    harness.store.add_to_allowlist("exp1", ["P1", "P2"])  # what `chat-ops allowlist add` calls
     assert harness.connect("c1", participant="P2")["statusCode"] == 200
     assert harness.connect("c2", participant="P3") == {"statusCode": 403, "body": "participant_not_allowed"}
-    assert {i["connection_id"]["S"] for i in _connections(harness)} == {"c1"}
+    harness.store.add_to_allowlist("other", ["P3"])  # another experiment's list admits nobody here
+    assert harness.connect("c3", participant="P3")["statusCode"] == 403
+    assert {i["connection_id"]["S"] for i in _connections(harness)} == {"c0", "c1"}
+    harness.store.clear_allowlist("exp1")
+    assert harness.connect("c4", participant="P3")["statusCode"] == 200
+
+
+def _requests_of_a_connect(harness, cid: str, participant: str) -> list[tuple[str, dict]]:
+    """The DynamoDB requests one $connect makes (operation, parameters), seen by botocore's own events."""
+    seen: list[tuple[str, dict]] = []
+
+    def record(model, params, **_):
+        seen.append((model.name, params))
+
+    events = harness.store._db.meta.events
+    events.register("provide-client-params.dynamodb.*", record)
+    try:
+        harness.connect(cid, participant=participant)
+    finally:
+        events.unregister("provide-client-params.dynamodb.*", record)
+    return seen
+
+
+def test_the_connect_path_reads_one_code_by_key_and_only_when_the_experiment_has_an_allowlist(harness):
+    """A list of any length costs one GetItem of the participant's item; an open experiment nothing more."""
+    open_ = _requests_of_a_connect(harness, "c1", "P2")
+    harness.store.add_to_allowlist("exp1", [f"P{i}" for i in range(300)])
+    listed = _requests_of_a_connect(harness, "c2", "P2")
+    assert sorted(op for op, _ in listed) == sorted([op for op, _ in open_] + ["GetItem"])  # one read more
+    extra = [params for op, params in listed if op == "GetItem" and params["Key"]["pk"]["S"].startswith("ALLOW#")]
+    assert [p["Key"] for p in extra] == [{"pk": {"S": "ALLOW#exp1"}, "sk": {"S": "P2"}}]
+    assert not {"Query", "Scan", "BatchGetItem"} & {op for op, p in listed if "ALLOW#" in str(p)}
 
 
 def test_kill_switch_in_the_environment_refuses_connections(make_harness):

@@ -442,3 +442,68 @@ def test_delete_experiment_removes_everything_of_it_and_only_it(store):
     assert _everything(store, "exp2") == other
     assert store.read_controls("exp2").tokens_used == 5
     assert store.delete_experiment("exp1") == Deleted()
+
+
+# -- allowlists: a flag on the CONTROL item, one item per code ------------------------------------------
+def test_an_allowlist_is_off_until_a_code_is_added_then_admits_only_its_codes(store):
+    assert store.get_controls("exp1").allowlist is False and store.read_controls("exp1").allowlist is False
+    assert not store.on_allowlist("exp1", "P1")
+    store.add_to_allowlist("exp1", [])  # nothing to add: still off
+    assert store.get_controls("exp1").allowlist is False
+    store.add_to_allowlist("exp1", ["P1", "P2", "P1"])
+    assert store.get_controls("exp1").allowlist is True and store.read_controls("exp1").allowlist is True
+    assert store.on_allowlist("exp1", "P1") and store.on_allowlist("exp1", "P2")
+    assert not store.on_allowlist("exp1", "P3")
+    assert not store.on_allowlist("exp2", "P1") and store.get_controls("exp2").allowlist is False  # per experiment
+    store.add_to_allowlist("exp1", ["P2", "P3"])  # a code already on it stays once
+    assert list(store.allowlist("exp1", page_size=2)) == ["P1", "P2", "P3"]
+    store.remove_from_allowlist("exp1", ["P1", "P9"])  # a code not on it: nothing to remove
+    assert list(store.allowlist("exp1")) == ["P2", "P3"] and not store.on_allowlist("exp1", "P1")
+    store.remove_from_allowlist("exp1", ["P2", "P3"])
+    assert list(store.allowlist("exp1")) == [] and store.get_controls("exp1").allowlist is True  # on, empty: nobody
+
+
+def test_the_allowlist_flag_keeps_the_other_controls_and_the_service_pause(store):
+    store.set_controls("exp1", paused=True, token_budget=7)
+    store.add_to_allowlist("exp1", ["P1"])
+    store.set_controls(None, paused=True)
+    assert store.read_controls("exp1") == Controls(paused=True, token_budget=7, allowlist=True)
+    assert store.get_controls("exp1") == Controls(paused=True, token_budget=7, allowlist=True)
+    assert store.get_controls("exp2") == Controls(paused=True)  # the service's pause is not an allowlist
+    store.set_controls("exp1", paused=False, clear_budget=True)  # the operator's switches leave the flag alone
+    assert store.read_controls("exp1") == Controls(allowlist=True)
+
+
+def test_clearing_an_allowlist_removes_every_code_and_the_flag_and_creates_nothing(store):
+    store.set_controls("exp1", token_budget=7)
+    codes = [f"P{i:03d}" for i in range(60)]  # DynamoDB writes 25 a request: more than two batches
+    store.add_to_allowlist("exp1", codes)
+    assert list(store.allowlist("exp1", page_size=7)) == codes
+    assert store.clear_allowlist("exp1") == 60
+    assert store.read_controls("exp1") == Controls(token_budget=7)
+    assert list(store.allowlist("exp1")) == [] and not store.on_allowlist("exp1", "P001")
+    assert store.clear_allowlist("exp1") == 0  # idempotent
+    assert store.clear_allowlist("never") == 0
+    assert store.delete_experiment("never") == Deleted()  # clearing wrote no CONTROL item
+
+
+@pytest.mark.parametrize("experiment, codes", [("exp1", ["P 1"]), ("exp1", ["x" * 65]), ("exp1", [""]),
+                                               ("", ["P1"]), ("exp#1", ["P1"])])
+def test_codes_no_token_could_carry_are_refused(store, experiment, codes):
+    for change in (store.add_to_allowlist, store.remove_from_allowlist):
+        with pytest.raises(ValueError):
+            change(experiment, codes)
+    assert store.read_controls("exp1") == Controls() and list(store.allowlist("exp1")) == []
+
+
+def test_deletions_take_the_allowlist_codes_with_them(store):
+    store.set_controls("exp1", paused=True)
+    store.add_to_allowlist("exp1", ["P1", "P2"])
+    store.add_to_allowlist("exp2", ["P1"])
+    assert store.delete_participant("exp1", "P2", session="s1") == Deleted()  # one session: the code stays
+    assert store.on_allowlist("exp1", "P2")
+    assert store.delete_participant("exp1", "P2") == Deleted(records=1)
+    assert list(store.allowlist("exp1")) == ["P1"]
+    assert store.delete_experiment("exp1") == Deleted(records=1 + 1)  # its code, its CONTROL item
+    assert store.read_controls("exp1") == Controls() and list(store.allowlist("exp1")) == []
+    assert list(store.allowlist("exp2")) == ["P1"] and store.get_controls("exp2").allowlist is True

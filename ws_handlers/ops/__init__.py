@@ -1,6 +1,6 @@
 """The operator's command line: `python -m ws_handlers.ops` (or `chat-ops`), docs/operations.md.
 
-Pause and resume, the token budget, live status, export and data deletion, against the
+Pause and resume, the token budget, allowlists, live status, export and data deletion, against the
 local stack's SQLite file or DynamoDB (an endpoint, or a deployed stack's tables). Not part
 of the Lambda code: ws_handlers/Makefile leaves this package out of the functions' zips.
 """

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..store import Deleted, StoreThrottled
-from . import OpsError, export, settings
+from . import OpsError, allowlist, export, settings
 from .status import Watch, describe_budget, render
 from .targets import Target, add_arguments, aws_errors, opened
 
@@ -210,10 +210,11 @@ def cmd_delete_experiment(args: argparse.Namespace, target: Target) -> int:
     chats, messages = export.count(store, args.experiment)
     sockets = sum(1 for _ in store.connections(args.experiment))
     own = store.read_controls(args.experiment)
-    if not chats and not sockets and not (own.paused or own.tokens_used or own.token_budget is not None):
+    if not chats and not sockets and not (own.paused or own.tokens_used or own.token_budget is not None
+                                          or own.allowlist):
         raise OpsError(f"nothing stored for {scope} at {target.where}: nothing deleted (check the name)")
     _confirm(f"Delete ALL of {scope} from {target.where}: {chats} chats, {messages} messages, {sockets} "
-             "connections, its counters and controls?", args.experiment, args.yes)
+             "connections, its counters, controls and allowlist?", args.experiment, args.yes)
     _report(f"deleted {scope}", store.delete_experiment(args.experiment))
     return 0
 
@@ -231,21 +232,23 @@ def _confirm(question: str, answer: str, yes: bool) -> None:
 
 def _report(what: str, deleted: Deleted) -> None:
     print(f"{what}: {deleted.chats} chats, {deleted.messages} messages, {deleted.connections} connections, "
-          f"{deleted.records} other records (client message ids, counters, controls)")
+          f"{deleted.records} other records (client message ids, counters, controls, allowlist codes)")
 
 
 # -- the parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog=PROG, description="Operate the chat service: pause, budget, status, export, delete (docs/operations.md).",
+        prog=PROG, description="Operate the chat service: pause, budget, allowlists, status, export, delete "
+        "(docs/operations.md).",
         epilog="environment variables (an option always wins):\n" + settings.describe(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    def command(name: str, run: Callable[..., int], help_: str, description: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_, description=description, formatter_class=_Help,
-                                  epilog="the target can also come from the environment: see chat-ops --help")
+    def command(name: str, run: Callable[..., int], help_: str, description: str,
+                within: Any = commands) -> argparse.ArgumentParser:
+        sub = within.add_parser(name, help=help_, description=description, formatter_class=_Help,
+                                epilog="the target can also come from the environment: see chat-ops --help")
         sub.set_defaults(run=run)
         add_arguments(sub)
         return sub
@@ -266,6 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "0: unlimited for this experiment")
     change.add_argument("--clear", action="store_true", help="remove the experiment's budget: the deployment's "
                         "TOKEN_BUDGET applies again")
+
+    group = commands.add_parser("allowlist", help="the participant codes an experiment admits",
+                                description="Restrict an experiment to invited participant codes: add, remove, "
+                                "list or clear its allowlist (ACTION --help for each).", formatter_class=_Help)
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+    for name, run, help_, description in allowlist.ACTIONS:
+        sub = command(name, run, help_, description, within=actions)
+        sub.add_argument("--experiment", type=allowlist.experiment_name, metavar="NAME", required=True,
+                         help="the experiment, as named in the tokens")
+        if name in ("add", "remove"):
+            sub.add_argument("codes", nargs="*", metavar="CODE", help="participant codes")
+            sub.add_argument("--file", type=Path, metavar="PATH", help="a file of codes, one a line (# comments)")
 
     sub = command("status", cmd_status, "connections, chats, messages, tokens and spend",
                   "Live status of the service, or of one experiment: its switch and budget, open connections, "
@@ -294,15 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
 
     sub = command("delete-participant", cmd_delete_participant, "delete one participant's data",
-                  "A data-protection request: remove the participant's chats, messages, connections and counters "
-                  "in the experiment. Asks to confirm unless --yes. Tokens already spent stay counted.")
+                  "A data-protection request: remove the participant's chats, messages, connections, counters and "
+                  "allowlist code in the experiment (with --session, only that session's chats and connections). "
+                  "Asks to confirm unless --yes. Tokens already spent stay counted.")
     sub.add_argument("--experiment", **experiment, required=True)
     sub.add_argument("--participant", type=_name("--participant"), required=True, metavar="CODE")
     sub.add_argument("--session", type=_name("--session"), help="only the participant's chats in this session")
     sub.add_argument("--yes", action="store_true", help="do not ask (needed when stdin is not a terminal)")
 
     sub = command("delete-experiment", cmd_delete_experiment, "delete an entire experiment's data",
-                  "Remove every chat, message, connection, counter and control of the experiment. "
+                  "Remove every chat, message, connection, counter, control and allowlist code of the experiment. "
                   "Asks to confirm (type the experiment's name) unless --yes.")
     sub.add_argument("--experiment", **experiment, required=True)
     sub.add_argument("--yes", action="store_true", help="do not ask (needed when stdin is not a terminal)")

@@ -1,6 +1,6 @@
 """The Python steps of `make deploy`: prerequisites, the OpenAI key, what oTree needs.
 
-    python -m ws_handlers.ops.deploy check           are credentials, region and sam in place?
+    python -m ws_handlers.ops.deploy check           credentials, region, sam; will Lambda accept its concurrency?
     python -m ws_handlers.ops.deploy guided-flag     prints --guided until a deploy saved its answers
     python -m ws_handlers.ops.deploy put-openai-key  the key into the stack's OpenAIKeySecret
     python -m ws_handlers.ops.deploy outputs         the wss URL, secret and tables for oTree
@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import OpsError
+from . import OpsError, preflight
 from .aws_errors import aws_errors
 
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 #: template.yaml's OpenAIKeySecret holds this until the operator puts the key.
 PLACEHOLDER = "REPLACE_WITH_PUT_SECRET_VALUE"
 _BAD_STACK_STATES = ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "DELETE_FAILED")
@@ -167,8 +168,10 @@ def deployed(where: Target) -> tuple[dict[str, Any], dict[str, str]]:
 # ------------------------------------------------------------------------------ subcommands
 
 
-def check(args: argparse.Namespace, out: TextIO) -> None:
-    """Prerequisites, each with a line; the first one missing stops with its remedy."""
+def check(args: argparse.Namespace, out: TextIO, lambda_client: Any | None = None) -> None:
+    """Prerequisites, each with a line; the first one missing stops with its remedy. Last, the
+    concurrency the deploy reserves against the account's quota (preflight): a deploy Lambda
+    would refuse stops here, not minutes into CloudFormation."""
     with aws_errors("AWS"):
         credentials = session().get_credentials()
     if credentials is None:
@@ -188,6 +191,7 @@ def check(args: argparse.Namespace, out: TextIO) -> None:
     if args.from_file and args.from_file != "-":
         read_key(args.from_file, sys.stdin)
         print(f"ok  OpenAI key file: {args.from_file}", file=out)
+    described = None
     if where.stack:
         described = describe_stack(where.region, where.stack)
         status = described["StackStatus"] if described else None
@@ -197,6 +201,13 @@ def check(args: argparse.Namespace, out: TextIO) -> None:
         if status and status.endswith("_IN_PROGRESS"):
             raise OpsError(f"stack {where.stack} is {status}: wait until it finishes, then deploy")
         print(f"ok  stack {where.stack}: {status or 'not deployed yet'}", file=out)
+    guided = args.guided or needs_guided(args.config, args.config_env)
+    ok, warnings = preflight.check(session(where.region), where.region, where.stack, described,
+                                   saved_config(args.config, args.config_env), args.template, guided, lambda_client)
+    if ok:
+        print(f"ok  {ok}", file=out)
+    for warning in warnings:
+        print(f"warn  {warning}", file=out)
 
 
 def guided_flag(args: argparse.Namespace, out: TextIO) -> None:
@@ -271,6 +282,10 @@ def parser() -> argparse.ArgumentParser:
     check_ = command("check", "Check AWS credentials, the region and the SAM CLI (and the stack's state).")
     check_.add_argument("--sam", default="sam", help="the SAM CLI to look for (default: sam on PATH)")
     check_.add_argument("--from-file", metavar="PATH", help="also check this OpenAI key file")
+    check_.add_argument("--guided", action="store_true", help="sam will ask for the parameters: a concurrency the "
+                        "account cannot give is a warning, not an error")
+    check_.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE, help="the template to deploy "
+                        "(default: the repository's template.yaml)")
     command("guided-flag", "Print --guided while sam has saved no deploy for --config/--config-env.")
     put = command("put-openai-key", "Store the OpenAI key in the stack's OpenAIKeySecret, if it holds the "
                   "placeholder (or with --replace). Read from a hidden prompt, stdin, or --from-file.")
@@ -280,11 +295,12 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
+def main(argv: list[str] | None = None, stdin: TextIO | None = None, lambda_client: Any | None = None) -> int:
+    """Run one step; `lambda_client` replaces the one the check would make (tests)."""
     args = parser().parse_args(argv)
     try:
         if args.command == "check":
-            check(args, sys.stdout)
+            check(args, sys.stdout, lambda_client)
         elif args.command == "guided-flag":
             guided_flag(args, sys.stdout)
         elif args.command == "put-openai-key":

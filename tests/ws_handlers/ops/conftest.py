@@ -73,6 +73,23 @@ class Seeded:
             p.close()
 
 
+def reset_moto(url: str) -> None:
+    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10)
+
+
+@pytest.fixture
+def server(moto_url):
+    """moto's server, emptied, with the tables under the functions' default names."""
+    import boto3
+
+    from ws_handlers.dynamo_store import DynamoStore, create_tables
+
+    reset_moto(moto_url)
+    client = boto3.client("dynamodb", endpoint_url=moto_url, region_name="us-east-1")
+    create_tables(client, "chat-connections", "chat-chats")
+    return moto_url, DynamoStore("chat-connections", "chat-chats", client=client)
+
+
 @pytest.fixture
 def seed(stack):
     """seed(experiment): P1 and P2 in session s1, P3 in s2, two messages each, sockets left open."""

@@ -1,6 +1,8 @@
 """`make deploy`'s Python steps (ws_handlers.ops.deploy) against moto's AWS: the
-prerequisite check, the OpenAI key (from stdin, a file or a hidden prompt, never argv,
-never printed) and the outputs the oTree server needs. No real AWS: there is no account."""
+prerequisite check (the account's Lambda concurrency included), the OpenAI key (from stdin,
+a file or a hidden prompt, never argv, never printed) and the outputs the oTree server needs.
+No real AWS: there is no account. moto does not implement lambda:GetAccountSettings, so that one
+response comes from botocore's Stubber on a real boto3 client handed to the check."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from botocore.stub import Stubber
 from moto import mock_aws
 
 from local_gateway.template import read_template
@@ -34,13 +37,33 @@ def one_line_error(err: str) -> str:
     return lines[0]
 
 
+def lambda_account(limit: int = 1000, unreserved: int | None = None, refused: str | None = None):
+    """A real boto3 Lambda client whose one GetAccountSettings answers with this quota (or the
+    error code `refused`): the only AWS response moto cannot give."""
+    client = boto3.client("lambda", region_name="us-east-1", aws_access_key_id="stub", aws_secret_access_key="stub")
+    stubber = Stubber(client)
+    if refused:
+        stubber.add_client_error("get_account_settings", service_error_code=refused, http_status_code=403)
+    else:
+        stubber.add_response("get_account_settings", {
+            "AccountLimit": {"ConcurrentExecutions": limit, "UnreservedConcurrentExecutions": (
+                limit if unreserved is None else unreserved), "TotalCodeSize": 80530636800,
+                "CodeSizeUnzipped": 262144000, "CodeSizeZipped": 52428800},
+            "AccountUsage": {"TotalCodeSize": 0, "FunctionCount": 0},
+        })
+    stubber.activate()
+    return client
+
+
 @pytest.fixture
 def run(capsys):
-    """main(argv, stdin) in this process: (exit code, stdout, stderr)."""
+    """main(argv, stdin) in this process: (exit code, stdout, stderr). `check` gets a Lambda
+    client answering with `account` (default: a 1,000-execution account with nothing reserved)."""
 
-    def call(*argv: str, stdin: str = "") -> tuple[int, str, str]:
+    def call(*argv: str, stdin: str = "", account=None) -> tuple[int, str, str]:
         capsys.readouterr()
-        code = deploy.main(list(argv), stdin=io.StringIO(stdin))
+        client = (account or lambda_account()) if argv[0] == "check" else None
+        code = deploy.main(list(argv), stdin=io.StringIO(stdin), lambda_client=client)
         out, err = capsys.readouterr()
         return code, out, err
 
@@ -174,6 +197,210 @@ def test_guided_until_a_deploy_saved_its_answers(run, tmp_path):
         f.write('\n[default.global.parameters]\nregion = "eu-central-1"\n')
     assert run("guided-flag", "--config", str(config))[1] == ""
     assert run("guided-flag", "--config", str(config), "--config-env", "study2")[1] == "--guided\n"
+
+
+# ------------------------------------------------------------------------------ concurrency: will Lambda accept it?
+
+
+def _template(reply_reserves: bool) -> dict:
+    """A template shaped like template.yaml where it matters here: MessageProvisionedConcurrency on
+    the message function, and the reply function either reserving LlmConcurrency (today) or capped
+    by an SQS event source mapping's MaximumConcurrency (2 to 1000), which reserves nothing."""
+    provision = {"Fn::Not": [{"Fn::Equals": [{"Ref": "MessageProvisionedConcurrency"}, "0"]}]}
+    reply = {"Handler": "ws_handlers.reply.handler"}
+    llm = {"Type": "Number", "Default": 50, "MinValue": 2, "MaxValue": 1000}
+    conditions = {"Provision": provision}
+    if reply_reserves:
+        llm = {"Type": "Number", "Default": 50, "MinValue": -1}
+        conditions["Reserve"] = {"Fn::Not": [{"Fn::Or": [{"Fn::Equals": [{"Ref": "LlmConcurrency"}, "0"]},
+                                                         {"Fn::Equals": [{"Ref": "LlmConcurrency"}, "-1"]}]}]}
+        reply["ReservedConcurrentExecutions"] = {"Fn::If": ["Reserve", {"Ref": "LlmConcurrency"},
+                                                            {"Ref": "AWS::NoValue"}]}
+    return {
+        "Parameters": {"LlmConcurrency": llm, "MessageProvisionedConcurrency": {"Type": "Number", "Default": 0},
+                       "AllowedOrigins": {"Type": "String", "Default": ""}},
+        "Conditions": conditions,
+        "Resources": {
+            "MessageFunction": {"Type": "AWS::Serverless::Function", "Properties": {
+                "Handler": "ws_handlers.message.handler", "AutoPublishAlias": "live",
+                "ProvisionedConcurrencyConfig": {"Fn::If": ["Provision", {"ProvisionedConcurrentExecutions": {
+                    "Ref": "MessageProvisionedConcurrency"}}, {"Ref": "AWS::NoValue"}]}}},
+            "ReplyFunction": {"Type": "AWS::Serverless::Function", "Properties": reply},
+            "Queue": {"Type": "AWS::SQS::Queue"},  # moto creates no Serverless resources: one it knows
+        },
+    }
+
+
+RESERVING, QUEUED = _template(reply_reserves=True), _template(reply_reserves=False)
+
+
+def saved(tmp_path: Path, overrides: str | None, region: str = "eu-west-1", stack: str = "study1") -> Path:
+    """samconfig.local.toml as a guided deploy leaves it: stack, region, and the parameters."""
+    config = tmp_path / "samconfig.local.toml"
+    lines = ["version = 0.1", "[default.deploy.parameters]", f'stack_name = "{stack}"', f'region = "{region}"']
+    if overrides is not None:
+        lines.append(f"parameter_overrides = {json.dumps(overrides)}")
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def template_file(tmp_path: Path, document: dict) -> str:
+    path = tmp_path / "template.json"
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+@mock_aws
+def test_a_deploy_that_would_leave_fewer_than_100_unreserved_stops_with_the_quota_to_request(run, sam, tmp_path):
+    config = saved(tmp_path, 'MessageProvisionedConcurrency="20" LlmConcurrency="50" AllowedOrigins="https://a.b"')
+    argv = ("check", "--sam", sam, "--config", str(config), "--template", template_file(tmp_path, RESERVING))
+    code, out, err = run(*argv, account=lambda_account(limit=50))  # a new account's quota
+    assert code == 1
+    line = one_line_error(err)
+    assert "this deploy reserves 70 concurrent executions (MessageFunction 20 provisioned, ReplyFunction 50 " \
+           "reserved), but the account has 50 in eu-west-1, 50 unreserved, and Lambda keeps 100 unreserved: at " \
+           "most 0 can be reserved, so CloudFormation would fail" in line
+    assert "Lower MessageProvisionedConcurrency or LlmConcurrency (make deploy GUIDED=1)" in line
+    assert ('"Concurrent executions" (L-B99A9384): aws service-quotas request-service-quota-increase '
+            "--service-code lambda --quota-code L-B99A9384 --desired-value 1000 --region eu-west-1") in line
+    assert "ok  stack study1: not deployed yet" in out and "Lambda concurrency" not in out
+
+    code, out, err = run(*argv, account=lambda_account(limit=1000, unreserved=160))  # others reserve 840
+    assert code == 1 and "at most 60 can be reserved" in one_line_error(err)
+    code, out, err = run(*argv, account=lambda_account(limit=1000, unreserved=250))
+    assert (code, err) == (0, "")
+    assert ("ok  Lambda concurrency in eu-west-1: 1,000 executions, 250 unreserved; this deploy reserves 70 "
+            "(MessageFunction 20 provisioned, ReplyFunction 50 reserved): 180 stay unreserved (Lambda keeps 100)") in out
+
+
+@mock_aws
+def test_with_the_reply_function_on_a_queue_only_provisioned_concurrency_reserves(run, sam, tmp_path):
+    """The check reads what the template reserves: when LlmConcurrency becomes a queue's
+    MaximumConcurrency, the same parameters reserve only the provisioned environments."""
+    config = saved(tmp_path, 'MessageProvisionedConcurrency="20" LlmConcurrency="50"')
+    argv = ("check", "--sam", sam, "--config", str(config), "--template", template_file(tmp_path, QUEUED))
+    code, out, err = run(*argv, account=lambda_account(limit=1000, unreserved=130))
+    assert (code, err) == (0, "")
+    assert "this deploy reserves 20 (MessageFunction 20 provisioned): 110 stay unreserved" in out
+    config = saved(tmp_path, 'MessageProvisionedConcurrency="0"')
+    code, out, err = run(*argv[:3], "--config", str(config), *argv[5:], account=lambda_account(limit=10))
+    assert code == 0 and "this deploy reserves 0 (nothing): 10 stay unreserved" in out  # nothing to refuse
+
+
+@mock_aws
+def test_an_account_below_llm_concurrency_plus_headroom_is_warned_not_stopped(run, sam, tmp_path):
+    config = saved(tmp_path, 'LlmConcurrency="50"')
+    code, out, err = run("check", "--sam", sam, "--config", str(config), "--template", template_file(tmp_path, QUEUED),
+                         account=lambda_account(limit=120))
+    assert (code, err) == (0, "")
+    (warning,) = [line for line in out.splitlines() if line.startswith("warn  ")]
+    assert ("the account runs at most 120 Lambda executions at once in eu-west-1, fewer than LlmConcurrency (50) "
+            "replies plus 100 for the connect, message and disconnect functions") in warning
+    assert "--quota-code L-B99A9384 --desired-value 1000 --region eu-west-1" in warning
+
+
+#: moto creates the stack without the AWS::Serverless resources it cannot build (their template is what counts).
+MOTO_SKIPS_SAM_RESOURCES = pytest.mark.filterwarnings("ignore:Tried to parse AWS..Serverless..Function:UserWarning")
+
+
+def _stack(template: dict, name: str = "study1", **parameters: str) -> None:
+    boto3.client("cloudformation", region_name="eu-west-1").create_stack(
+        StackName=name, TemplateBody=json.dumps(template),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()])
+
+
+@MOTO_SKIPS_SAM_RESOURCES
+@mock_aws
+def test_a_stack_update_gives_back_what_the_stack_reserves_now(run, sam, tmp_path):
+    """The stack's deployed template and parameters say what it holds (here: its reply function's
+    50 reserved); the update releases that before it reserves again. Parameters the overrides do
+    not name keep the stack's values, as sam passes them (UsePreviousValue)."""
+    _stack(RESERVING, LlmConcurrency="50", MessageProvisionedConcurrency="30")
+    config = saved(tmp_path, 'LlmConcurrency="50"')  # MessageProvisionedConcurrency: the stack's 30
+    argv = ("check", "--sam", sam, "--config", str(config), "--template", template_file(tmp_path, RESERVING))
+    code, out, err = run(*argv, account=lambda_account(limit=1000, unreserved=180))  # 80 held by this stack
+    assert (code, err) == (0, "")
+    assert ("this deploy reserves 80 (MessageFunction 30 provisioned, ReplyFunction 50 reserved), gives back 80: "
+            "180 stay unreserved") in out
+    config = saved(tmp_path, 'LlmConcurrency="50" MessageProvisionedConcurrency="120"')
+    code, _, err = run(*argv[:3], "--config", str(config), *argv[5:], account=lambda_account(limit=1000, unreserved=180))
+    assert code == 1 and "80 of them given back by the stack's update" in one_line_error(err)
+    assert "at most 160 can be reserved" in err  # 180 + 80 - 100
+
+    config = saved(tmp_path, 'LlmConcurrency="50" MessageProvisionedConcurrency="100"')  # onto the queue template
+    code, out, err = run("check", "--sam", sam, "--config", str(config), "--template", template_file(tmp_path, QUEUED),
+                         account=lambda_account(limit=1000, unreserved=120))
+    assert (code, err) == (0, "")
+    assert "reserves 100 (MessageFunction 100 provisioned), gives back 80: 100 stay unreserved" in out
+
+
+@mock_aws
+def test_a_guided_deploy_is_warned_since_its_parameters_are_still_to_be_answered(run, sam, tmp_path):
+    template = template_file(tmp_path, RESERVING)
+    code, out, err = run("check", "--sam", sam, "--stack", "study1", "--template", template,
+                         account=lambda_account(limit=10))  # a first deploy: nothing saved yet
+    assert (code, err) == (0, "")
+    assert "warn  this deploy reserves 50 concurrent executions (ReplyFunction 50 reserved)" in out
+    assert "when sam asks, lower MessageProvisionedConcurrency or LlmConcurrency (0 reserves nothing)" in out
+    config = saved(tmp_path, 'LlmConcurrency="50"')
+    code, out, err = run("check", "--sam", sam, "--config", str(config), "--template", template, "--guided",
+                         account=lambda_account(limit=10))  # make deploy GUIDED=1
+    assert code == 0 and "warn  this deploy reserves 50" in out
+
+
+@mock_aws
+def test_credentials_that_may_not_read_the_quota_skip_the_concurrency_check(run, sam):
+    code, out, err = run("check", "--sam", sam, account=lambda_account(refused="AccessDeniedException"))
+    assert (code, err) == (0, "")
+    assert "warn  these credentials may not read Lambda's concurrency quota in us-east-1" in out
+
+
+@MOTO_SKIPS_SAM_RESOURCES
+@mock_aws
+def test_a_removed_allowlist_parameter_is_not_dropped_silently(run, sam, tmp_path):
+    old = RESERVING | {"Parameters": RESERVING["Parameters"] | {"ParticipantAllowlist": {"Type": "String"}}}
+    _stack(old, LlmConcurrency="50", ParticipantAllowlist="P1,P2")
+    config = saved(tmp_path, 'LlmConcurrency="50" ParticipantAllowlist="P1,P2"')
+    code, out, _ = run("check", "--sam", sam, "--config", str(config), "--template", template_file(tmp_path, RESERVING))
+    assert code == 0
+    warnings = [line for line in out.splitlines() if line.startswith("warn  ")]
+    assert any("samconfig sets ParticipantAllowlist, which template.yaml does not declare: sam ignores it; "
+               "allowlists live in the chats table now: chat-ops allowlist add --stack study1" in w for w in warnings)
+    assert any("stack study1 uses ParticipantAllowlist='P1,P2', which this deploy removes" in w for w in warnings)
+
+
+@MOTO_SKIPS_SAM_RESOURCES
+@mock_aws
+def test_parameters_the_new_template_refuses_stop_the_deploy_before_the_build(run, sam, tmp_path):
+    """A stack deployed with LlmConcurrency 0 (unreserved) keeps it on update (sam's UsePreviousValue),
+    but a template whose LlmConcurrency is a queue's MaximumConcurrency (2 to 1000) refuses 0."""
+    _stack(RESERVING, LlmConcurrency="0")
+    config = saved(tmp_path, 'AllowedOrigins="https://a.example"')
+    argv = ("check", "--sam", sam, "--config", str(config), "--template", template_file(tmp_path, QUEUED))
+    code, _, err = run(*argv)
+    assert code == 2
+    assert ("the deploy's parameters (saved in samconfig, else the stack's) are refused by template.yaml: "
+            "Parameters.LlmConcurrency: 0 is outside [MinValue, MaxValue]") in one_line_error(err)
+    code, out, err = run(*argv, "--guided")
+    assert (code, err) == (0, "") and "warn  the saved parameters are refused by template.yaml" in out
+    config = saved(tmp_path, 'AllowedOrigins="https://a.example')  # a quote left open
+    code, _, err = run(*argv[:3], "--config", str(config), *argv[5:])
+    assert code == 2 and "samconfig's parameter_overrides cannot be read (No closing quotation)" in one_line_error(err)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ('Stage="prod" AllowedOrigins="https://a.example https://b.example" LlmConcurrency=5',
+     {"Stage": "prod", "AllowedOrigins": "https://a.example https://b.example", "LlmConcurrency": "5"}),
+    ("ParameterKey=LlmConcurrency,ParameterValue=7 ParameterKey=AllowedOrigins,ParameterValue=",
+     {"LlmConcurrency": "7", "AllowedOrigins": ""}),
+    (["LlmConcurrency=3", 'AlarmEmail="a@b.c"'], {"LlmConcurrency": "3", "AlarmEmail": "a@b.c"}),
+    ({"LlmConcurrency": 4}, {"LlmConcurrency": "4"}),
+])
+def test_the_parameter_overrides_sam_saves_are_read_in_each_of_its_formats(overrides, expected):
+    from ws_handlers.ops.preflight import saved_overrides
+
+    assert saved_overrides({"parameter_overrides": overrides}) == expected
+    assert saved_overrides({}) is None
 
 
 # ------------------------------------------------------------------------------ a deployed stack, in moto

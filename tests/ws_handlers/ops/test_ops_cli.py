@@ -15,7 +15,8 @@ from ws_handlers.ops import export
 from ws_handlers.ops.cli import build_parser
 
 pytestmark = pytest.mark.timeout(60)
-COMMANDS = ("pause", "resume", "budget", "status", "export", "delete-participant", "delete-experiment")
+COMMANDS = ("pause", "resume", "budget", "allowlist", "status", "export", "delete-participant", "delete-experiment")
+ALLOWLIST_ACTIONS = ("add", "remove", "list", "clear")
 
 
 @pytest.fixture
@@ -30,9 +31,12 @@ def local(tmp_path):
 def test_every_subcommand_has_help(ops):
     code, out, _ = ops("--help")
     assert code == 0 and all(c in out for c in COMMANDS) and "CHAT_OPS_STACK" in out
-    for command in COMMANDS:
-        code, out, _ = ops(command, "--help")
+    leaves = [c for c in COMMANDS if c != "allowlist"] + [f"allowlist {a}" for a in ALLOWLIST_ACTIONS]
+    for command in leaves:
+        code, out, _ = ops(*command.split(), "--help")
         assert code == 0 and out.startswith(f"usage: chat-ops {command}") and "--stack NAME" in out
+    code, out, _ = ops("allowlist", "--help")
+    assert code == 0 and all(action in out for action in ALLOWLIST_ACTIONS)
     assert set(build_parser()._subparsers._group_actions[0].choices) == set(COMMANDS)
 
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 
 import boto3
 import pytest
-from conftest import cli, one_line_error, seed_store, stored_rows
+from conftest import cli, one_line_error, reset_moto, seed_store, stored_rows
 from moto import mock_aws
-from moto.server import ThreadedMotoServer
 
 from local_gateway.template import read_template
 from ws_handlers.dynamo_store import DynamoStore, create_tables
@@ -18,28 +16,6 @@ from ws_handlers.store import Connection, StoreThrottled
 pytestmark = pytest.mark.timeout(60)
 PEOPLE = [("P1", "s1"), ("P2", "s1"), ("P3", "s2")]
 NOW = 1_800_000_000
-
-
-@pytest.fixture(scope="module")
-def moto_url():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-def _reset(url: str) -> None:
-    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10)
-
-
-@pytest.fixture
-def server(moto_url):
-    """moto's server, emptied, with the tables under the functions' default names."""
-    _reset(moto_url)
-    client = boto3.client("dynamodb", endpoint_url=moto_url, region_name="us-east-1")
-    create_tables(client, "chat-connections", "chat-chats")
-    return moto_url, DynamoStore("chat-connections", "chat-chats", client=client)
 
 
 def _seed(store, experiment: str = "exp1") -> list[str]:
@@ -97,7 +73,7 @@ def _stack_template() -> dict:
 
 def test_stack_outputs_name_the_tables(moto_url, monkeypatch, ops):
     """The CLI (a process of its own, then in this one) with every AWS call sent to moto's server."""
-    _reset(moto_url)
+    reset_moto(moto_url)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
     boto3.client("cloudformation").create_stack(StackName="lab", TemplateBody=json.dumps(_stack_template()))
     outputs = {o["OutputKey"]: o["OutputValue"]
