@@ -115,15 +115,23 @@ class Strictness:
         error = env.get("LOCAL_DYNAMODB_THROTTLE_ERROR", "ProvisionedThroughputExceededException")
         if error not in get_args(ThrottleError):
             raise ValueError(f"LOCAL_DYNAMODB_THROTTLE_ERROR must be one of {', '.join(get_args(ThrottleError))}")
-        rate = float(env.get("LOCAL_DYNAMODB_THROTTLE_RATE", "0"))
-        if not 0 <= rate <= 1:
-            raise ValueError("LOCAL_DYNAMODB_THROTTLE_RATE must be between 0 and 1")
+        rate = _number(env, "LOCAL_DYNAMODB_THROTTLE_RATE", "0", float)
+        hold_ms = _number(env, "LOCAL_DYNAMODB_HOLD_MS", "5", float)
+        if not 0 <= rate <= 1 or hold_ms < 0:
+            raise ValueError("LOCAL_DYNAMODB_THROTTLE_RATE must be between 0 and 1, LOCAL_DYNAMODB_HOLD_MS at least 0")
         return cls(
             conflicts=conflicts == "on",
-            hold_seconds=float(env.get("LOCAL_DYNAMODB_HOLD_MS", "5")) / 1000,
+            hold_seconds=hold_ms / 1000,
             throttle=Throttle(rate=rate, error=error),  # type: ignore[arg-type]
-            seed=int(env.get("LOCAL_DYNAMODB_SEED", "0")),
+            seed=int(_number(env, "LOCAL_DYNAMODB_SEED", "0", int)),
         )
+
+
+def _number(env: Mapping[str, str], name: str, default: str, kind: type[float] | type[int]) -> float:
+    try:
+        return kind(env.get(name, default))
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {env[name]!r}") from None
 
 
 @dataclass
@@ -461,6 +469,8 @@ class StrictDynamoDB:
 
     def _transact(self, handler: DynamoHandler, params: dict[str, Any], run: Callable[[], Response],
                   throttled: bool, writes: bool) -> Response:
+        """TransactWriteItems (`writes`) takes its items for its commit or is cancelled where they
+        are busy; TransactGetItems is cancelled where writes are in flight, and takes nothing."""
         keys = _serialised(_keys, handler, params.get("TransactItems", []))
         if keys is None:
             return run()
@@ -484,6 +494,8 @@ class StrictDynamoDB:
             self._flight.release(keys)
 
     def _write(self, handler: DynamoHandler, action: str, params: dict[str, Any], run: Callable[[], Response]) -> Response:
+        """A PutItem, UpdateItem or DeleteItem: refused on an item of a transaction in flight, else
+        counted in flight while it runs, so that a transaction arriving meanwhile is cancelled."""
         keys = _serialised(_keys, handler, [{action: params}])
         if keys is None:
             return run()
@@ -565,7 +577,7 @@ class StrictDynamoDB:
             return response
         finally:
             with self._changed:
-                del self._tokens[key]
+                self._tokens.pop(key, None)  # reset() may have cleared it meanwhile
                 if response is not None and response[0] == 200:  # only a committed call is remembered
                     expires = _clock() + self._strictness.idempotency_seconds
                     self._tokens[key] = _Token(fingerprint, response, expires)

@@ -363,7 +363,7 @@ def test_settings_from_the_environment():
     assert Strictness.from_env(env) == Strictness(
         conflicts=False, hold_seconds=0.02, throttle=Throttle(rate=0.1, error="ThrottlingException"), seed=7)
     for bad in ({"LOCAL_DYNAMODB_CONFLICTS": "maybe"}, {"LOCAL_DYNAMODB_THROTTLE_RATE": "2"},
-                {"LOCAL_DYNAMODB_THROTTLE_ERROR": "Slow"}):
+                {"LOCAL_DYNAMODB_THROTTLE_ERROR": "Slow"}, {"LOCAL_DYNAMODB_HOLD_MS": "soon"}):
         with pytest.raises(ValueError):
             Strictness.from_env(bad)
 
