@@ -74,7 +74,6 @@ def test_two_replies_finishing_at_once_in_one_experiment_both_commit(strict_dyna
                 raise outcome
         assert outcomes == [True, True]
         assert [store.get_message(chat.chat_id, 3) for chat, _ in turns] == [reply for _, reply in turns]
-        assert store.get_controls("exp1").tokens_used == 24
 
 
 @pytest.mark.xfail(
