@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--model-port", type=int, default=8789, help="offline model port, when it runs")
     run.add_argument("--demo-port", type=int, default=8790, help="serves the demo chat page (client_js/)")
     run.add_argument("--store", choices=("sqlite", "dynamodb"), default="sqlite",
-                     help="sqlite: durable, the default; dynamodb: moto's DynamoDB server, in memory")
+                     help="sqlite: durable, the default; dynamodb: moto's DynamoDB server, in memory, "
+                          "with DynamoDB's conflicts (LOCAL_DYNAMODB_* variables: docs/local.md)")
     run.add_argument("--idle-timeout", type=float, default=600.0, help="seconds (API Gateway: 600)")
     run.add_argument("--function-processes", type=int, default=0,
                      help="run the reply function in this many worker processes, for pilots with many "

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -40,6 +40,9 @@ from .process_runner import ProcessRunner, WorkerSpec
 from .sqs_queue import LocalQueue
 from .template import Function, QueueSource, Template, load
 from .thread_runner import ThreadRunner
+
+if TYPE_CHECKING:  # moto is imported only when the store is DynamoDB
+    from .strict_dynamodb import StrictDynamoDB
 
 log = logging.getLogger("local_gateway")
 
@@ -107,6 +110,7 @@ class Stack:
         self.queues: dict[str, LocalQueue] = {}  #: by the queue's logical id
         self._services: dict[str, runtime.Services] = {}
         self._moto: Any = None
+        self._strict: StrictDynamoDB | None = None  #: the DynamoDB emulation, when this stack installed it
         self._model_process: subprocess.Popen[str] | None = None
         self._sqlite_path: str | None = None
 
@@ -137,8 +141,13 @@ class Stack:
 
             from ws_handlers.dynamo_store import DynamoStore
 
+            from . import strict_dynamodb
             from .template import create_tables
 
+            # moto's server answers in this process, so the emulation wraps its handler here; a
+            # test session installs its own first, and that one stays in charge
+            if strict_dynamodb.installed() is None:
+                self._strict = strict_dynamodb.install(strict_dynamodb.Strictness.from_env())
             self._moto = ThreadedMotoServer(ip_address=self.config.host, port=0, verbose=False)
             self._moto.start()
             host, port = self._moto.get_host_and_port()
@@ -280,6 +289,8 @@ class Stack:
             host, port = self._moto.get_host_and_port()
             urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"))
             self._moto.stop()
+        if self._strict is not None:
+            self._strict.uninstall()
 
 
 @contextlib.contextmanager

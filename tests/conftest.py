@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from moto.dynamodb.responses import DynamoHandler
 
 from local_gateway.offline_model import OfflineModel
+from local_gateway.strict_dynamodb import StrictDynamoDB, Strictness, install
 from local_gateway.threaded import serve_in_thread
 
 
@@ -27,23 +27,26 @@ def _aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _linearizable_moto_dynamodb():
-    """Serialise moto's DynamoDB requests, as DynamoDB's own transactions are.
+def _strict_moto_dynamodb() -> Iterator[StrictDynamoDB]:
+    """Hold moto's DynamoDB to DynamoDB's behaviour under concurrency, for the whole session.
 
-    moto's in-process backend runs concurrent requests without isolation, so two
-    conditional transactions racing on one item can both commit, which DynamoDB never
-    allows. Tests of concurrency need the real guarantee, so requests take a lock.
+    moto runs requests one after another and never cancels a transaction, so concurrency bugs
+    would pass here and fail on AWS. The emulation (local_gateway/strict_dynamodb.py) keeps
+    moto serialised (it is not thread-safe) but makes overlapping transactions and writes
+    conflict as DynamoDB's do. Throttling stays off unless a test asks through `strict_dynamodb`.
     """
-    lock = threading.Lock()
-    original = DynamoHandler.call_action
+    emulation = install(Strictness())
+    yield emulation
+    emulation.uninstall()
 
-    def call_action(self):
-        with lock:
-            return original(self)
 
-    DynamoHandler.call_action = call_action
-    yield
-    DynamoHandler.call_action = original
+@pytest.fixture
+def strict_dynamodb(_strict_moto_dynamodb: StrictDynamoDB) -> Iterator[StrictDynamoDB]:
+    """The session's emulation with its counters at zero; what a test configures is undone after it."""
+    before = _strict_moto_dynamodb.strictness
+    _strict_moto_dynamodb.reset()
+    yield _strict_moto_dynamodb
+    _strict_moto_dynamodb.configure(before)
 
 
 @pytest.fixture(scope="module")
