@@ -91,3 +91,29 @@ def test_a_malformed_job_fails_the_invocation_so_sqs_keeps_it_for_the_dead_lette
         reply.handler({"Records": [{"messageId": "x", "body": "not json"}]}, LambdaContext("reply"))
     with pytest.raises(reply.JobsFailed):
         reply.handler({"Records": [{"messageId": "y", "body": json.dumps({"kind": "reply"})}]}, LambdaContext("reply"))
+
+
+def test_a_reply_the_store_refuses_is_reported_alarmed_and_regenerated_on_retry(
+        harness, model, strict_dynamodb, monkeypatch, capsys):
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    monkeypatch.setattr("ws_handlers.dynamo_store.time.sleep", lambda _s: None)  # the backoff, not its length
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(QueueName="replies")["QueueUrl"]
+    runtime.services().jobs = runtime.SqsJobQueue(url, client=sqs)
+    harness.connect("c1")
+    chat_id = harness.start("c1")["chat_id"]
+    harness.send("c1", _send("c1", chat_id, "m1"))
+    (record,) = _sqs_records(sqs, url)
+    before = len(harness.frames("c1"))
+    # DynamoDB stays throttled for every transaction while the reply is stored
+    with strict_dynamodb.throttling(rate=1.0, operations=frozenset({"TransactWriteItems"})):
+        reply.handler({"Records": [record]}, LambdaContext("reply"))
+    error = harness.frames("c1")[before:][-1]
+    assert (error["type"], error["code"], error["retryable"]) == ("error", "throttled", True)
+    assert (error["seq"], error["client_msg_id"]) == (2, "m1")
+    assert harness.store.get_message(chat_id, 2) is None and harness.store.get_chat(chat_id).lease is None
+    assert '"RepliesNotStored"' in capsys.readouterr().out  # the metric RepliesNotStoredAlarm watches
+    runtime.services().jobs = harness.queue
+    again = harness.send("c1", _send("c1", chat_id, "m1"))  # the client's retry: same client_msg_id
+    assert again[0]["duplicate"] is True and again[-1]["type"] == "message" and again[-1]["seq"] == 2
+    assert model.stats["requests"] == 2  # generated twice: once lost to the store, once stored

@@ -1,7 +1,8 @@
 """DynamoStore under DynamoDB's concurrency, as the strict emulation reproduces it.
 
-These tests state what the store must survive on AWS; while the store falls short they are
-marked xfail(strict=True), so each one fails loudly once the store is fixed and its mark can go.
+These tests state what the store must survive on AWS, where requests really overlap: each
+failed before the store was fixed (the experiment's counter in every reply's transaction,
+conflicts turned into refusals, unprocessed keys read as absent).
 """
 
 from __future__ import annotations
@@ -36,12 +37,6 @@ def _replying_chat(store: DynamoStore, participant: str) -> tuple[Chat, Message]
     return chat, reply
 
 
-@pytest.mark.xfail(
-    strict=True, raises=StoreThrottled,
-    reason="finish_reply puts the experiment-wide EXP#.../CONTROL token counter in every reply's transaction, "
-           "so two replies finishing together in one experiment conflict on DynamoDB, and _transact turns the "
-           "TransactionConflict into StoreThrottled: one reply is lost",
-)
 def test_two_replies_finishing_at_once_in_one_experiment_both_commit(strict_dynamodb: StrictDynamoDB):
     strict_dynamodb.configure(hold_seconds=0)  # holding() below makes the two commits overlap for certain
     with mock_aws():
@@ -76,11 +71,6 @@ def test_two_replies_finishing_at_once_in_one_experiment_both_commit(strict_dyna
         assert [store.get_message(chat.chat_id, 3) for chat, _ in turns] == [reply for _, reply in turns]
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="get_controls ignores BatchGetItem's UnprocessedKeys, which DynamoDB returns under load: the "
-           "experiment's CONTROL item goes unread and a paused experiment reads as running",
-)
 def test_controls_read_while_dynamodb_leaves_keys_unprocessed_still_see_the_pause(strict_dynamodb: StrictDynamoDB):
     with mock_aws():
         create_tables(boto3.client("dynamodb"), "conns", "chats")
@@ -92,3 +82,87 @@ def test_controls_read_while_dynamodb_leaves_keys_unprocessed_still_see_the_paus
             controls = store.get_controls("exp1")
         assert strict_dynamodb.counters.unprocessed_keys > 0
         assert controls.paused
+
+
+def _store() -> DynamoStore:
+    create_tables(boto3.client("dynamodb"), "conns", "chats")
+    return DynamoStore("conns", "chats")
+
+
+def test_controls_that_stay_unprocessed_fail_closed(strict_dynamodb: StrictDynamoDB):
+    with mock_aws():
+        store = _store()
+        store.set_controls("exp1", paused=True)
+        with strict_dynamodb.throttling(rate=1.0, unprocessed=1.0, operations=frozenset({"BatchGetItem"})):
+            with pytest.raises(StoreThrottled):  # never "not paused": the send is refused as throttled
+                store.get_controls("exp1")
+        assert store.get_controls("exp1").paused
+
+
+@pytest.mark.parametrize("error", ["ThrottlingException", "ProvisionedThroughputExceededException"])
+def test_a_reply_cancelled_for_capacity_is_retried_and_stored(strict_dynamodb: StrictDynamoDB, error: str):
+    with mock_aws():
+        store = _store()
+        chat, reply = _replying_chat(store, "P1")
+        with strict_dynamodb.throttling(first=2, error=error, operations=frozenset({"TransactWriteItems"})):
+            assert store.finish_reply(chat, reply, "t-P1")
+        assert strict_dynamodb.counters.throttled_transactions == 2
+        assert store.get_message(chat.chat_id, 3) == reply
+
+
+def test_a_reply_throttled_past_the_retries_raises_and_writes_nothing(strict_dynamodb: StrictDynamoDB, monkeypatch):
+    monkeypatch.setattr("ws_handlers.dynamo_store.time.sleep", lambda _s: None)
+    with mock_aws():
+        store = _store()
+        chat, reply = _replying_chat(store, "P1")
+        with strict_dynamodb.throttling(rate=1.0, operations=frozenset({"TransactWriteItems"})):
+            with pytest.raises(StoreThrottled):
+                store.finish_reply(chat, reply, "t-P1")
+        assert store.get_message(chat.chat_id, 3) is None
+        assert store.get_chat(chat.chat_id).lease.turn_id == "t-P1"  # still the turn's: it can free or retry
+
+
+def test_a_write_that_meets_a_transaction_in_flight_is_retried_not_refused(strict_dynamodb: StrictDynamoDB):
+    strict_dynamodb.configure(hold_seconds=0)
+    with mock_aws():
+        store = _store()
+        chat, reply = _replying_chat(store, "P1")
+        done = threading.Event()
+
+        def finish() -> None:
+            store.finish_reply(chat, reply, "t-P1")
+            done.set()
+
+        with strict_dynamodb.holding():
+            thread = threading.Thread(target=finish)
+            thread.start()
+            assert strict_dynamodb.wait_for(lambda c: c.held == 1, timeout=20)
+            binder = threading.Thread(target=store.bind_connection, args=(chat.chat_id, "c9"))
+            binder.start()  # meets the transaction holding META: TransactionConflictException, retried
+            assert strict_dynamodb.wait_for(lambda c: c.write_conflicts > 0, timeout=20)
+        thread.join(30)
+        binder.join(30)
+        assert done.is_set() and not binder.is_alive()
+        assert store.get_chat(chat.chat_id).connection_id == "c9"
+
+
+def test_many_replies_of_one_experiment_finishing_together_are_all_stored(strict_dynamodb: StrictDynamoDB):
+    with mock_aws():
+        store = _store()
+        turns = [_replying_chat(store, f"P{n}") for n in range(12)]
+        barrier = threading.Barrier(len(turns))
+        outcomes: dict[int, Any] = {}
+
+        def finish(n: int) -> None:
+            chat, reply = turns[n]
+            barrier.wait()
+            store.count_tokens("exp1", 12)
+            outcomes[n] = store.finish_reply(chat, reply, f"t-{chat.identity.participant}")
+
+        threads = [threading.Thread(target=finish, args=(n,)) for n in range(len(turns))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert outcomes == {n: True for n in range(len(turns))}
+        assert store.get_controls("exp1").tokens_used == 12 * len(turns)
