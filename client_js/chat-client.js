@@ -3,18 +3,44 @@
 
 const DEFAULTS = {
   heartbeatMs: 240000, pongTimeoutMs: 15000, maxConnectionMs: 6900000, backoffBaseMs: 500,
-  backoffMaxMs: 30000, stableAfterMs: 10000, replyTimeoutMs: 60000,
+  backoffMaxMs: 30000, stableAfterMs: 10000, replyTimeoutMs: 60000, replyMaxWaitMs: 600000,
 };
-const MAX_RESENDS = 3; // reply timeouts (or `reply_in_progress` refusals) in a row before a send fails
+const MAX_RESENDS = 3; // reply timeouts of an unacked send (or `reply_in_progress` refusals) in a row before it fails
 const OPEN = 1; // WebSocket.OPEN
 const rnd = () => Math.random().toString(36).slice(2);
 const UNREACHABLE_AFTER = 5; // handshakes in a row that never opened
 const entry = (seq, role, text, status, id) => ({ seq, role, text, status, ...(id && { client_msg_id: id }) });
 
+/**
+ * `have` with `piece` applied at `offset`, counted in code points as the server counts (Python
+ * str indexes), not in UTF-16 units: null when `offset` is past the end of `have` (a gap). A
+ * piece that repeats what `have` already holds there changes nothing (a resumed stream never
+ * shortens the text); any other piece replaces everything from `offset`.
+ * @param {string} have @param {number} offset @param {string} piece @returns {?string}
+ */
+export function applyDelta(have, offset, piece) {
+  let at = 0; // UTF-16 index of code point number `offset`
+  for (let n = 0; n < offset; n++) {
+    if (at >= have.length) return null;
+    at += have.codePointAt(at) > 0xffff ? 2 : 1;
+  }
+  return have.startsWith(piece, at) ? have : have.slice(0, at) + piece;
+}
+
 /** A client_msg_id: crypto.randomUUID() where it exists (secure contexts), else time and randomness. */
 export const newId = () => globalThis.crypto?.randomUUID?.() ?? `${Date.now().toString(36)}-${rnd()}${rnd()}`;
 
+/**
+ * The connection to the chat service for one chat (options and events: client_js/API.md).
+ *
+ * One message at a time is a turn: pending (not acked; resent after each replyTimeoutMs, at
+ * most MAX_RESENDS times) → acked (`ack`: stored as seq) → queued (`queued`: its reply, seq + 1,
+ * waits for the assistant) → streaming (`delta`s) → stored (`message`) or failed (`error`, or
+ * `reply_timeout` from the client). From acked on, the message is never resent blindly: a
+ * reply timeout asks the service (`history`) and resends only if no one has the reply.
+ */
 export class ChatClient extends EventTarget {
+  /** @param {object} options url, token, ticket, and the optional settings of DEFAULTS (and WebSocket) */
   constructor(options = {}) {
     super();
     this.options = { ...DEFAULTS };
@@ -23,10 +49,12 @@ export class ChatClient extends EventTarget {
     if (!this.WebSocket) throw new TypeError("no WebSocket here: pass options.WebSocket");
     this.state = "idle";
     this.chatId = this.limits = null;
-    this._seqs = new Map(); // seq -> transcript entry: stored, streaming or failed
+    this._seqs = new Map(); // seq -> transcript entry: stored, queued, streaming or failed
     this._outbox = []; // sends not stored yet, in order: {id, text, status, seq}
     this._turn = null; // the send in progress, until its reply is stored or fails
-    this._awaiting = null; // seq of a reply being written (-1: being asked)
+    this._awaiting = null; // seq of a reply queued or being written (-1: being asked)
+    this._waits = 0; // reply timeouts in a row for an acked reply, without a delta: bounded by replyMaxWaitMs
+    this._checking = false; // a `history` asked what became of the awaited reply: its answer decides
     this._timers = {};
     this._ready = false; // `start` answered on this socket
     this._attempt = 0;
@@ -202,14 +230,24 @@ export class ChatClient extends EventTarget {
       return this._send({ action: "history", chat_id: f.chat_id, after_seq: f.messages[f.messages.length - 1].seq });
     }
     const replying = f.replying != null && this._seqs.get(f.replying)?.status !== "stored" ? f.replying : null;
-    for (const e of this._seqs.values()) if (e.status === "streaming" && e.seq !== replying) this._failReply(e.seq); // broke off
-    if ((this._awaiting = replying) != null) this._armReply();
-    if (!this._resuming) return;
-    // after a (re)connect: the send in progress goes again, unless its reply streams here anyway
-    this._resuming = false;
-    this._reconcile();
     const t = this._turn;
-    if (t && !(t.seq != null && this._awaiting === t.seq + 1)) this._sendTurn();
+    const ours = t?.seq != null ? t.seq + 1 : null; // the turn's reply, once its message is stored
+    for (const e of [...this._seqs.values()]) {
+      if (e.seq === replying) continue;
+      if (e.status === "streaming") this._failReply(e.seq); // broke off
+      else if (e.status === "queued" && e.seq !== ours) this._seqs.delete(e.seq), (this._dirty = true); // no one has it
+    }
+    if ((this._awaiting = replying) != null) this._armReply();
+    const checking = this._checking;
+    this._checking = false;
+    if (this._resuming) {
+      // after a (re)connect: the send in progress goes again, unless its reply is queued or streams here anyway
+      this._resuming = false;
+      this._reconcile();
+      if (this._turn && !(ours != null && replying === ours)) this._sendTurn();
+    } else if (checking && ours != null && replying == null && this._seqs.get(ours)?.status !== "stored") {
+      this._resend(t); // the answer to a reply timeout: no one is writing the reply, nor has it queued
+    }
   }
 
   _on_ack(f) {
@@ -221,21 +259,46 @@ export class ChatClient extends EventTarget {
     this._emit("ack", { client_msg_id: f.client_msg_id, seq: f.seq, duplicate: !!f.duplicate });
   }
 
+  /** A piece of a reply, placed by its `offset` in code points (see applyDelta). */
   _on_delta(f) {
     const e = this._seqs.get(f.seq);
     if (e?.status === "stored") return; // the message frame is authoritative
-    const have = e && e.status !== "failed" ? e.text : "";
-    if (f.offset > have.length) return; // a gap: a resumed stream restarts at 0, the message fills it
-    const text = have.slice(0, f.offset) + f.text;
-    this._seqs.set(f.seq, entry(f.seq, "assistant", text, "streaming"));
+    const have = e?.status === "streaming" ? e.text : "";
+    const text = applyDelta(have, f.offset, f.text);
+    if (text == null) return; // a gap: a resumed stream restarts at 0, the message fills it
     this._awaiting ??= f.seq;
+    this._waits = 0;
     if (this._turn && (this._turn.seq == null || this._turn.seq + 1 === f.seq)) this._progress();
+    if (e?.status === "streaming" && text === have) return; // a repeat: news, but nothing to show
+    this._seqs.set(f.seq, entry(f.seq, "assistant", text, "streaming"));
     this._dirty = true;
     this._emit("delta", { seq: f.seq, text, piece: f.text });
   }
 
+  /**
+   * The reply `seq` waits in the server's queue for the assistant. Ignored once the reply has
+   * news of its own (a delta, the message, a failure): frames about a reply and answers to a
+   * send come from different functions, so a `queued` may arrive after them.
+   */
+  _on_queued(f) {
+    const t = this._turn?.id === f.client_msg_id ? this._turn : null;
+    if (t && t.seq == null) { // its ack was lost: the message is stored as seq - 1 all the same
+      this._store({ seq: f.seq - 1, role: "user", text: t.text, client_msg_id: t.id });
+      this._progress();
+    }
+    const e = this._seqs.get(f.seq);
+    if (e && e.status !== "queued") return;
+    this._armReply(); // news: the next check comes a full replyTimeoutMs later
+    this._awaiting ??= f.seq;
+    if (e) return; // said again (a resend): nothing changed
+    this._seqs.set(f.seq, entry(f.seq, "assistant", "", "queued", f.client_msg_id));
+    this._dirty = true;
+    this._emit("queued", { seq: f.seq, client_msg_id: f.client_msg_id });
+  }
+
   _on_message({ type, chat_id, ...message }) {
     this._store(message);
+    this._waits = 0;
     this._emit("message", { message });
   }
 
@@ -310,6 +373,7 @@ export class ChatClient extends EventTarget {
     const next = this._outbox.find((i) => i.status === "pending");
     if (next && this._ready && !this._resuming && !this._turn && this._awaiting == null) {
       (this._turn = next).resends ??= 0;
+      this._waits = 0;
       this._sendTurn();
     }
     const busy = this.busy;
@@ -326,6 +390,13 @@ export class ChatClient extends EventTarget {
     this._armReply();
   }
 
+  /** The same send again (same client_msg_id), at most MAX_RESENDS times in a row without an ack. */
+  _resend(t) {
+    if (++t.resends <= MAX_RESENDS) return this._sendTurn();
+    this._failTurn(t);
+    this._emit("error", { code: "reply_timeout", message: "No reply came; try again.", retryable: true, client_msg_id: t.id });
+  }
+
   _progress() {
     this._turn.resends = 0;
     this._armReply();
@@ -335,19 +406,36 @@ export class ChatClient extends EventTarget {
     this._timer("reply", this.options.replyTimeoutMs, () => this._replyTimeout());
   }
 
-  /** Nothing came for the awaited reply: send the same message again (or ask), probe the socket. */
+  /**
+   * Nothing came for replyTimeoutMs. An unacked send goes again (same client_msg_id). An acked
+   * one is never resent blindly, since its reply may wait in the server's queue: the client asks
+   * (`history` from the user message) and the answer decides (_on_history): the reply is
+   * there, or `replying` names it (wait on), or no one has it (resend). After replyMaxWaitMs of
+   * such waiting without a delta, the turn fails with a retryable `reply_timeout`.
+   */
   _replyTimeout() {
     const t = this._turn;
-    if (t && ++t.resends > MAX_RESENDS) {
-      this._failTurn(t);
-      this._emit("error", { code: "reply_timeout", message: "No reply came; try again.", retryable: true, client_msg_id: t.id });
-    } else if (t) this._sendTurn();
-    else if (this._awaiting != null) {
-      this._send({ action: "history", chat_id: this.chatId, after_seq: Math.max(0, this._awaiting - 1) });
+    const seq = t ? (t.seq != null ? t.seq + 1 : null) : this._awaiting;
+    if (t && seq == null) this._resend(t);
+    else if (seq != null && ++this._waits >= Math.ceil(this.options.replyMaxWaitMs / this.options.replyTimeoutMs)) {
+      this._giveUp(t, seq);
+    } else if (seq != null) {
+      this._checking = seq > 0;
+      this._send({ action: "history", chat_id: this.chatId, after_seq: Math.max(0, seq - 2) });
       this._armReply();
     }
     this._probe();
     this._changed();
+  }
+
+  /** Waited replyMaxWaitMs for reply `seq`: fail it, retryable (retry(id) asks for it again). */
+  _giveUp(t, seq) {
+    this._waits = 0;
+    if (t) this._failTurn(t);
+    else if (seq > 0) this._failReply(seq);
+    else return (this._awaiting = null); // a refused send's wait for another reply: the queue moves on
+    const id = this._seqs.get(seq)?.client_msg_id;
+    this._emit("error", { code: "reply_timeout", message: "No reply came; try again.", retryable: true, seq, ...(id && { client_msg_id: id }) });
   }
 
   _lastSeq() {

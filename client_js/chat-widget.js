@@ -9,7 +9,11 @@
 
 import { ChatClient } from "./chat-client.js";
 
-/** Every text the widget shows; override any of them with `labels` (e.g. another language). */
+/**
+ * Every text the widget shows; override any of them with `labels` (e.g. another language).
+ * `waitingForConnection` was called `queued` before replies could queue on the server: a
+ * `labels.queued` is still taken as `waitingForConnection`.
+ */
 export const DEFAULT_LABELS = Object.freeze({
   chat: "Chat",
   log: "Conversation",
@@ -21,7 +25,8 @@ export const DEFAULT_LABELS = Object.freeze({
   send: "Send",
   retry: "Retry",
   typing: "The assistant is writing…",
-  queued: "Waiting for the connection…",
+  waitingForAssistant: "Waiting for the assistant…",
+  waitingForConnection: "Waiting for the connection…",
   notSent: "Not sent.",
   replyFailed: "The reply could not be completed.",
   counter: (count, max) => (max ? `${count} / ${max}` : `${count}`),
@@ -104,10 +109,12 @@ export function mountChat(container, options = {}) {
   if (!container || typeof container.appendChild !== "function") {
     throw new TypeError("mountChat: the first argument must be a DOM element");
   }
+  const given = options.labels || {};
   const labels = {
     ...DEFAULT_LABELS,
-    ...(options.labels || {}),
-    errors: { ...DEFAULT_LABELS.errors, ...((options.labels && options.labels.errors) || {}) },
+    ...(given.queued !== undefined && { waitingForConnection: given.queued }), // the label's former name
+    ...given,
+    errors: { ...DEFAULT_LABELS.errors, ...(given.errors || {}) },
   };
   const clientOptions = {};
   for (const [name, value] of Object.entries(options)) {
@@ -129,7 +136,12 @@ export function mountChat(container, options = {}) {
   const typingText = el("span", "lc-sr");
   typingText.textContent = labels.typing;
   typing.append(dots, typingText);
-  log.append(typing);
+  // The reply waits in the service's queue: said in words, replaced by the typing dots or the
+  // text itself once the assistant starts. Inside the log too: announced when it appears.
+  const waiting = el("div", "lc-waiting");
+  waiting.hidden = true;
+  waiting.textContent = labels.waitingForAssistant;
+  log.append(waiting, typing);
 
   const status = el("div", "lc-status", { role: "status", "aria-live": "polite", "data-state": "connecting" });
 
@@ -272,7 +284,7 @@ export function mountChat(container, options = {}) {
       meta = (role === "user" ? labels.notSent : labels.replyFailed) + reason;
       if (known && known.retryable === false) retryId = null;
     } else if (role === "user" && client.state !== "open" && (status === "pending" || index === waitingIndex)) {
-      meta = labels.queued; // queued, or its reply is (a retry waits for the connection)
+      meta = labels.waitingForConnection; // not sent yet, or its reply is awaited (a retry waits for the connection)
     }
     setText(item.metaText, meta);
     item.meta.hidden = !meta;
@@ -284,7 +296,10 @@ export function mountChat(container, options = {}) {
   function drawTranscript(transcript) {
     const seen = new Set();
     const ids = idsOf(transcript);
-    const waitingIndex = client.busy && waitingForReply(transcript) ? transcript.length - 1 : -1;
+    // the message whose reply is awaited: the last one of the participant's (its reply, queued or
+    // without text yet, may follow it)
+    let waitingIndex = client.busy && awaited(transcript) ? transcript.length - 1 : -1;
+    while (waitingIndex >= 0 && transcript[waitingIndex].role !== "user") waitingIndex -= 1;
     let position = 0;
     transcript.forEach((entry, index) => {
       let key = keyOf(entry, ids[index], index);
@@ -293,7 +308,7 @@ export function mountChat(container, options = {}) {
       const item = nodeFor(key, entry);
       drawEntry(item, entry, transcript, ids, index, waitingIndex);
       const at = log.children[position];
-      if (at !== item.node) log.insertBefore(item.node, at || typing);
+      if (at !== item.node) log.insertBefore(item.node, at || waiting);
       position += 1;
     });
     for (const [key, item] of nodes) {
@@ -302,14 +317,19 @@ export function mountChat(container, options = {}) {
         nodes.delete(key);
       }
     }
-    if (typing.parentNode !== log || log.lastChild !== typing) log.appendChild(typing);
+    if (log.lastChild !== typing || typing.previousSibling !== waiting) log.append(waiting, typing);
   }
 
-  function waitingForReply(transcript) {
+  /**
+   * What the end of the transcript waits for: "send" (a message not answered yet, or a reply
+   * with no text yet), "queue" (its reply waits in the service's queue), or "" (nothing).
+   */
+  function awaited(transcript) {
     const last = transcript[transcript.length - 1];
-    if (!last) return false;
-    if (last.role === "user") return last.status !== "failed";
-    return last.status === "streaming" && !last.text;
+    if (!last) return "";
+    if (last.role === "user") return last.status !== "failed" ? "send" : "";
+    if (last.status === "queued") return "queue";
+    return last.status === "streaming" && !last.text ? "send" : "";
   }
 
   function drawStatus() {
@@ -367,7 +387,10 @@ export function mountChat(container, options = {}) {
     const transcript = Array.isArray(client.transcript) ? client.transcript : [];
     const nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight <= NEAR_BOTTOM_PX;
     drawTranscript(transcript);
-    typing.hidden = !(client.state === "open" && ready && waitingForReply(transcript));
+    const live = client.state === "open" && ready;
+    const what = awaited(transcript);
+    waiting.hidden = !(live && what === "queue");
+    typing.hidden = !(live && what === "send");
     drawStatus();
     drawComposer();
     if (nearBottom || scrollPending) {

@@ -8,7 +8,7 @@ import { makeClient, sleep, startProxy, startStack, until, within } from "./stac
 let stack, credsFor;
 before(async () => {
   stack = await startStack({ tps: 400, ttftMs: 30, idleTimeout: 2 });
-  credsFor = stack.prefetch(["P-beat", "P-nobeat", "P-backoff", "P-close"]);
+  credsFor = stack.prefetch(["P-beat", "P-nobeat", "P-backoff", "P-close", "P-close-control"]);
 });
 after(() => stack?.stop());
 
@@ -127,9 +127,11 @@ function runChild(creds, closeThem) {
 }
 
 test("close() stops everything: no reconnect, no timer left, the process exits at once", async (t) => {
-  const creds = await credsFor("P-close");
-  const closing = runChild(creds, true);
-  const control = runChild(creds, false); // the same clients, not closed: their timers keep the process alive
+  const closing = runChild(await credsFor("P-close"), true);
+  // the same clients, not closed: their timers keep the process alive. (A participant of its own: with
+  // two pages sending in one chat at once, the one refused with reply_in_progress asks `history`, which
+  // binds the chat to its socket, and under load the other page's reply can stream there instead.)
+  const control = runChild(await credsFor("P-close-control"), false);
   t.after(() => (closing.child.kill(), control.child.kill()));
 
   const exitedAt = await within(closing.exited, 15000, "the child to exit");

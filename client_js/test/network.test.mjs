@@ -1,7 +1,7 @@
 // A bad network between the client and the real stack: outages, lost acks, dead sockets.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { asRows, makeClient, sleep, startProxy, startStack, stored, until, within } from "./stack.mjs";
+import { assertMatchesStorage, behindProxy as started, makeClient, sleep, startStack, until, within } from "./stack.mjs";
 
 let stack, credsFor;
 before(async () => {
@@ -14,23 +14,7 @@ const of = (events, type) => events.filter((e) => e.type === type);
 const sends = (log) => log.filter((l) => l.dir === "out" && l.frame.action === "send");
 
 /** A client behind its own proxy; both are closed when the test ends, whatever happened. */
-async function behindProxy(t, participant, options) {
-  const creds = await credsFor(participant);
-  const proxy = await startProxy(stack.port);
-  const made = makeClient({ ...creds, url: proxy.url }, options);
-  t.after(async () => (made.client.close(), await proxy.close()));
-  await within(made.client.start(), 10000, "start()");
-  return { creds, proxy, ...made };
-}
-
-/** The client's transcript is complete and is exactly what storage holds. */
-async function assertMatchesStorage(transcript, creds) {
-  assert.deepEqual(transcript.map((m) => m.seq), transcript.map((_, i) => i + 1));
-  assert.ok(transcript.every((m) => m.status === "stored"), JSON.stringify(transcript));
-  const { messages } = await stored(creds);
-  assert.deepEqual(asRows(transcript), asRows(messages));
-  return messages;
-}
+const behindProxy = async (t, participant, options) => started(t, stack, await credsFor(participant), options);
 
 test("sends made during an outage are queued, then delivered once each, in order, one at a time", async (t) => {
   const { client, events, log, proxy, creds } = await behindProxy(t, "P-outage");
@@ -63,8 +47,8 @@ test("sends made during an outage are queued, then delivered once each, in order
 
 test("a lost answer: the reply timeout resends with the same client_msg_id on the live socket; stored once", async (t) => {
   const { client, events, log, proxy, creds } = await behindProxy(t, "P-retry", { replyTimeoutMs: 700 });
-  let acks = 0; // the server's answers to the first send are lost (its ack, deltas and message); pongs get through
-  proxy.swallow((f) => (f.type === "ack" && acks++, acks <= 1 && ["ack", "delta", "message"].includes(f.type)));
+  let acks = 0; // the server's answers to the first send are lost (its ack, queued, deltas and message); pongs get through
+  proxy.swallow((f) => (f.type === "ack" && acks++, acks <= 1 && ["ack", "queued", "delta", "message"].includes(f.type)));
   const id = client.send("Are you there?");
   const reply = await until(() => of(events, "message")[0]?.message, { timeoutMs: 10000, what: "the reply" });
 

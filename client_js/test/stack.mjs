@@ -2,6 +2,7 @@
 // from its `mint` command, a TCP proxy that plays the network, clients that record their
 // frames, and bounded waits. (node --test also loads this file as a test file: it only
 // exports functions, so that is a no-op.)
+import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import net from "node:net";
@@ -41,13 +42,18 @@ export function within(promise, timeoutMs, what = "a promise") {
 
 /**
  * Start `python -m local_gateway serve` on free loopback ports, in its own process group.
- * `tps` and `ttftMs` pace the offline model; `idleTimeout` is the gateway's, in seconds.
+ * `tps` and `ttftMs` pace the offline model; `idleTimeout` is the gateway's, in seconds;
+ * `llmConcurrency` caps the replies written at once (the rest wait in the reply queue; default:
+ * the template's); `duplicateDeliveries` is the share of reply jobs the queue delivers twice
+ * (1: every one, as SQS may: the client must not notice).
  */
-export async function startStack({ tps = 400, ttftMs = 30, idleTimeout = 2 } = {}) {
+export async function startStack({ tps = 400, ttftMs = 30, idleTimeout = 2, llmConcurrency, duplicateDeliveries = 1 } = {}) {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), "chat-client-test-"));
   const modelPort = await freePort(); // known, for fault injection (the ready line does not print it)
   const args = ["-m", "local_gateway", "--data-dir", dataDir, "serve", "--port", "0", "--management-port", "0",
-    "--model-port", String(modelPort), "--demo-port", "0", "--idle-timeout", String(idleTimeout)];
+    "--model-port", String(modelPort), "--demo-port", "0", "--idle-timeout", String(idleTimeout),
+    "--duplicate-deliveries", String(duplicateDeliveries),
+    ...(llmConcurrency != null ? ["--llm-concurrency", String(llmConcurrency)] : [])];
   const env = { ...process.env, OFFLINE_MODEL_TTFT_MS: String(ttftMs), OFFLINE_MODEL_TOKENS_PER_SECOND: String(tps),
     OPENAI_API_KEY: "", OPENAI_BASE_URL: "" }; // always the offline model
   const child = spawn(PYTHON, args, { cwd: ROOT, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
@@ -137,24 +143,37 @@ async function freePort() {
  * ones without closing them (a dead half-open socket), outage() refuses new connections
  * until restore(), swallow(predicate) drops the server's frames for which predicate(frame)
  * is true (whole WebSocket frames, parsed; null stops it): a lost answer on a live socket.
+ * rewrite(fn) passes each of the server's frames (parsed) to fn, which returns the frames to
+ * forward in its place (objects, sent as text frames; [] holds it back) or null for the frame
+ * itself; null stops it.
  */
 export async function startProxy(targetPort) {
   const pairs = new Set();
   let refusing = false;
-  let swallow = null;
+  let rewrite = null;
   const server = net.createServer((client) => {
     if (refusing) return client.resetAndDestroy();
     const upstream = net.connect(targetPort, "127.0.0.1");
     const pair = { client, upstream, up: true, down: true }; // which directions still flow
     pairs.add(pair);
     client.on("data", (data) => pair.up && upstream.write(data));
-    let pending = Buffer.alloc(0); // server bytes not yet forwarded while swallowing: a partial frame
+    let pending = Buffer.alloc(0); // server bytes not yet forwarded while rewriting: a partial frame
+    let handshake = true; // the server's HTTP answer to the upgrade comes before any frame
     upstream.on("data", (data) => {
       if (!pair.down) return;
-      if (!swallow && !pending.length) return client.write(data);
+      if (!rewrite && !pending.length) return (handshake = false), client.write(data);
       pending = Buffer.concat([pending, data]);
+      if (handshake) {
+        const end = pending.indexOf("\r\n\r\n");
+        if (end < 0) return;
+        client.write(pending.subarray(0, end + 4));
+        pending = pending.subarray(end + 4);
+        handshake = false;
+      }
       for (let frame; (frame = nextFrame(pending)); pending = pending.subarray(frame.size)) {
-        if (!(swallow && frame.text && swallow(JSON.parse(frame.text)))) client.write(pending.subarray(0, frame.size));
+        const instead = rewrite && frame.text ? rewrite(JSON.parse(frame.text)) : null;
+        if (!instead) client.write(pending.subarray(0, frame.size));
+        else for (const other of instead) client.write(textFrame(JSON.stringify(other)));
       }
     });
     // closes travel only while the pair is healthy: a black hole forwards nothing, not even a FIN
@@ -181,7 +200,10 @@ export async function startProxy(targetPort) {
       for (const pair of pairs) pair.up = pair.down = false;
     },
     swallow(predicate) {
-      swallow = predicate;
+      rewrite = predicate && ((frame) => (predicate(frame) ? [] : null));
+    },
+    rewrite(fn) {
+      rewrite = fn;
     },
     outage() {
       refusing = true;
@@ -208,6 +230,17 @@ function nextFrame(buf) {
   if (buf.length < header + length) return null;
   const text = buf[0] === 0x81 ? buf.subarray(header, header + length).toString("utf8") : null; // FIN + text
   return { size: header + length, text };
+}
+
+/** A server's text frame (final, unmasked) carrying `text`. */
+function textFrame(text) {
+  const body = Buffer.from(text, "utf8");
+  const n = body.length;
+  let header;
+  if (n < 126) header = Buffer.from([0x81, n]);
+  else if (n < 65536) (header = Buffer.from([0x81, 126, 0, 0])).writeUInt16BE(n, 2);
+  else (header = Buffer.from([0x81, 127, 0, 0, 0, 0, 0, 0, 0, 0])).writeBigUInt64BE(BigInt(n), 2);
+  return Buffer.concat([header, body]);
 }
 
 /**
@@ -249,21 +282,39 @@ export function makeClient(creds, options = {}) {
     ...options,
   });
   const events = [];
-  for (const type of ["state", "chat", "transcript", "delta", "message", "ack", "error"]) {
+  for (const type of ["state", "chat", "transcript", "delta", "message", "ack", "queued", "error"]) {
     client.addEventListener(type, (event) => events.push({ type, at: Date.now(), ...event.detail }));
   }
   return { client, events, log: rec.log, sockets: rec.sockets };
 }
 
-/** The reference merge of tests/local_gateway/test_stack_e2e.py: one text per seq. */
+/** A started client behind a proxy of its own to `stack`; both are closed when test `t` ends, whatever happened. */
+export async function behindProxy(t, stack, creds, options) {
+  const proxy = await startProxy(stack.port);
+  const made = makeClient({ ...creds, url: proxy.url }, options);
+  t.after(async () => (made.client.close(), await proxy.close()));
+  await within(made.client.start(), 10000, "start()");
+  return { creds, proxy, ...made };
+}
+
+/** The client's transcript is complete and exactly what storage holds; returns the stored messages. */
+export async function assertMatchesStorage(transcript, creds) {
+  assert.deepEqual(transcript.map((m) => m.seq), transcript.map((_, i) => i + 1));
+  assert.ok(transcript.every((m) => m.status === "stored"), JSON.stringify(transcript));
+  const { messages } = await stored(creds);
+  assert.deepEqual(asRows(transcript), asRows(messages));
+  return messages;
+}
+
+/** The reference merge of tests/local_gateway/test_stack_e2e.py: one text per seq (offsets in code points, as Python's str). */
 export function render(frames) {
   const shown = new Map();
   for (const f of frames) {
     if (f.type === "chat" || f.type === "history") for (const m of f.messages) shown.set(m.seq, m.text);
     else if (f.type === "message") shown.set(f.seq, f.text);
     else if (f.type === "delta") {
-      const current = shown.get(f.seq) ?? "";
-      if (f.offset <= current.length) shown.set(f.seq, current.slice(0, f.offset) + f.text);
+      const current = [...(shown.get(f.seq) ?? "")];
+      if (f.offset <= current.length) shown.set(f.seq, current.slice(0, f.offset).join("") + f.text);
     }
   }
   return shown;

@@ -1,12 +1,13 @@
 // Streamed replies, and resuming one after the socket drops: the real stack, real sockets.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { asRows, makeClient, render, sleep, startProxy, startStack, stored, until, within } from "./stack.mjs";
+import { applyDelta } from "../chat-client.js";
+import { asRows, behindProxy, makeClient, render, sleep, startProxy, startStack, stored, until, within } from "./stack.mjs";
 
 let stack, credsFor;
 before(async () => {
   stack = await startStack({ tps: 40, ttftMs: 50 }); // a reply streams for about two seconds
-  credsFor = stack.prefetch(["P-stream", "P-drop", "P-away", "P-reload"]);
+  credsFor = stack.prefetch(["P-stream", "P-drop", "P-away", "P-reload", "P-emoji"]);
 });
 after(() => stack?.stop());
 
@@ -151,4 +152,52 @@ test("a page reloaded in the middle of a reply: the new client is busy until the
   const { chat } = await stored(creds);
   assert.deepEqual(asRows(second.client.transcript), asRows(chat.messages));
   assertRendered(second.log, second.client.transcript);
+});
+
+test("applyDelta places a piece by its offset in code points, as the server counts (Python str indexes)", () => {
+  const have = "a🍕b"; // three code points, four UTF-16 units
+  assert.equal(applyDelta(have, 3, "c"), "a🍕bc"); // at the end
+  assert.equal(applyDelta(have, 2, "b!"), "a🍕b!"); // from the middle: replaced from there
+  assert.equal(applyDelta(have, 1, "🍕"), have); // a repeat of what is there changes nothing
+  assert.equal(applyDelta(have, 0, "a🍕"), have); // a resumed stream's first piece: never shorter
+  assert.equal(applyDelta(have, 4, "x"), null); // a gap
+  assert.equal(applyDelta("", 0, "👩\u200d👧"), "👩\u200d👧");
+});
+
+test("a reply with emoji streams without losing or repeating a character, across repeated pieces and a resumed stream", async (t) => {
+  const { client, events, log, proxy, creds } = await behindProxy(t, stack, await credsFor("P-emoji"));
+  // Each piece of three code points or more comes twice: itself, then its inner part again at
+  // an offset in the middle of the text received (the client must find it already there).
+  proxy.rewrite((f) => {
+    const chars = f.type === "delta" ? [...f.text] : [];
+    return chars.length < 3 ? null : [f, { ...f, offset: f.offset + 1, text: chars.slice(1, -1).join("") }];
+  });
+  const family = "👩\u200d👩\u200d👧";
+  client.send(`Pizza 🍕 party 🎉 tonight ${family} yes`); // the offline model quotes it
+  const pieces = () => of(events, "delta").map((d) => d.piece);
+  await until(() => pieces().some((p) => p.includes("👧")), { timeoutMs: 15000, what: "the emoji to stream" });
+  const streamed = pieces().length;
+  await until(() => pieces().length >= streamed + 2, { what: "text after the emoji" });
+  proxy.drop(); // the stream resumes on a new socket, from offset 0
+  const final = await until(() => of(events, "message")[0]?.message, { timeoutMs: 20000, what: "the reply" });
+
+  assert.ok(final.text.includes(`"Pizza 🍕 party 🎉 tonight ${family} yes"`), final.text);
+  const resumed = log.filter((l) => l.socket === 2 && l.dir === "in" && l.frame.type === "delta");
+  assert.equal(resumed[0]?.frame.offset, 0);
+  assert.ok(resumed[0].frame.text.includes(family), "the resumed stream started with the emoji");
+  const after = [...final.text].indexOf("🍕");
+  const placed = log.filter((l) => l.dir === "in" && l.frame.type === "delta" && l.frame.offset > after);
+  assert.ok(placed.length >= 4, "pieces placed after the emoji, by code point offsets");
+  const texts = of(events, "delta").map((d) => d.text);
+  for (const [i, text] of texts.entries()) {
+    assert.ok(text.isWellFormed(), `delta ${i} split a surrogate pair`);
+    assert.ok(final.text.startsWith(text), `delta ${i} is not a prefix of the reply: ${JSON.stringify(text)}`);
+    if (i > 0) assert.ok(text.length > texts[i - 1].length, `delta ${i} did not grow`); // a repeat is no event
+  }
+  assert.equal(texts.at(-1), final.text);
+  assert.equal(log.filter((l) => l.dir === "out" && l.frame.action === "send").length, 1);
+  assertComplete(client.transcript);
+  const { chat } = await stored(creds);
+  assert.deepEqual(asRows(client.transcript), asRows(chat.messages));
+  assertRendered(log, client.transcript);
 });

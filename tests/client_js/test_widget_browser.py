@@ -8,12 +8,15 @@ playwright, whose own browsers are never installed. Every wait is bounded.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import boto3
 import pytest
 from aiohttp import web
+from websockets.sync.client import connect
 
 from local_gateway.demo_bots import BOTS
 from local_gateway.stack import StackConfig, running
@@ -53,6 +56,19 @@ WATCH = """() => {
   new MutationObserver(snap).observe(log, {subtree: true, childList: true, characterData: true, attributes: true});
 }"""
 
+# Records, on every change to the message list, whether "Waiting for the assistant…" and the
+# typing dots are visible and the text of the last assistant message.
+WATCH_QUEUE = """() => {
+  window.__queue = [];
+  const log = document.querySelector('.lc-log');
+  new MutationObserver(() => {
+    const last = [...document.querySelectorAll('.lc-msg--assistant')].at(-1);
+    window.__queue.push({waiting: !document.querySelector('.lc-waiting').hidden,
+                         typing: !document.querySelector('.lc-typing').hidden,
+                         seq: Number(last.dataset.seq), text: last.querySelector('.lc-text').textContent});
+  }).observe(log, {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
 SHOWN = """() => [...document.querySelectorAll('.lc-msg')].filter(m => !m.hidden).map(m => [
   m.dataset.seq ? Number(m.dataset.seq) : null, m.dataset.role, m.querySelector('.lc-text').textContent, m.dataset.status])"""
 
@@ -69,14 +85,25 @@ def site():
         yield served
 
 
+def stack_config(site, tmp_path, tokens_per_second: float, **parameters: str) -> StackConfig:
+    """The local stack on free loopback ports, every reply job delivered twice (as SQS may)."""
+    return StackConfig(
+        port=0, management_port=0, model_port=0, demo_port=None, data_dir=tmp_path / "stack",
+        model_ttft=0.5, model_tokens_per_second=tokens_per_second, duplicate_deliveries=1.0,
+        parameters={"AllowedOrigins": site.url, **parameters},
+    )
+
+
 @pytest.fixture
 def stack(site, tmp_path):
-    config = StackConfig(
-        port=0, management_port=0, model_port=0, demo_port=None, data_dir=tmp_path / "stack",
-        model_ttft=0.5, model_tokens_per_second=30,  # a reply streams for about two seconds
-        parameters={"AllowedOrigins": site.url},
-    )
-    with running(config) as s:
+    with running(stack_config(site, tmp_path, 30)) as s:  # a reply streams for about two seconds
+        yield s
+
+
+@pytest.fixture
+def crowded_stack(site, tmp_path):
+    """Two replies written at a time (LlmConcurrency 2), each for about five seconds: a third waits in the queue."""
+    with running(stack_config(site, tmp_path, 15, LlmConcurrency="2")) as s:
         yield s
 
 
@@ -109,6 +136,24 @@ def open_chat(page, site, stack, participant: str, bot: Bot = BOTS["tutor"]) -> 
     page.goto(f"{site.url}/demo.html?{query}")
 
 
+@contextmanager
+def replies_started(stack, site, participants: list[str]) -> Iterator[None]:
+    """Other participants whose replies have started: each holds one of the LlmConcurrency
+    slots until it is written. Their sockets close on exit."""
+    with ExitStack() as sockets:
+        for participant in participants:
+            who = Identity(participant, "exp", "sess")
+            ws = sockets.enter_context(connect(f"{stack.urls['websocket']}?token={quote(mint_token(stack.secret, who))}",
+                                               origin=site.url, open_timeout=10, close_timeout=2))
+            ws.send(json.dumps({"action": "start", "ticket": mint_ticket(stack.secret, who, "main", BOTS["tutor"])}))
+            frames = (json.loads(ws.recv(timeout=10)) for _ in range(200))
+            chat = next(f for f in frames if f["type"] == "chat")
+            ws.send(json.dumps({"action": "send", "chat_id": chat["chat_id"], "client_msg_id": "other",
+                                "text": "Tell me about primes"}))
+            assert next(f for f in frames if f["type"] in ("delta", "error"))["type"] == "delta"
+        yield
+
+
 def stored(stack, page) -> list[tuple[int, str, str]]:
     chat_id = page.evaluate("() => window.chat.client.chatId")
     return [(m.seq, m.role, m.text) for m in stack.store.messages(chat_id)]
@@ -134,12 +179,13 @@ def test_a_participant_chats_goes_offline_and_comes_back(site, stack, context, p
     expect(log).to_have_attribute("role", "log")
     expect(log).to_have_attribute("aria-live", "polite")
 
-    # Type, send with Enter: typing dots, then the reply streams in while the input is locked.
+    # Type, send with Enter: typing dots (or, once the service has queued the reply, "Waiting
+    # for the assistant…" in their place), then the reply streams in while the input is locked.
     page.evaluate(WATCH)
     textarea.click()
     page.keyboard.type("Can you explain fractions?")
     page.keyboard.press("Enter")
-    expect(typing).to_be_visible(timeout=3_000)
+    expect(page.locator(".lc-typing:not([hidden]), .lc-waiting:not([hidden])")).to_be_visible(timeout=3_000)
     dot = "() => getComputedStyle(document.querySelector('.lc-dot')).animationName"
     assert page.evaluate(dot) == "none"  # the context prefers reduced motion: still dots
     expect(textarea).not_to_be_editable()
@@ -148,6 +194,7 @@ def test_a_participant_chats_goes_offline_and_comes_back(site, stack, context, p
     expect(replies(page)).to_have_count(2, timeout=20_000)
     expect(textarea).to_be_editable()
     expect(typing).to_be_hidden()
+    expect(page.locator(".lc-waiting")).to_be_hidden()
 
     final = replies(page).nth(1)
     final_text, final_seq = final.locator(".lc-text").text_content(), int(final.get_attribute("data-seq"))
@@ -326,4 +373,49 @@ def test_a_refused_ticket_is_explained_and_locks_the_chat(site, stack, page):
     expect(status).to_have_text("This chat link is not valid. Please reload the page.")
     expect(page.locator(".lc-input")).not_to_be_editable()
     assert page.evaluate("() => window.chat.client.state") == "closed"
+    assert page.errors == []
+
+
+def test_a_reply_waiting_in_the_queue_says_so_then_streams(site, crowded_stack, page):
+    stack = crowded_stack
+    open_chat(page, site, stack, "P7")
+    waiting, typing = page.locator(".lc-log .lc-waiting"), page.locator(".lc-typing")
+    textarea = page.locator(".lc-input")
+    expect(page.locator(".lc-msg--assistant .lc-text").first).to_have_text(BOTS["tutor"].opening_message)
+    expect(waiting).to_be_hidden()
+    with replies_started(stack, site, ["P7-other-1", "P7-other-2"]):  # both slots taken
+        page.evaluate(WATCH_QUEUE)
+        textarea.fill("Can you explain fractions?")
+        textarea.press("Enter")
+        expect(waiting).to_be_visible(timeout=5_000)
+        expect(waiting).to_have_text("Waiting for the assistant…")
+        expect(typing).to_be_hidden()
+        expect(textarea).not_to_be_editable()
+        expect(page.locator(".lc-msg--assistant[data-status=queued]")).to_be_hidden()  # its words are the notice
+        expect(replies(page)).to_have_count(2, timeout=40_000)
+    expect(waiting).to_be_hidden()
+    expect(typing).to_be_hidden()
+    expect(textarea).to_be_editable()
+
+    seen = [s for s in page.evaluate("() => window.__queue") if s["seq"] == 3 or s["waiting"]]
+    assert seen and seen[0]["waiting"] and not seen[0]["text"], seen[:3]  # the notice came first
+    assert all(not (s["waiting"] and (s["text"] or s["typing"])) for s in seen)  # then the dots or the text replaced it
+    assert not seen[-1]["waiting"] and seen[-1]["text"]
+    assert shown(page) == stored(stack, page)
+    assert page.errors == []
+
+
+def test_labels_for_waiting_and_the_former_name_queued(site, page):
+    page.goto(f"{site.url}/demo.html")  # any page of the origin: the widget drawn from a client never started
+    texts = page.evaluate("""async () => {
+      const { mountChat, DEFAULT_LABELS } = await import('./chat-widget.js');
+      const { ChatClient } = await import('./chat-client.js');
+      const client = new ChatClient({url: 'ws://127.0.0.1:9/never', token: 't', ticket: 'x'});
+      const box = document.body.appendChild(document.createElement('div'));
+      mountChat(box, {client, labels: {queued: 'Sent when you are back online', waitingForAssistant: 'In line…'}});
+      client.send('Hello');
+      return [box.querySelector('.lc-msg--user .lc-meta-text').textContent, box.querySelector('.lc-waiting').textContent,
+              DEFAULT_LABELS.waitingForAssistant, DEFAULT_LABELS.waitingForConnection, 'queued' in DEFAULT_LABELS];
+    }""")
+    assert texts == ["Sent when you are back online", "In line…", "Waiting for the assistant…", "Waiting for the connection…", False]
     assert page.errors == []
