@@ -58,8 +58,14 @@ export const DEFAULT_LABELS = Object.freeze({
 // Codes that end the chat for this page: nothing the participant does here can help.
 // (not_connected is not one: the client reconnects by itself.)
 const FATAL = new Set(["invalid_ticket", "ticket_expired", "ticket_mismatch", "chat_not_found"]);
-const WIDGET_OPTIONS = new Set(["labels", "client", "autofocus"]);
+const WIDGET_OPTIONS = new Set(["labels", "client", "autofocus", "waitingAfterMs"]);
 const RECONNECTED_MS = 3000;
+/**
+ * The service says `queued` after every message, also when a reply slot is free and the first
+ * words follow within a second: the typing dots show until then, and "Waiting for the
+ * assistant…" only for a reply still queued after this long (`waitingAfterMs` overrides it).
+ */
+const WAITING_AFTER_MS = 1000;
 const NEAR_BOTTOM_PX = 48;
 
 let instances = 0;
@@ -101,7 +107,8 @@ function toggle(node, attr, on, value = "") {
  * options: url, token, ticket (required unless `client` is given), labels (partial overrides
  * of DEFAULT_LABELS; `labels.errors` merges per code), autofocus (focus the textarea once the
  * chat is ready), client (an existing ChatClient; then the widget neither starts nor closes
- * it), and any other ChatClient option (heartbeatMs, backoffMaxMs, ...), passed through.
+ * it), waitingAfterMs (how long a reply is queued before "Waiting for the assistant…" replaces
+ * the typing dots; default 1000), and any other ChatClient option (heartbeatMs, backoffMaxMs, ...), passed through.
  * Returns {client, destroy, ready}: `ready` is the promise of client.start() (resolves to
  * the client, or to null after a failure shown on the status line).
  */
@@ -172,6 +179,10 @@ export function mountChat(container, options = {}) {
   let notice = null; // {code, message}: the last error not tied to a shown message
   let reconnectedUntil = 0;
   let reconnectedTimer = null;
+  const waitingAfterMs = options.waitingAfterMs ?? WAITING_AFTER_MS;
+  let queuedSeq = null; // the reply seen queued, and since when
+  let queuedSince = 0;
+  let waitingTimer = null;
   let lastState = client.state;
   let wasReconnecting = false;
   let destroyed = false;
@@ -332,6 +343,21 @@ export function mountChat(container, options = {}) {
     return last.status === "streaming" && !last.text ? "send" : "";
   }
 
+  /** "queue" only once the reply has been queued for waitingAfterMs; "send" (the dots) before. */
+  function patience(transcript, what) {
+    if (what !== "queue") return what;
+    const seq = transcript[transcript.length - 1].seq;
+    if (seq !== queuedSeq) {
+      queuedSeq = seq;
+      queuedSince = Date.now();
+    }
+    const left = queuedSince + waitingAfterMs - Date.now();
+    if (left <= 0) return "queue";
+    clearTimeout(waitingTimer);
+    waitingTimer = setTimeout(render, left + 10); // one timer, cleared by destroy()
+    return "send";
+  }
+
   function drawStatus() {
     const state = client.state;
     let kind = "";
@@ -388,7 +414,7 @@ export function mountChat(container, options = {}) {
     const nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight <= NEAR_BOTTOM_PX;
     drawTranscript(transcript);
     const live = client.state === "open" && ready;
-    const what = awaited(transcript);
+    const what = patience(transcript, awaited(transcript));
     waiting.hidden = !(live && what === "queue");
     typing.hidden = !(live && what === "send");
     drawStatus();
@@ -511,6 +537,7 @@ export function mountChat(container, options = {}) {
     if (destroyed) return;
     destroyed = true;
     clearTimeout(reconnectedTimer);
+    clearTimeout(waitingTimer);
     for (const undo of cleanups.splice(0)) undo();
     if (ownClient) client.close();
     root.remove();

@@ -121,6 +121,15 @@ class Chats:
                 "limits": self._limits(chat),
             }
         )
+        self._still_queued(chat, now, respond)
+
+    def _still_queued(self, chat: Chat, now: float, respond: Respond) -> None:
+        """A page reloaded while its reply waits for a slot is told so again (not just `replying`)."""
+        lease = chat.lease
+        if lease is not None and not lease.claimed and chat.replying(now):
+            user = self.store.get_message(chat.chat_id, lease.user_seq)
+            if user is not None and user.client_msg_id:
+                respond(queued_frame(chat.chat_id, lease.user_seq + 1, user.client_msg_id))
 
     def _limits(self, chat: Chat) -> dict[str, int]:
         limits = chat.bot.limits

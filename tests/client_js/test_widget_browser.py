@@ -398,8 +398,9 @@ def test_a_reply_waiting_in_the_queue_says_so_then_streams(site, crowded_stack, 
     expect(textarea).to_be_editable()
 
     seen = [s for s in page.evaluate("() => window.__queue") if s["seq"] == 3 or s["waiting"]]
-    assert seen and seen[0]["waiting"] and not seen[0]["text"], seen[:3]  # the notice came first
-    assert all(not (s["waiting"] and (s["text"] or s["typing"])) for s in seen)  # then the dots or the text replaced it
+    notice = next(i for i, s in enumerate(seen) if s["waiting"])
+    assert not any(s["text"] for s in seen[:notice]), seen[:notice + 1]  # the dots, then the notice, before any text
+    assert all(not (s["waiting"] and (s["text"] or s["typing"])) for s in seen)  # never two at once
     assert not seen[-1]["waiting"] and seen[-1]["text"]
     assert shown(page) == stored(stack, page)
     assert page.errors == []

@@ -117,3 +117,20 @@ def test_a_reply_the_store_refuses_is_reported_alarmed_and_regenerated_on_retry(
     again = harness.send("c1", _send("c1", chat_id, "m1"))  # the client's retry: same client_msg_id
     assert again[0]["duplicate"] is True and again[-1]["type"] == "message" and again[-1]["seq"] == 2
     assert model.stats["requests"] == 2  # generated twice: once lost to the store, once stored
+
+
+def test_a_page_reloaded_while_its_reply_waits_is_told_it_is_queued(harness):
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(QueueName="replies")["QueueUrl"]
+    runtime.services().jobs = runtime.SqsJobQueue(url, client=sqs)
+    harness.connect("c1")
+    chat_id = harness.start("c1")["chat_id"]
+    harness.send("c1", _send("c1", chat_id, "m1"))
+    harness.connect("c2")  # the reload: a new socket, start again
+    frames = harness.send("c2", {"action": "start", "ticket": harness.ticket()})
+    assert [f["type"] for f in frames] == ["chat", "queued"] and frames[0]["replying"] == 2
+    assert frames[1] == {"type": "queued", "chat_id": chat_id, "seq": 2, "client_msg_id": "m1"}
+    (record,) = _sqs_records(sqs, url)
+    reply.handler({"Records": [record]}, LambdaContext("reply"))  # the reply starts: no longer queued
+    harness.connect("c3")
+    assert [f["type"] for f in harness.send("c3", {"action": "start", "ticket": harness.ticket()})] == ["chat"]
