@@ -17,6 +17,16 @@ def _send(cid: str, chat_id: str, cmid: str, text: str = "What is a prime?") -> 
     return {"action": "send", "chat_id": chat_id, "client_msg_id": cmid, "text": text}
 
 
+@pytest.fixture
+def sqs_jobs(harness):
+    """The message function sends its jobs to a queue of moto's SQS, through the production
+    adapter; the test then plays the event source mapping (`_sqs_records`)."""
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(QueueName="replies")["QueueUrl"]
+    runtime.services().jobs = runtime.SqsJobQueue(url, client=sqs)
+    return sqs, url
+
+
 def _sqs_records(sqs, url: str) -> list[dict]:
     """What the event source mapping would hand the function: the queue's messages, as records."""
     got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"])
@@ -24,10 +34,8 @@ def _sqs_records(sqs, url: str) -> list[dict]:
              "attributes": m.get("Attributes", {}), "eventSource": "aws:sqs"} for m in got.get("Messages", [])]
 
 
-def test_a_job_through_sqs_delivered_twice_writes_one_reply_and_calls_the_model_once(harness, model):
-    sqs = boto3.client("sqs")
-    url = sqs.create_queue(QueueName="replies")["QueueUrl"]
-    runtime.services().jobs = runtime.SqsJobQueue(url, client=sqs)  # the production adapter, on moto
+def test_a_job_through_sqs_delivered_twice_writes_one_reply_and_calls_the_model_once(harness, model, sqs_jobs):
+    sqs, url = sqs_jobs
     harness.connect("c1")
     chat_id = harness.start("c1")["chat_id"]
     frames = harness.send("c1", _send("c1", chat_id, "m1"))
@@ -70,10 +78,8 @@ def test_a_queue_that_refuses_the_job_frees_the_chat_and_the_retry_works(harness
     assert again[-1]["type"] == "message" and again[-1]["seq"] == 2 and model.stats["requests"] == 1
 
 
-def test_a_retry_of_a_queued_message_is_told_it_is_queued_and_queues_nothing(harness, model):
-    sqs = boto3.client("sqs")
-    url = sqs.create_queue(QueueName="replies")["QueueUrl"]
-    runtime.services().jobs = runtime.SqsJobQueue(url, client=sqs)
+def test_a_retry_of_a_queued_message_is_told_it_is_queued_and_queues_nothing(harness, model, sqs_jobs):
+    sqs, url = sqs_jobs
     harness.connect("c1")
     chat_id = harness.start("c1")["chat_id"]
     harness.send("c1", _send("c1", chat_id, "m1"))
@@ -94,12 +100,10 @@ def test_a_malformed_job_fails_the_invocation_so_sqs_keeps_it_for_the_dead_lette
 
 
 def test_a_reply_the_store_refuses_is_reported_alarmed_and_regenerated_on_retry(
-        harness, model, strict_dynamodb, monkeypatch, capsys):
+        harness, model, strict_dynamodb, monkeypatch, capsys, sqs_jobs):
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
     monkeypatch.setattr("ws_handlers.dynamo_store.time.sleep", lambda _s: None)  # the backoff, not its length
-    sqs = boto3.client("sqs")
-    url = sqs.create_queue(QueueName="replies")["QueueUrl"]
-    runtime.services().jobs = runtime.SqsJobQueue(url, client=sqs)
+    sqs, url = sqs_jobs
     harness.connect("c1")
     chat_id = harness.start("c1")["chat_id"]
     harness.send("c1", _send("c1", chat_id, "m1"))
@@ -119,10 +123,8 @@ def test_a_reply_the_store_refuses_is_reported_alarmed_and_regenerated_on_retry(
     assert model.stats["requests"] == 2  # generated twice: once lost to the store, once stored
 
 
-def test_a_page_reloaded_while_its_reply_waits_is_told_it_is_queued(harness):
-    sqs = boto3.client("sqs")
-    url = sqs.create_queue(QueueName="replies")["QueueUrl"]
-    runtime.services().jobs = runtime.SqsJobQueue(url, client=sqs)
+def test_a_page_reloaded_while_its_reply_waits_is_told_it_is_queued(harness, sqs_jobs):
+    sqs, url = sqs_jobs
     harness.connect("c1")
     chat_id = harness.start("c1")["chat_id"]
     harness.send("c1", _send("c1", chat_id, "m1"))
