@@ -150,6 +150,7 @@ class LocalQueue:
                         self._ready.popleft()
                         self.stats.expired += 1
                         log.error("a queued job expired unseen after %.0f s", now - message.sent_at)
+                        self._changed.notify_all()  # the queue may be idle now
                         continue
                     if message.copies > 1:  # the duplicate stays first in line: it may run alongside
                         message.copies -= 1

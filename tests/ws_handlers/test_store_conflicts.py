@@ -89,7 +89,8 @@ def _store() -> DynamoStore:
     return DynamoStore("conns", "chats")
 
 
-def test_controls_that_stay_unprocessed_fail_closed(strict_dynamodb: StrictDynamoDB):
+def test_controls_that_stay_unprocessed_fail_closed(strict_dynamodb: StrictDynamoDB, monkeypatch):
+    monkeypatch.setattr("ws_handlers.dynamo_store.time.sleep", lambda _s: None)  # the backoffs, not their length
     with mock_aws():
         store = _store()
         store.set_controls("exp1", paused=True)
