@@ -92,9 +92,40 @@ def rules(player: Player) -> tuple[int, int]:
     return int(config.get("min_user_messages", 2)), int(config.get("min_chat_seconds", 0))
 
 
+def chat_ids(players) -> dict[tuple, str]:
+    """{(participant code, chat key): the id of the chat the service stores for the player}, for the
+    players who have one. Looked up by the chat's identity, not computed: the players of a session
+    created before chat ids named the session hold an old id, which their chats have only if opened
+    before the service was upgraded; where both exist, the service resumes the current one."""
+    sessions = {}
+    for p in players:
+        if p.field_maybe_none("chat_key"):
+            sessions.setdefault((p.chat_experiment, p.session.code), []).append(p)
+    found = {}
+    for (experiment, session), group in sessions.items():
+        held = service.store().chat_ids(experiment, session, group[0].participant.code if len(group) == 1 else None)
+        for p in group:
+            if ids := held.get(_who(p)):
+                current = chat_id_for(identity(p), p.chat_key)
+                found[_who(p)] = current if current in ids else ids[0]
+    return found
+
+
+def _who(player) -> tuple:
+    return player.participant.code, player.field_maybe_none("chat_key")
+
+
 def progress(players):
-    """{chat_id: {user_messages, messages, last_activity}} read from the service's store."""
-    return service.store().progress([p.chat_id for p in players if p.field_maybe_none("chat_id")])
+    """{(participant code, chat key): {chat_id, user_messages, messages, last_activity}} read from the
+    service's store, for the players who have a chat."""
+    ids = chat_ids(players)
+    seen = service.store().progress(list(ids.values()))
+    return {who: {"chat_id": chat_id, **seen.get(chat_id, {})} for who, chat_id in ids.items()}
+
+
+def chat_of(player, seen) -> dict:
+    """The player's entry of `progress` ({} before the chat exists)."""
+    return seen.get(_who(player), {})
 
 
 # ---------------------------------------------------------------- pages
@@ -120,7 +151,7 @@ class Chat(Page):
     @staticmethod
     def error_message(player: Player, values):
         min_messages, min_seconds = rules(player)
-        sent = progress([player]).get(player.chat_id, {}).get("user_messages", 0)
+        sent = chat_of(player, progress([player])).get("user_messages", 0)
         if sent < min_messages:
             return f"Please send at least {min_messages} messages in the chat before moving on (so far: {sent})."
         started = player.field_maybe_none("chat_started_at") or time.time()
@@ -129,7 +160,8 @@ class Chat(Page):
 
     @staticmethod
     def before_next_page(player: Player, timeout_happened):
-        seen = progress([player]).get(player.chat_id, {})
+        seen = chat_of(player, progress([player]))
+        player.chat_id = seen.get("chat_id", player.chat_id)
         player.user_messages = seen.get("user_messages", 0)
         player.chat_messages = seen.get("messages", 0)
 
@@ -162,8 +194,9 @@ def custom_export(players):
     """The transcripts as the service stored them: one row per message (read server-side)."""
     yield EXPORT_HEADER
     reader = service.store()
+    ids = chat_ids(players)
     for player in players:
-        chat_id = player.field_maybe_none("chat_id")
+        chat_id = ids.get(_who(player))
         if not chat_id:
             continue
         participant = player.participant
@@ -185,7 +218,7 @@ def vars_for_admin_report(subsession: Subsession):
     min_messages = int(subsession.session.config.get("min_user_messages", 2))
     rows = []
     for p in players:
-        chat = seen.get(p.chat_id, {})
+        chat = chat_of(p, seen)
         last = chat.get("last_activity")
         rows.append(dict(
             participant=p.participant.code,

@@ -11,7 +11,9 @@ Configuration comes from environment variables with safe local defaults (`make d
 
 Everything is read when needed, not at import, so the devserver picks up the secret the
 stack creates when both start together. The readers only read: the export, the monitor and
-the rule for moving on use them, never a copy sent by the browser.
+the rule for moving on use them, never a copy sent by the browser. They find a player's chat by
+its identity (experiment, session, participant, chat key), as the service stores it, rather than
+by an id computed here: chats opened before ids named the session keep their old ids.
 """
 
 from __future__ import annotations
@@ -84,6 +86,18 @@ class SqliteReader:
         finally:
             db.close()
 
+    def chat_ids(self, experiment: str, session: str, participant: str | None = None) -> dict[tuple, list[str]]:
+        """{(participant, chat key): ids of the chats stored for them}, for the session or one of its
+        participants, found by identity along the store's chats_by_experiment index."""
+        rows = self._query(
+            "SELECT participant, chat_key, chat_id FROM chats WHERE experiment = ? AND session = ? "
+            "AND participant = coalesce(?, participant) ORDER BY chat_id", (experiment, session, participant),
+        )
+        found: dict[tuple, list[str]] = {}
+        for who, key, chat_id in rows:
+            found.setdefault((who, key), []).append(chat_id)
+        return found
+
     def messages(self, chat_id: str) -> list[dict]:
         rows = self._query(
             f"SELECT {', '.join(MESSAGE_FIELDS)} FROM messages WHERE chat_id = ? ORDER BY seq", (chat_id,)
@@ -120,25 +134,43 @@ class DynamoReader:
             self._client = boto3.client("dynamodb")
         return self._client
 
-    def messages(self, chat_id: str) -> list[dict]:
+    def _items(self, **kwargs):
+        """Every item a Query finds, page after page, as plain Python values."""
         from boto3.dynamodb.types import TypeDeserializer
 
         de = TypeDeserializer()
-        kwargs = {
-            "TableName": self.table,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :msg)",
-            "ExpressionAttributeValues": {":pk": {"S": f"CHAT#{chat_id}"}, ":msg": {"S": "MSG#"}},
-            "ConsistentRead": True,
-        }
-        found = []
         while True:
-            page = self.client.query(**kwargs)
+            page = self.client.query(TableName=self.table, **kwargs)
             for item in page.get("Items", []):
-                plain = {k: de.deserialize(v) for k, v in item.items()}
-                found.append({f: _plain_number(plain.get(f)) for f in MESSAGE_FIELDS})
+                yield {k: _plain_number(de.deserialize(v)) for k, v in item.items()}
             if "LastEvaluatedKey" not in page:
-                return sorted(found, key=lambda m: m["seq"])
+                return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def chat_ids(self, experiment: str, session: str, participant: str | None = None) -> dict[tuple, list[str]]:
+        """As SqliteReader.chat_ids, along the by_experiment index (its sort key is
+        session#participant#chat key; names never hold '#', so the prefix is exact)."""
+        prefix = f"{session}#" + (f"{participant}#" if participant is not None else "")
+        found: dict[tuple, list[str]] = {}
+        for item in self._items(
+            IndexName="by_experiment", KeyConditionExpression="gsi1pk = :pk AND begins_with(gsi1sk, :prefix)",
+            ExpressionAttributeValues={":pk": {"S": f"EXP#{experiment}"}, ":prefix": {"S": prefix}},
+            ProjectionExpression="#p, #k, #c",
+            ExpressionAttributeNames={"#p": "participant", "#k": "chat_key", "#c": "chat_id"},
+        ):
+            found.setdefault((item["participant"], item["chat_key"]), []).append(item["chat_id"])
+        return {who: sorted(ids) for who, ids in found.items()}
+
+    def messages(self, chat_id: str) -> list[dict]:
+        found = [
+            {f: item.get(f) for f in MESSAGE_FIELDS}
+            for item in self._items(
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :msg)",
+                ExpressionAttributeValues={":pk": {"S": f"CHAT#{chat_id}"}, ":msg": {"S": "MSG#"}},
+                ConsistentRead=True,
+            )
+        ]
+        return sorted(found, key=lambda m: m["seq"])
 
     def progress(self, chat_ids: list[str]) -> dict[str, dict]:
         result = {}

@@ -17,7 +17,7 @@ from moto import mock_aws
 from local_gateway.sqlite_store import SqliteStore
 from ws_handlers.bot import Bot
 from ws_handlers.dynamo_store import DynamoStore, create_tables
-from ws_handlers.store import Chat, Lease, Message, chat_id_for
+from ws_handlers.store import Chat, Lease, Message, chat_id_for, legacy_chat_id_for
 from ws_handlers.tickets import Identity
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +59,22 @@ def check(reader, store, chat_id):
     assert reader.messages("c_unknown") == []
 
 
+def check_chat_ids(reader, store):
+    """A player's chat is found by its identity: a chat stored under the id it had before ids named
+    the session included, and never a chat of the same participant code in another session."""
+    mine = write_chat(store)
+    other = Identity("p2abcdef", WHO.experiment, WHO.session)
+    reused, elsewhere = Identity(WHO.participant, WHO.experiment, "s2other"), Identity(WHO.participant, "exp2", WHO.session)
+    for who, chat_id in ((other, legacy_chat_id_for(other, "chat-r1")),  # opened before the upgrade
+                         (reused, chat_id_for(reused, "chat-r1")), (elsewhere, chat_id_for(elsewhere, "chat-r1"))):
+        store.open_chat(Chat(chat_id, who, "chat-r1", BOT, created_at=time.time()), None, max_chats=5)
+    assert reader.chat_ids(WHO.experiment, WHO.session) == {
+        (WHO.participant, "chat-r1"): [mine], (other.participant, "chat-r1"): [legacy_chat_id_for(other, "chat-r1")],
+    }
+    assert reader.chat_ids(WHO.experiment, WHO.session, WHO.participant) == {(WHO.participant, "chat-r1"): [mine]}
+    assert reader.chat_ids(WHO.experiment, "s-none") == {}
+
+
 def test_sqlite_reader_reads_the_local_stacks_file(tmp_path, monkeypatch):
     store = SqliteStore(tmp_path / "chat.sqlite3")
     try:
@@ -68,6 +84,22 @@ def test_sqlite_reader_reads_the_local_stacks_file(tmp_path, monkeypatch):
     finally:
         store.close()
     assert service.SqliteReader(tmp_path / "missing.sqlite3").progress(["c_x"]) == {}
+    assert service.SqliteReader(tmp_path / "missing.sqlite3").chat_ids("otree", "s1") == {}
+
+
+def test_sqlite_reader_finds_chats_by_identity(tmp_path):
+    store = SqliteStore(tmp_path / "chat.sqlite3")
+    try:
+        check_chat_ids(service.SqliteReader(tmp_path / "chat.sqlite3"), store)
+    finally:
+        store.close()
+
+
+def test_dynamo_reader_finds_chats_by_identity():
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        create_tables(client, "conns", "chats")
+        check_chat_ids(service.DynamoReader("chats", client=client), DynamoStore("conns", "chats", client=client))
 
 
 def test_dynamo_reader_reads_the_chats_table(monkeypatch):
