@@ -145,6 +145,7 @@ class SqliteStore:
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
         self.path = os.fspath(path)
+        _keep_private(self.path)
         self._lock = threading.Lock()  # one write transaction at a time on the write connection
         self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         # Reads go through one connection per thread, with no lock: in WAL mode readers never
@@ -583,6 +584,18 @@ class SqliteStore:
             records += max(controls, flag)  # on DynamoDB both are the one CONTROL item
             connections = db.execute("DELETE FROM connections WHERE experiment = ?", (experiment,)).rowcount
         return deleted + Deleted(connections=connections, records=records)
+
+
+def _keep_private(path: str) -> None:
+    """Transcripts are personal data: the file is created readable by its owner only (SQLite would
+    create it 0644 less the umask, and gives its -wal and -shm files the file's own mode), and a file,
+    -wal or -shm that an older version left open to others is closed to them."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        with contextlib.suppress(FileNotFoundError, PermissionError):  # not ours to change: leave it
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
 
 
 @contextlib.contextmanager

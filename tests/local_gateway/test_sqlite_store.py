@@ -367,3 +367,29 @@ def test_a_version_3_file_counts_the_chats_it_holds_per_session(tmp_path):
         assert store.open_chat(Chat(chat_id_for(other, "a"), other, "a", BOT, NOW), None, 1).identity == other
         assert store.delete_participant("exp1", "P1").records == 3  # the counters of s0, s1 and s2
 
+
+def test_the_store_and_the_secret_are_private_to_their_owner_in_a_private_data_directory(tmp_path):
+    """Transcripts are personal data: the data directory is created 0700, the store, its -wal and
+    -shm files and the dev secret 0600, whatever the umask; a store file an older version left
+    readable by others is closed to them when opened."""
+    from local_gateway.stack import Stack, StackConfig
+
+    def mode(path: Path) -> int:
+        return os.stat(path).st_mode & 0o777
+
+    umask = os.umask(0)  # the most permissive: nothing here may rely on the user's umask
+    try:
+        data = tmp_path / "fresh" / ".local"
+        store, _ = Stack(StackConfig(data_dir=data))._open_store(None)  # as `make dev` opens it
+        _append(store, _open(store), "m1")  # the WAL and its index are open now
+        files = [data / name for name in ("chat.sqlite3", "chat.sqlite3-wal", "chat.sqlite3-shm", "ticket-secret")]
+        assert {f.name: mode(f) for f in files} == {f.name: 0o600 for f in files} and mode(data) == 0o700
+        store.close()
+
+        old = tmp_path / "old.sqlite3"
+        sqlite3.connect(old).close()  # as SQLite creates it: 0644 less the umask
+        assert mode(old) == 0o644
+        SqliteStore(old).close()
+        assert mode(old) == 0o600
+    finally:
+        os.umask(umask)
