@@ -16,7 +16,7 @@ import time
 from datetime import datetime, timezone
 
 from otree.api import BaseConstants, BaseGroup, BasePlayer, BaseSubsession, Page, models
-from ws_handlers.store import chat_id_for
+from ws_handlers.store import chat_id_for, legacy_chat_id_for
 from ws_handlers.tickets import Identity, mint_ticket, mint_token
 
 from . import service
@@ -94,20 +94,19 @@ def rules(player: Player) -> tuple[int, int]:
 
 def chat_ids(players) -> dict[tuple, str]:
     """{(participant code, chat key): the id of the chat the service stores for the player}, for the
-    players who have one. Looked up by the chat's identity, not computed: the players of a session
-    created before chat ids named the session hold an old id, which their chats have only if opened
-    before the service was upgraded; where both exist, the service resumes the current one."""
-    sessions = {}
-    for p in players:
-        if p.field_maybe_none("chat_key"):
-            sessions.setdefault((p.chat_experiment, p.session.code), []).append(p)
+    players who have one, found as the service's `start` finds it: the current id, else the id chats
+    had before ids named the session, each accepted only if stored for the player's identity (session
+    included). Not the id kept on the player: a session created before the upgrade holds old ids,
+    which its chats have only if opened before it."""
+    reader = service.store()
     found = {}
-    for (experiment, session), group in sessions.items():
-        held = service.store().chat_ids(experiment, session, group[0].participant.code if len(group) == 1 else None)
-        for p in group:
-            if ids := held.get(_who(p)):
-                current = chat_id_for(identity(p), p.chat_key)
-                found[_who(p)] = current if current in ids else ids[0]
+    for id_for in (chat_id_for, legacy_chat_id_for):
+        wanted = {id_for(identity(p), p.chat_key): p for p in players
+                  if p.field_maybe_none("chat_key") and _who(p) not in found}
+        for chat_id, stored in reader.identities(list(wanted)).items():
+            p = wanted[chat_id]
+            if stored == (p.chat_experiment, p.session.code, p.participant.code, p.chat_key):
+                found[_who(p)] = chat_id
     return found
 
 

@@ -11,9 +11,9 @@ Configuration comes from environment variables with safe local defaults (`make d
 
 Everything is read when needed, not at import, so the devserver picks up the secret the
 stack creates when both start together. The readers only read: the export, the monitor and
-the rule for moving on use them, never a copy sent by the browser. They find a player's chat by
-its identity (experiment, session, participant, chat key), as the service stores it, rather than
-by an id computed here: chats opened before ids named the session keep their old ids.
+the rule for moving on use them, never a copy sent by the browser. A chat's stored identity
+(`identities`) lets the app check that a chat found by id is the player's: chats opened
+before ids named the session keep their old ids.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ def store_label() -> str:
     return os.environ.get("CHAT_STORE") or str(DEFAULT_STORE)
 
 
+#: Who a chat belongs to, as the service stores it.
+IDENTITY_FIELDS = ("experiment", "session", "participant", "chat_key")
+
 # A message row of the export, in the order of its columns.
 MESSAGE_FIELDS = (
     "seq", "role", "text", "created_at", "prompt_tokens", "completion_tokens", "model", "latency_ms", "bot_name",
@@ -86,17 +89,14 @@ class SqliteReader:
         finally:
             db.close()
 
-    def chat_ids(self, experiment: str, session: str, participant: str | None = None) -> dict[tuple, list[str]]:
-        """{(participant, chat key): ids of the chats stored for them}, for the session or one of its
-        participants, found by identity along the store's chats_by_experiment index."""
-        rows = self._query(
-            "SELECT participant, chat_key, chat_id FROM chats WHERE experiment = ? AND session = ? "
-            "AND participant = coalesce(?, participant) ORDER BY chat_id", (experiment, session, participant),
-        )
-        found: dict[tuple, list[str]] = {}
-        for who, key, chat_id in rows:
-            found.setdefault((who, key), []).append(chat_id)
-        return found
+    def identities(self, chat_ids: list[str]) -> dict[str, tuple]:
+        """{chat_id: (experiment, session, participant, chat_key)} of the chats that exist."""
+        if not chat_ids:
+            return {}
+        marks = ", ".join("?" * len(chat_ids))
+        rows = self._query(f"SELECT chat_id, {', '.join(IDENTITY_FIELDS)} FROM chats WHERE chat_id IN ({marks})",
+                           tuple(chat_ids))
+        return {chat_id: tuple(stored) for chat_id, *stored in rows}
 
     def messages(self, chat_id: str) -> list[dict]:
         rows = self._query(
@@ -134,43 +134,38 @@ class DynamoReader:
             self._client = boto3.client("dynamodb")
         return self._client
 
-    def _items(self, **kwargs):
-        """Every item a Query finds, page after page, as plain Python values."""
+    def identities(self, chat_ids: list[str]) -> dict[str, tuple]:
+        """As SqliteReader.identities: each chat's META item, read by key and consistently."""
+        found = {}
+        for chat_id in dict.fromkeys(chat_ids):
+            item = self.client.get_item(
+                TableName=self.table, Key={"pk": {"S": f"CHAT#{chat_id}"}, "sk": {"S": "META"}}, ConsistentRead=True,
+                ProjectionExpression=", ".join(f"#{n}" for n in IDENTITY_FIELDS),
+                ExpressionAttributeNames={f"#{n}": n for n in IDENTITY_FIELDS},  # `session` is a reserved word
+            ).get("Item")
+            if item:
+                found[chat_id] = tuple(item[n]["S"] for n in IDENTITY_FIELDS)
+        return found
+
+    def messages(self, chat_id: str) -> list[dict]:
         from boto3.dynamodb.types import TypeDeserializer
 
         de = TypeDeserializer()
+        kwargs = {
+            "TableName": self.table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :msg)",
+            "ExpressionAttributeValues": {":pk": {"S": f"CHAT#{chat_id}"}, ":msg": {"S": "MSG#"}},
+            "ConsistentRead": True,
+        }
+        found = []
         while True:
-            page = self.client.query(TableName=self.table, **kwargs)
+            page = self.client.query(**kwargs)
             for item in page.get("Items", []):
-                yield {k: _plain_number(de.deserialize(v)) for k, v in item.items()}
+                plain = {k: de.deserialize(v) for k, v in item.items()}
+                found.append({f: _plain_number(plain.get(f)) for f in MESSAGE_FIELDS})
             if "LastEvaluatedKey" not in page:
-                return
+                return sorted(found, key=lambda m: m["seq"])
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-    def chat_ids(self, experiment: str, session: str, participant: str | None = None) -> dict[tuple, list[str]]:
-        """As SqliteReader.chat_ids, along the by_experiment index (its sort key is
-        session#participant#chat key; names never hold '#', so the prefix is exact)."""
-        prefix = f"{session}#" + (f"{participant}#" if participant is not None else "")
-        found: dict[tuple, list[str]] = {}
-        for item in self._items(
-            IndexName="by_experiment", KeyConditionExpression="gsi1pk = :pk AND begins_with(gsi1sk, :prefix)",
-            ExpressionAttributeValues={":pk": {"S": f"EXP#{experiment}"}, ":prefix": {"S": prefix}},
-            ProjectionExpression="#p, #k, #c",
-            ExpressionAttributeNames={"#p": "participant", "#k": "chat_key", "#c": "chat_id"},
-        ):
-            found.setdefault((item["participant"], item["chat_key"]), []).append(item["chat_id"])
-        return {who: sorted(ids) for who, ids in found.items()}
-
-    def messages(self, chat_id: str) -> list[dict]:
-        found = [
-            {f: item.get(f) for f in MESSAGE_FIELDS}
-            for item in self._items(
-                KeyConditionExpression="pk = :pk AND begins_with(sk, :msg)",
-                ExpressionAttributeValues={":pk": {"S": f"CHAT#{chat_id}"}, ":msg": {"S": "MSG#"}},
-                ConsistentRead=True,
-            )
-        ]
-        return sorted(found, key=lambda m: m["seq"])
 
     def progress(self, chat_ids: list[str]) -> dict[str, dict]:
         result = {}

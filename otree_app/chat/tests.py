@@ -33,19 +33,30 @@ def stored_chat_id(player):
     return legacy_chat_id_for(identity(player), player.chat_key) if player.id_in_group % 2 else player.chat_id
 
 
-def store_exchanges(player, count):
-    """What `count` more exchanges leave in the service's store (the chat is opened first)."""
+def earlier_session(player):
+    """The identity and old-style id of a chat the same participant code left in an earlier session:
+    the server must neither count it for this player nor export it."""
+    from ws_handlers.store import legacy_chat_id_for
+    from ws_handlers.tickets import Identity
+
+    earlier = Identity(player.participant.code, player.chat_experiment, "earlier-session")
+    return earlier, legacy_chat_id_for(earlier, player.chat_key)
+
+
+def store_exchanges(player, count, who=None, chat_id=None):
+    """What `count` more exchanges leave in the service's store (the chat is opened first): the
+    player's chat, or the one `who` has under `chat_id`."""
     from ws_handlers.store import Chat as StoredChat, Lease, Message
 
     bot = BOTS[player.participant.chat_bot]
-    chat_id = stored_chat_id(player)
+    who, chat_id = who or identity(player), chat_id or stored_chat_id(player)
     store = _bot_store()
     try:
         chat = store.get_chat(chat_id)
         if chat is None:
             now = time.time()
             opening = Message(chat_id, 1, "assistant", bot.opening_message, now)
-            chat = StoredChat(chat_id, identity(player), player.chat_key, bot, created_at=now, next_seq=2)
+            chat = StoredChat(chat_id, who, player.chat_key, bot, created_at=now, next_seq=2)
             store.open_chat(chat, opening, max_chats=5)
         for i in range(count):
             chat = store.get_chat(chat_id)
@@ -75,6 +86,8 @@ class PlayerBot(Bot):
             expect(secret_text, "not in", self.html)
 
         min_messages, _ = rules(player)
+        if not player.id_in_group % 2:  # beside the players whose own chats have old-style ids
+            store_exchanges(player, min_messages, *earlier_session(player))
         yield SubmissionMustFail(Chat, check_html=False)  # nothing stored: refused on the server
         store_exchanges(player, min_messages - 1)
         yield SubmissionMustFail(Chat, check_html=False)  # one message short: still refused

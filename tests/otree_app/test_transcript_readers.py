@@ -59,20 +59,17 @@ def check(reader, store, chat_id):
     assert reader.messages("c_unknown") == []
 
 
-def check_chat_ids(reader, store):
-    """A player's chat is found by its identity: a chat stored under the id it had before ids named
-    the session included, and never a chat of the same participant code in another session."""
+def check_identities(reader, store):
+    """A chat's stored identity, read by id, so the app can tell the player's chat from a chat of the
+    same participant code in another session (the ids chats had before ids named the session)."""
     mine = write_chat(store)
-    other = Identity("p2abcdef", WHO.experiment, WHO.session)
-    reused, elsewhere = Identity(WHO.participant, WHO.experiment, "s2other"), Identity(WHO.participant, "exp2", WHO.session)
-    for who, chat_id in ((other, legacy_chat_id_for(other, "chat-r1")),  # opened before the upgrade
-                         (reused, chat_id_for(reused, "chat-r1")), (elsewhere, chat_id_for(elsewhere, "chat-r1"))):
-        store.open_chat(Chat(chat_id, who, "chat-r1", BOT, created_at=time.time()), None, max_chats=5)
-    assert reader.chat_ids(WHO.experiment, WHO.session) == {
-        (WHO.participant, "chat-r1"): [mine], (other.participant, "chat-r1"): [legacy_chat_id_for(other, "chat-r1")],
+    reused = Identity(WHO.participant, WHO.experiment, "s2other")
+    old = store.open_chat(Chat(legacy_chat_id_for(reused, "chat-r1"), reused, "chat-r1", BOT, time.time()), None, 5)
+    assert reader.identities([mine, old.chat_id, "c_unknown", mine]) == {
+        mine: ("otree", WHO.session, WHO.participant, "chat-r1"),
+        old.chat_id: ("otree", "s2other", WHO.participant, "chat-r1"),
     }
-    assert reader.chat_ids(WHO.experiment, WHO.session, WHO.participant) == {(WHO.participant, "chat-r1"): [mine]}
-    assert reader.chat_ids(WHO.experiment, "s-none") == {}
+    assert reader.identities([]) == {}
 
 
 def test_sqlite_reader_reads_the_local_stacks_file(tmp_path, monkeypatch):
@@ -84,22 +81,22 @@ def test_sqlite_reader_reads_the_local_stacks_file(tmp_path, monkeypatch):
     finally:
         store.close()
     assert service.SqliteReader(tmp_path / "missing.sqlite3").progress(["c_x"]) == {}
-    assert service.SqliteReader(tmp_path / "missing.sqlite3").chat_ids("otree", "s1") == {}
+    assert service.SqliteReader(tmp_path / "missing.sqlite3").identities(["c_x"]) == {}
 
 
-def test_sqlite_reader_finds_chats_by_identity(tmp_path):
+def test_sqlite_reader_reads_who_a_chat_belongs_to(tmp_path):
     store = SqliteStore(tmp_path / "chat.sqlite3")
     try:
-        check_chat_ids(service.SqliteReader(tmp_path / "chat.sqlite3"), store)
+        check_identities(service.SqliteReader(tmp_path / "chat.sqlite3"), store)
     finally:
         store.close()
 
 
-def test_dynamo_reader_finds_chats_by_identity():
+def test_dynamo_reader_reads_who_a_chat_belongs_to():
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
         create_tables(client, "conns", "chats")
-        check_chat_ids(service.DynamoReader("chats", client=client), DynamoStore("conns", "chats", client=client))
+        check_identities(service.DynamoReader("chats", client=client), DynamoStore("conns", "chats", client=client))
 
 
 def test_dynamo_reader_reads_the_chats_table(monkeypatch):
