@@ -70,6 +70,9 @@ class Fault:
     kind: str
     status: int = 500  #: status: the HTTP status to answer
     times: int = 1  #: status: how many consecutive requests get it
+    #: status: the error's message quotes the whole request (system prompt, participant's text), as
+    #: some providers' 400s do; what logs and frames say about it must never include it
+    echo: bool = False
     seconds: float = 0.0  #: delay / stall: how long to sleep
     after_tokens: int = 0  #: cut / stall: content tokens streamed first
 
@@ -89,7 +92,10 @@ def parse_fault(raw: Any) -> Fault:
 
     kind = raw["kind"]
     if kind == "status":
-        return Fault(kind, status=number("status", 500, int, 400), times=number("times", 1, int, 1))
+        echo = raw.get("echo", False)
+        if not isinstance(echo, bool):
+            raise BadRequest("fault 'status': echo must be true or false", "faults")
+        return Fault(kind, status=number("status", 500, int, 400), times=number("times", 1, int, 1), echo=echo)
     if kind == "delay":
         return Fault(kind, seconds=number("seconds", 0.0))
     if kind == "cut":
@@ -143,7 +149,7 @@ class OfflineModel:
         fault = self.faults[0]
         if fault.kind == "status" and fault.times > 1:
             fault.times -= 1
-            return Fault("status", status=fault.status)
+            return Fault("status", status=fault.status, echo=fault.echo)
         return self.faults.popleft()
 
     def reset_stats(self) -> None:
@@ -256,6 +262,8 @@ class OfflineModel:
             message, type_, code = _STATUS_ERRORS.get(
                 fault.status, (f"Injected HTTP {fault.status} from the offline model.",
                                "server_error" if fault.status >= 500 else "invalid_request_error", None))
+            if fault.echo:
+                message, code = f"Invalid request: {json.dumps(body, ensure_ascii=False)}", "request_echoed"
             headers = {}
             if self.retry_after_ms is not None and (fault.status == 429 or fault.status >= 500):
                 headers["retry-after-ms"] = f"{self.retry_after_ms:g}"

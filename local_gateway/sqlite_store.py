@@ -11,7 +11,7 @@ a refused condition writes nothing and no concurrent writer can interleave.
 Tables mirror the DynamoDB items: `chats` (the META item: counters, binding, lease),
 `messages` (one row per message, keyed (chat_id, seq), with the fields an export needs),
 `client_messages` ((chat_id, client_msg_id) -> seq, for idempotent retries),
-`participants` (chats opened), `controls` (pause switch, token budget and tokens used per
+`participants` (chats opened per session), `controls` (pause switch, token budget and tokens used per
 experiment; the row with experiment '' is the service-wide `SERVICE` item), `allowlists` (the
 experiments whose allowlist is on: the CONTROL item's flag), `allowlist` ((experiment,
 participant): the `ALLOW#` items) and
@@ -70,7 +70,7 @@ from ws_handlers.store import (
 )
 from ws_handlers.tickets import Identity
 
-SCHEMA_VERSION = 3  #: PRAGMA user_version; each migration bumps it
+SCHEMA_VERSION = 4  #: PRAGMA user_version; each migration bumps it
 _SERVICE = ""  #: the `controls` row of the service as a whole (no experiment is named '')
 
 _SCHEMA = (
@@ -98,8 +98,8 @@ _SCHEMA = (
         chat_id TEXT NOT NULL, client_msg_id TEXT NOT NULL, seq INTEGER NOT NULL,
         PRIMARY KEY (chat_id, client_msg_id)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS participants (
-        experiment TEXT NOT NULL, participant TEXT NOT NULL, chats INTEGER NOT NULL,
-        PRIMARY KEY (experiment, participant)) WITHOUT ROWID""",
+        experiment TEXT NOT NULL, session TEXT NOT NULL, participant TEXT NOT NULL, chats INTEGER NOT NULL,
+        PRIMARY KEY (experiment, session, participant)) WITHOUT ROWID""",
     # Tables of their own, not columns: an older file gains them on opening, without a migration.
     "CREATE TABLE IF NOT EXISTS allowlists (experiment TEXT PRIMARY KEY) WITHOUT ROWID",
     """CREATE TABLE IF NOT EXISTS allowlist (
@@ -122,6 +122,13 @@ _MIGRATIONS = {
     ),
     2: (("chats", "lease_claimed INTEGER NOT NULL DEFAULT 0"),),
 }
+#: From each version to the next: tables dropped before _SCHEMA creates them anew, and how they are
+#: filled again. Version 3 counted chats per experiment and participant; every chat is a row of
+#: `chats`, so counting those rows per session is exact.
+_REBUILDS = {
+    3: (("participants", "INSERT INTO participants SELECT experiment, session, participant, count(*) FROM chats "
+                         "GROUP BY experiment, session, participant"),),
+}
 
 _CHAT_COLUMNS = (
     "chat_id, participant, experiment, session, chat_key, bot, created_at, next_seq, user_messages, "
@@ -138,6 +145,7 @@ class SqliteStore:
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
         self.path = os.fspath(path)
+        _keep_private(self.path)
         self._lock = threading.Lock()  # one write transaction at a time on the write connection
         self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         # Reads go through one connection per thread, with no lock: in WAL mode readers never
@@ -158,13 +166,18 @@ class SqliteStore:
                     for statement in _SCHEMA:
                         db.execute(statement)
                 else:
+                    rebuilt = [pair for step in range(version, SCHEMA_VERSION) for pair in _REBUILDS.get(step, ())]
                     for step in range(version, SCHEMA_VERSION):
-                        for table, column in _MIGRATIONS[step]:
+                        for table, column in _MIGRATIONS.get(step, ()):
                             if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                                           (table,)).fetchone():
                                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                    for table, _ in rebuilt:
+                        db.execute(f"DROP TABLE IF EXISTS {table}")
                     for statement in _SCHEMA:  # tables added since; all IF NOT EXISTS
                         db.execute(statement)
+                    for _, fill in rebuilt:
+                        db.execute(fill)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             self._db.close()
@@ -325,15 +338,15 @@ class SqliteStore:
             if row is not None:  # created meanwhile by a concurrent start
                 return _chat(row)
             opened = db.execute(
-                "SELECT chats FROM participants WHERE experiment = ? AND participant = ?",
-                (who.experiment, who.participant),
+                "SELECT chats FROM participants WHERE experiment = ? AND session = ? AND participant = ?",
+                (who.experiment, who.session, who.participant),
             ).fetchone()
             if opened is not None and opened[0] >= max_chats:  # as on DynamoDB, a first chat is always allowed
                 raise ChatLimitReached(who.participant)
             db.execute(
-                "INSERT INTO participants VALUES (?, ?, 1) "
-                "ON CONFLICT (experiment, participant) DO UPDATE SET chats = chats + 1",
-                (who.experiment, who.participant),
+                "INSERT INTO participants VALUES (?, ?, ?, 1) "
+                "ON CONFLICT (experiment, session, participant) DO UPDATE SET chats = chats + 1",
+                (who.experiment, who.session, who.participant),
             )
             db.execute(
                 f"INSERT INTO chats ({_CHAT_COLUMNS}, bot_name) VALUES ({', '.join('?' * 16)})",
@@ -552,19 +565,7 @@ class SqliteStore:
         where, params = _who("experiment = ?", (experiment,), session, participant)
         with self._write() as db:  # one transaction: all of it, or nothing
             deleted = _delete_chats(db, where, params)
-            left = db.execute(
-                "SELECT count(*) FROM chats WHERE experiment = ? AND participant = ?", (experiment, participant)
-            ).fetchone()[0]
-            if left:  # other sessions' chats stay, and the counter with them
-                db.execute(
-                    "UPDATE participants SET chats = ? WHERE experiment = ? AND participant = ?",
-                    (left, experiment, participant),
-                )
-                counters = 0
-            else:
-                counters = db.execute(
-                    "DELETE FROM participants WHERE experiment = ? AND participant = ?", (experiment, participant)
-                ).rowcount
+            counters = db.execute(f"DELETE FROM participants WHERE {where}", params).rowcount  # other sessions' stay
             connections = db.execute(f"DELETE FROM connections WHERE {where}", params).rowcount
             if session is None:  # the participant is gone from the experiment: their code with them
                 counters += db.execute("DELETE FROM allowlist WHERE experiment = ? AND participant = ?",
@@ -583,6 +584,18 @@ class SqliteStore:
             records += max(controls, flag)  # on DynamoDB both are the one CONTROL item
             connections = db.execute("DELETE FROM connections WHERE experiment = ?", (experiment,)).rowcount
         return deleted + Deleted(connections=connections, records=records)
+
+
+def _keep_private(path: str) -> None:
+    """Transcripts are personal data: the file is created readable by its owner only (SQLite would
+    create it 0644 less the umask, and gives its -wal and -shm files the file's own mode), and a file,
+    -wal or -shm that an older version left open to others is closed to them."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        with contextlib.suppress(FileNotFoundError, PermissionError):  # not ours to change: leave it
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
 
 
 @contextlib.contextmanager

@@ -53,11 +53,18 @@ DEFAULT_ORIGINS = "http://localhost:8000,http://127.0.0.1:8000,http://localhost:
 _AWS_ONLY = ("TICKET_SECRET_ARN", "OPENAI_API_KEY_SECRET_ARN")
 
 
+def private_dir(path: Path) -> Path:
+    """The data directory, created 0700: it holds the ticket secret and the transcripts. One that
+    exists keeps its mode (it may be a directory the user chose); the files in it are 0600."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
 def dev_secret(data_dir: Path) -> str:
     """The local ticket secret: generated at first run into an ignored file, then reused."""
     path = data_dir / "ticket-secret"
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(48))
     return path.read_text().strip()
@@ -129,8 +136,7 @@ class Stack:
         if self.config.store == "sqlite":
             from .sqlite_store import SqliteStore
 
-            self.config.data_dir.mkdir(parents=True, exist_ok=True)
-            self._sqlite_path = str(self.config.data_dir / "chat.sqlite3")
+            self._sqlite_path = str(private_dir(self.config.data_dir) / "chat.sqlite3")
             store = SqliteStore(self._sqlite_path)
             if freed := store.release_all_leases():
                 log.info("freed %d chats whose replies were queued or running when the stack last stopped", freed)

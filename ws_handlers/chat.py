@@ -31,8 +31,9 @@ from .store import (
     SeqConflict,
     Store,
     chat_id_for,
+    legacy_chat_id_for,
 )
-from .tickets import CredentialError, open_ticket
+from .tickets import CredentialError, Ticket, open_ticket
 
 Respond = Callable[[dict[str, Any]], None]
 _APPEND_ATTEMPTS = 3
@@ -61,6 +62,17 @@ class JobQueue(Protocol):
         """Hand the job to the reply function without waiting for it. Delivery is at least once
         and may wait for a free slot: the reply function claims each turn exactly once."""
         ...
+
+
+def _belongs(chat: Chat, ticket: Ticket) -> bool:
+    return chat.identity == ticket.identity and chat.chat_key == ticket.chat_key
+
+
+def _owned(chat: Chat, ticket: Ticket) -> Chat:
+    """The chat stored under the ticket's id, if it is the ticket's (as `send` checks its owner)."""
+    if not _belongs(chat, ticket):
+        raise ChatError("chat_not_found")  # never another session's or participant's transcript
+    return chat
 
 
 class Chats:
@@ -97,24 +109,13 @@ class Chats:
         if ticket.identity != connection.identity:
             raise ChatError("ticket_mismatch")
         now = self._clock()
-        chat_id = chat_id_for(ticket.identity, ticket.chat_key)
-        chat = self.store.get_chat(chat_id)
-        if chat is None:
-            fresh = Chat(chat_id, ticket.identity, ticket.chat_key, ticket.bot, now, connection_id=connection.connection_id)
-            opening = None
-            if ticket.bot.opening_message:
-                opening = Message(chat_id, 1, "assistant", ticket.bot.opening_message, now)
-                fresh = replace(fresh, next_seq=2)
-            try:
-                chat = self.store.open_chat(fresh, opening, self.settings.max_chats_per_participant)
-            except ChatLimitReached:
-                raise ChatError("chat_limit") from None
-        self.store.bind_connection(chat_id, connection.connection_id)
-        page, more = history_page(self.store.messages(chat_id))
+        chat = self._ticket_chat(ticket) or self._open_chat(ticket, connection, now)
+        self.store.bind_connection(chat.chat_id, connection.connection_id)
+        page, more = history_page(self.store.messages(chat.chat_id))
         respond(
             {
                 "type": "chat",
-                "chat_id": chat_id,
+                "chat_id": chat.chat_id,
                 "messages": page,
                 "more": more,
                 "replying": self._replying_seq(chat, now),
@@ -122,6 +123,28 @@ class Chats:
             }
         )
         self._still_queued(chat, now, respond)
+
+    def _ticket_chat(self, ticket: Ticket) -> Chat | None:
+        """The ticket's chat if it exists: by its id, else by the id chats had before ids named the
+        session, accepted only if stored for this very session: a participant code reused in a new
+        session is another person, who gets a new chat, never the old session's."""
+        chat = self.store.get_chat(chat_id_for(ticket.identity, ticket.chat_key))
+        if chat is not None:
+            return _owned(chat, ticket)
+        legacy = self.store.get_chat(legacy_chat_id_for(ticket.identity, ticket.chat_key))
+        return legacy if legacy is not None and _belongs(legacy, ticket) else None
+
+    def _open_chat(self, ticket: Ticket, connection: Connection, now: float) -> Chat:
+        chat_id = chat_id_for(ticket.identity, ticket.chat_key)
+        fresh = Chat(chat_id, ticket.identity, ticket.chat_key, ticket.bot, now, connection_id=connection.connection_id)
+        opening = None
+        if ticket.bot.opening_message:
+            opening = Message(chat_id, 1, "assistant", ticket.bot.opening_message, now)
+            fresh = replace(fresh, next_seq=2)
+        try:  # a concurrent start may have opened it meanwhile: the store returns that one
+            return _owned(self.store.open_chat(fresh, opening, self.settings.max_chats_per_participant), ticket)
+        except ChatLimitReached:
+            raise ChatError("chat_limit") from None
 
     def _still_queued(self, chat: Chat, now: float, respond: Respond) -> None:
         """A page reloaded while its reply waits for a slot is told so again (not just `replying`)."""

@@ -33,7 +33,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CONNECTION_TTL_SECONDS", "7800", "Seconds a connection record lives (API Gateway caps sockets at 2 h)."),
     Variable("TICKET_MAX_AGE_SECONDS", "86400", "Seconds a chat ticket is accepted after it was minted."),
     Variable("MAX_MESSAGE_CHARS", "4000", "Hard cap on a participant message, whatever a ticket allows."),
-    Variable("MAX_CHATS_PER_PARTICIPANT", "5", "Chats one participant may open in one experiment."),
+    Variable("MAX_CHATS_PER_PARTICIPANT", "5", "Chats one participant may open in one session of an experiment."),
     Variable("TOKEN_BUDGET", "0", "Default experiment-wide token budget (prompt + completion); 0 = unlimited."),
     Variable("REPLY_LEASE_SECONDS", "60", "Seconds a reply holds its chat unless renewed; after a crash, a retry takes over."),
     Variable("REPLY_QUEUE_WAIT_SECONDS", "300", "Seconds a queued reply holds its chat before it runs; after that a retry may take over."),

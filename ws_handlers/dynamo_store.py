@@ -4,8 +4,9 @@ Two tables. `connections`: one item per socket, expiring by TTL (`expires_at`), 
 $disconnect is best effort. `chats`: an item collection per chat (pk `CHAT#id`): the
 metadata item `META` with counters and the reply lease, one item per message
 (`MSG#0000000001`, so a Query reads them in order), and one item per client message id
-(`CMID#...`) that makes retries idempotent. Counters live beside them: `PART#exp#participant`
-(chats opened) and `EXP#exp` / `SERVICE` (`CONTROL`: pause switch, token budget, tokens used,
+(`CMID#...`) that makes retries idempotent. Counters live beside them: `PART#exp#session#participant`
+(chats opened in a session; the `PART#exp#participant` counters of old are only deleted) and
+`EXP#exp` / `SERVICE` (`CONTROL`: pause switch, token budget, tokens used,
 the allowlist flag); an experiment's allowlist is one item per code, `ALLOW#exp` / participant.
 Every write that must not happen twice is conditional; no request path scans. The operator's
 methods at the end of `DynamoStore` (`store.AdminStore`) list an experiment's chats through the
@@ -108,6 +109,12 @@ def _chat_pk(chat_id: str) -> str:
 
 def _msg_sk(seq: int) -> str:
     return f"MSG#{seq:010d}"
+
+
+def _counter(experiment: str, participant: str, session: str | None = None) -> dict[str, Any]:
+    """The chats a participant opened in a session (None: the experiment-wide counter of old)."""
+    names = (experiment, participant) if session is None else (experiment, session, participant)
+    return _key("#".join(("PART", *names)), "META")
 
 
 def _allow_pk(experiment: str) -> str:
@@ -314,7 +321,7 @@ class DynamoStore:
             {
                 "Update": {
                     "TableName": self.chats_table,
-                    "Key": _key(f"PART#{identity.experiment}#{identity.participant}", "META"),
+                    "Key": _counter(identity.experiment, identity.participant, identity.session),
                     "UpdateExpression": "ADD chats :one",
                     "ConditionExpression": "attribute_not_exists(chats) OR chats < :max",
                     "ExpressionAttributeValues": {":one": {"N": "1"}, ":max": {"N": str(max_chats)}},
@@ -675,19 +682,12 @@ class DynamoStore:
                 yield Connection(item["connection_id"], identity, float(item["connected_at"]), int(item["expires_at"]))
 
     def delete_participant(self, experiment: str, participant: str, session: str | None = None) -> Deleted:
-        chats = list(self.experiment_chats(experiment, participant=participant))  # a few: MAX_CHATS_PER_PARTICIPANT
-        doomed = [c for c in chats if session is None or c.identity.session == session]
-        # the counter first, so that an interruption never leaves it behind its chats; rerun to finish
-        counter = _key(f"PART#{experiment}#{participant}", "META")
-        records = 0
-        if len(doomed) < len(chats):
-            self._call(
-                "update_item", TableName=self.chats_table, Key=counter, UpdateExpression="SET chats = :n",
-                ExpressionAttributeValues={":n": {"N": str(len(chats) - len(doomed))}},
-            )
-        else:
-            records += self._delete_item(counter)
-        if session is None:  # the participant is gone from the experiment: their code with them
+        doomed = list(self.experiment_chats(experiment, session, participant))  # a few per session
+        # the counters first, so that an interruption never leaves one behind its chats; rerun to finish
+        sessions = {session} if session is not None else {c.identity.session for c in doomed}
+        records = sum(self._delete_item(_counter(experiment, participant, s)) for s in sessions)
+        if session is None:  # the participant is gone from the experiment: their code and old counter with them
+            records += self._delete_item(_counter(experiment, participant))
             records += self._delete_item(_key(_allow_pk(experiment), participant))
         deleted = Deleted(records=records)
         for chat in doomed:
@@ -697,10 +697,10 @@ class DynamoStore:
     def delete_experiment(self, experiment: str) -> Deleted:
         deleted, seen = Deleted(), set()
         for chat in self.experiment_chats(experiment):
-            participant = chat.identity.participant
-            if participant not in seen:  # its counter before its chats, as in delete_participant
-                seen.add(participant)
-                deleted += Deleted(records=self._delete_item(_key(f"PART#{experiment}#{participant}", "META")))
+            who = chat.identity
+            for counted in {(who.participant, who.session), (who.participant, None)} - seen:
+                seen.add(counted)  # the counters before their chats, as in delete_participant
+                deleted += Deleted(records=self._delete_item(_counter(experiment, *counted)))
             deleted += self._delete_chat(chat.chat_id)
         deleted += self._delete_connections(experiment) + Deleted(records=self._delete_allowlist(experiment))
         return deleted + Deleted(records=self._delete_item(_key(f"EXP#{experiment}", "CONTROL")))

@@ -6,6 +6,7 @@ Only the reply function imports this module: connect and message handlers never 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,13 +22,39 @@ class Usage:
     completion_tokens: int
 
 
-class LLMError(Exception):
-    """The model failed; `code` is the protocol error code, `retryable` whether trying later may work."""
+#: A provider's error code worth logging: a short identifier ("context_length_exceeded"), not prose.
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
+
+class LLMError(Exception):
+    """The model failed; `code` is the protocol error code.
+
+    Nothing the provider wrote is kept: a provider's error body may echo the request (a 400 quoting
+    the system prompt and the participant's text), so only the error's type, the HTTP status and
+    the body's size are, in `log` (for logs only, never for the client).
+    """
+
+    def __init__(self, code: str, error_type: str, status: int | None = None, body_bytes: int | None = None) -> None:
+        super().__init__(f"{code}: {error_type}" + (f" (HTTP {status})" if status else ""))
         self.code = code
-        self.detail = detail  #: for logs only, never for the client
+        self.log = {k: v for k, v in (("error_type", error_type), ("status", status), ("body_bytes", body_bytes))
+                    if v is not None}
+
+
+def _failed(code: str, exc: Exception) -> LLMError:
+    """`exc` as an LLMError: its class, the provider's error code if it is an identifier, the
+    HTTP status and the length of the response's body; never its message or the body itself."""
+    error_type = type(exc).__name__
+    provider_code = getattr(exc, "code", None)
+    if isinstance(provider_code, str) and _ERROR_CODE.fullmatch(provider_code):
+        error_type += f"/{provider_code}"
+    body_bytes = None
+    if isinstance(exc, openai.APIStatusError):
+        try:
+            body_bytes = len(exc.response.content)
+        except Exception:  # a body that was never read
+            pass
+    return LLMError(code, error_type, getattr(exc, "status_code", None), body_bytes)
 
 
 class ChatModel(Protocol):
@@ -79,21 +106,18 @@ class OpenAIChatModel:
                         if choice.finish_reason is not None:
                             finished = True
         except openai.RateLimitError as exc:
-            raise LLMError("llm_rate_limited", str(exc)) from None
+            raise _failed("llm_rate_limited", exc) from None
         except openai.APITimeoutError as exc:
-            raise LLMError("reply_interrupted" if started else "llm_timeout", str(exc)) from None
+            raise _failed("reply_interrupted" if started else "llm_timeout", exc) from None
         except openai.APIConnectionError as exc:
-            raise LLMError("reply_interrupted" if started else "llm_unavailable", str(exc)) from None
+            raise _failed("reply_interrupted" if started else "llm_unavailable", exc) from None
         except openai.APIStatusError as exc:
-            if exc.status_code >= 500 or exc.status_code in (408, 409):
-                raise LLMError("llm_unavailable", f"HTTP {exc.status_code}") from None
-            raise LLMError("llm_error", f"HTTP {exc.status_code}: {exc.message}") from None
-        except openai.OpenAIError as exc:
-            raise LLMError("reply_interrupted" if started else "llm_unavailable", repr(exc)) from None
-        except Exception as exc:  # the transport broke mid-stream (httpx errors are not OpenAIError)
-            raise LLMError("reply_interrupted" if started else "llm_unavailable", repr(exc)) from None
+            retryable = exc.status_code >= 500 or exc.status_code in (408, 409)
+            raise _failed("llm_unavailable" if retryable else "llm_error", exc) from None
+        except Exception as exc:  # OpenAIError, or the transport broke mid-stream (httpx errors are not OpenAIError)
+            raise _failed("reply_interrupted" if started else "llm_unavailable", exc) from None
         if not finished:
-            raise LLMError("reply_interrupted", "the stream ended without a finish reason")
+            raise LLMError("reply_interrupted", "no_finish_reason")
         if usage is None:  # some compatible servers ignore include_usage
             prompt = sum(_estimate_tokens(m["content"]) for m in messages)
             usage = Usage(prompt, _estimate_tokens("".join(text)))

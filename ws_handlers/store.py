@@ -20,9 +20,21 @@ from .tickets import Identity, valid_code
 
 
 def chat_id_for(identity: Identity, chat_key: str) -> str:
-    """The chat's id: the same participant and chat key always name the same chat."""
-    material = "\x1f".join((identity.experiment, identity.participant, chat_key)).encode()
-    return "c_" + hashlib.sha256(material).hexdigest()[:32]
+    """The chat's id: one chat per (experiment, session, participant, chat key). The session is
+    in it because a participant code reused in another session (a seat label, a Prolific ID) is
+    another person, who must get a chat of their own."""
+    return _hashed(identity.experiment, identity.session, identity.participant, chat_key)
+
+
+def legacy_chat_id_for(identity: Identity, chat_key: str) -> str:
+    """The id chats were stored under before ids named the session. Such a chat still resumes,
+    but only for the session its stored identity names (`chat.Chats.start`)."""
+    return _hashed(identity.experiment, identity.participant, chat_key)
+
+
+def _hashed(*names: str) -> str:
+    # Names never contain the separator (tickets.valid_code), so three names never hash like four.
+    return "c_" + hashlib.sha256("\x1f".join(names).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -152,7 +164,8 @@ class Store(Protocol):
     def open_chat(self, chat: Chat, opening: Message | None, max_chats: int) -> Chat:
         """Create the chat (and its opening message) or return the one that exists.
 
-        Raises ChatLimitReached when creating it would exceed `max_chats` for the participant.
+        Raises ChatLimitReached when creating it would exceed `max_chats` for the participant in
+        the chat's session (a code reused in another session is counted afresh).
         """
         ...
 

@@ -197,7 +197,7 @@ class Turn:
         delivery = _Delivery(self.store, self.pusher_for(job.endpoint), chat, job.user_seq + 1, job.connection_id)
         started = self._clock()
         if self.store.get_controls(chat.identity.experiment).llm_paused_until > started:
-            self._fail(chat, job, delivery, LLMError("llm_paused", "circuit breaker open"))
+            self._fail(chat, job, delivery, LLMError("llm_paused", "breaker_open"))
             return
         try:
             usage = self._generate(chat, job, delivery)
@@ -278,7 +278,7 @@ class Turn:
 
     def _fail(self, chat: Chat, job: ReplyJob, delivery: _Delivery, exc: LLMError) -> None:
         """The model failed: feed the breaker, free the chat and tell the participant."""
-        logger.warning("reply failed", extra={"chat_id": chat.chat_id, "code": exc.code, "detail": exc.detail})
+        logger.warning("reply failed", extra={"chat_id": chat.chat_id, "code": exc.code, **exc.log})
         metrics.add_metric(name="ReplyFailures", unit="Count", value=1)
         s = self.settings
         if exc.code in BREAKER_CODES and self.store.record_llm_failure(

@@ -16,7 +16,7 @@ import time
 from datetime import datetime, timezone
 
 from otree.api import BaseConstants, BaseGroup, BasePlayer, BaseSubsession, Page, models
-from ws_handlers.store import chat_id_for
+from ws_handlers.store import chat_id_for, legacy_chat_id_for
 from ws_handlers.tickets import Identity, mint_ticket, mint_token
 
 from . import service
@@ -92,9 +92,39 @@ def rules(player: Player) -> tuple[int, int]:
     return int(config.get("min_user_messages", 2)), int(config.get("min_chat_seconds", 0))
 
 
+def chat_ids(players) -> dict[tuple, str]:
+    """{(participant code, chat key): the id of the chat the service stores for the player}, for the
+    players who have one, found as the service's `start` finds it: the current id, else the id chats
+    had before ids named the session, each accepted only if stored for the player's identity (session
+    included). Not the id kept on the player: a session created before the upgrade holds old ids,
+    which its chats have only if opened before it."""
+    reader = service.store()
+    found = {}
+    for id_for in (chat_id_for, legacy_chat_id_for):
+        wanted = {id_for(identity(p), p.chat_key): p for p in players
+                  if p.field_maybe_none("chat_key") and _who(p) not in found}
+        for chat_id, stored in reader.identities(list(wanted)).items():
+            p = wanted[chat_id]
+            if stored == (p.chat_experiment, p.session.code, p.participant.code, p.chat_key):
+                found[_who(p)] = chat_id
+    return found
+
+
+def _who(player) -> tuple:
+    return player.participant.code, player.field_maybe_none("chat_key")
+
+
 def progress(players):
-    """{chat_id: {user_messages, messages, last_activity}} read from the service's store."""
-    return service.store().progress([p.chat_id for p in players if p.field_maybe_none("chat_id")])
+    """{(participant code, chat key): {chat_id, user_messages, messages, last_activity}} read from the
+    service's store, for the players who have a chat."""
+    ids = chat_ids(players)
+    seen = service.store().progress(list(ids.values()))
+    return {who: {"chat_id": chat_id, **seen.get(chat_id, {})} for who, chat_id in ids.items()}
+
+
+def chat_of(player, seen) -> dict:
+    """The player's entry of `progress` ({} before the chat exists)."""
+    return seen.get(_who(player), {})
 
 
 # ---------------------------------------------------------------- pages
@@ -120,7 +150,7 @@ class Chat(Page):
     @staticmethod
     def error_message(player: Player, values):
         min_messages, min_seconds = rules(player)
-        sent = progress([player]).get(player.chat_id, {}).get("user_messages", 0)
+        sent = chat_of(player, progress([player])).get("user_messages", 0)
         if sent < min_messages:
             return f"Please send at least {min_messages} messages in the chat before moving on (so far: {sent})."
         started = player.field_maybe_none("chat_started_at") or time.time()
@@ -129,7 +159,8 @@ class Chat(Page):
 
     @staticmethod
     def before_next_page(player: Player, timeout_happened):
-        seen = progress([player]).get(player.chat_id, {})
+        seen = chat_of(player, progress([player]))
+        player.chat_id = seen.get("chat_id", player.chat_id)
         player.user_messages = seen.get("user_messages", 0)
         player.chat_messages = seen.get("messages", 0)
 
@@ -162,8 +193,9 @@ def custom_export(players):
     """The transcripts as the service stored them: one row per message (read server-side)."""
     yield EXPORT_HEADER
     reader = service.store()
+    ids = chat_ids(players)
     for player in players:
-        chat_id = player.field_maybe_none("chat_id")
+        chat_id = ids.get(_who(player))
         if not chat_id:
             continue
         participant = player.participant
@@ -185,7 +217,7 @@ def vars_for_admin_report(subsession: Subsession):
     min_messages = int(subsession.session.config.get("min_user_messages", 2))
     rows = []
     for p in players:
-        chat = seen.get(p.chat_id, {})
+        chat = chat_of(p, seen)
         last = chat.get("last_activity")
         rows.append(dict(
             participant=p.participant.code,

@@ -11,7 +11,9 @@ Configuration comes from environment variables with safe local defaults (`make d
 
 Everything is read when needed, not at import, so the devserver picks up the secret the
 stack creates when both start together. The readers only read: the export, the monitor and
-the rule for moving on use them, never a copy sent by the browser.
+the rule for moving on use them, never a copy sent by the browser. A chat's stored identity
+(`identities`) lets the app check that a chat found by id is the player's: chats opened
+before ids named the session keep their old ids.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ def store_label() -> str:
     return os.environ.get("CHAT_STORE") or str(DEFAULT_STORE)
 
 
+#: Who a chat belongs to, as the service stores it.
+IDENTITY_FIELDS = ("experiment", "session", "participant", "chat_key")
+
 # A message row of the export, in the order of its columns.
 MESSAGE_FIELDS = (
     "seq", "role", "text", "created_at", "prompt_tokens", "completion_tokens", "model", "latency_ms", "bot_name",
@@ -83,6 +88,15 @@ class SqliteReader:
             raise
         finally:
             db.close()
+
+    def identities(self, chat_ids: list[str]) -> dict[str, tuple]:
+        """{chat_id: (experiment, session, participant, chat_key)} of the chats that exist."""
+        if not chat_ids:
+            return {}
+        marks = ", ".join("?" * len(chat_ids))
+        rows = self._query(f"SELECT chat_id, {', '.join(IDENTITY_FIELDS)} FROM chats WHERE chat_id IN ({marks})",
+                           tuple(chat_ids))
+        return {chat_id: tuple(stored) for chat_id, *stored in rows}
 
     def messages(self, chat_id: str) -> list[dict]:
         rows = self._query(
@@ -119,6 +133,19 @@ class DynamoReader:
 
             self._client = boto3.client("dynamodb")
         return self._client
+
+    def identities(self, chat_ids: list[str]) -> dict[str, tuple]:
+        """As SqliteReader.identities: each chat's META item, read by key and consistently."""
+        found = {}
+        for chat_id in dict.fromkeys(chat_ids):
+            item = self.client.get_item(
+                TableName=self.table, Key={"pk": {"S": f"CHAT#{chat_id}"}, "sk": {"S": "META"}}, ConsistentRead=True,
+                ProjectionExpression=", ".join(f"#{n}" for n in IDENTITY_FIELDS),
+                ExpressionAttributeNames={f"#{n}": n for n in IDENTITY_FIELDS},  # `session` is a reserved word
+            ).get("Item")
+            if item:
+                found[chat_id] = tuple(item[n]["S"] for n in IDENTITY_FIELDS)
+        return found
 
     def messages(self, chat_id: str) -> list[dict]:
         from boto3.dynamodb.types import TypeDeserializer

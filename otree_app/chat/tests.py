@@ -24,28 +24,49 @@ def _bot_store():
     return SqliteStore(path)
 
 
-def store_exchanges(player, count):
-    """What `count` more exchanges leave in the service's store (the chat is opened first)."""
+def stored_chat_id(player):
+    """The id the service stores the player's chat under. Half the bots' chats have the id chats had
+    before ids named the session (a session in progress when the service was upgraded): the server
+    finds a chat by its identity, whatever its id and whatever the player holds."""
+    from ws_handlers.store import legacy_chat_id_for
+
+    return legacy_chat_id_for(identity(player), player.chat_key) if player.id_in_group % 2 else player.chat_id
+
+
+def earlier_session(player):
+    """The identity and old-style id of a chat the same participant code left in an earlier session:
+    the server must neither count it for this player nor export it."""
+    from ws_handlers.store import legacy_chat_id_for
+    from ws_handlers.tickets import Identity
+
+    earlier = Identity(player.participant.code, player.chat_experiment, "earlier-session")
+    return earlier, legacy_chat_id_for(earlier, player.chat_key)
+
+
+def store_exchanges(player, count, who=None, chat_id=None):
+    """What `count` more exchanges leave in the service's store (the chat is opened first): the
+    player's chat, or the one `who` has under `chat_id`."""
     from ws_handlers.store import Chat as StoredChat, Lease, Message
 
     bot = BOTS[player.participant.chat_bot]
+    who, chat_id = who or identity(player), chat_id or stored_chat_id(player)
     store = _bot_store()
     try:
-        chat = store.get_chat(player.chat_id)
+        chat = store.get_chat(chat_id)
         if chat is None:
             now = time.time()
-            opening = Message(player.chat_id, 1, "assistant", bot.opening_message, now)
-            chat = StoredChat(player.chat_id, identity(player), player.chat_key, bot, created_at=now, next_seq=2)
+            opening = Message(chat_id, 1, "assistant", bot.opening_message, now)
+            chat = StoredChat(chat_id, who, player.chat_key, bot, created_at=now, next_seq=2)
             store.open_chat(chat, opening, max_chats=5)
         for i in range(count):
-            chat = store.get_chat(player.chat_id)
+            chat = store.get_chat(chat_id)
             seq, now = chat.next_seq, time.time()
             lease = Lease(uuid.uuid4().hex, now + 60, seq)
-            sent = Message(player.chat_id, seq, "user", f"message {seq}", now, client_msg_id=uuid.uuid4().hex)
+            sent = Message(chat_id, seq, "user", f"message {seq}", now, client_msg_id=uuid.uuid4().hex)
             store.append_user_message(chat, sent, lease, "bot", bot.limits.max_user_messages, now)
-            reply = Message(player.chat_id, seq + 1, "assistant", f"reply {seq + 1}", time.time(),
+            reply = Message(chat_id, seq + 1, "assistant", f"reply {seq + 1}", time.time(),
                             prompt_tokens=10, completion_tokens=5, model=bot.model, latency_ms=42)
-            assert store.finish_reply(store.get_chat(player.chat_id), reply, lease.turn_id)
+            assert store.finish_reply(store.get_chat(chat_id), reply, lease.turn_id)
     finally:
         store.close()
 
@@ -65,6 +86,8 @@ class PlayerBot(Bot):
             expect(secret_text, "not in", self.html)
 
         min_messages, _ = rules(player)
+        if not player.id_in_group % 2:  # beside the players whose own chats have old-style ids
+            store_exchanges(player, min_messages, *earlier_session(player))
         yield SubmissionMustFail(Chat, check_html=False)  # nothing stored: refused on the server
         store_exchanges(player, min_messages - 1)
         yield SubmissionMustFail(Chat, check_html=False)  # one message short: still refused
@@ -79,5 +102,6 @@ class PlayerBot(Bot):
         mine = [dict(zip(header, r)) for r in rows[1:]]
         expect([r["seq"] for r in mine], list(range(1, 2 * min_messages + 2)))
         expect({r["participant_code"] for r in mine}, {player.participant.code})
+        expect({r["chat_id"] for r in mine}, {stored_chat_id(player)})
         expect({r["bot"] for r in mine}, {bot.name})
         # Results is the last page: nothing to submit

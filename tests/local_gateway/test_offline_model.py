@@ -284,6 +284,16 @@ def test_500_without_retries_raises_internal_server_error(served: ServedApp) -> 
     assert client(served).chat.completions.create(model="m", messages=ADA).choices  # the fault is used up
 
 
+def test_an_echo_fault_quotes_the_request_in_its_error_body(served: ServedApp) -> None:
+    """As some providers' 400s do: what the service logs of it must never include the request."""
+    add_faults(served, {"kind": "status", "status": 400, "times": 2, "echo": True})
+    for _ in range(2):
+        with pytest.raises(openai.BadRequestError) as info:
+            client(served).chat.completions.create(model="m", messages=ADA)
+        assert ADA[0]["content"] in info.value.message and info.value.code == "request_echoed"
+    assert http(served, "POST", "/_faults", {"faults": [{"kind": "status", "echo": "yes"}]})[0] == 400
+
+
 def test_delay_beyond_the_client_timeout(served: ServedApp) -> None:
     add_faults(served, {"kind": "delay", "seconds": 0.5})
     with pytest.raises(openai.APITimeoutError):

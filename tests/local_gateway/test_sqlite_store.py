@@ -6,6 +6,7 @@ The semantics both adapters share are in tests/ws_handlers/test_store_contract.p
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -265,8 +266,8 @@ def _check_consistent(path: Path) -> int:
     used = raw.execute("SELECT coalesce(sum(tokens_used), 0) FROM controls").fetchone()[0]
     # counted before each reply is stored: ahead by at most the reply each of the 4 writers had in hand
     assert total_chat_tokens <= used <= total_chat_tokens + 4 * 15
-    counted = dict(raw.execute("SELECT participant, chats FROM participants"))
-    assert counted == dict(raw.execute("SELECT participant, count(*) FROM chats GROUP BY participant"))
+    counted = raw.execute("SELECT session, participant, chats FROM participants ORDER BY 1, 2").fetchall()
+    assert counted == raw.execute("SELECT session, participant, count(*) FROM chats GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
     raw.close()
     return len(chats)
 
@@ -338,3 +339,57 @@ def test_a_version_2_file_gains_the_allowlist_tables_and_keeps_its_controls(tmp_
         assert store.read_controls("exp1") == Controls(paused=True, token_budget=500, tokens_used=42)
         store.add_to_allowlist("exp1", ["P1"])
         assert store.get_controls("exp1").allowlist and store.on_allowlist("exp1", "P1")
+
+
+def test_a_version_3_file_counts_the_chats_it_holds_per_session(tmp_path):
+    """Version 3 counted chats per experiment and participant; the migration counts each session's
+    chats (every chat is a row), so a session in progress keeps its limit and a new one starts at 0."""
+    columns = ("chat_id TEXT PRIMARY KEY, experiment TEXT NOT NULL, session TEXT NOT NULL, participant TEXT NOT NULL, "
+               "chat_key TEXT NOT NULL, bot TEXT NOT NULL, bot_name TEXT NOT NULL, created_at REAL NOT NULL, "
+               "next_seq INTEGER NOT NULL, user_messages INTEGER NOT NULL, tokens_used INTEGER NOT NULL, "
+               "connection_id TEXT, lease_turn TEXT, lease_until REAL, lease_seq INTEGER, "
+               "lease_claimed INTEGER NOT NULL DEFAULT 0")
+    bot = json.dumps(BOT.to_dict()).replace("'", "''")
+    chats = [("c_old1", "s1", "a"), ("c_old2", "s1", "b"), ("c_old3", "s0", "a")]
+    with _migrated(tmp_path, 3, (
+        f"CREATE TABLE chats ({columns})",
+        *(f"INSERT INTO chats VALUES ('{cid}', 'exp1', '{session}', 'P1', '{key}', '{bot}', 'tutor', 1.0, 1, 0, 0, "
+          "NULL, NULL, NULL, NULL, 0)" for cid, session, key in chats),
+        "CREATE TABLE participants (experiment TEXT NOT NULL, participant TEXT NOT NULL, chats INTEGER NOT NULL, "
+        "PRIMARY KEY (experiment, participant)) WITHOUT ROWID",
+        "INSERT INTO participants VALUES ('exp1', 'P1', 3)",
+    )) as store:
+        assert store.get_chat("c_old1").identity == Identity("P1", "exp1", "s1")
+        with pytest.raises(ChatLimitReached):  # s1 holds two chats
+            _open(store, key="third", max_chats=2)
+        assert _open(store, key="third", max_chats=3).chat_key == "third"
+        other = Identity("P1", "exp1", "s2")
+        assert store.open_chat(Chat(chat_id_for(other, "a"), other, "a", BOT, NOW), None, 1).identity == other
+        assert store.delete_participant("exp1", "P1").records == 3  # the counters of s0, s1 and s2
+
+
+def test_the_store_and_the_secret_are_private_to_their_owner_in_a_private_data_directory(tmp_path):
+    """Transcripts are personal data: the data directory is created 0700, the store, its -wal and
+    -shm files and the dev secret 0600, whatever the umask; a store file an older version left
+    readable by others is closed to them when opened."""
+    from local_gateway.stack import Stack, StackConfig
+
+    def mode(path: Path) -> int:
+        return os.stat(path).st_mode & 0o777
+
+    umask = os.umask(0)  # the most permissive: nothing here may rely on the user's umask
+    try:
+        data = tmp_path / "fresh" / ".local"
+        store, _ = Stack(StackConfig(data_dir=data))._open_store(None)  # as `make dev` opens it
+        _append(store, _open(store), "m1")  # the WAL and its index are open now
+        files = [data / name for name in ("chat.sqlite3", "chat.sqlite3-wal", "chat.sqlite3-shm", "ticket-secret")]
+        assert {f.name: mode(f) for f in files} == {f.name: 0o600 for f in files} and mode(data) == 0o700
+        store.close()
+
+        old = tmp_path / "old.sqlite3"
+        sqlite3.connect(old).close()  # as SQLite creates it: 0644 less the umask
+        assert mode(old) == 0o644
+        SqliteStore(old).close()
+        assert mode(old) == 0o600
+    finally:
+        os.umask(umask)

@@ -17,7 +17,7 @@ from moto import mock_aws
 from local_gateway.sqlite_store import SqliteStore
 from ws_handlers.bot import Bot
 from ws_handlers.dynamo_store import DynamoStore, create_tables
-from ws_handlers.store import Chat, Lease, Message, chat_id_for
+from ws_handlers.store import Chat, Lease, Message, chat_id_for, legacy_chat_id_for
 from ws_handlers.tickets import Identity
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +59,19 @@ def check(reader, store, chat_id):
     assert reader.messages("c_unknown") == []
 
 
+def check_identities(reader, store):
+    """A chat's stored identity, read by id, so the app can tell the player's chat from a chat of the
+    same participant code in another session (the ids chats had before ids named the session)."""
+    mine = write_chat(store)
+    reused = Identity(WHO.participant, WHO.experiment, "s2other")
+    old = store.open_chat(Chat(legacy_chat_id_for(reused, "chat-r1"), reused, "chat-r1", BOT, time.time()), None, 5)
+    assert reader.identities([mine, old.chat_id, "c_unknown", mine]) == {
+        mine: ("otree", WHO.session, WHO.participant, "chat-r1"),
+        old.chat_id: ("otree", "s2other", WHO.participant, "chat-r1"),
+    }
+    assert reader.identities([]) == {}
+
+
 def test_sqlite_reader_reads_the_local_stacks_file(tmp_path, monkeypatch):
     store = SqliteStore(tmp_path / "chat.sqlite3")
     try:
@@ -68,6 +81,22 @@ def test_sqlite_reader_reads_the_local_stacks_file(tmp_path, monkeypatch):
     finally:
         store.close()
     assert service.SqliteReader(tmp_path / "missing.sqlite3").progress(["c_x"]) == {}
+    assert service.SqliteReader(tmp_path / "missing.sqlite3").identities(["c_x"]) == {}
+
+
+def test_sqlite_reader_reads_who_a_chat_belongs_to(tmp_path):
+    store = SqliteStore(tmp_path / "chat.sqlite3")
+    try:
+        check_identities(service.SqliteReader(tmp_path / "chat.sqlite3"), store)
+    finally:
+        store.close()
+
+
+def test_dynamo_reader_reads_who_a_chat_belongs_to():
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        create_tables(client, "conns", "chats")
+        check_identities(service.DynamoReader("chats", client=client), DynamoStore("conns", "chats", client=client))
 
 
 def test_dynamo_reader_reads_the_chats_table(monkeypatch):

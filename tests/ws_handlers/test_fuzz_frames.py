@@ -417,7 +417,7 @@ def _fuzz_through_handler(harness, spec: tuple) -> None:
     for table, pk, sk in changed:
         assert table == "chats", (table, pk, sk)
         assert (pk == f"CHAT#{chat_id}" and (sk == "META" or sk.startswith("MSG#"))) or (
-            pk == f"PART#{EXPERIMENT}#P1" and sk == "META"
+            pk == f"PART#{EXPERIMENT}#{SESSION}#P1" and sk == "META"
         ), (pk, sk)
     event("start opened a new chat")
 

@@ -242,3 +242,31 @@ def test_a_whole_chat_logs_no_text_or_secret_and_frames_show_no_treatment(emulat
         text = json.dumps(frame, ensure_ascii=False) + json.dumps(frame)
         shown = sorted(name for name, value in hidden.items() if value in text)
         assert not shown, (shown, frame)
+
+
+@pytest.mark.parametrize(("status", "times", "code", "error_type"), [
+    (400, 1, "llm_error", "BadRequestError/request_echoed"),
+    (429, 3, "llm_rate_limited", "RateLimitError/request_echoed"),
+    (503, 3, "llm_unavailable", "InternalServerError/request_echoed"),  # after the SDK's two retries
+])
+def test_a_provider_error_that_echoes_the_request_is_logged_by_status_type_and_length_only(
+    emulated_with_key, model, logs, caplog, capfd, status, times, code, error_type
+):
+    h = emulated_with_key
+    tag = uuid.uuid4().hex[:12]
+    system_prompt = f"You are Ada. Treatment arm C. SYSMARK{tag} never say this."
+    text = f"Here is my private answer, USERMARK{tag}."
+    assert h.connect("c1") == {"statusCode": 200}
+    chat_id = h.start("c1", system_prompt=system_prompt)["chat_id"]
+    model.add_faults([{"kind": "status", "status": status, "times": times, "echo": True}])
+    frames = h.send("c1", {"action": "send", "chat_id": chat_id, "client_msg_id": "m1", "text": text})
+    assert frames[-1]["type"] == "error" and frames[-1]["code"] == code
+
+    out, err = capfd.readouterr()
+    logged = _haystack(logs.getvalue(), caplog.text, out, err)
+    leaks = [marker for marker in (f"SYSMARK{tag}", f"USERMARK{tag}", "Treatment arm C", "private answer")
+             if marker in logged or marker in json.dumps(frames)]
+    assert not leaks, f"the provider's error body reached the logs or the socket: {leaks}"
+    [failed] = [r for r in map(json.loads, logs.getvalue().splitlines()) if r.get("message") == "reply failed"]
+    assert (failed["code"], failed["status"], failed["error_type"]) == (code, status, error_type)
+    assert failed["body_bytes"] > len(system_prompt) + len(text)  # the echo was there, and only its size was kept

@@ -25,6 +25,7 @@ from ws_handlers.store import (
     MessageLimitReached,
     SeqConflict,
     chat_id_for,
+    legacy_chat_id_for,
     message_pages,
 )
 from ws_handlers.tickets import Identity
@@ -98,6 +99,43 @@ def test_chats_per_participant(store):
     with pytest.raises(ChatLimitReached):
         _chat(store, "c", max_chats=2)
     assert store.get_chat(chat_id_for(WHO, "c")) is None
+
+
+def test_chats_are_counted_per_session(store):
+    """A participant code reused in another session is another person, with an allowance of their own."""
+    _chat(store, "a", max_chats=1)
+    again = Identity(WHO.participant, WHO.experiment, "sess2")
+    fresh = Chat(chat_id_for(again, "a"), again, "a", BOT, NOW)
+    assert store.open_chat(fresh, None, 1) == fresh
+    with pytest.raises(ChatLimitReached):
+        store.open_chat(Chat(chat_id_for(again, "b"), again, "b", BOT, NOW), None, 1)
+    with pytest.raises(ChatLimitReached):
+        _chat(store, "b", max_chats=1)
+
+
+def test_a_chat_stored_under_its_old_id_stays_readable_listed_and_deletable(store):
+    """Chats opened before ids named the session keep their ids: the store reads them by id as ever."""
+    old = store.open_chat(Chat(legacy_chat_id_for(WHO, "main"), WHO, "main", BOT, NOW, next_seq=2),
+                          Message(legacy_chat_id_for(WHO, "main"), 1, "assistant", "Hello.", NOW), 5)
+    store.append_user_message(old, _user(old, "m1"), _lease(old), "c1", 3, NOW)
+    assert store.get_chat(old.chat_id).identity == WHO and len(store.messages(old.chat_id)) == 2
+    new = _chat(store, "second")
+    assert [c.chat_id for c in store.experiment_chats("exp1", session=WHO.session)] == [old.chat_id, new.chat_id]
+    dynamodb = isinstance(store, DynamoStore)
+
+    def old_counter(participant: str) -> None:  # the experiment-wide counter of old (SQLite's is migrated away)
+        if dynamodb:
+            store._db.put_item(TableName="chats", Item={"pk": {"S": f"PART#exp1#{participant}"}, "sk": {"S": "META"}})
+
+    old_counter("P1")
+    deleted = store.delete_participant("exp1", "P1")
+    assert (deleted.chats, deleted.records) == (2, 1 + 1 + dynamodb)  # a client message id, the counters
+    assert store.get_chat(old.chat_id) is None and store.messages(old.chat_id) == []
+    _chat(store, "third")
+    old_counter("P1")
+    assert store.delete_experiment("exp1").records == 1 + dynamodb
+    if dynamodb:
+        assert not [i for i in store._db.scan(TableName="chats")["Items"] if i["pk"]["S"].startswith("PART#")]
 
 
 def test_append_assigns_sequence_and_takes_the_lease(store):
@@ -356,7 +394,7 @@ def test_operator_controls_are_read_as_written_and_cleared(store):
 def test_experiment_chats_in_order_by_session_participant_and_key_in_pages(store):
     expected = []
     for session in ("s1", "s2"):
-        for participant in ("P1", "P2", "P3"):  # a chat id ignores the session: codes are per experiment
+        for participant in ("P1", "P2", "P3"):
             for key in ("a", "b"):
                 expected.append(_seed_chat(store, Identity(f"{session}{participant}", "exp1", session), key, replies=0))
     _seed_chat(store, Identity("s1P1", "other", "s1"), replies=0)
@@ -414,18 +452,19 @@ def test_delete_participant_leaves_nothing_of_them_and_the_others_intact(store):
     _chat(store, "x", max_chats=1)
 
 
-def test_delete_participant_of_one_session_keeps_the_others_and_the_count(store):
+def test_delete_participant_of_one_session_keeps_the_others_and_their_count(store):
     s1, s2 = Identity("P1", "exp1", "s1"), Identity("P1", "exp1", "s2")
     _seed_chat(store, s1, "a", 1)
     kept = _seed_chat(store, s2, "b", 1)
     store.put_connection(Connection("k1", s1, NOW, int(NOW) + 100))
     store.put_connection(Connection("k2", s2, NOW, int(NOW) + 100))
     deleted = store.delete_participant("exp1", "P1", session="s1")
-    assert (deleted.chats, deleted.messages, deleted.connections) == (1, 3, 1)
+    assert (deleted.chats, deleted.messages, deleted.connections, deleted.records) == (1, 3, 1, 1 + 1)
     assert [c.chat_id for c in store.experiment_chats("exp1")] == [kept.chat_id]
     assert [c.connection_id for c in store.connections()] == ["k2"]
-    with pytest.raises(ChatLimitReached):  # one chat left, so with max 1 the limit still holds
-        _chat(store, "c", max_chats=1)
+    with pytest.raises(ChatLimitReached):  # s2 keeps its chat, so with max 1 its limit still holds
+        store.open_chat(Chat(chat_id_for(s2, "c"), s2, "c", BOT, NOW), None, 1)
+    assert store.open_chat(Chat(chat_id_for(s1, "c"), s1, "c", BOT, NOW), None, 1).chat_key == "c"  # s1's went
 
 
 def test_delete_experiment_removes_everything_of_it_and_only_it(store):
