@@ -151,6 +151,9 @@ def test_reconnect_in_the_middle_of_a_reply_resumes_without_gap_or_duplicate(tmp
         second.send({"action": "start", "ticket": ticket})
         second.until("chat")
         final = second.until("message", timeout=20)
+        for socket_frames in (first.frames, second.frames[len(first.frames):]):  # each socket counts from 0
+            indexes = [f["index"] for f in socket_frames if f["type"] == "delta"]
+            assert indexes == list(range(len(indexes)))
         shown = render(second.frames)
         assert shown[final["seq"]] == final["text"]
         stored = {m.seq: m.text for m in stack.store.messages(chat["chat_id"])}
