@@ -116,9 +116,27 @@ def test_a_frame_flood_is_rate_limited_per_connection_and_costs_nothing(make_har
     flood = [harness.send("c1", _send_frame_for(chat, f"f{i}"))[-1] for i in range(10)]
     assert {f["code"] for f in flood} == {"rate_limited"} and all(f["retryable"] for f in flood)
     assert model.stats["requests"] == 0 and harness.store.messages(chat) == []
-    assert harness.send("c1", {"action": "ping"}) == [{"type": "pong"}]  # pings stay free
+    # API Gateway answers pings itself; one that reaches the function anyway is counted too
+    assert harness.send("c1", {"action": "ping"})[0]["code"] == "rate_limited"
     harness.connect("c2")  # another socket has its own allowance
     assert harness.send("c2", _send_frame_for(chat, "ok"))[0]["type"] == "ack"
+
+
+JUNK = ["not json", "", "[" * 5_000 + "]" * 5_000, '{"action": "dance"}', '{"action": "send"}']
+
+
+def test_malformed_and_unknown_frames_count_toward_the_rate_limit(make_harness):
+    """The protocol counts every frame but pings: a flood of junk is cut like any other flood
+    (before the fix, junk was answered `bad_frame` forever, one invocation after another)."""
+    harness = make_harness(RATE_LIMIT_FRAMES="5", RATE_LIMIT_WINDOW_SECONDS="3600")
+    harness.connect("c1")
+    for body in JUNK * 3:  # the first five are answered for what they are, the rest refused unread
+        harness.send_raw("c1", body)
+    codes = [f["code"] for f in harness.frames("c1")]
+    assert codes == ["bad_frame", "bad_frame", "bad_frame", "unknown_action", "invalid_field"] + ["rate_limited"] * 10
+    assert harness.send("c1", {"action": "start", "ticket": harness.ticket()})[0]["code"] == "rate_limited"
+    harness.connect("c2")  # another socket has its own allowance
+    assert harness.start("c2")["type"] == "chat"
 
 
 def _send_frame_for(chat_id, client_msg_id):
