@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,28 @@ class Ping:
 
 
 Action = Start | Send | History | Ping
+
+
+#: Letters and symbols by category that show nothing: the Hangul fillers and the blank Braille
+#: pattern, the usual ways to type an "empty" name where blanks are refused.
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def _shows_nothing(char: str) -> bool:
+    """Spaces and separators (Z*), controls (Cc), format characters (Cf: zero-width space and
+    joiners, soft hyphen, word joiner, BOM, bidi and tag characters), marks with nothing to
+    mark (M*), the invisible letters above, and the tags' block (U+E0000-E0FFF, reserved for
+    characters that are never shown). Other unassigned code points count as visible: they may
+    be characters (an emoji) newer than this Python's Unicode tables."""
+    category = unicodedata.category(char)
+    return category[0] in "ZM" or category in ("Cc", "Cf") or char in _INVISIBLE or 0xE0000 <= ord(char) <= 0xE0FFF
+
+
+def is_blank(text: str) -> bool:
+    """Whether `text` has nothing a reader could see: the service refuses it (`empty_message`),
+    so it is never stored and never counts toward a chat's messages. A zero-width joiner inside
+    an emoji sequence is fine: the emoji around it are visible."""
+    return all(_shows_nothing(char) for char in text)
 
 
 def _field(frame: dict[str, Any], name: str, kind: type, **context: Any) -> Any:
