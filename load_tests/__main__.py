@@ -175,7 +175,7 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack_scope:
         floor: dict[str, Any] | None = None
         local_info: dict[str, Any] | None = None
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"loadavg_at_start": report.loadavg()}  # the machine is shared: say how busy
         if args.local:
             config = LocalConfig(ttft=args.ttft_ms / 1000, tokens_per_second=args.tokens_per_second, store=args.store,
                                  llm_concurrency=args.llm_concurrency, model_process=not args.model_in_stack,

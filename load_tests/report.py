@@ -22,16 +22,21 @@ def _ms(values: list[float | None]) -> dict[str, Any]:
     return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in out.items()}
 
 
+def loadavg() -> list[str]:
+    """The 1, 5 and 15 minute load averages (Linux), or nothing."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        return []
+
+
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {"cores": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform()}
     try:
         info["memory"] = subprocess.run(["free", "-h"], capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    try:
-        info["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
-    except OSError:
-        pass
+    info["loadavg_at_end"] = loadavg()
     try:
         import websockets
 
@@ -206,7 +211,8 @@ def markdown(result: dict[str, Any], files: dict[str, str]) -> str:
         f"{o['participants']} participants x {o['messages']} messages, think {o['think_s']} s, ramp {o['ramp_s']} s, "
         f"against {o['url']} (bot {o['bot']}, model {o['model']}).",
         f"Machine: {m.get('cores')} cores, Python {m.get('python')}, websockets {m.get('websockets')}, "
-        f"load average at the end {' '.join(m.get('loadavg_at_end', []))}.",
+        f"load average at the start {' '.join(result.get('loadavg_at_start') or ['?'])}, "
+        f"at the end {' '.join(m.get('loadavg_at_end', []))}.",
         "",
         f"**Verification: {'PASS' if ok(result) else 'FAIL'}** - {v['sent']} messages acknowledged, "
         f"{v['stored_once']} stored exactly once, **{v['lost']} lost, {v['duplicated']} duplicated**; "

@@ -27,6 +27,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .model_process import stop  # terminate by PID, reap, close the pipes: the same for both children
+
 ROOT = Path(__file__).resolve().parent.parent
 STATS_PATH = "/_local/stats"
 _READY = re.compile(r"serving at (http://\S+)")
@@ -35,7 +37,8 @@ _READY = re.compile(r"serving at (http://\S+)")
 def start(host: str, timeout: float = 30.0) -> tuple[subprocess.Popen[str], str]:
     """Start the server on a free port; return the process and its endpoint URL."""
     command = [sys.executable, "-m", "local_gateway.moto_process", "--host", host, "--port", "0"]
-    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    # stdin stays open for the child's life: when this process ends, however, the child sees EOF and stops
+    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
     got: list[str] = []
     reader = threading.Thread(target=lambda: got.append(child.stdout.readline()), daemon=True)  # type: ignore[union-attr]
     reader.start()
@@ -45,19 +48,6 @@ def start(host: str, timeout: float = 30.0) -> tuple[subprocess.Popen[str], str]
         stop(child)
         raise RuntimeError(f"moto's DynamoDB server did not start within {timeout:.0f} s (exit {child.poll()})")
     return child, ready.group(1)
-
-
-def stop(child: subprocess.Popen[str], timeout: float = 10.0) -> None:
-    """Terminate the server process (only this one, by its PID) and reap it."""
-    if child.poll() is None:
-        child.terminate()
-        try:
-            child.wait(timeout)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait(timeout)
-    if child.stdout is not None:
-        child.stdout.close()
 
 
 def stats(endpoint: str) -> dict[str, Any]:
@@ -94,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
 
     server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    # the stack's end, even a crash, closes our stdin: stop then too, never outlive it
+    threading.Thread(target=lambda: (sys.stdin.read(), server.shutdown()), daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the stack's to handle; it stops us
     print(f"serving at http://{args.host}:{server.server_address[1]}", flush=True)
     server.serve_forever()

@@ -148,26 +148,30 @@ def all_items(self: Table) -> list[Any]:
     return sorted(items, key=lambda x: (x.hash_key, x.range_key) if x.range_key else x.hash_key)
 
 
-def install() -> None:
+def _patches() -> list[tuple[Any, str, Any, Any]]:
+    """(owner, attribute, ours, moto's own) of each replacement."""
+    return [
+        (_backend_module, "copy", _Copy("copy"), copy),
+        (DynamoDBBackend, "transact_write_items", transact_write_items, _ORIGINAL_TRANSACT),
+        (Table, "query", query, _ORIGINAL_QUERY),
+        (Table, "all_items", all_items, _ORIGINAL_ALL_ITEMS),
+    ]
+
+
+def _set(on: bool) -> None:
     global _installed
     with _lock:
-        if _installed:
-            return
-        _backend_module.copy = _Copy("copy")  # type: ignore[attr-defined]
-        DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
-        Table.query = query  # type: ignore[method-assign]
-        Table.all_items = all_items  # type: ignore[method-assign]
-        _installed = True
+        for owner, name, ours, theirs in _patches():
+            setattr(owner, name, ours if on else theirs)
+        _installed = on
+
+
+def install() -> None:
+    _set(True)
 
 
 def uninstall() -> None:
-    global _installed
-    with _lock:
-        _backend_module.copy = copy  # type: ignore[attr-defined]
-        DynamoDBBackend.transact_write_items = _ORIGINAL_TRANSACT  # type: ignore[method-assign]
-        Table.query = _ORIGINAL_QUERY  # type: ignore[method-assign]
-        Table.all_items = _ORIGINAL_ALL_ITEMS  # type: ignore[method-assign]
-        _installed = False
+    _set(False)
 
 
 def installed() -> bool:
