@@ -134,7 +134,7 @@ BENCH_DDB := LOCAL_DYNAMODB_HOLD_MS=50 $(BENCH) --burst --llm-concurrency 50 --s
 
 bench-burst: venv
 	$(BENCH_DDB) --participants 200 --ramp 10 --reply-timeout 600 --deadline 3600 --scenario p200-dynamodb --out $(BENCH_OUT)/p200-dynamodb
-	$(BENCH_DDB) --participants 1000 --ramp 30 --reply-timeout 900 --deadline 3000 --scenario p1000-dynamodb --out $(BENCH_OUT)/p1000-dynamodb
+	$(BENCH_DDB) --participants 1000 --ramp 120 --reply-timeout 900 --deadline 3000 --scenario p1000-dynamodb --out $(BENCH_OUT)/p1000-dynamodb
 	$(BENCH) --burst --llm-concurrency 50 --participants 1000 --ramp 30 --reply-timeout 600 --deadline 1800 --scenario p1000-burst-sqlite --out $(BENCH_OUT)/p1000-burst-sqlite
 
 clean:

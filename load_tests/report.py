@@ -134,7 +134,8 @@ def build(run: Any, *, command: str, scenario: str, floor: dict[str, Any] | None
 
 def ok(result: dict[str, Any]) -> bool:
     v = result["verification"]
-    return v["lost"] == 0 and v["duplicated"] == 0 and v["replies_mismatch"] == 0 and v["unverified"] == 0
+    return (v["lost"] == 0 and v["duplicated"] == 0 and v["replies_mismatch"] == 0 and v["unverified"] == 0
+            and result["participants"]["failed"] == 0)
 
 
 def charts(result: dict[str, Any], out: Path) -> dict[str, str]:
@@ -214,7 +215,8 @@ def markdown(result: dict[str, Any], files: dict[str, str]) -> str:
         f"load average at the start {' '.join(result.get('loadavg_at_start') or ['?'])}, "
         f"at the end {' '.join(m.get('loadavg_at_end', []))}.",
         "",
-        f"**Verification: {'PASS' if ok(result) else 'FAIL'}** - {v['sent']} messages acknowledged, "
+        f"**Verification: {'PASS' if ok(result) else 'FAIL'}** - {result['participants']['failed']} participants "
+        f"failed; {v['sent']} messages acknowledged, "
         f"{v['stored_once']} stored exactly once, **{v['lost']} lost, {v['duplicated']} duplicated**; "
         f"{v['replies_complete']} of {v['replies_checked']} replies complete (final text = history = merged deltas), "
         f"{v['replies_mismatch']} mismatched; {v['replies_stored']} stored user messages have their reply stored "

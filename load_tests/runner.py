@@ -212,7 +212,7 @@ class Run:
             except InvalidStatus as exc:
                 self._error(p, f"connect_{exc.response.status_code}")
                 return
-            except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+            except Exception as exc:  # OSError, a timeout, a handshake the server cut (InvalidMessage)...
                 self._error(p, f"connect_{type(exc).__name__}")
                 return
             p.connect_s = time.monotonic() - t0
@@ -243,6 +243,8 @@ class Run:
             self._error(p, f"closed_{exc.rcvd.code if exc.rcvd else 1006}")
         except (TimeoutError, asyncio.TimeoutError):
             self._error(p, "timeout")
+        except Exception as exc:  # counted, never a participant silently missing from the run
+            self._error(p, f"failed_{type(exc).__name__}")
         finally:
             if o.burst and not ready:
                 self._ready_one()  # never keep the others waiting at the barrier
