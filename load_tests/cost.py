@@ -53,7 +53,7 @@ DYNAMO_OPS = {
 #: Estimated Lambda durations (ms) where the local stack cannot stand in for AWS: a handful of
 #: DynamoDB calls at ~5-8 ms each plus one post_to_connection at ~10-20 ms. The reply function's
 #: duration is measured (it waits for the model; that wait dominates its cost).
-LAMBDA_MS = {"ConnectFunction": 30, "DisconnectFunction": 15, "start": 60, "send": 70, "history": 40, "ping": 15}
+LAMBDA_MS = {"ConnectFunction": 30, "DisconnectFunction": 15, "start": 60, "send": 70, "history": 40}
 #: MemorySize from template.yaml (Globals 512; DisconnectFunction 256).
 MEMORY_MB = {"ConnectFunction": 512, "DisconnectFunction": 256, "MessageFunction": 512, "ReplyFunction": 512}
 META_BYTES = 900  #: a chat's META item: ids, counters, lease, and the bot as JSON (prompt, limits)
