@@ -258,10 +258,8 @@ def test_required_api_key() -> None:
 
 def test_429_twice_then_success_with_retries(served: ServedApp) -> None:
     add_faults(served, {"kind": "status", "status": 429, "times": 2})
-    started = time.monotonic()
     reply = client(served, max_retries=2).chat.completions.create(model="m", messages=ADA)
     assert reply.choices[0].finish_reason == "stop"
-    assert time.monotonic() - started < 1  # retry-after-ms: 5 keeps the client's retries quick
     counters = stats(served)
     assert counters["requests"] == 3
     assert counters["by_status"] == {"429": 2, "200": 1}
@@ -401,31 +399,42 @@ def test_pacing_follows_ttft_and_token_rate() -> None:
             if chunk.choices and chunk.choices[0].delta.content and first_token_at is None:
                 first_token_at = time.monotonic() - started
         total = time.monotonic() - started
-    assert first_token_at is not None and 0.1 <= first_token_at < 0.5
-    assert 0.1 + 39 / 200 <= total < 1.0
+    # Lower bounds only: a busy machine makes it slower, never faster (the benchmarks measure
+    # the model's floor before each load run).
+    assert first_token_at is not None and first_token_at >= 0.1
+    assert total >= 0.1 + 39 / 200
 
 
-def test_many_concurrent_streams_are_cheap() -> None:
-    model = OfflineModel(ttft=0.05, tokens_per_second=100)
+def test_a_hundred_streams_are_served_at_once() -> None:
+    # Each stream lasts 5 s (20 tokens at 4 a second): one after another, the first would end
+    # long before the last began. Served at once, all have begun while none has ended.
+    model = OfflineModel(ttft=0.05, tokens_per_second=4)
+    begun: list[int] = []
+    finished_when_all_begun: list[int] = []
 
     async def one(c: openai.AsyncOpenAI, i: int) -> str:
         messages = [{"role": "user", "content": f"question number {i}"}]
         stream = await c.chat.completions.create(model="m", messages=messages, stream=True, max_tokens=20)
-        return "".join([chunk.choices[0].delta.content or "" async for chunk in stream])
+        text = ""
+        async for chunk in stream:
+            text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+            if text and len(begun) < 100 and i not in begun:
+                begun.append(i)
+                if len(begun) == 100:
+                    finished_when_all_begun.append(model.stats["completions_finished"])
+        return text
 
     async def run(url: str) -> list[str]:
-        c = openai.AsyncOpenAI(base_url=url + "/v1", api_key="test", max_retries=0, timeout=5)
+        c = openai.AsyncOpenAI(base_url=url + "/v1", api_key="test", max_retries=0, timeout=60)
         try:
             return await asyncio.gather(*(one(c, i) for i in range(100)))
         finally:
             await c.close()
 
     with serve_in_thread(model.app()) as served:
-        started = time.monotonic()
         replies = asyncio.run(run(served.url))
-        elapsed = time.monotonic() - started
     assert len(replies) == 100 and all(count_tokens(r) == 20 for r in replies)
-    assert elapsed < 3.0  # each stream takes 0.25 s: 25 s one after another
+    assert finished_when_all_begun == [0]
     assert model.stats["completions_finished"] == 100
 
 
