@@ -405,6 +405,7 @@ def test_pacing_follows_ttft_and_token_rate() -> None:
     assert total >= 0.1 + 39 / 200
 
 
+@pytest.mark.timeout(120)  # 5 s of streaming at the least; a busy machine takes longer
 def test_a_hundred_streams_are_served_at_once() -> None:
     # Each stream lasts 5 s (20 tokens at 4 a second): one after another, the first would end
     # long before the last began. Served at once, all have begun while none has ended.
