@@ -131,13 +131,8 @@ def warm_up(stack: LocalStack) -> None:
         p.until(_reply_ends(ack["seq"] + 1), deadline)
 
 
-def kill_mid_reply(writer: LocalStack) -> tuple[int, float]:
+def kill_mid_reply(writer: LocalStack, p: Participant) -> tuple[int, float]:
     """Start a reply on `writer` and kill its process at the first delta: (the user message's seq, when)."""
-    with Participant.on(writer) as p:
-        return _kill_mid_reply(writer, p)
-
-
-def _kill_mid_reply(writer: LocalStack, p: Participant) -> tuple[int, float]:
     deadline = time.monotonic() + SLACK_SECONDS
     p.start(deadline)
     p.send("m1", QUESTION)
@@ -204,8 +199,8 @@ def measure(scenario: str, lease: int | None = None, survivor_model: tuple[float
         if scenario == "crash":
             survivor = stacks.enter_context(local_stack(survivor_config))
             warm_up(survivor)
-        with local_stack(writer_config) as writer:
-            user_seq, killed = kill_mid_reply(writer)
+        with local_stack(writer_config) as writer, Participant.on(writer) as p:
+            user_seq, killed = kill_mid_reply(writer, p)
         observed = Observed(scenario, lease_seconds, user_seq)
         if survivor is None:  # restart: a stack on the same store, freeing every lease as it starts
             survivor = stacks.enter_context(local_stack(survivor_config))
