@@ -3,7 +3,7 @@
 
 const DEFAULTS = {
   heartbeatMs: 240000, pongTimeoutMs: 15000, maxConnectionMs: 6900000, backoffBaseMs: 500,
-  backoffMaxMs: 30000, stableAfterMs: 10000, replyTimeoutMs: 60000, replyMaxWaitMs: 600000,
+  backoffMaxMs: 30000, stableAfterMs: 10000, replyTimeoutMs: 20000, replyMaxWaitMs: 600000,
 };
 const MAX_RESENDS = 3; // reply timeouts of an unacked send (or `reply_in_progress` refusals) in a row before it fails
 const OPEN = 1; // WebSocket.OPEN

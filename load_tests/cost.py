@@ -17,6 +17,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ws_handlers.config import Settings
+from ws_handlers.turn import RENEWALS_PER_LEASE
+
 from .prices import (
     APIGW_MESSAGE_BYTES,
     DATE,
@@ -44,7 +47,7 @@ DYNAMO_OPS = {
     "reply": "the queue: ReceiveMessage and DeleteMessage by the event source mapping; turn._run: claim_turn "
              "UpdateItem on META (1 WRU + 1 index), get_chat (1 RRU), get_controls (3 RRU), messages Query "
              "(the chat so far: 1 RRU per 4 KB); while streaming, _follow_binding reads META once a second "
-             "(1 RRU each) and once at the end; a lease renewal every 20 s (1 WRU + 1 index); count_tokens "
+             "(1 RRU each) and once at the end; a lease renewal every 5 s (1 WRU + 1 index); count_tokens "
              "UpdateItem on the experiment's CONTROL item (1 WRU); finish_reply: transaction of 2 (META "
              "update, reply put) + META on the index",
     "history": "chat.history: get_chat (1 RRU), bind_connection (1 WRU + 1 index), messages Query",
@@ -58,7 +61,8 @@ LAMBDA_MS = {"ConnectFunction": 30, "DisconnectFunction": 15, "start": 60, "send
 MEMORY_MB = {"ConnectFunction": 512, "DisconnectFunction": 256, "MessageFunction": 512, "ReplyFunction": 512}
 META_BYTES = 900  #: a chat's META item: ids, counters, lease, and the bot as JSON (prompt, limits)
 MESSAGE_OVERHEAD_BYTES = 320  #: a message item's attributes besides its text (ids, seq, tokens, names)
-LEASE_RENEW_SECONDS = 20.0  #: REPLY_LEASE_SECONDS / 3
+#: turn._LeaseKeeper renews a running reply's lease every REPLY_LEASE_SECONDS / 3 (its default)
+LEASE_RENEW_SECONDS = Settings.from_env({}).reply_lease_seconds / RENEWALS_PER_LEASE
 REBIND_SECONDS = 1.0  #: turn.REBIND_INTERVAL
 RATE_WINDOW_SECONDS = 10.0  #: RATE_LIMIT_WINDOW_SECONDS
 REPLY_SETUP_SECONDS = 0.05  #: the reply function's reads before it calls the model (4 DynamoDB calls)

@@ -35,7 +35,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MAX_MESSAGE_CHARS", "4000", "Hard cap on a participant message, whatever a ticket allows."),
     Variable("MAX_CHATS_PER_PARTICIPANT", "5", "Chats one participant may open in one session of an experiment."),
     Variable("TOKEN_BUDGET", "0", "Default experiment-wide token budget (prompt + completion); 0 = unlimited."),
-    Variable("REPLY_LEASE_SECONDS", "60", "Seconds a reply holds its chat unless renewed; after a crash, a retry takes over."),
+    Variable("REPLY_LEASE_SECONDS", "15", "Seconds a running reply holds its chat unless renewed (every third of it); "
+             "a reply whose function died frees the chat within this long, then a retry writes it."),
     Variable("REPLY_QUEUE_WAIT_SECONDS", "300", "Seconds a queued reply holds its chat before it runs; after that a retry may take over."),
     Variable("REPLY_QUEUE_URL", "", "SQS queue of reply jobs, which the reply function consumes (the message function sends)."),
     Variable("WEBSOCKET_ENDPOINT", "", "Management API endpoint override; default https://{domain}/{stage}."),

@@ -129,9 +129,18 @@ class _Delivery:
                 self._post(frame)
 
 
+#: Renewals per lease period: a renewal that fails (after the store's own retries) leaves the
+#: next one time to land before the lease lapses (docs/architecture.md: one reply at a time).
+RENEWALS_PER_LEASE = 3
+
+
 class _LeaseKeeper:
     """Renews the turn's lease on a timer, so even a model that stalls between tokens keeps
-    the chat; `lost` turns true when another turn has taken it."""
+    the chat; `lost` turns true when another turn has taken it.
+
+    Renewals keep to a fixed schedule (every `every` seconds from the start), not `every` after
+    the previous one ended: a renewal slowed by the store's retries does not push the next one
+    towards the lease's end."""
 
     def __init__(self, renew: Callable[[], bool], every: float) -> None:
         self._renew, self._every = renew, every
@@ -140,7 +149,11 @@ class _LeaseKeeper:
         self.lost = False
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._every):
+        due = time.monotonic()
+        while True:
+            due = max(due + self._every, time.monotonic())  # overdue (a slow renewal): at once
+            if self._stop.wait(due - time.monotonic()):
+                return
             try:
                 if not self._renew():
                     self.lost = True
@@ -225,7 +238,7 @@ class Turn:
         turn took the chat meanwhile (the reply is abandoned). Raises LLMError."""
         coalescer = Coalescer(self.settings.stream_flush_seconds, self.settings.stream_flush_chars)
         usage = Usage(0, 0)
-        with _LeaseKeeper(lambda: self._renew(job), self.settings.reply_lease_seconds / 3) as keeper:
+        with _LeaseKeeper(lambda: self._renew(job), self.settings.reply_lease_seconds / RENEWALS_PER_LEASE) as keeper:
             for piece in self.model.stream(chat.bot, self._prompt(chat, job)):
                 if keeper.lost:  # a retry took the chat (our lease had lapsed): stop paying for this one
                     logger.warning("reply abandoned: another turn took the chat", extra={"chat_id": chat.chat_id})

@@ -25,3 +25,10 @@ def test_bad_values_name_the_variable(name, value):
 def test_every_variable_is_documented():
     assert len(NAMES) == len(VARIABLES)
     assert all(v.help.endswith(".") for v in VARIABLES)
+
+
+def test_a_dead_reply_frees_its_chat_well_within_20_seconds():
+    """A running reply's lease lapses at most REPLY_LEASE_SECONDS after its function died (its
+    last renewal set it that far ahead); a queued reply keeps its longer lease (issue 13, item 9)."""
+    s = Settings.from_env({})
+    assert s.reply_lease_seconds <= 15 < s.reply_queue_wait_seconds
