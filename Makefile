@@ -50,8 +50,13 @@ dev: venv otree
 
 test: venv test-js chromium check-template test-python
 
+# Tests run on PYTEST_WORKERS processes (pytest-xdist; a worker takes the next test when free).
+# Most tests wait on sockets, model pacing and child processes, so two workers halve the wall time
+# on two cores; `PYTEST_WORKERS=0` runs them in this one process.
+PYTEST_WORKERS ?= 2
+
 test-python: venv chromium
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal
 
 # node --test suites of client_js/chat-client.js; they spawn the local stack from the venv.
 test-js: venv $(NODE_STAMP)
