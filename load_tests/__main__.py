@@ -10,6 +10,14 @@ from the flags):
 
     python -m load_tests --local --ttft-ms 300 --tokens-per-second 40 --participants 1000 --out ...
 
+A classroom told to begin (--burst): everyone connects and opens a chat, then all send their
+first message at the same moment and each sends the next as soon as its reply is complete;
+the report shows time to first delta by arrival rank (the reply queue's staircase). On the
+DynamoDB adapter with DynamoDB's conflicts emulated and every reply job delivered twice:
+
+    python -m load_tests --local --store dynamodb --duplicate-deliveries 1.0 --burst \
+        --participants 200 --messages 3 --llm-concurrency 50 --out ...
+
 Exit status: 0 when no message was lost or duplicated and every reply arrived complete, 1 otherwise.
 """
 
@@ -50,9 +58,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                        "this process (shares the GIL with the generator: latencies include the generator's work)")
     local.add_argument("--ttft-ms", type=float, default=300.0, help="offline model: time to first token")
     local.add_argument("--tokens-per-second", type=float, default=40.0, help="offline model: token rate (0: unpaced)")
-    local.add_argument("--store", choices=("sqlite", "dynamodb"), default="sqlite")
-    local.add_argument("--llm-concurrency", type=int, help="template parameter LlmConcurrency (reply threads; "
-                       "template default 50)")
+    local.add_argument("--store", choices=("sqlite", "dynamodb"), default="sqlite",
+                       help="dynamodb: the production adapter on moto's server under the strict emulation "
+                       "(transaction conflicts on unless LOCAL_DYNAMODB_CONFLICTS=off; docs/local.md)")
+    local.add_argument("--llm-concurrency", type=int, help="template parameter LlmConcurrency: replies written at "
+                       "once, the rest wait in the reply queue (template default 50); with --url, the deployed "
+                       "stack's, for the report's slot-blocks")
+    local.add_argument("--duplicate-deliveries", type=float, default=0.0, metavar="SHARE",
+                       help="share of reply jobs the local queue delivers twice, as SQS may (0 to 1; the "
+                       "DynamoDB burst scenarios use 1.0)")
+    local.add_argument("--duplicate-lag", type=float, default=0.0, metavar="SECONDS",
+                       help="a duplicate comes up to this long after its twin (uniform), as another SQS host "
+                       "may hand it out while the first copy's reply runs, so its claim can meet the reply's "
+                       "commit (0: right after it)")
     local.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                        help="function environment override, e.g. RATE_LIMIT_FRAMES=40 (repeatable)")
     local.add_argument("--idle-sockets", type=int, default=0, help="first measure the stack's RSS with this "
@@ -61,13 +79,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                        "the measured run (the stack's cold start: the first reply imports openai), not counted")
     local.add_argument("--model-in-stack", action="store_true",
                        help="run the offline model inside the stack's process (default: a process of its own)")
+    local.add_argument("--moto-in-stack", action="store_true", help="with --store dynamodb: run moto's server "
+                       "inside the stack's process (default: a process of its own, beside the stack's)")
     local.add_argument("--function-processes", type=int, default=os.cpu_count() or 1,
                        help="worker processes for the reply function (0: threads of the stack's process)")
     local.add_argument("--profile", type=Path, help="write a cProfile of the stack's event loop thread here")
     load = p.add_argument_group("load")
     load.add_argument("--participants", type=int, default=20)
     load.add_argument("--messages", type=int, default=2, help="messages per participant (each waits for its reply)")
-    load.add_argument("--think", type=float, default=2.0, help="mean think time before each send, s (0.5x-1.5x)")
+    load.add_argument("--think", type=float, help="mean think time before each send, s (0.5x-1.5x); "
+                      "default 2, or 0 with --burst")
+    load.add_argument("--burst", action="store_true", help="everyone connects and starts a chat first (over "
+                      "--ramp), then all send their first message at once (a barrier); later messages follow "
+                      "each reply after --think. The report ranks the first messages by ack arrival")
     load.add_argument("--ramp", type=float, default=0.0, help="seconds over which participants connect (0: at once)")
     load.add_argument("--deadline", type=float, default=600.0, help="global time limit for the traffic, s")
     load.add_argument("--reply-timeout", type=float, default=120.0, help="per wait (ack, delta, message), s")
@@ -82,6 +106,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.local and not args.url:
         p.error("give --url (and --secret-file) or --local")
+    if not 0.0 <= args.duplicate_deliveries <= 1.0:
+        p.error("--duplicate-deliveries is a share, from 0 to 1")
+    if args.think is None:
+        args.think = 0.0 if args.burst else 2.0
     return args
 
 
@@ -147,17 +175,20 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack_scope:
         floor: dict[str, Any] | None = None
         local_info: dict[str, Any] | None = None
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"loadavg_at_start": report.loadavg()}  # the machine is shared: say how busy
         if args.local:
             config = LocalConfig(ttft=args.ttft_ms / 1000, tokens_per_second=args.tokens_per_second, store=args.store,
                                  llm_concurrency=args.llm_concurrency, model_process=not args.model_in_stack,
+                                 moto_process=not args.moto_in_stack,
                                  function_processes=args.function_processes,
+                                 duplicate_deliveries=args.duplicate_deliveries, duplicate_lag=args.duplicate_lag,
                                  environment=dict(e.split("=", 1) for e in args.env))
             local = stack_scope.enter_context(local_stack(config, in_process=args.in_process,
                                                           profile=str(args.profile) if args.profile else None))
             url, secret, model_url = local.urls["websocket"], local.secret, local.urls["model"]
             local_info = {"ttft_ms": args.ttft_ms, "tokens_per_second": args.tokens_per_second, "store": args.store,
                           "llm_concurrency": args.llm_concurrency or "template default (50)",
+                          "duplicate_deliveries": args.duplicate_deliveries, "duplicate_lag_s": args.duplicate_lag,
                           "env": config.environment, "pid": local.pid, "in_process": args.in_process,
                           "rss_start_kib": local.rss_kib()}
             if args.idle_sockets:
@@ -173,13 +204,14 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
         options = Options(url=url, secret=secret, participants=args.participants, messages=args.messages,
                           think=args.think, ramp=args.ramp, deadline=args.deadline, reply_timeout=args.reply_timeout,
                           connect_timeout=args.connect_timeout, retries=args.retries, origin=args.origin or None,
-                          seed=args.seed)
+                          seed=args.seed, burst=args.burst)
         if args.local and args.warmup:
             warm = Run(Options(url=url, secret=secret, participants=args.warmup, messages=1, think=0.0, deadline=60,
                                origin=args.origin or None, experiment="warmup", hold=False))
             await warm.execute()
             extra["warmup"] = {"participants": args.warmup, "replies": warm.replies_done, "errors": dict(warm.errors)}
         run = Run(options)
+        stats0 = local.stats() if local is not None else None
         cpu0 = local.cpu_seconds() if local and not args.in_process else None
         progress = asyncio.create_task(_progress(run, not args.no_progress))
         try:
@@ -188,8 +220,11 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
             progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
+        slots = args.llm_concurrency
         if local is not None:
             local_info = (local_info or {}) | {"rss_end_kib": local.rss_kib(), "log_counts": local.log_counts()}
+            extra["emulation"] = emulation = report.emulation(stats0 or {}, local.stats())
+            slots = next(iter(emulation["queues"].values()), {}).get("concurrency", slots)
             if cpu0 is not None:
                 cpu1 = local.cpu_seconds()
                 used = {pid: cpu1[pid] - cpu0.get(pid, 0.0) for pid in cpu1}
@@ -201,7 +236,8 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 local_info["stack_all_processes_cpu_s"] = round(sum(used.values()), 1)
                 local_info["stack_all_processes_percent_of_one_core"] = round(100 * sum(used.values()) / elapsed, 1)
         scenario = args.scenario or f"p{args.participants}-m{args.messages}"
-        return report.build(run, command=command, scenario=scenario, floor=floor, local=local_info, extra=extra)
+        return report.build(run, command=command, scenario=scenario, floor=floor, local=local_info, extra=extra,
+                            slots=slots)
 
 
 def main(argv: list[str] | None = None) -> int:

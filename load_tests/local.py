@@ -6,12 +6,17 @@ from /proc/<pid>/status) is its own. `--in-process` runs it on a thread here ins
 (what tests/load_tests does, for speed).
 
     python -m load_tests.local '{"ttft": 0.3, ...}'   # the child; prints its URLs as one JSON line
+
+The child also serves `GET /stats` on loopback (its URL is "stats" in that line): the stack's
+own counters (`Stack.stats()`: the reply queue's waits, the strict DynamoDB emulation's
+conflicts and throttles), which only its process can read.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -20,7 +25,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,9 +44,12 @@ class LocalConfig:
     tokens_per_second: float = 40.0
     store: str = "sqlite"
     model_process: bool = True  #: the offline model in its own process (not on the stack's GIL and loop)
+    moto_process: bool = True  #: with store "dynamodb": moto's server (and the strict emulation) likewise
     function_processes: int = field(default_factory=lambda: os.cpu_count() or 1)  #: reply function workers
     llm_concurrency: int | None = None  #: the template's LlmConcurrency (reply threads); None: its default
     environment: dict[str, str] = field(default_factory=dict)  #: function environment overrides
+    duplicate_deliveries: float = 0.0  #: share of reply jobs the queue delivers twice (SQS's at-least-once)
+    duplicate_lag: float = 0.0  #: seconds up to which the second copy follows the first
     data_dir: str | None = None  #: None: a fresh temporary directory
 
 
@@ -54,7 +63,9 @@ def stack_config(config: LocalConfig, secret: str, data_dir: Path) -> Any:
         port=0, management_port=0, model_port=0, demo_port=None, data_dir=data_dir, store=config.store,
         secret=secret, model_ttft=config.ttft, model_tokens_per_second=config.tokens_per_second,
         parameters=parameters, environment=dict(config.environment), model_process=config.model_process,
-        function_processes=config.function_processes,
+        moto_process=config.moto_process,
+        function_processes=config.function_processes, duplicate_deliveries=config.duplicate_deliveries,
+        duplicate_lag=config.duplicate_lag,
     )
 
 
@@ -102,6 +113,7 @@ class LocalStack:
     secret: str
     pid: int
     config: LocalConfig
+    stats: Callable[[], dict[str, Any]]  #: the stack's counters now (Stack.stats())
     log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=2000))  #: the child's output
 
     def log_counts(self) -> dict[str, int]:
@@ -137,7 +149,7 @@ def local_stack(config: LocalConfig, in_process: bool = False, profile: str | No
             os.environ.update({key: QUIET[key] for key in added})
             try:
                 with running(stack_config(config, secret, data_dir)) as stack:
-                    yield LocalStack(dict(stack.urls), secret, os.getpid(), config)
+                    yield LocalStack(dict(stack.urls), secret, os.getpid(), config, stack.stats)
             finally:  # leave the caller's environment (a pytest process) as it was
                 for key in added:
                     os.environ.pop(key, None)
@@ -149,7 +161,8 @@ def local_stack(config: LocalConfig, in_process: bool = False, profile: str | No
         try:
             assert child.stdout is not None
             line = _readline(child, 60)
-            local = LocalStack(json.loads(line), secret, child.pid, config)
+            urls = json.loads(line)
+            local = LocalStack(urls, secret, child.pid, config, functools.partial(_get_json, urls["stats"]))
             # keep reading: a full pipe would block the child's next log line (and its thread)
             threading.Thread(target=_drain, args=(child, local.log), daemon=True).start()
             yield local
@@ -160,6 +173,11 @@ def local_stack(config: LocalConfig, in_process: bool = False, profile: str | No
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait(10)
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        return json.loads(answer.read())
 
 
 def _drain(child: subprocess.Popen, log: collections.deque) -> None:
@@ -182,6 +200,8 @@ def _child(spec: dict[str, Any]) -> None:
     import asyncio
     import gc
 
+    from aiohttp import web
+
     from local_gateway.stack import Stack
 
     profile = spec.pop("profile", None)
@@ -194,9 +214,17 @@ def _child(spec: dict[str, Any]) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         urls = await stack.start()
+        app = web.Application()
+        app.router.add_get("/stats", lambda _request: web.json_response(stack.stats()))
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        urls = urls | {"stats": f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/stats"}  # type: ignore[union-attr]
         gc.freeze()  # as `python -m local_gateway serve` does: start-up's objects are never garbage
         print(json.dumps(urls), flush=True)
         await stop.wait()
+        await runner.cleanup()
         await stack.stop(grace=5)
 
     if profile:

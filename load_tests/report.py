@@ -1,4 +1,4 @@
-"""The result of a run: a JSON document, a Markdown report, and two charts (matplotlib, Agg)."""
+"""The result of a run: a JSON document, a Markdown report, and charts (matplotlib, Agg)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from . import cost
+from . import cost, ranks
 from .stats import summary
 
 MS = 1000.0
@@ -22,16 +22,21 @@ def _ms(values: list[float | None]) -> dict[str, Any]:
     return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in out.items()}
 
 
+def loadavg() -> list[str]:
+    """The 1, 5 and 15 minute load averages (Linux), or nothing."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        return []
+
+
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {"cores": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform()}
     try:
         info["memory"] = subprocess.run(["free", "-h"], capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    try:
-        info["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
-    except OSError:
-        pass
+    info["loadavg_at_end"] = loadavg()
     try:
         import websockets
 
@@ -52,9 +57,27 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def emulation(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What the local stack's emulations counted during the run: `after` less `before` (two
+    Stack.stats(), around the measured run, so the warm-up is left out)."""
+    out: dict[str, Any] = {"queues": {}}
+    for name, q in after.get("queues", {}).items():
+        q0 = before.get("queues", {}).get(name, {})
+        waits = q["waits"][len(q0.get("waits", [])):]
+        out["queues"][name] = {k: q[k] - q0.get(k, 0) if k in ("sent", "delivered", "duplicated", "redelivered",
+                                                                "expired", "dead_letters") else q[k]
+                               for k in q if k != "waits"} | {"wait_ms": _ms(waits)}
+    if "strict_dynamodb" in after:
+        strict = dict(after["strict_dynamodb"])
+        c0 = before.get("strict_dynamodb", {}).get("counters", {})
+        strict["counters"] = {k: n - c0.get(k, 0) if k != "held" else n for k, n in strict["counters"].items()}
+        out["strict_dynamodb"] = strict
+    return out
+
+
 def build(run: Any, *, command: str, scenario: str, floor: dict[str, Any] | None, local: dict[str, Any] | None,
-          extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON result of a finished run."""
+          extra: dict[str, Any] | None = None, slots: int | None = None) -> dict[str, Any]:
+    """The JSON result of a finished run; `slots`: replies at once (LlmConcurrency), for the ranks' blocks."""
     replies = [r for p in run.people for r in p.replies]
     done = [r for r in replies if r.final_text is not None]
     v = run.verification
@@ -67,13 +90,14 @@ def build(run: Any, *, command: str, scenario: str, floor: dict[str, Any] | None
             model_s = model_ttft + max(0, r.completion_tokens - 1) / tps
             overhead_reply.append(r.reply_s - model_s)  # type: ignore[operator]
     o = run.o
+    samples = [r.public() for r in replies]
     result: dict[str, Any] = {
         "scenario": scenario,
         "command": command,
         "started_at": run.started_wall,
         "options": {"participants": o.participants, "messages": o.messages, "think_s": o.think, "ramp_s": o.ramp,
                     "deadline_s": o.deadline, "reply_timeout_s": o.reply_timeout, "retries": o.retries,
-                    "url": o.url, "bot": run.bot.name, "model": run.bot.model, "seed": o.seed},
+                    "url": o.url, "bot": run.bot.name, "model": run.bot.model, "seed": o.seed, "burst": o.burst},
         "machine": machine(),
         "local_stack": local,
         "model_floor": floor,
@@ -87,6 +111,7 @@ def build(run: Any, *, command: str, scenario: str, floor: dict[str, Any] | None
             "ack": _ms([r.ack_s for r in replies]),
             "ttfd": _ms([r.ttfd_s for r in done]),
             "reply": _ms([r.reply_s for r in done]),
+            "queue_wait": _ms(ranks.queue_wait(samples)),
             "ttfd_overhead_over_model": _ms(overhead_ttfd),
             "reply_overhead_over_model": _ms(overhead_reply),
         },
@@ -96,9 +121,11 @@ def build(run: Any, *, command: str, scenario: str, floor: dict[str, Any] | None
         "errors": dict(Counter(run.errors).most_common()),
         "verification": {k: getattr(v, k) for k in (
             "checked", "sent", "stored_once", "lost", "duplicated", "replies_checked", "replies_complete",
-            "replies_mismatch", "replies_missing", "unanswered", "stored_not_delivered", "unverified")} | {"failures": v.failures[:50]},
+            "replies_mismatch", "replies_missing", "replies_stored", "replies_unstored", "replies_duplicated",
+            "unanswered", "stored_not_delivered", "unverified")} | {"failures": v.failures[:50]},
         "cost": cost.estimate(run, model_ttft),
-        "samples": [r.public() for r in replies],
+        "by_rank": ranks.analyse(samples, slots),
+        "samples": samples,
     }
     if extra:
         result.update(extra)
@@ -107,7 +134,8 @@ def build(run: Any, *, command: str, scenario: str, floor: dict[str, Any] | None
 
 def ok(result: dict[str, Any]) -> bool:
     v = result["verification"]
-    return v["lost"] == 0 and v["duplicated"] == 0 and v["replies_mismatch"] == 0 and v["unverified"] == 0
+    return (v["lost"] == 0 and v["duplicated"] == 0 and v["replies_mismatch"] == 0 and v["unverified"] == 0
+            and result["participants"]["failed"] == 0)
 
 
 def charts(result: dict[str, Any], out: Path) -> dict[str, str]:
@@ -156,6 +184,9 @@ def charts(result: dict[str, Any], out: Path) -> dict[str, str]:
     files["over_time"] = "latency_over_time.png"
     fig.savefig(out / files["over_time"])
     plt.close(fig)
+    if result.get("by_rank"):
+        files["by_rank"] = "ttfd_by_rank.png"
+        ranks.chart(result, out / files["by_rank"])
     return files
 
 
@@ -181,12 +212,16 @@ def markdown(result: dict[str, Any], files: dict[str, str]) -> str:
         f"{o['participants']} participants x {o['messages']} messages, think {o['think_s']} s, ramp {o['ramp_s']} s, "
         f"against {o['url']} (bot {o['bot']}, model {o['model']}).",
         f"Machine: {m.get('cores')} cores, Python {m.get('python')}, websockets {m.get('websockets')}, "
-        f"load average at the end {' '.join(m.get('loadavg_at_end', []))}.",
+        f"load average at the start {' '.join(result.get('loadavg_at_start') or ['?'])}, "
+        f"at the end {' '.join(m.get('loadavg_at_end', []))}.",
         "",
-        f"**Verification: {'PASS' if ok(result) else 'FAIL'}** - {v['sent']} messages acknowledged, "
+        f"**Verification: {'PASS' if ok(result) else 'FAIL'}** - {result['participants']['failed']} participants "
+        f"failed; {v['sent']} messages acknowledged, "
         f"{v['stored_once']} stored exactly once, **{v['lost']} lost, {v['duplicated']} duplicated**; "
         f"{v['replies_complete']} of {v['replies_checked']} replies complete (final text = history = merged deltas), "
-        f"{v['replies_mismatch']} mismatched; {v['unanswered']} sends without a reply "
+        f"{v['replies_mismatch']} mismatched; {v['replies_stored']} stored user messages have their reply stored "
+        f"exactly once ({v['replies_unstored']} none, {v['replies_duplicated']} extra replies); "
+        f"{v['unanswered']} sends without a reply "
         f"({v['stored_not_delivered']} of them stored but not delivered); {v['unverified']} chats unverifiable.",
         "",
         f"Participants connected {result['participants']['connected']}, peak open sockets "
@@ -199,6 +234,7 @@ def markdown(result: dict[str, Any], files: dict[str, str]) -> str:
         _row("ack (send -> ack)", lat["ack"]),
         _row("time to first delta", lat["ttfd"]),
         _row("full reply", lat["reply"]),
+        _row("queue wait (queued -> first delta)", lat["queue_wait"]),
         _row("TTFD minus model TTFT", lat["ttfd_overhead_over_model"]),
         _row("reply minus model time", lat["reply_overhead_over_model"]),
         "",
@@ -212,6 +248,7 @@ def markdown(result: dict[str, Any], files: dict[str, str]) -> str:
     if result.get("local_stack"):
         ls = result["local_stack"]
         lines += [f"Local stack: {json.dumps({k: ls[k] for k in ls if k != 'urls'})}", ""]
+    lines += ranks.markdown(result) + _emulation_lines(result.get("emulation"))
     if result.get("idle_memory"):
         im = result["idle_memory"]
         lines += [f"Idle sockets: {im['sockets']} sockets add {im['rss_delta_kib']} KiB of RSS to the stack process: "
@@ -247,6 +284,29 @@ def markdown(result: dict[str, Any], files: dict[str, str]) -> str:
     if v["failures"]:
         lines += ["", "## Verification failures (first 50)", ""] + [f"- {f}" for f in v["failures"]]
     return "\n".join(lines) + "\n"
+
+
+def _emulation_lines(e: dict[str, Any] | None) -> list[str]:
+    if not e:
+        return []
+    lines = ["## The local emulations during the run", ""]
+    for name, q in e["queues"].items():
+        w = q["wait_ms"]
+        lines.append(f"- Reply queue `{name}` (MaximumConcurrency {q['concurrency']}, duplicate deliveries "
+                     f"{q['duplicates']}): {q['sent']} jobs, {q['delivered']} deliveries ({q['duplicated']} "
+                     f"jobs delivered twice, {q['redelivered']} redelivered after a failure), at most "
+                     f"{q['max_waiting']} waiting, {q['dead_letters']} dead letters; wait from send to first "
+                     f"delivery p50 {w['p50']} ms, p95 {w['p95']} ms, max {w['max']} ms.")
+    if strict := e.get("strict_dynamodb"):
+        c = strict["counters"]
+        throttles = c["throttled_requests"] + c["throttled_transactions"] + c["unprocessed_keys"] + c["unprocessed_items"]
+        lines.append(f"- Strict DynamoDB emulation (conflicts {'on' if strict['conflicts'] else 'OFF'}, a transaction "
+                     f"holds its items {strict['hold_ms']:g} ms, throttle rate {strict['throttle_rate']}): "
+                     f"**{c['transaction_conflicts']} transactions cancelled (TransactionConflict), "
+                     f"{c['write_conflicts']} writes refused (TransactionConflictException)**, {c['read_conflicts']} "
+                     f"transactional reads cancelled, {c['batch_conflicts']} batch writes left unprocessed; "
+                     f"{throttles} throttles injected; {c['replays']} transactions replayed by ClientRequestToken.")
+    return lines + [""]
 
 
 def write(result: dict[str, Any], out: Path) -> dict[str, Path]:

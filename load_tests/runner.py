@@ -4,7 +4,14 @@ Every participant connects with its own connect token, starts a chat with its ow
 sends `messages` messages (waiting for each reply, as the service allows one reply at a
 time per chat), and keeps its socket open until everyone is done, so `participants`
 sockets are open at once. Afterwards a fresh socket per participant asks `history` and
-checks that each sent message is stored exactly once and each reply arrived complete.
+checks that each sent message is stored exactly once, each reply stored exactly once, and
+each reply arrived complete (verify.py).
+
+In a burst (`Options.burst`) everyone first connects and starts a chat, then all send their
+first message at the same moment (a barrier), as a classroom does when told to begin. Each
+send records when its `ack`, its `queued` frame, its first delta and its final message
+arrived, so ranks.py can tell whether replies started in the order the service took the
+messages in.
 
 Every loop is bounded: a global deadline, a timeout on every wait, a cap on retries.
 """
@@ -29,6 +36,7 @@ from ws_handlers.bot import Bot
 from ws_handlers.tickets import Identity, mint_ticket, mint_token
 
 from .corpus import sentence
+from .verify import Verification, check
 
 #: Errors worth retrying with the same client_msg_id (docs/protocol.md's retryable codes).
 RETRYABLE = frozenset({
@@ -56,6 +64,7 @@ class Options:
     seed: int = 0
     verify_concurrency: int = 50
     hold: bool = True  #: keep sockets open until every participant is done
+    burst: bool = False  #: everyone connects first, then all send their first message at once
 
 
 @dataclass
@@ -67,6 +76,12 @@ class Reply:
     client_msg_id: str
     text_chars: int
     sent_at: float  #: seconds since the run started (first attempt)
+    burst: bool = False  #: the first message of a burst run, sent at the barrier with everyone else's
+    acked_at: float | None = None  #: when the first ack arrived (s since the start): the service has the message
+    queued_at: float | None = None  #: when `queued` arrived for the answered attempt, if before its first delta
+    queued_after_delta: bool = False  #: `queued` came after the first delta (the reply never waited)
+    first_delta_at: float | None = None  #: when the answered attempt's first delta arrived
+    done_at: float | None = None  #: when the final message arrived
     ack_s: float | None = None
     ttfd_s: float | None = None
     reply_s: float | None = None
@@ -106,24 +121,6 @@ class Participant:
     error: str | None = None
 
 
-@dataclass
-class Verification:
-    checked: int = 0
-    sent: int = 0  #: messages acknowledged to the participants
-    stored_once: int = 0
-    lost: int = 0  #: acknowledged (or answered) but missing from history
-    duplicated: int = 0  #: stored more than once (or an unknown copy of one)
-    replies_checked: int = 0
-    replies_complete: int = 0
-    replies_mismatch: int = 0  #: final text differs from history or from the merged deltas
-    replies_missing: int = 0  #: a reply the participant got is not in history
-    unanswered: int = 0  #: sends with no final message (errors, timeouts)
-    stored_not_delivered: int = 0  #: of those, replies that are in history all the same
-    unverified: int = 0  #: chats whose history could not be read (never counted as fine)
-    failures: list[str] = field(default_factory=list)
-    duration_s: float = 0.0
-
-
 class Run:
     """One load test: `await Run(options).execute()`; counters are readable while it runs."""
 
@@ -146,6 +143,8 @@ class Run:
         self.verification = Verification()
         self._all_done: asyncio.Event | None = None
         self._done_count = 0
+        self._everyone_ready: asyncio.Event | None = None  #: the burst's barrier
+        self._ready_count = 0
 
     def _mint(self, n: int) -> Participant:
         pid = f"L{n:05d}"
@@ -170,6 +169,7 @@ class Run:
         self.started = time.monotonic()
         self.started_wall = time.time()
         self._all_done = asyncio.Event()
+        self._everyone_ready = asyncio.Event()
         tasks = [asyncio.create_task(self._participant(p)) for p in self.people]
         await asyncio.wait(tasks, timeout=max(1.0, self.remaining()))
         for t in tasks:
@@ -177,6 +177,16 @@ class Run:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.traffic_s = self.now()
         await self._verify_all()
+
+    def _ready_one(self) -> None:
+        """One participant reached the barrier (or failed before it): the last one opens it."""
+        self._ready_count += 1
+        if self._ready_count >= len(self.people) and self._everyone_ready is not None:
+            self._everyone_ready.set()
+
+    async def _barrier(self) -> None:
+        assert self._everyone_ready is not None
+        await asyncio.wait_for(self._everyone_ready.wait(), self._wait(self.o.deadline))
 
     def _finished_one(self) -> None:
         self._done_count += 1
@@ -188,6 +198,7 @@ class Run:
         rng = random.Random(f"{o.seed}:{p.number}:think")
         ws: ClientConnection | None = None
         finished = False
+        ready = False
         try:
             if o.ramp > 0 and len(self.people) > 1:
                 await asyncio.sleep(o.ramp * p.number / (len(self.people) - 1))
@@ -201,7 +212,7 @@ class Run:
             except InvalidStatus as exc:
                 self._error(p, f"connect_{exc.response.status_code}")
                 return
-            except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+            except Exception as exc:  # OSError, a timeout, a handshake the server cut (InvalidMessage)...
                 self._error(p, f"connect_{type(exc).__name__}")
                 return
             p.connect_s = time.monotonic() - t0
@@ -215,8 +226,13 @@ class Run:
                 self._error(p, f"start_{chat.get('code')}")
                 return
             p.chat_id = chat["chat_id"]
+            if o.burst:
+                ready = True
+                self._ready_one()
+                await self._barrier()
             for index in range(o.messages):
-                await asyncio.sleep(min(o.think * rng.uniform(0.5, 1.5), max(0.0, self.remaining())))
+                if not (o.burst and index == 0):
+                    await asyncio.sleep(min(o.think * rng.uniform(0.5, 1.5), max(0.0, self.remaining())))
                 await self._exchange(p, ws, index)
             finished = True
             self._finished_one()
@@ -227,7 +243,11 @@ class Run:
             self._error(p, f"closed_{exc.rcvd.code if exc.rcvd else 1006}")
         except (TimeoutError, asyncio.TimeoutError):
             self._error(p, "timeout")
+        except Exception as exc:  # counted, never a participant silently missing from the run
+            self._error(p, f"failed_{type(exc).__name__}")
         finally:
+            if o.burst and not ready:
+                self._ready_one()  # never keep the others waiting at the barrier
             if not finished:
                 self._finished_one()
             if ws is not None:
@@ -264,7 +284,7 @@ class Run:
     async def _exchange(self, p: Participant, ws: ClientConnection, index: int) -> None:
         o = self.o
         text = sentence(p.number, index, o.seed)
-        reply = Reply(p.number, index, uuid.uuid4().hex, len(text), self.now())
+        reply = Reply(p.number, index, uuid.uuid4().hex, len(text), self.now(), burst=o.burst and index == 0)
         p.replies.append(reply)
         frame = {"action": "send", "chat_id": p.chat_id, "client_msg_id": reply.client_msg_id, "text": text}
         merged = ""
@@ -280,16 +300,24 @@ class Run:
                 if kind == "ack" and got.get("client_msg_id") == reply.client_msg_id:
                     if reply.ack_s is None:
                         reply.ack_s = time.monotonic() - t0
+                        reply.acked_at = self.now()
                     reply.user_seq = got["seq"]
+                elif kind == "queued" and got.get("client_msg_id") == reply.client_msg_id:
+                    if reply.first_delta_at is not None:
+                        reply.queued_after_delta = True  # protocol.md: ignore it then
+                    elif reply.queued_at is None:
+                        reply.queued_at = self.now()
                 elif kind == "delta" and reply.user_seq is not None and got.get("seq") == reply.user_seq + 1:
                     if reply.ttfd_s is None:
                         reply.ttfd_s = time.monotonic() - t0
+                        reply.first_delta_at = self.now()
                     reply.frames += 1
                     reply.deltas += 1
                     if got["offset"] <= len(merged):
                         merged = merged[: got["offset"]] + got["text"]
                 elif kind == "message" and reply.user_seq is not None and got.get("seq") == reply.user_seq + 1:
                     reply.reply_s = time.monotonic() - t0
+                    reply.done_at = self.now()
                     reply.frames += 1
                     reply.reply_seq = got["seq"]
                     reply.final_text = got["text"]
@@ -316,6 +344,8 @@ class Run:
                 raise TimeoutError("too many frames for one reply")
             merged = ""
             reply.ttfd_s = None  # the retried reply is timed from its own send
+            reply.first_delta_at = reply.queued_at = None
+            reply.queued_after_delta = False
             await asyncio.sleep(min(0.5 * 2**attempt * random.uniform(0.5, 1.5), max(0.0, self.remaining())))
 
     # -- verification ----------------------------------------------------------------------
@@ -373,43 +403,4 @@ class Run:
         if stored is None:  # counted, never hidden
             v.unverified += 1
             return
-        v.checked += 1
-        by_cmid = Counter(m.get("client_msg_id") for m in stored if m.get("role") == "user")
-        by_seq = {m["seq"]: m for m in stored}
-        mine = {r.client_msg_id for r in p.replies}
-        seqs = [m["seq"] for m in stored]
-        if len(seqs) != len(set(seqs)):
-            v.duplicated += len(seqs) - len(set(seqs))
-            v.failures.append(f"{p.participant_id}: a seq appears twice in history")
-        for cmid, count in by_cmid.items():
-            if cmid not in mine:
-                v.duplicated += count  # a user message nobody sent
-                v.failures.append(f"{p.participant_id}: unknown user message {cmid}")
-        for r in p.replies:
-            count = by_cmid.get(r.client_msg_id, 0)
-            if count == 1:
-                v.stored_once += 1
-            elif count > 1:
-                v.duplicated += count - 1
-                v.failures.append(f"{p.participant_id}: {r.client_msg_id} stored {count} times")
-            elif r.user_seq is not None or r.final_text is not None:
-                v.lost += 1
-                v.failures.append(f"{p.participant_id}: {r.client_msg_id} acknowledged but not stored")
-            if r.final_text is None:
-                later = by_seq.get((r.user_seq or -1) + 1)
-                if later is not None and later.get("role") == "assistant":
-                    v.stored_not_delivered += 1
-                    v.failures.append(f"{p.participant_id}: reply {later['seq']} stored but its message frame "
-                                      f"never arrived ({r.error or 'no error frame'})")
-                continue
-            v.replies_checked += 1
-            stored_reply = by_seq.get(r.reply_seq or -1)
-            if stored_reply is None or stored_reply.get("role") != "assistant":
-                v.replies_missing += 1
-                v.lost += 1
-                v.failures.append(f"{p.participant_id}: reply {r.reply_seq} not in history")
-            elif stored_reply["text"] != r.final_text or r.merged_text != r.final_text:
-                v.replies_mismatch += 1
-                v.failures.append(f"{p.participant_id}: reply {r.reply_seq} differs (history/deltas/message)")
-            else:
-                v.replies_complete += 1
+        check(v, p.participant_id, p.replies, stored)

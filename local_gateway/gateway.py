@@ -8,7 +8,8 @@ reproduces what the handlers and the browser can observe of API Gateway:
   that status, and nothing is registered.
 * Each message is routed by the API's route selection expression, read from
   template.yaml, and its integration is invoked without blocking the socket: frames are
-  handled concurrently, as API Gateway does.
+  handled concurrently, as API Gateway does. A route with a MOCK integration (ping) is
+  answered by the gateway itself, with no function call.
 * Limits: 128 KB messages and 32 KB frames (larger ones close the socket with 1009),
   binary frames (closed with 1003, as API Gateway accepts only text), an
   idle timeout (10 min by default; only frames from the client count as activity) and a
@@ -198,7 +199,10 @@ class Gateway:
                     await connection.close(1003, "Binary frames are not supported")
                     break
                 sock.last_active = time.time()
-                self._spawn(self._dispatch(sock, message))
+                await self._receive(sock, message)
+                # One frame per turn of the event loop: a read can bring thousands of frames,
+                # and going through them without yielding held every other socket for seconds.
+                await asyncio.sleep(0)
         except ConnectionClosed:
             pass
         finally:
@@ -222,7 +226,10 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _dispatch(self, sock: _Socket, message: str) -> None:
+    async def _receive(self, sock: _Socket, message: str) -> None:
+        """Route one frame. A MOCK integration is answered here, in the socket's own loop and
+        without a function: a client that floods it and does not read its answers stalls only
+        itself. A function's integration runs concurrently, as on AWS."""
         context = self._context(sock.connection_id, "", "MESSAGE", sock.connected_at)
         context["messageId"] = uuid.uuid4().hex[:16]
         try:
@@ -230,7 +237,15 @@ class Gateway:
         except LookupError:  # no matching route and no $default
             await self._error(sock, "Forbidden", context)
             return
+        if route in self.api.mocks:
+            if (answer := self.api.mocks[route]) is not None:
+                with contextlib.suppress(ConnectionClosed):
+                    await sock.connection.send(answer)
+            return
         context["routeKey"] = route
+        self._spawn(self._dispatch(sock, route, message, context))
+
+    async def _dispatch(self, sock: _Socket, route: str, message: str, context: dict[str, Any]) -> None:
         event = {"requestContext": context, "body": message, "isBase64Encoded": False}
         try:
             await self.invoke(self.api.routes[route], event)

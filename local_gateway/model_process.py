@@ -42,7 +42,8 @@ async def start(host: str, port: int, ttft: float | None, tokens_per_second: flo
 
 
 def stop(child: subprocess.Popen[str], timeout: float = 10.0) -> None:
-    """Terminate the model process (only this one, by its PID) and reap it."""
+    """Terminate a child process of the stack (only this one, by its PID), reap it, close its pipes
+    (the model's here, moto's server's in moto_process)."""
     if child.poll() is None:
         child.terminate()
         try:
@@ -50,5 +51,6 @@ def stop(child: subprocess.Popen[str], timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait(timeout)
-    if child.stdout is not None:
-        child.stdout.close()
+    for pipe in (child.stdin, child.stdout):
+        if pipe is not None:
+            pipe.close()

@@ -10,7 +10,9 @@ with, read from template.yaml (queue and mapping properties):
   first out (SQS standard queues only try to keep that order, which is all the service
   assumes);
 - **at-least-once delivery**: with `duplicates` > 0 that share of messages is delivered twice,
-  the copies possibly at the same time, as SQS does now and then;
+  the copies possibly at the same time, as SQS does now and then; with `duplicate_lag` the
+  second copy comes up to that many seconds after the first (uniformly drawn), ahead of the
+  line, as another SQS host may hand it out while the first copy's reply is still running;
 - **failures**: an invocation that raises leaves its messages in the queue; they become
   visible again after the visibility timeout, with `ApproximateReceiveCount` one higher, and
   go to the dead-letter queue (`dead_letters`) once received `max_receive_count` times;
@@ -34,7 +36,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from ws_handlers.chat import ReplyJob
@@ -90,6 +92,7 @@ class LocalQueue:
         max_receive_count: int | None = None,
         retention: float = 345_600.0,
         duplicates: float = 0.0,
+        duplicate_lag: float = 0.0,
         seed: int | None = None,
         arn: str = "arn:aws:sqs:us-east-1:000000000000:local",
     ) -> None:
@@ -97,18 +100,22 @@ class LocalQueue:
             raise ValueError("concurrency must be at least 1")
         if not 0.0 <= duplicates <= 1.0:
             raise ValueError("duplicates is a share of messages, from 0 to 1")
+        if duplicate_lag < 0:
+            raise ValueError("duplicate_lag is at least 0 seconds")
         self._runner = runner
         self.concurrency = concurrency
         self.visibility_timeout = visibility_timeout
         self.max_receive_count = max_receive_count
         self.retention = retention
         self.duplicates = duplicates
+        self.duplicate_lag = duplicate_lag
         self.arn = arn
         self.dead_letters: list[DeadLetter] = []
         self.stats = QueueStats()
         self._random = random.Random(seed)
         self._ready: deque[_Message] = deque()
         self._hidden: list[tuple[float, int, _Message]] = []  #: (visible again at, tie-break, message)
+        self._late: list[tuple[float, int, _Message]] = []  #: lagging duplicates: (due at, tie-break, copy)
         self._order = itertools.count()
         self._in_flight = 0
         self._first_delivery: set[str] = set()
@@ -142,6 +149,8 @@ class LocalQueue:
                 now = time.time()
                 while self._hidden and self._hidden[0][0] <= now:
                     self._ready.append(heapq.heappop(self._hidden)[2])
+                while self._late and self._late[0][0] <= now:  # ahead of the line: its twin already ran
+                    self._ready.appendleft(heapq.heappop(self._late)[2])
                 if self._stopping and not self._ready:
                     return
                 if self._ready and self._in_flight < self.concurrency:
@@ -152,15 +161,21 @@ class LocalQueue:
                         log.error("a queued job expired unseen after %.0f s", now - message.sent_at)
                         self._changed.notify_all()  # the queue may be idle now
                         continue
-                    if message.copies > 1:  # the duplicate stays first in line: it may run alongside
+                    if message.copies > 1 and self.duplicate_lag > 0:  # the duplicate comes later
+                        message.copies -= 1
+                        copy = self._ready.popleft()
+                        twin = _Message(message.message_id, message.body, message.sent_at, message.receives)
+                        due = now + self._random.uniform(0, self.duplicate_lag)
+                        heapq.heappush(self._late, (due, next(self._order), twin))
+                    elif message.copies > 1:  # the duplicate stays first in line: it may run alongside
                         message.copies -= 1
                         copy = _Message(message.message_id, message.body, message.sent_at, message.receives)
                     else:
                         copy = self._ready.popleft()
                     self._deliver(copy, now)
                     continue
-                wait = self._hidden[0][0] - now if self._hidden else None
-                self._changed.wait(wait)
+                due = [heap[0][0] for heap in (self._hidden, self._late) if heap]
+                self._changed.wait(min(due) - now if due else None)
 
     def _deliver(self, message: _Message, now: float) -> None:
         """One invocation with a batch of one (template: BatchSize 1); called holding the lock."""
@@ -206,13 +221,20 @@ class LocalQueue:
     def waiting(self) -> int:
         """Messages waiting for a slot or for their visibility timeout."""
         with self._changed:
-            return len(self._ready) + len(self._hidden)
+            return len(self._ready) + len(self._hidden) + len(self._late)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The settings and stats so far, copied under the lock (the dispatcher appends to them)."""
+        with self._changed:
+            return {"concurrency": self.concurrency, "duplicates": self.duplicates,
+                    "duplicate_lag": self.duplicate_lag, "waiting": self.waiting,
+                    "dead_letters": len(self.dead_letters), **asdict(self.stats)}
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Wait until nothing is waiting or running (tests, shutdown); True when idle."""
         with self._changed:
             return self._changed.wait_for(
-                lambda: not self._ready and not self._hidden and self._in_flight == 0, timeout
+                lambda: not self._ready and not self._hidden and not self._late and self._in_flight == 0, timeout
             )
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -222,6 +244,7 @@ class LocalQueue:
             self._stopping = True
             self._ready.clear()
             self._hidden.clear()
+            self._late.clear()
             self._changed.notify_all()
         self._dispatcher.join(timeout)
         self._runner.shutdown(timeout)

@@ -90,12 +90,17 @@ class StackConfig:
     model_ttft: float | None = None  #: offline model pacing; None: its environment defaults
     model_tokens_per_second: float | None = None
     model_process: bool = False  #: run the offline model in a process of its own (load tests)
+    #: with store "dynamodb": moto's server and the strict emulation in a process of their own
+    #: (load tests); False: in this process, under the emulation a test session may have installed
+    moto_process: bool = False
     #: Worker processes for queue-driven functions (the reply function), as Lambda runs each
     #: in execution environments of its own; 0: threads of the stack's process
     function_processes: int = 0
     #: Share of queued jobs delivered twice, as SQS does now and then (at-least-once); the
     #: tests set 1.0 so every reply job arrives twice
     duplicate_deliveries: float = 0.0
+    #: Seconds up to which a duplicate comes after its twin (0: right after it, possibly at once)
+    duplicate_lag: float = 0.0
     #: Seconds before a failed job is delivered again; None: the queue's VisibilityTimeout
     queue_visibility_timeout: float | None = None
     parameters: dict[str, str] = field(default_factory=dict)  #: template parameter overrides
@@ -119,6 +124,8 @@ class Stack:
         self._moto: Any = None
         self._strict: StrictDynamoDB | None = None  #: the DynamoDB emulation, when this stack installed it
         self._model_process: subprocess.Popen[str] | None = None
+        self._moto_process: subprocess.Popen[str] | None = None
+        self._moto_endpoint: str | None = None
         self._sqlite_path: str | None = None
 
     # -- pieces -----------------------------------------------------------------------------
@@ -147,17 +154,23 @@ class Stack:
 
             from ws_handlers.dynamo_store import DynamoStore
 
-            from . import strict_dynamodb
+            from . import moto_process, strict_dynamodb
             from .template import create_tables
 
-            # moto's server answers in this process, so the emulation wraps its handler here; a
-            # test session installs its own first, and that one stays in charge
-            if strict_dynamodb.installed() is None:
-                self._strict = strict_dynamodb.install(strict_dynamodb.Strictness.from_env())
-            self._moto = ThreadedMotoServer(ip_address=self.config.host, port=0, verbose=False)
-            self._moto.start()
-            host, port = self._moto.get_host_and_port()
-            endpoint = f"http://{host}:{port}"
+            if self.config.moto_process:
+                self._moto_process, endpoint = moto_process.start(self.config.host)
+            else:
+                # moto's server answers in this process, so the emulation wraps its handler here; a
+                # test session installs its own first, and that one stays in charge
+                if strict_dynamodb.installed() is None:
+                    self._strict = strict_dynamodb.install(strict_dynamodb.Strictness.from_env())
+                # werkzeug would log every request moto serves (thousands a minute under load) on stderr
+                logging.getLogger("werkzeug").setLevel(logging.WARNING)
+                self._moto = ThreadedMotoServer(ip_address=self.config.host, port=0, verbose=False)
+                self._moto.start()
+                host, port = self._moto.get_host_and_port()
+                endpoint = f"http://{host}:{port}"
+            self._moto_endpoint = endpoint
             client = boto3.client(
                 "dynamodb", endpoint_url=endpoint, region_name="us-east-1",
                 aws_access_key_id="local", aws_secret_access_key="local",
@@ -198,7 +211,7 @@ class Stack:
         return LocalQueue(
             runner, concurrency=concurrency, retention=source.retention, max_receive_count=source.max_receive_count,
             visibility_timeout=source.visibility_timeout if visibility is None else visibility,
-            duplicates=self.config.duplicate_deliveries,
+            duplicates=self.config.duplicate_deliveries, duplicate_lag=self.config.duplicate_lag,
             arn=f"arn:aws:sqs:us-east-1:000000000000:{source.queue}",
         )
 
@@ -269,6 +282,23 @@ class Stack:
         self.urls["websocket"] = f"ws://{config.host}:{port}/{template.api.stage}"
         return self.urls
 
+    def stats(self) -> dict[str, Any]:
+        """What the emulations counted so far, for load tests and their reports: each reply queue's
+        deliveries and waits (send to first delivery, s), and with the DynamoDB store the strict
+        emulation's settings and counters (conflicts, throttles), so a run can show they happened."""
+        out: dict[str, Any] = {"queues": {name: q.snapshot() for name, q in self.queues.items()}}
+        if self._moto_process is not None and self._moto_endpoint is not None:
+            from . import moto_process
+
+            out["strict_dynamodb"] = moto_process.stats(self._moto_endpoint)
+        elif self.config.store == "dynamodb":
+            from . import strict_dynamodb
+
+            emulation = strict_dynamodb.installed()  # this stack's, or the test session's
+            if emulation is not None:
+                out["strict_dynamodb"] = emulation.describe()
+        return out
+
     async def _invoke(self, logical_id: str, event: dict[str, Any]) -> Any:
         assert self.template is not None
         function = self.template.functions[logical_id]
@@ -289,6 +319,10 @@ class Stack:
             await loop.run_in_executor(None, model_process.stop, self._model_process)
         if self.store is not None and hasattr(self.store, "close"):
             self.store.close()
+        if self._moto_process is not None:  # in memory by design: what the stack held goes with it
+            from . import moto_process
+
+            await loop.run_in_executor(None, moto_process.stop, self._moto_process)
         if self._moto is not None:  # in memory by design: what the stack held goes with it
             import urllib.request
 

@@ -24,6 +24,9 @@ wire format (botocore parses and retries the answers as it would against AWS):
 
 moto itself is not thread-safe, so its execution stays serialised by one lock: the lock makes
 each request atomic, the in-flight registry makes overlapping ones conflict as on DynamoDB.
+Installing the emulation also installs moto_speedups (a transaction rolls back only the items
+it names, a Query lists only its partition), so that serialised moto keeps up with a local
+stack of a thousand participants; every answer stays moto's.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, get_args
 
 from moto.core.exceptions import JsonRESTError
@@ -45,6 +48,8 @@ from moto.dynamodb.exceptions import ERROR_TYPE_PREFIX, DynamodbException, Trans
 from moto.dynamodb.models import dynamodb_backends
 from moto.dynamodb.responses import DynamoHandler
 from moto.utilities.aws_headers import gen_amz_crc32
+
+from . import moto_speedups
 
 Response = tuple[int, dict[str, Any], str]
 ItemKey = tuple[str, str, str, str]  #: account, region, table, the primary key as canonical JSON
@@ -367,6 +372,13 @@ class StrictDynamoDB:
         with self._changed:
             return replace(self._counters)
 
+    def describe(self) -> dict[str, Any]:
+        """Settings and counters as JSON-ready data (load test reports, moto_process's stats)."""
+        strictness = self.strictness
+        return {"conflicts": strictness.conflicts, "hold_ms": strictness.hold_seconds * 1000,
+                "throttle_rate": strictness.throttle.rate, "throttle_first": strictness.throttle.first,
+                "counters": asdict(self.counters)}
+
     def wait_for(self, predicate: Callable[[Counters], bool], timeout: float = 10.0) -> bool:
         """Wait until the counters satisfy `predicate` (False after `timeout` s)."""
         with self._changed:
@@ -396,6 +408,7 @@ class StrictDynamoDB:
                 return self.handle(handler, lambda: _serialised(original, handler))
 
             DynamoHandler.call_action = call_action  # type: ignore[method-assign]
+            moto_speedups.install()
             _installed = self
             return self
 
@@ -405,6 +418,7 @@ class StrictDynamoDB:
         with _INSTALL:
             if _installed is self and self._original is not None:
                 DynamoHandler.call_action = self._original  # type: ignore[method-assign]
+                moto_speedups.uninstall()
                 self._original = None
                 _installed = None
 

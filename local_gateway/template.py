@@ -92,10 +92,12 @@ class Function:
 @dataclass(frozen=True)
 class WebSocketApi:
     route_selection_expression: str  #: e.g. "$request.body.action"
-    routes: dict[str, str]  #: route key -> function logical id
+    routes: dict[str, str]  #: route key -> function logical id (Lambda proxy integrations)
     stage: str
     throttling_rate: float | None  #: stage DefaultRouteSettings, requests per second
     throttling_burst: int | None
+    #: route key -> what its MOCK integration sends back (None: a one-way route, nothing); no function runs
+    mocks: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -516,8 +518,11 @@ def _websocket_api(resolver: Resolver) -> WebSocketApi:
         return {k: p for k, p in _of_type(resolver, kind).items() if api_id in _mentions(p.get("ApiId"))}
 
     integrations = of_api("AWS::ApiGatewayV2::Integration")
+    route_responses = of_api("AWS::ApiGatewayV2::RouteResponse")
+    integration_responses = of_api("AWS::ApiGatewayV2::IntegrationResponse")
     functions = set(_of_type(resolver, "AWS::Serverless::Function"))
     routes: dict[str, str] = {}
+    mocks: dict[str, str | None] = {}
     for route_id, properties in of_api("AWS::ApiGatewayV2::Route").items():
         where = f"Resources.{route_id}.Properties"
         key = _text(resolver.resolve(properties.get("RouteKey"), f"{where}.RouteKey"), f"{where}.RouteKey")
@@ -525,11 +530,16 @@ def _websocket_api(resolver: Resolver) -> WebSocketApi:
         if not str(resolver.resolve(target, f"{where}.Target")).startswith("integrations/"):
             raise TemplateError(f"{where}.Target: expected integrations/<integration>, got {target!r}")
         integration = _only(_mentions(target) & set(integrations), f"{where}.Target", "integration of the API")
+        if key in routes or key in mocks:
+            raise TemplateError(f"{where}.RouteKey: route {key!r} is defined twice")
+        kind = resolver.resolve(integrations[integration].get("IntegrationType"), f"Resources.{integration}.Properties")
+        if kind == "MOCK":
+            two_way = any(route_id in _mentions(p.get("RouteId")) for p in route_responses.values())
+            mocks[key] = _mock_answer(resolver, integration, integration_responses) if two_way else None
+            continue
         where_uri = f"Resources.{integration}.Properties.IntegrationUri"
         # e.g. !If [Provisioned, <the function's alias>, <the function>]: the branch these parameters pick
         uri = resolver.choose(integrations[integration].get("IntegrationUri"), where_uri)
-        if key in routes:
-            raise TemplateError(f"{where}.RouteKey: route {key!r} is defined twice")
         routes[key] = _only(_mentions(uri) & functions, where_uri, "AWS::Serverless::Function")
 
     stages = of_api("AWS::ApiGatewayV2::Stage")
@@ -543,7 +553,24 @@ def _websocket_api(resolver: Resolver) -> WebSocketApi:
         stage=_text(resolver.resolve(stage.get("StageName"), f"{where}.StageName"), f"{where}.StageName"),
         throttling_rate=None if rate is None else float(_text(rate, f"{where}.DefaultRouteSettings")),
         throttling_burst=None if burst is None else _int(burst, f"{where}.DefaultRouteSettings"),
+        mocks=mocks,
     )
+
+
+def _mock_answer(resolver: Resolver, integration: str, responses: dict[str, dict]) -> str:
+    """The frame a MOCK integration answers with: its one integration response, keyed `$default`,
+    with one template and no Velocity in it (what the local stack can send as API Gateway would)."""
+    found = {k: p for k, p in responses.items() if integration in _mentions(p.get("IntegrationId"))}
+    name = _only(set(found), f"Resources.{integration}", "AWS::ApiGatewayV2::IntegrationResponse")
+    where = f"Resources.{name}.Properties"
+    response = resolver.resolve(found[name], where)
+    templates = list((response.get("ResponseTemplates") or {}).values())
+    if response.get("IntegrationResponseKey") != "$default" or len(templates) != 1:
+        raise TemplateError(f"{where}: the local stack emulates one $default response with one template")
+    template = _text(templates[0], f"{where}.ResponseTemplates")
+    if "$" in template or "#" in template:
+        raise TemplateError(f"{where}.ResponseTemplates: Velocity ($, #) is not emulated, got {template!r}")
+    return template
 
 
 def _table(resolver: Resolver, logical_id: str) -> dict[str, Any]:
@@ -641,7 +668,7 @@ def route_for(api: WebSocketApi, body: str | bytes | None) -> str:
     value, unknown key). Raises NoRoute when there is no $default either."""
     try:
         document = json.loads(body)  # type: ignore[arg-type]
-    except (TypeError, ValueError):  # None, non-JSON, or bytes that are not UTF-8
+    except (TypeError, ValueError, RecursionError):  # None, non-JSON, bytes not UTF-8, nested too deep
         document = None
     missing = False
 
@@ -658,9 +685,10 @@ def route_for(api: WebSocketApi, body: str | bytes | None) -> str:
         return node
 
     key = _SELECTION_VARIABLE.sub(value, api.route_selection_expression)
+    keys = api.routes.keys() | api.mocks.keys()
     # $connect and $disconnect are lifecycle routes: a message never selects them.
-    if not missing and key in api.routes and key not in ("$connect", "$disconnect"):
+    if not missing and key in keys and key not in ("$connect", "$disconnect"):
         return key
-    if "$default" in api.routes:
+    if "$default" in keys:
         return "$default"
     raise NoRoute(f"no route matches {key if not missing else 'the frame'!r} and there is no $default route")

@@ -116,13 +116,33 @@ def test_websocket_api_routes_on_action():
     assert api["RouteSelectionExpression"] == "$request.body.action"
     routes = {r["RouteKey"]: r["Target"] for r in of_type("AWS::ApiGatewayV2::Route").values()}
     assert set(routes) == {"$connect", "$disconnect", "start", "send", "history", "ping", "$default"}
-    for key in ("start", "send", "history", "ping", "$default"):
+    for key in ("start", "send", "history", "$default"):
         assert routes[key] == {"Fn::Sub": "integrations/${MessageIntegration}"}
-    route_ids = {k for k, v in RESOURCES.items() if v["Type"] == "AWS::ApiGatewayV2::Route"}
+    snapshotted = {k for k, v in RESOURCES.items() if v["Type"] in (
+        "AWS::ApiGatewayV2::Route", "AWS::ApiGatewayV2::RouteResponse", "AWS::ApiGatewayV2::IntegrationResponse")}
     deployments = [r for r in RESOURCES.values() if r["Type"] == "AWS::ApiGatewayV2::Deployment"]
     assert len(deployments) == 2  # one per MessageProvisionedConcurrency setting (see below)
     for deployment in deployments:
-        assert route_ids <= set(deployment["DependsOn"]), "a deployment snapshots every route"
+        assert snapshotted <= set(deployment["DependsOn"]), "a deployment snapshots every route and response"
+
+
+def test_api_gateway_answers_ping_without_a_function():
+    """A MOCK integration, its pong as the integration response, sent back by a route response:
+    a ping flood costs no invocation (docs/security.md)."""
+    ping = next(p for p in of_type("AWS::ApiGatewayV2::Route").values() if p["RouteKey"] == "ping")
+    (name,) = re.findall(r"\$\{(\w+)\}", ping["Target"]["Fn::Sub"])
+    integration = RESOURCES[name]["Properties"]
+    assert integration["IntegrationType"] == "MOCK"
+    assert integration["RequestTemplates"] == {"$default": '{"statusCode": 200}'}
+    (response,) = [p for p in of_type("AWS::ApiGatewayV2::IntegrationResponse").values()
+                   if p["IntegrationId"] == {"Ref": name}]
+    assert response["IntegrationResponseKey"] == "$default"
+    assert json.loads(response["ResponseTemplates"]["$default"]) == {"type": "pong"}
+    assert ping["RouteResponseSelectionExpression"] == "$default"  # two-way: the answer is sent back
+    route_id = next(k for k, v in RESOURCES.items() if v.get("Properties") is ping)
+    (route_response,) = [p for p in of_type("AWS::ApiGatewayV2::RouteResponse").values()
+                         if p["RouteId"] == {"Ref": route_id}]
+    assert route_response["RouteResponseKey"] == "$default"
 
 
 def test_manage_connections_is_scoped_to_this_api():
@@ -277,6 +297,7 @@ NAME_PROPERTY = {
 #: Kinds without a name of their own (or one scoped inside another resource of the stack).
 UNNAMED = {
     "AWS::ApiGatewayV2::Integration", "AWS::ApiGatewayV2::Route", "AWS::ApiGatewayV2::Deployment",
+    "AWS::ApiGatewayV2::IntegrationResponse", "AWS::ApiGatewayV2::RouteResponse",
     "AWS::ApiGatewayV2::Stage", "AWS::Lambda::Permission",
     "AWS::ApiGateway::Account",  # one per account and Region: a setting, not a named resource
     "AWS::CloudFormation::WaitConditionHandle",

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from .config import Settings
 from .errors import ChatError
 from .observability import logger, record_budget_use
-from .protocol import History, Ping, Send, Start, error_frame, history_page, message_frame, queued_frame
+from .protocol import History, Ping, Send, Start, error_frame, history_page, is_blank, message_frame, queued_frame
 from .store import (
     Chat,
     ChatBusy,
@@ -241,7 +241,7 @@ class Chats:
         respond(queued_frame(job.chat_id, job.user_seq + 1, context["client_msg_id"]))
 
     def _check_text(self, chat: Chat, text: str, context: dict[str, Any]) -> None:
-        if not text.strip():
+        if is_blank(text):  # invisible characters alone are empty too
             raise ChatError("empty_message", **context)
         limit = min(chat.bot.limits.max_chars, self.settings.max_message_chars)
         if len(text) > limit:

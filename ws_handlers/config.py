@@ -28,7 +28,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("ALLOWED_ORIGINS", "", "Comma-separated exact origins allowed to connect, or * for any."),
     Variable("ALLOW_MISSING_ORIGIN", "true", "Accept connections without an Origin header (tools, load tests)."),
     Variable("CHAT_PAUSED", "false", "Kill switch: true refuses new connections and messages everywhere."),
-    Variable("RATE_LIMIT_FRAMES", "20", "Frames (other than ping) one connection may send per window."),
+    Variable("RATE_LIMIT_FRAMES", "20", "Frames one connection may send per window, malformed ones too (API Gateway answers pings)."),
     Variable("RATE_LIMIT_WINDOW_SECONDS", "10", "The window of the per-connection rate limit."),
     Variable("CONNECTION_TTL_SECONDS", "7800", "Seconds a connection record lives (API Gateway caps sockets at 2 h)."),
     Variable("TICKET_MAX_AGE_SECONDS", "86400", "Seconds a chat ticket is accepted after it was minted."),

@@ -12,7 +12,7 @@ from typing import Any
 from .chat import Chats
 from .errors import ChatError
 from .observability import logger, metrics
-from .protocol import Ping, error_frame, parse
+from .protocol import error_frame, parse
 from .push import ConnectionGone, PushFailed, endpoint_from_event
 from .runtime import services
 from .store import StoreThrottled
@@ -37,20 +37,21 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
     action_name = "unknown"
     try:
+        # Every frame that reaches the function counts, before it is parsed: a flood of malformed
+        # or unknown frames is cut like any other. API Gateway answers pings itself (template.yaml);
+        # a ping that gets here anyway (should API Gateway and Python read a frame differently, say
+        # one with two `action` keys) is counted like the rest.
+        counted = svc.store.count_frame(connection_id, time.time(), svc.settings.rate_limit_window)
+        if counted is None:
+            raise ChatError("not_connected")
+        connection, frames = counted
+        if frames > svc.settings.rate_limit_frames:  # a flood: refused before any other work
+            raise ChatError("rate_limited")
+        logger.append_keys(participant=connection.identity.participant)
         action = parse(event.get("body"))
         action_name = type(action).__name__.lower()
-        if isinstance(action, Ping):
-            respond({"type": "pong"})
-        else:
-            counted = svc.store.count_frame(connection_id, time.time(), svc.settings.rate_limit_window)
-            if counted is None:
-                raise ChatError("not_connected")
-            connection, frames = counted
-            if frames > svc.settings.rate_limit_frames:  # a flood: refused before any other work
-                raise ChatError("rate_limited")
-            logger.append_keys(participant=connection.identity.participant)
-            chats = Chats(svc.settings, svc.store, svc.jobs, svc.ticket_secret)
-            chats.handle(connection, action, endpoint, respond)
+        chats = Chats(svc.settings, svc.store, svc.jobs, svc.ticket_secret)
+        chats.handle(connection, action, endpoint, respond)
     except ChatError as exc:
         logger.info("refused", extra={"action": action_name, "code": exc.code})
         metrics.add_metric(name="Refusals", unit="Count", value=1)

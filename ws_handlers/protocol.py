@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,10 @@ MAX_FRAME_BYTES = MAX_CLIENT_FRAME_BYTES
 MAX_HISTORY_BYTES = 96 * 1024  #: the messages of one `chat` or `history` frame
 MAX_REPLY_BYTES = 96 * 1024  #: a reply's text: the turn cuts it there, so its `message` frame fits
 MAX_DELTA_BYTES = 32 * 1024  #: one delta's text: a resumed long reply comes as several deltas
+#: Deepest nesting of objects and arrays in a client frame. A valid frame is one object of
+#: scalars (depth 1); deeper ones are `bad_frame`, whatever the parser's own recursion limit
+#: (which a 32 KB frame of brackets exceeds many times over) would make of them.
+MAX_NESTING = 32
 
 _ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 
@@ -54,6 +59,28 @@ class Ping:
 Action = Start | Send | History | Ping
 
 
+#: Letters and symbols by category that show nothing: the Hangul fillers and the blank Braille
+#: pattern, the usual ways to type an "empty" name where blanks are refused.
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def _shows_nothing(char: str) -> bool:
+    """Spaces and separators (Z*), controls (Cc), format characters (Cf: zero-width space and
+    joiners, soft hyphen, word joiner, BOM, bidi and tag characters), marks with nothing to
+    mark (M*), the invisible letters above, and the tags' block (U+E0000-E0FFF, reserved for
+    characters that are never shown). Other unassigned code points count as visible: they may
+    be characters (an emoji) newer than this Python's Unicode tables."""
+    category = unicodedata.category(char)
+    return category[0] in "ZM" or category in ("Cc", "Cf") or char in _INVISIBLE or 0xE0000 <= ord(char) <= 0xE0FFF
+
+
+def is_blank(text: str) -> bool:
+    """Whether `text` has nothing a reader could see: the service refuses it (`empty_message`),
+    so it is never stored and never counts toward a chat's messages. A zero-width joiner inside
+    an emoji sequence is fine: the emoji around it are visible."""
+    return all(_shows_nothing(char) for char in text)
+
+
 def _field(frame: dict[str, Any], name: str, kind: type, **context: Any) -> Any:
     value = frame.get(name)
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
@@ -68,6 +95,18 @@ def _identifier(frame: dict[str, Any], name: str, **context: Any) -> str:
     return value
 
 
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest more than `limit` deep in `value` (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return False
+
+
 def parse(body: str | bytes | None) -> Action:
     """Parse one client frame; raises ChatError with a protocol code when it is not valid."""
     if body is None:
@@ -77,8 +116,13 @@ def parse(body: str | bytes | None) -> Action:
         raise ChatError("frame_too_large", f"Frames are limited to {MAX_FRAME_BYTES} bytes.")
     try:
         frame = json.loads(raw)
-    except (ValueError, RecursionError):
+        too_deep = _deeper_than(frame, MAX_NESTING)
+    except ValueError:
         raise ChatError("bad_frame") from None
+    except RecursionError:  # nested hundreds deep: the parser gave up first
+        too_deep = True
+    if too_deep:
+        raise ChatError("bad_frame", f"The frame nests objects or arrays more than {MAX_NESTING} deep.")
     if not isinstance(frame, dict):
         raise ChatError("bad_frame")
     action = frame.get("action")

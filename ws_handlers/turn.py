@@ -41,6 +41,9 @@ class _Delivery:
     No frame may exceed API Gateway's 128 KB: text is sent in deltas of at most
     MAX_DELTA_BYTES, and the reply is cut at MAX_REPLY_BYTES (far beyond `max_tokens` for
     ordinary text), so that its `message` frame fits too.
+
+    `index` counts the deltas sent to the current socket: a new socket starts again at 0, as
+    its text starts again at offset 0 (`_aim`).
     """
 
     def __init__(self, store: Store, pusher: Pusher, chat: Chat, seq: int, connection_id: str) -> None:
@@ -50,7 +53,7 @@ class _Delivery:
         self.room = MAX_REPLY_BYTES  #: bytes `text` may still grow by
         self.cut = False  #: whether the reply was cut at MAX_REPLY_BYTES
         self.sent = 0  #: characters of `text` the current target has received
-        self.index = 0
+        self.index = 0  #: deltas the current target has received
         self.pushes = 0
         self.gone: set[str] = set()  #: sockets that answered 410; never pushed to again
         self._next_check = time.monotonic() + REBIND_INTERVAL
@@ -65,7 +68,7 @@ class _Delivery:
             logger.info("connection gone during reply", extra={"connection_id": self.target, "chat_id": self.chat_id})
             self.store.delete_connection(self.target)
             self.gone.add(self.target)
-            self.target, self.sent = None, 0
+            self._aim(None)
         except PushFailed as exc:
             logger.warning("push failed", extra={"chat_id": self.chat_id, "error": str(exc)})
         return False
@@ -78,7 +81,11 @@ class _Delivery:
         chat = self.store.get_chat(self.chat_id)
         current = chat.connection_id if chat is not None else None
         if current and current not in self.gone and current != self.target:
-            self.target, self.sent = current, 0
+            self._aim(current)
+
+    def _aim(self, target: str | None) -> None:
+        """Push to `target` from now on: it has received nothing of this reply yet."""
+        self.target, self.sent, self.index = target, 0, 0
 
     def delta(self, piece: str) -> None:
         if self.cut:  # the rest of the reply is dropped (the model is still read, for its usage)

@@ -105,6 +105,25 @@ def test_at_least_once_every_message_can_come_twice_with_the_same_id():
         queue.shutdown()
 
 
+def test_a_lagging_duplicate_comes_after_its_twin_and_ahead_of_the_line():
+    handler = Recorder(hold=True)
+    queue = _queue(handler, concurrency=1, duplicates=1.0, duplicate_lag=0.3, seed=3)
+    try:
+        for i in range(3):
+            queue.send(f"job-{i}")
+        assert handler.arrived.acquire(timeout=10)  # job-0 runs; its twin is due within 0.3 s
+        assert queue.waiting == 3
+        time.sleep(0.4)
+        handler.release.set()
+        assert queue.wait_idle(10)
+        bodies = handler.bodies()
+        assert bodies[:2] == ["job-0", "job-0"]  # the due twin went ahead of job-1
+        assert sorted(bodies) == sorted(f"job-{i}" for i in range(3) for _ in range(2))
+        assert queue.stats.delivered == 6 and len(queue.stats.waits) == 3
+    finally:
+        queue.shutdown()
+
+
 def test_a_failed_job_comes_back_after_the_visibility_timeout_then_goes_to_the_dead_letters():
     handler = Recorder(fail={"bad"})
     queue = _queue(handler, max_receive_count=3)
@@ -146,7 +165,8 @@ def test_a_shut_down_queue_refuses_new_messages_and_stops_boundedly():
         queue.send("after")
 
 
-@pytest.mark.parametrize("options", [{"concurrency": 0}, {"duplicates": 1.5}, {"duplicates": -0.1}])
+@pytest.mark.parametrize("options", [{"concurrency": 0}, {"duplicates": 1.5}, {"duplicates": -0.1},
+                                     {"duplicate_lag": -1.0}])
 def test_bad_settings_are_refused(options):
     with pytest.raises(ValueError):
         _queue(Recorder(), **options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import random
@@ -134,6 +135,111 @@ def test_unknown_actions_reach_default_and_bad_frames_get_errors(stack):
     assert closed.value.rcvd.code == 1003
 
 
+def _nested(depth: int, kind: str) -> str:
+    return "[" * depth + "]" * depth if kind == "array" else '{"a":' * depth + "0" + "}" * depth
+
+
+#: Frames under 32 KB that nest deep (the gateway's route selection could not parse them and
+#: the gateway answered nothing), or spread wide; each with the answer the protocol documents.
+ODD_SHAPES = [
+    *((_nested(depth, "array"), "bad_frame") for depth in (1_000, 5_000, 10_000)),
+    *((_nested(depth, "object"), "bad_frame") for depth in (1_000, 5_000)),
+    ('{"action":"ping","x":%s}' % _nested(5_000, "array"), "bad_frame"),  # unparseable: $default, not ping
+    ('{"action":"send","x":%s}' % _nested(100, "object"), "bad_frame"),  # parseable, routed to send: too deep
+    ("[%s]" % ",".join(["0"] * 10_000), "bad_frame"),  # wide, but not an object
+    ("{%s}" % ",".join(f'"k{i}":0' for i in range(2_000)), "unknown_action"),
+    ('{"action":"dance","x":[%s]}' % ",".join(["[]"] * 5_000), "unknown_action"),
+    ('{"action":"ping","x":[%s]}' % ",".join(["0"] * 10_000), "pong"),  # API Gateway's own answer
+]
+
+
+def test_deep_and_wide_frames_get_their_documented_answer_and_the_socket_stays_open(tmp_path):
+    with running(_config(tmp_path, environment={"RATE_LIMIT_FRAMES": "1000"})) as stack:
+        url, _ = credentials(stack)
+        client = Client(url)
+        for body, answer in ODD_SHAPES:
+            assert len(body.encode()) <= 32 * 1024
+            client.ws.send(body)
+            frame = json.loads(client.ws.recv(timeout=10))
+            assert frame.get("code", frame["type"]) == answer, body[:40]
+            assert "Traceback" not in frame.get("message", "")
+        client.send({"action": "ping"})
+        assert client.until("pong") == {"type": "pong"}
+        client.close()
+
+
+def test_a_flood_of_malformed_and_unknown_frames_is_rate_limited(tmp_path):
+    limit = {"RATE_LIMIT_FRAMES": "5", "RATE_LIMIT_WINDOW_SECONDS": "3600"}
+    with running(_config(tmp_path, environment=limit)) as stack:
+        url, _ = credentials(stack)
+        client = Client(url)
+        for body in ["not json", '{"action":"dance"}', _nested(5_000, "array")] * 4:
+            client.ws.send(body)
+        codes = [json.loads(client.ws.recv(timeout=10))["code"] for _ in range(12)]  # answered in any order
+        assert sorted(codes).count("rate_limited") == 7 and set(codes) == {"bad_frame", "unknown_action", "rate_limited"}
+        client.close()
+
+
+async def _until(ws, kind: str) -> dict:
+    while (frame := json.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != kind:
+        pass
+    return frame
+
+
+def test_a_ping_flood_is_answered_by_the_gateway_and_holds_up_nobody(tmp_path):
+    """API Gateway answers pings itself (a MOCK integration), so a flood from one socket runs no
+    function: another participant connects, starts and gets a reply while it goes on. The flood
+    (bursts of BURST pings, each burst's pongs read before the next) stops when the other
+    participant is done, or after CAP pings, which would mean the others waited behind it.
+    Afterwards the flooding socket's own rate limit is untouched: no ping reached the message
+    function, which counts every frame it gets."""
+    burst, cap, ping = 1_000, 200_000, json.dumps({"action": "ping"})
+    limit = {"RATE_LIMIT_FRAMES": "20", "RATE_LIMIT_WINDOW_SECONDS": "3600"}
+    with running(_config(tmp_path, environment=limit)) as stack:
+        invoked: collections.Counter[str] = collections.Counter()
+        invoke = stack.gateway.invoke
+
+        async def counted(function: str, event: dict) -> object:  # Lambda's view: every invocation, by route
+            invoked[event["requestContext"]["routeKey"]] += 1
+            return await invoke(function, event)
+
+        stack.gateway.invoke = counted
+        (flood_url, flood_ticket), (other_url, other_ticket) = credentials(stack, "P1"), credentials(stack, "P2")
+
+        async def scenario() -> tuple[int, dict, bool]:
+            async with aconnect(flood_url, origin=ORIGIN) as flood:
+                done = asyncio.Event()
+
+                async def flooding() -> int:
+                    sent = 0
+                    while not done.is_set() and sent < cap:
+                        for _ in range(burst):
+                            await flood.send(ping)
+                        for _ in range(burst):
+                            assert json.loads(await asyncio.wait_for(flood.recv(), 30)) == {"type": "pong"}
+                        sent += burst
+                    return sent
+
+                flooder = asyncio.create_task(flooding())
+                async with aconnect(other_url, origin=ORIGIN) as other:
+                    await other.send(json.dumps({"action": "start", "ticket": other_ticket}))
+                    chat = await _until(other, "chat")
+                    await other.send(json.dumps({"action": "send", "chat_id": chat["chat_id"], "client_msg_id": "m1",
+                                                 "text": "Hello?"}))
+                    await _until(other, "message")
+                    during_flood = not flooder.done()
+                done.set()
+                sent = await flooder
+                await flood.send(json.dumps({"action": "start", "ticket": flood_ticket}))
+                return sent, json.loads(await asyncio.wait_for(flood.recv(), 10)), during_flood
+
+        sent, answer, during_flood = asyncio.run(scenario())
+        assert during_flood and sent < cap, "the other participant waited for the flood"
+        assert sent > 20 and invoked["ping"] == 0  # every ping answered by the gateway, far beyond the rate limit
+        assert answer["type"] == "chat", answer  # not rate_limited: the pings never reached the function
+        assert invoked["start"] == 2 and invoked["send"] == 1
+
+
 @pytest.mark.parametrize("push, processes", [("direct", 0), ("management_api", 0), ("direct", 2)],
                          ids=["direct", "management_api", "worker_processes"])
 def test_reconnect_in_the_middle_of_a_reply_resumes_without_gap_or_duplicate(tmp_path, push, processes):
@@ -151,6 +257,9 @@ def test_reconnect_in_the_middle_of_a_reply_resumes_without_gap_or_duplicate(tmp
         second.send({"action": "start", "ticket": ticket})
         second.until("chat")
         final = second.until("message", timeout=20)
+        for socket_frames in (first.frames, second.frames[len(first.frames):]):  # each socket counts from 0
+            indexes = [f["index"] for f in socket_frames if f["type"] == "delta"]
+            assert indexes == list(range(len(indexes)))
         shown = render(second.frames)
         assert shown[final["seq"]] == final["text"]
         stored = {m.seq: m.text for m in stack.store.messages(chat["chat_id"])}
@@ -193,11 +302,12 @@ def test_a_large_message_in_small_frames_passes_the_gateway_and_the_service_refu
     only what one frame can carry (a browser sends each message as one frame)."""
     url, _ = credentials(stack)
     client = Client(url)
-    for size, answer in ((30_000, "pong"), (60_000, "error")):
-        text = json.dumps({"action": "ping", "pad": "y" * size})
+    for size, code in ((30_000, "unknown_action"), (60_000, "frame_too_large")):  # parsed; refused unread
+        text = json.dumps({"action": "dance", "pad": "y" * size})
         client.ws.send([text[i : i + 16_000] for i in range(0, len(text), 16_000)])  # fragments under 32 KB
-        frame = client.until(answer)
-    assert frame["code"] == "frame_too_large" and frame["retryable"] is False
+        frame = client.until("error")
+        assert frame["code"] == code
+    assert frame["retryable"] is False
     client.send({"action": "ping"})  # the socket stays open
     assert client.until("pong") == {"type": "pong"}
     client.close()

@@ -34,9 +34,10 @@ def test_routes_map_to_their_functions():
         "start": "MessageFunction",
         "send": "MessageFunction",
         "history": "MessageFunction",
-        "ping": "MessageFunction",
         "$default": "MessageFunction",
     }
+    # API Gateway answers ping itself (a MOCK integration with a route response): no function
+    assert TEMPLATE.api.mocks == {"ping": '{"type":"pong"}'}
 
 
 @pytest.mark.parametrize("provisioned", ["0", "3"])
@@ -138,6 +139,14 @@ API = TEMPLATE.api
         ('{"action": {"x": 1}}', "$default"),
         (b'{"action":"history"}', "history"),
         (b"\xff\xfe", "$default"),
+        # nested too deep for the parser: unparseable, so $default (the handler answers bad_frame)
+        ("[" * 1_000 + "]" * 1_000, "$default"),
+        ('{"action":"send","x":' + "[" * 5_000 + "]" * 5_000 + "}", "$default"),
+        ('{"action":"ping","x":' + '{"a":' * 5_000 + "1" + "}" * 5_000 + "}", "$default"),
+        ("[" * 10_000 + "]" * 10_000, "$default"),
+        # parseable: routed by its action, however deep or wide the rest
+        ('{"action":"send","x":' + "[" * 100 + "]" * 100 + "}", "send"),
+        ('{"action":"ping","x":[' + ",".join(["0"] * 10_000) + "]}", "ping"),
     ],
 )
 def test_route_for(body, route):
@@ -160,6 +169,68 @@ def test_route_for_without_default_raises():
         route_for(api, '{"action": "nope"}')
     with pytest.raises(LookupError):  # what the gateway catches
         route_for(api, "not json")
+
+
+MOCKED = """
+Resources:
+  Fn:
+    Type: AWS::Serverless::Function
+    Properties: {Handler: ws_handlers.message.handler}
+  Api:
+    Type: AWS::ApiGatewayV2::Api
+    Properties: {ProtocolType: WEBSOCKET, RouteSelectionExpression: $request.body.op}
+  Proxy:
+    Type: AWS::ApiGatewayV2::Integration
+    Properties: {ApiId: !Ref Api, IntegrationType: AWS_PROXY, IntegrationUri: !GetAtt Fn.Arn}
+  Mock:
+    Type: AWS::ApiGatewayV2::Integration
+    Properties:
+      ApiId: !Ref Api
+      IntegrationType: MOCK
+      RequestTemplates: {$default: '{"statusCode": 200}'}
+      TemplateSelectionExpression: \\$default
+  MockResponse:
+    Type: AWS::ApiGatewayV2::IntegrationResponse
+    Properties:
+      ApiId: !Ref Api
+      IntegrationId: !Ref Mock
+      IntegrationResponseKey: $default
+      ResponseTemplates: {$default: '{"type":"pong"}'}
+  Default:
+    Type: AWS::ApiGatewayV2::Route
+    Properties: {ApiId: !Ref Api, RouteKey: $default, Target: !Sub "integrations/${Proxy}"}
+  TwoWay:
+    Type: AWS::ApiGatewayV2::Route
+    Properties: {ApiId: !Ref Api, RouteKey: ping, RouteResponseSelectionExpression: $default,
+                 Target: !Sub "integrations/${Mock}"}
+  TwoWayResponse:
+    Type: AWS::ApiGatewayV2::RouteResponse
+    Properties: {ApiId: !Ref Api, RouteId: !Ref TwoWay, RouteResponseKey: $default}
+  OneWay:
+    Type: AWS::ApiGatewayV2::Route
+    Properties: {ApiId: !Ref Api, RouteKey: noop, Target: !Sub "integrations/${Mock}"}
+  Stage:
+    Type: AWS::ApiGatewayV2::Stage
+    Properties: {ApiId: !Ref Api, StageName: s}
+"""
+
+
+def test_mock_integrations_answer_without_a_function(mini):
+    api = load(mini(MOCKED)).api
+    assert api.routes == {"$default": "Fn"}
+    # two-way (a route response): the integration response's template; one-way: nothing at all
+    assert api.mocks == {"ping": '{"type":"pong"}', "noop": None}
+    assert route_for(api, '{"op": "ping"}') == "ping" and route_for(api, '{"op": "noop"}') == "noop"
+    assert route_for(api, '{"op": "other"}') == "$default"
+
+
+@pytest.mark.parametrize("change", [
+    ("ResponseTemplates: {$default: '{\"type\":\"pong\"}'}", "ResponseTemplates: {$default: '$input.body'}"),
+    ("IntegrationResponseKey: $default", "IntegrationResponseKey: /2\\d\\d/"),
+])
+def test_a_mock_response_the_stack_cannot_emulate_is_refused(mini, change):
+    with pytest.raises(TemplateError, match="MockResponse"):
+        load(mini(MOCKED.replace(*change)))
 
 
 # ------------------------------------------------------------------------------ tables on moto

@@ -69,6 +69,42 @@ def test_malformed_frames_get_an_error_and_write_nothing(started, body, code):
     assert _snapshot(harness) == before
 
 
+def _nested(depth, kind="array"):
+    return "[" * depth + "]" * depth if kind == "array" else '{"a":' * depth + "0" + "}" * depth
+
+
+SEND = '{"action":"send","chat_id":"c_1","client_msg_id":"m1","text":"hi","x":%s}'
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        # deep: beyond the parser's recursion limit, or parsed and over MAX_NESTING (32)
+        *((_nested(depth), "too deep") for depth in (1_000, 5_000, 10_000)),
+        *((_nested(depth, "object"), "too deep") for depth in (1_000, 5_000)),  # 10,000 would not fit a frame
+        (SEND % _nested(5_000), "too deep"),
+        ('{"action":"ping","x":%s}' % _nested(1_000, "object"), "too deep"),
+        (SEND % _nested(32), "too deep"),  # the frame's own object makes 33
+        ('{"action":"dance","x":%s}' % _nested(31), "unknown_action"),  # 32: parsed and read
+        # wide but shallow: read like any frame
+        ("[%s]" % ",".join(["0"] * 10_000), "bad_frame"),
+        ("{%s}" % ",".join(f'"k{i}":0' for i in range(2_000)), "unknown_action"),
+        ('{"action":"dance","x":[%s]}' % ",".join(["[]"] * 5_000), "unknown_action"),
+    ],
+)
+def test_deep_and_wide_frames_get_a_documented_answer(started, body, code):
+    harness, _ = started
+    assert len(body.encode()) <= 32 * 1024  # one frame: these pass API Gateway
+    before = _snapshot(harness)
+    assert harness.send_raw("c1", body) == {"statusCode": 200}
+    error = _one_error(harness.frames("c1")[-1:])
+    if code == "too deep":  # said so, not "not a JSON object"
+        assert error["code"] == "bad_frame" and "more than 32 deep" in error["message"]
+    else:
+        assert error["code"] == code
+    assert _snapshot(harness) == before
+
+
 @pytest.mark.parametrize("ticket", ["", "garbage", "gAAAAA" + "A" * 200, "x" * 70_000])
 def test_garbage_tickets_are_refused(started, ticket):
     harness, _ = started

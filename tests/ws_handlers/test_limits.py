@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ws_handlers.bot import Limits
+from ws_handlers.protocol import is_blank
 
 
 def _send(harness, chat_id, client_msg_id, text="hello there"):
@@ -38,10 +39,67 @@ def test_the_server_cap_wins_over_a_generous_ticket(make_harness):
     _refused(_send(harness, chat["chat_id"], "m1", "y" * 21), "message_too_long")
 
 
-@pytest.mark.parametrize("text", ["", "   ", "\n\t "])
-def test_empty_message(harness, chat, text):
+BLANK = {
+    "nothing": "",
+    "spaces": "   ",
+    "newlines and tabs": "\n\t \r\n",
+    "no-break and ideographic spaces": "\u00a0\u3000\u2007\u202f",
+    "line and paragraph separators": "\u2028\u2029",
+    "zero-width space": "\u200b",
+    "word joiner": "\u2060",
+    "soft hyphen": "\u00ad",
+    "byte order mark": "\ufeff",
+    "zero-width joiners alone": "\u200d\u200c\u200d",
+    "bidi marks and overrides": "\u200e\u200f\u202e\u2066\u2069",
+    "Mongolian vowel separator": "\u180e",
+    "tag characters": "\U000e0041\U000e007f",
+    "variation selectors alone": "\ufe0f\ufe0e",
+    "combining marks alone": "\u0301\u0302\u034f",
+    "enclosing keycap alone": "\u20e3",
+    "Hangul fillers": "\u3164\u115f\uffa0",
+    "blank Braille pattern": "\u2800",
+    "C0 and C1 controls": "\x00\x07\x1b\x85\x9f",
+    "a mix": " \u200b\u00ad\ufeff\u2060\u3164 \n",
+}
+VISIBLE = {
+    "a letter": "a",
+    "text around invisibles": "\u200bhi\u200b",
+    "emoji ZWJ sequence": "\U0001f469\u200d\U0001f4bb",
+    "family emoji": "\U0001f468\u200d\U0001f469\u200d\U0001f467",
+    "emoji with variation selector": "\u2764\ufe0f",
+    "keycap": "1\ufe0f\u20e3",
+    "flag": "\U0001f1eb\U0001f1f7",
+    "accented letter": "e\u0301",
+    "Persian with a zero-width non-joiner": "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
+    "Devanagari with a joiner": "\u0915\u094d\u200d\u0937",
+    "a dot": ".",
+    "a digit": "0",
+    "private use": "\ue000",
+    "newer than this Python's Unicode": "\U0001fae8",
+}
+
+
+@pytest.mark.parametrize("text", BLANK.values(), ids=BLANK.keys())
+def test_blank_text_is_an_empty_message_and_is_never_counted(harness, chat, text, model):
     _refused(_send(harness, chat, "m1", text), "empty_message")
-    assert harness.store.messages(chat) == []
+    assert harness.store.messages(chat) == [] and model.stats["requests"] == 0
+    assert harness.start("c1")["limits"]["user_messages"] == 0  # nothing counts toward the minimum
+
+
+@pytest.mark.parametrize("text", VISIBLE.values(), ids=VISIBLE.keys())
+def test_text_with_something_visible_is_accepted(text):
+    assert not is_blank(text)
+
+
+@pytest.mark.parametrize("text", BLANK.values(), ids=BLANK.keys())
+def test_the_one_rule_for_blank_text(text):
+    assert is_blank(text)
+
+
+def test_visible_text_is_stored_as_sent(harness, chat):
+    text = VISIBLE["emoji ZWJ sequence"]
+    assert _send(harness, chat, "m1", text)[0]["type"] == "ack"
+    assert harness.store.get_message(chat, 1).text == text
 
 
 def test_user_messages_per_chat(harness, chat, model):
@@ -116,9 +174,27 @@ def test_a_frame_flood_is_rate_limited_per_connection_and_costs_nothing(make_har
     flood = [harness.send("c1", _send_frame_for(chat, f"f{i}"))[-1] for i in range(10)]
     assert {f["code"] for f in flood} == {"rate_limited"} and all(f["retryable"] for f in flood)
     assert model.stats["requests"] == 0 and harness.store.messages(chat) == []
-    assert harness.send("c1", {"action": "ping"}) == [{"type": "pong"}]  # pings stay free
+    # API Gateway answers pings itself; one that reaches the function anyway is counted too
+    assert harness.send("c1", {"action": "ping"})[0]["code"] == "rate_limited"
     harness.connect("c2")  # another socket has its own allowance
     assert harness.send("c2", _send_frame_for(chat, "ok"))[0]["type"] == "ack"
+
+
+JUNK = ["not json", "", "[" * 5_000 + "]" * 5_000, '{"action": "dance"}', '{"action": "send"}']
+
+
+def test_malformed_and_unknown_frames_count_toward_the_rate_limit(make_harness):
+    """The protocol counts every frame but pings: a flood of junk is cut like any other flood
+    (before the fix, junk was answered `bad_frame` forever, one invocation after another)."""
+    harness = make_harness(RATE_LIMIT_FRAMES="5", RATE_LIMIT_WINDOW_SECONDS="3600")
+    harness.connect("c1")
+    for body in JUNK * 3:  # the first five are answered for what they are, the rest refused unread
+        harness.send_raw("c1", body)
+    codes = [f["code"] for f in harness.frames("c1")]
+    assert codes == ["bad_frame", "bad_frame", "bad_frame", "unknown_action", "invalid_field"] + ["rate_limited"] * 10
+    assert harness.send("c1", {"action": "start", "ticket": harness.ticket()})[0]["code"] == "rate_limited"
+    harness.connect("c2")  # another socket has its own allowance
+    assert harness.start("c2")["type"] == "chat"
 
 
 def _send_frame_for(chat_id, client_msg_id):

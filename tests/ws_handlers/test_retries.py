@@ -45,6 +45,8 @@ def test_a_retry_from_a_new_socket_while_the_reply_streams_moves_the_stream_ther
     final = again[-1]
     assert final["type"] == "message" and final["seq"] == 2
     deltas = [f for f in again if f["type"] == "delta"]
+    assert [d["index"] for d in deltas] == list(range(len(deltas)))  # counted on this socket, from 0
+    assert any(f["type"] == "delta" for f in harness.frames("c1"))  # the old socket had deltas of its own
     assembled = ""
     for d in deltas:
         assert d["offset"] <= len(assembled)
