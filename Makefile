@@ -4,7 +4,15 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Two installs into one venv: `make dev` needs only what runs (the local stack, chat-ops: the
+# local and ops extras); `make test` and the tools need the dev extra, a superset. Each has its
+# stamp; pip skips what is installed, and a dev install satisfies `make dev` without pip.
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+# Ports of `make dev`: the chat service's WebSocket API on PORT, and its Management API, offline
+# model and demo page on the next three; oTree on OTREE_PORT (`make dev PORT=9787 OTREE_PORT=9000`).
+PORT ?= 8787
+OTREE_PORT ?= 8000
 # aws-sam-cli pins click and boto3, so it gets a virtual environment of its own.
 SAM_VERSION := 1.170.0
 SAM_VENV := .venv-sam
@@ -25,7 +33,7 @@ NODE_STAMP := client_js/node_modules/.installed
 .PHONY: help venv dev test test-python test-js check-template chromium clean bench bench-burst
 
 help:
-	@echo "make dev             set up what is missing and run the whole service on loopback"
+	@echo "make dev             set up what is missing and run the whole service on loopback (ports: PORT=8787 OTREE_PORT=8000)"
 	@echo "make test            set up what is missing and run every test"
 	@echo "make check-template  cfn-lint, sam validate --lint and sam build on template.yaml"
 	@echo "make deploy          check AWS credentials, region and Lambda concurrency, sam build + deploy (guided the first time), OpenAI key, oTree settings"
@@ -37,16 +45,25 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(PY):
+	@echo "==> Creating the virtual environment $(VENV) (a few seconds)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	@echo "==> Installing the service, the local stack and the test tools into $(VENV) (.[dev]: 3 to 5 minutes the first time)"
+	$(PY) -m pip install -e '.[dev]'
 	touch $@
 
+$(RUN_STAMP): pyproject.toml | $(PY)
+	@if [ $(STAMP) -nt pyproject.toml ]; then touch $@; else \
+		echo "==> Installing the service and the local stack into $(VENV) (.[local,ops]: 1 to 3 minutes the first time)"; \
+		set -x; $(PY) -m pip install -e '.[local,ops]' && touch $@; fi
+
 # Offline by default; OPENAI_API_KEY (and OPENAI_BASE_URL) switch to a real model.
-# The local stack and, beside it, oTree's devserver (otree_app/, port 8000); Ctrl-C stops both.
-dev: venv otree
-	$(PY) otree_app/run_dev.py
+# The local stack and, beside it, oTree's devserver (otree_app/); Ctrl-C stops both.
+dev: $(RUN_STAMP) otree
+	$(PY) otree_app/run_dev.py --port $(PORT) --otree-port $(OTREE_PORT)
 
 test: venv test-js chromium check-template test-python
 
@@ -156,9 +173,10 @@ OTREE_ASSETS := $(OTREE_STATIC)/chat-client.js $(OTREE_STATIC)/chat-widget.js $(
 otree: $(OTREE_STAMP) $(OTREE_ASSETS)
 
 $(OTREE_STAMP): otree_app/requirements.txt
+	@echo "==> Installing oTree into its own virtual environment $(OTREE_VENV) (about a minute the first time)"
 	$(PYTHON) -m venv $(OTREE_VENV)
-	$(OTREE_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(OTREE_VENV)/bin/python -m pip install --quiet -r otree_app/requirements.txt
+	$(OTREE_VENV)/bin/python -m pip install --upgrade pip
+	$(OTREE_VENV)/bin/python -m pip install -r otree_app/requirements.txt
 	touch $@
 
 # client_js/ copied into oTree's static folder (its static server refuses symlinks that leave it).

@@ -17,8 +17,10 @@ import sys
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from ws_handlers.observability import SERVICE
 from ws_handlers.tickets import Identity, mint_ticket, mint_token
 
+from . import ports
 from .demo_bots import BOTS
 from .gateway import Limits
 from .stack import ROOT, Stack, StackConfig, dev_secret
@@ -43,6 +45,13 @@ def serve(args: argparse.Namespace) -> None:
     # a terminal, not CloudWatch: no metric blobs, warnings and errors only (unless asked)
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    # The handlers' Powertools logger was made when they were imported, before this and before the
+    # root handler of main(): it read no level (so INFO), and it keeps its events off only the root
+    # handlers it found then (on Lambda, the runtime's). Apply the level (worker processes read the
+    # variable), and print each event once, as Powertools' JSON line, not again through the root.
+    handlers_log = logging.getLogger(SERVICE)
+    handlers_log.setLevel(os.environ["POWERTOOLS_LOG_LEVEL"].upper())
+    handlers_log.propagate = False
     config = StackConfig(
         host=args.host,
         port=args.port,
@@ -61,6 +70,15 @@ def serve(args: argparse.Namespace) -> None:
         config.parameters["AllowedOrigins"] = args.origins
     if args.llm_concurrency is not None:
         config.parameters["LlmConcurrency"] = str(args.llm_concurrency)
+    offline = config.openai_api_key is None and config.openai_base_url is None
+    busy = ports.first_busy(args.host, [
+        (args.port, "the WebSocket API", "--port"),
+        (args.management_port, "the Management API", "--management-port"),
+        *([(args.model_port, "the offline model", "--model-port")] if offline else []),
+        (args.demo_port, "the demo page", "--demo-port"),
+    ])
+    if busy:
+        sys.exit(f"python -m local_gateway serve: {busy}")
     asyncio.run(_serve(Stack(config)))
 
 

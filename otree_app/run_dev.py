@@ -1,8 +1,14 @@
 """`make dev`: the local chat stack and oTree's devserver side by side; Ctrl-C stops both.
 
-Run with the service's venv (standard library only here):
+Run with the service's venv (standard library and local_gateway.ports only here):
 
-    .venv/bin/python otree_app/run_dev.py [--otree-port 8000] [-- serve options...]
+    .venv/bin/python otree_app/run_dev.py [--port 8787] [--otree-port 8000] [-- serve options...]
+
+`make dev PORT=9787 OTREE_PORT=9000` passes its variables as these options. The stack takes
+PORT (the WebSocket API) and the next three ports (Management API, offline model, demo
+page); every port is checked before anything starts, and a busy one is named with the
+variable that moves it. oTree is told the WebSocket URL, and the stack allows oTree's and
+the demo page's origins, on whatever ports they have.
 
 The stack (`python -m local_gateway serve`, its banner and demo link unchanged) starts
 first, so that its dev secret (.local/ticket-secret) exists when oTree mints; then
@@ -24,6 +30,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from local_gateway import ports
 
 APP = Path(__file__).resolve().parent
 ROOT = APP.parent
@@ -79,11 +87,32 @@ def demo_session(port: int) -> str | None:
         return None
 
 
+def busy_port(port: int, otree_port: int) -> str | None:
+    """A message about the first of these ports in use, naming the `make dev` variable that moves it
+    (or this script's option, when it is run by hand); None when all are free."""
+    by_make = "MAKELEVEL" in os.environ
+    stack = ("make dev PORT=<port> (the chat service uses PORT to PORT+3)" if by_make
+             else "--port <port> (the chat service uses it and the next three)")
+    otree = "make dev OTREE_PORT=<port>" if by_make else "--otree-port <port>"
+    return ports.first_busy("127.0.0.1", [
+        (otree_port, "oTree", otree),
+        (port, "the chat service's WebSocket API", stack),
+        (port + 1, "the chat service's Management API", stack),
+        (port + 2, "the chat service's offline model", stack),
+        (port + 3, "the chat service's demo page", stack),
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--otree-port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8787,
+                        help="the chat service's WebSocket port; it takes the next three too (default 8787)")
+    parser.add_argument("--otree-port", type=int, default=8000, help="oTree's devserver (default 8000)")
     parser.add_argument("serve_args", nargs="*", help="passed to `python -m local_gateway serve`")
     args = parser.parse_args(argv)
+    if busy := busy_port(args.port, args.otree_port):
+        print(busy, file=sys.stderr)
+        return 1
     if not (OTREE_BIN / "otree").exists():
         print("oTree is not installed: run `make otree`", file=sys.stderr)
         return 1
@@ -97,18 +126,24 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    port = args.port
+    origins = ",".join(f"http://{host}:{p}" for p in (args.otree_port, port + 3) for host in ("localhost", "127.0.0.1"))
+    serve = [f"--port={port}", f"--management-port={port + 1}", f"--model-port={port + 2}",
+             f"--demo-port={port + 3}", f"--origins={origins}", *args.serve_args]
     try:
-        stack = subprocess.Popen([sys.executable, "-m", "local_gateway", "serve", *args.serve_args],
+        print("Starting the chat service...", flush=True)
+        stack = subprocess.Popen([sys.executable, "-m", "local_gateway", "serve", *serve],
                                  cwd=ROOT, start_new_session=True)
         procs.append(stack)
-        if not wait_for_port(8787 if "--port" not in args.serve_args else
-                             int(args.serve_args[args.serve_args.index("--port") + 1]), procs, 60):
+        if not wait_for_port(port, procs, 60):
             print("The local stack did not start.", file=sys.stderr)
             return 1
 
         (APP / "db.sqlite3").unlink(missing_ok=True)
-        env = os.environ | {"PATH": f"{OTREE_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env = os.environ | {"PATH": f"{OTREE_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                            "CHAT_WS_URL": f"ws://127.0.0.1:{port}/local"}
         env.pop("VIRTUAL_ENV", None)
+        print(f"Starting oTree's devserver on port {args.otree_port} (about ten seconds)...", flush=True)
         otree = subprocess.Popen(["otree", "devserver", str(args.otree_port)], cwd=APP, env=env,
                                  start_new_session=True)
         procs.append(otree)

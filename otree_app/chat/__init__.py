@@ -136,7 +136,9 @@ class Chat(Page):
         if player.field_maybe_none("chat_started_at") is None:
             player.chat_started_at = time.time()
         min_messages, min_seconds = rules(player)
-        return dict(min_user_messages=min_messages, min_chat_seconds=min_seconds)
+        # seconds_left: for the page's hint, counted here as error_message counts it (no clock skew)
+        left = max(0, min_seconds - (time.time() - player.chat_started_at))
+        return dict(min_user_messages=min_messages, min_chat_seconds=min_seconds, seconds_left=round(left, 1))
 
     @staticmethod
     def js_vars(player: Player):

@@ -6,11 +6,13 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from websockets.sync.client import connect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,15 +22,19 @@ def _cli(*args: str, data_dir: Path) -> list[str]:
     return [sys.executable, "-m", "local_gateway", "--data-dir", str(data_dir), *args]
 
 
+FREE_PORTS = ("--port", "0", "--management-port", "0", "--model-port", "0", "--demo-port", "0")
+
+
 class Served:
     """`serve` in its own process group, on free ports; stopped by its PID only."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, **env: str):
         self.process = subprocess.Popen(
-            _cli("serve", "--port", "0", "--management-port", "0", "--model-port", "0", "--demo-port", "0",
-                 data_dir=data_dir),
+            _cli("serve", *FREE_PORTS, data_dir=data_dir),
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-            env={**os.environ, "OFFLINE_MODEL_TTFT_MS": "0", "OFFLINE_MODEL_TOKENS_PER_SECOND": "0"},
+            # serve's own log level unless a test asks (the tests' POWERTOOLS_LOG_LEVEL is left out)
+            env={**{k: v for k, v in os.environ.items() if k != "POWERTOOLS_LOG_LEVEL"},
+                 "OFFLINE_MODEL_TTFT_MS": "0", "OFFLINE_MODEL_TOKENS_PER_SECOND": "0", **env},
         )
         self.output: list[str] = []
         deadline = time.monotonic() + 30
@@ -85,6 +91,7 @@ def test_serve_mint_chat_sigterm_and_serve_again(tmp_path):
         assert served.stop() == 0
     assert "Stopped." in "".join(served.output)
     assert "demo.html?url=" in "".join(served.output)  # a link a researcher can open
+    assert "connected" not in "".join(served.output)  # serve's default level: warnings and errors only
     assert (tmp_path / "ticket-secret").stat().st_mode & 0o077 == 0  # the dev secret is private
 
     again = Served(tmp_path)
@@ -94,3 +101,33 @@ def test_serve_mint_chat_sigterm_and_serve_again(tmp_path):
         assert texts[-2:] == ["Hello from the command line", reply["text"]]
     finally:
         assert again.stop() == 0
+
+
+def test_each_handler_log_event_is_printed_once(tmp_path):
+    """The handlers' Powertools logger prints an event as JSON; the root handler `serve` sets up for
+    the stack's own messages must not print it a second time."""
+    served = Served(tmp_path, POWERTOOLS_LOG_LEVEL="INFO")
+    try:
+        _chat(_mint(tmp_path, served.url), None)
+    finally:
+        assert served.stop() == 0
+    output = "".join(served.output)
+    connected = [line for line in output.splitlines() if re.search(r"\bconnected\b", line)]
+    disconnected = [line for line in output.splitlines() if re.search(r"\bdisconnected\b", line)]
+    assert len(connected) == 1 and len(disconnected) == 1, output
+    assert json.loads(connected[0])["message"] == "connected"  # the structured event, as on CloudWatch
+
+
+@pytest.mark.parametrize("option", ["--port", "--management-port"])
+def test_serve_on_a_busy_port_says_which_option_to_change(tmp_path, option):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        args = list(FREE_PORTS)
+        args[args.index(option) + 1] = busy
+        out = subprocess.run(_cli("serve", *args, data_dir=tmp_path), cwd=ROOT, capture_output=True, text=True,
+                             timeout=60)
+    assert out.returncode != 0
+    assert f"Port {busy} is already in use" in out.stderr, out.stderr
+    assert f"choose another port with {option}." in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -140,6 +140,31 @@ def replies(page):
     return page.locator(".lc-msg--assistant[data-status=stored]")
 
 
+def test_the_refusal_stays_while_chat_time_is_left_and_goes_once_it_is_spent(stack_and_otree, page):
+    """The page drops the banner of a refused Next by the server's whole rule, time included: with
+    messages enough but time left it stays; once the time is spent (the page's clock moved on), it goes."""
+    _, origin, _ = stack_and_otree
+    rule = {"min_user_messages": 1, "min_chat_seconds": 600}
+    session = json.loads(http(f"{origin}/api/sessions", {
+        "session_config_name": "chat_demo", "num_participants": 1, "modified_session_config_fields": rule}))
+    page.clock.install()
+    page.goto(session["session_wide_url"])
+    refusal, progress = page.locator(".otree-form-errors"), page.locator("#chat-progress")
+    expect(progress).to_have_text("Messages sent: 0 of 1.")
+    page.locator(".lc-input").fill("Hello")
+    page.locator(".lc-input").press("Enter")
+    expect(replies(page)).to_have_count(2, timeout=20_000)
+    expect(progress).to_have_text("Please keep chatting a little longer.")
+
+    page.locator(".otree-btn-next").click()
+    expect(refusal).to_contain_text("at least 600 seconds")
+    expect(progress).to_have_text("Please keep chatting a little longer.")
+    page.clock.fast_forward("10:00")
+    expect(refusal).to_have_count(0)
+    expect(progress).to_have_text("You can move on whenever you like.")
+    assert page.errors == [], page.errors
+
+
 def test_a_participant_chats_in_otree_and_the_transcript_is_exported(stack_and_otree, page, tmp_path, readme_screenshot):
     stack, origin, otree_log = stack_and_otree
     bots = bots_module()
@@ -170,16 +195,22 @@ def test_a_participant_chats_in_otree_and_the_transcript_is_exported(stack_and_o
 
     # Moving on now is refused by the server: one message of the two the session asks for.
     page.locator(".otree-btn-next").click()
-    expect(page.locator(".otree-form-errors")).to_contain_text("at least 2 messages")
+    refusal = page.locator(".otree-form-errors")
+    expect(refusal).to_contain_text("at least 2 messages")
     expect(page).to_have_url(re.compile(r"/chat/Chat/"))
-    page.goto(page.url)  # a plain GET again (reloading the refused POST would resend it)
-    expect(replies(page)).to_have_count(2)
+    expect(page.locator("#chat-progress")).to_have_text("Messages sent: 1 of 2.")
 
-    # Second message; reload while the reply streams: the history comes back, reply included.
+    # Second message: the rule holds once it is stored, so the refusal's banner goes (issue 13, item 13).
     box.fill("What is 1/2 + 1/3?")
     box.press("Enter")
     expect(page.locator(".lc-msg--assistant[data-status=streaming] .lc-text")).not_to_be_empty(timeout=10_000)
+    expect(refusal).to_have_count(0)
+    expect(page.locator("#chat-progress")).to_have_text("You can move on whenever you like.")
+    # Reload while the reply streams, on the page the refused Next left: the reload must not submit that
+    # form again (the rule holds now: it would move the participant on mid-reply; issue 13, item 12). The
+    # page stays, and the history comes back, reply included.
     page.reload()
+    expect(page).to_have_url(re.compile(r"/chat/Chat/"))
     expect(replies(page)).to_have_count(3, timeout=20_000)
     chat_id = page.evaluate("() => window.chat.client.chatId")
     stored = [(m.seq, m.role, m.text) for m in stack.store.messages(chat_id)]
