@@ -73,6 +73,8 @@ class Limits:
 
 #: The reason of the close frame sent to a client whose buffer stayed full.
 STALLED_REASON = "Going away: the client is not reading"
+#: Seconds a closing handshake may take before the connection is dropped (websockets' default).
+CLOSE_TIMEOUT = 10.0
 
 
 @dataclass
@@ -249,12 +251,12 @@ class Gateway:
                 return
             await asyncio.sleep(delay)
 
-    async def _shut(self, sock: _Socket, code: int, reason: str) -> None:
-        """Close with `code`. A client that does not read cannot complete the closing handshake
-        (its close frame waits behind what it has not read): the connection is dropped after the
-        stall timeout."""
+    async def _shut(self, sock: _Socket, code: int, reason: str, within: float = CLOSE_TIMEOUT) -> None:
+        """Close with `code`, or drop the connection if the closing handshake takes over `within`
+        seconds: a client that does not read never answers a close frame, and websockets would
+        wait for room to write it for as long as the buffer stays over its limit."""
         try:
-            await asyncio.wait_for(sock.connection.close(code, reason), self.limits.stall_timeout)
+            await asyncio.wait_for(sock.connection.close(code, reason), within)
         except TimeoutError:
             sock.connection.transport.abort()
 
@@ -265,7 +267,7 @@ class Gateway:
             return
         log.warning("closing %s: its outgoing buffer (%d bytes) stayed full for %.1f s", connection_id,
                     self.limits.max_buffered, self.limits.stall_timeout)
-        self._spawn(self._shut(sock, 1001, STALLED_REASON))
+        self._spawn(self._shut(sock, 1001, STALLED_REASON, within=self.limits.stall_timeout))
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -275,7 +277,7 @@ class Gateway:
     async def _receive(self, sock: _Socket, message: str) -> None:
         """Route one frame. A MOCK integration is answered here, in the socket's own loop and
         without a function: a client that floods it and does not read its answers stalls only
-        itself. A function's integration runs concurrently, as on AWS."""
+        itself, until its full buffer closes it. A function's integration runs concurrently, as on AWS."""
         context = self._context(sock.connection_id, "", "MESSAGE", sock.connected_at)
         context["messageId"] = uuid.uuid4().hex[:16]
         try:
