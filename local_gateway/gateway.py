@@ -62,7 +62,8 @@ class Limits:
     max_frame: int = MAX_CLIENT_FRAME_BYTES
     idle_timeout: float = 600.0
     max_lifetime: float = 7200.0
-    #: Bytes a connection's outgoing buffer may hold in the gateway, beyond the kernel's buffer
+    #: Bytes a connection's outgoing buffer may hold in the gateway, beyond the kernel's buffer;
+    #: keep it above the largest frame (128 KB), or such a frame waits for an empty buffer
     max_buffered: int = 256 * 1024
     #: The kernel's send buffer of each socket (SO_SNDBUF, which Linux doubles); None leaves the
     #: system's autotuning, which lets one socket that is not read hold megabytes

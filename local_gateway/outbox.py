@@ -7,7 +7,8 @@ posts to it answer 410 Gone. Without a bound, the local gateway buffered without
 and each push to such a socket held its function's thread until the pusher gave up (5 s).
 
 Here each connection may hold `limit` bytes in the gateway, beyond a kernel send buffer of a
-fixed size. A frame is written only when it fits: it never waits when there is room, and
+fixed size. A frame is written only when it fits (or into an empty buffer, should it be
+larger than the bound): it never waits when there is room, and
 waits at most `grace` seconds for room, behind the frames pushed before it. A buffer that
 stays full that long is a client that is not reading: the socket is closed and every push
 to it, waiting or later, answers "gone". Frames websockets writes itself (pongs, close
@@ -83,6 +84,12 @@ class Outbox:
         self._backlog.peak_buffered = max(self._backlog.peak_buffered, size)
         return size
 
+    def _full(self, need: int) -> bool:
+        """Whether a frame of `need` bytes must wait; an empty buffer takes any frame (one larger
+        than the bound would wait for ever)."""
+        buffered = self._buffered()
+        return buffered > 0 and buffered + need > self.limit
+
     async def put(self, message: str | bytes) -> bool:
         """Write one frame; False when the connection is closed, or is closed now because its
         buffer stayed full for `grace` seconds."""
@@ -91,11 +98,11 @@ class Outbox:
         self._backlog.waiting_pushes += 1
         try:
             async with asyncio.timeout_at(deadline), self._lock:
-                while self._open() and self._buffered() + need > self.limit:
+                while self._open() and self._full(need):
                     await asyncio.sleep(POLL_SECONDS)
                 if not self._open():
                     return False
-                await self._connection.send(message)  # never waits: the frame fits under the bound
+                await self._connection.send(message)  # never waits: the frame fits under the bound (or alone)
                 self._buffered()
                 return True
         except TimeoutError:
