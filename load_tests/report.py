@@ -67,6 +67,9 @@ def emulation(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         out["queues"][name] = {k: q[k] - q0.get(k, 0) if k in ("sent", "delivered", "duplicated", "redelivered",
                                                                 "expired", "dead_letters") else q[k]
                                for k in q if k != "waits"} | {"wait_ms": _ms(waits)}
+    if "gateway" in after:  # sockets closed as not reading during the run; the peak is the stack's so far
+        g0 = before.get("gateway", {})
+        out["gateway"] = {k: n - g0.get(k, 0) if k == "stalled_closes" else n for k, n in after["gateway"].items()}
     if "strict_dynamodb" in after:
         strict = dict(after["strict_dynamodb"])
         c0 = before.get("strict_dynamodb", {}).get("counters", {})

@@ -33,7 +33,7 @@ class DirectPusher:
         future = asyncio.run_coroutine_threadsafe(self._registry.send(connection_id, data), self._loop)
         try:
             delivered = future.result(self._timeout)
-        except TimeoutError:  # a client that stopped reading: as API Gateway would, give up on it
+        except TimeoutError:  # a backstop: the gateway answers within its stall timeout (outbox.py)
             future.cancel()
             raise PushFailed("timed out (504)") from None
         if not delivered:

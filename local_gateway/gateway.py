@@ -15,6 +15,9 @@ reproduces what the handlers and the browser can observe of API Gateway:
   idle timeout (10 min by default; only frames from the client count as activity) and a
   2-hour maximum connection, both closing with 1001 Going Away.
 * `$disconnect` is invoked after the socket closes, best effort.
+* Each connection's outgoing buffer is bounded (outbox.py): a client that stops reading is
+  closed with 1001 once its buffer has stayed full for `Limits.stall_timeout`, and pushes to
+  it answer "gone" from then on, as API Gateway drops a connection it cannot deliver to.
 * As the Management API's `ConnectionRegistry`, it delivers post_to_connection data to
   the socket, and answers "gone" for unknown or closed connections.
 
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
+import dataclasses
 import json
 import logging
 import secrets
@@ -44,6 +47,7 @@ from websockets.http11 import Request, Response
 
 from ws_handlers.gateway_limits import MAX_CLIENT_FRAME_BYTES, MAX_MESSAGE_BYTES
 
+from .outbox import Backlog, BoundedConnection, Outbox
 from .template import WebSocketApi, route_for
 
 log = logging.getLogger("local_gateway")
@@ -58,6 +62,20 @@ class Limits:
     max_frame: int = MAX_CLIENT_FRAME_BYTES
     idle_timeout: float = 600.0
     max_lifetime: float = 7200.0
+    #: Bytes a connection's outgoing buffer may hold in the gateway, beyond the kernel's buffer;
+    #: keep it above the largest frame (128 KB), or such a frame waits for an empty buffer
+    max_buffered: int = 256 * 1024
+    #: The kernel's send buffer of each socket (SO_SNDBUF, which Linux doubles); None leaves the
+    #: system's autotuning, which lets one socket that is not read hold megabytes
+    socket_send_buffer: int | None = 64 * 1024
+    #: Seconds a push waits for room in a full buffer; a buffer full that long is closed (1001)
+    stall_timeout: float = 1.0
+
+
+#: The reason of the close frame sent to a client whose buffer stayed full.
+STALLED_REASON = "Going away: the client is not reading"
+#: Seconds a closing handshake may take before the connection is dropped (websockets' default).
+CLOSE_TIMEOUT = 10.0
 
 
 @dataclass
@@ -67,6 +85,7 @@ class _Socket:
     connected_at: float
     source_ip: str
     user_agent: str
+    outbox: Outbox
     last_active: float = field(default_factory=time.time)
 
 
@@ -92,6 +111,7 @@ class Gateway:
         self._pending: dict[int, str] = {}  # id(ServerConnection) -> connection id, during the handshake
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: Server | None = None
+        self.backlog = Backlog()
         self.domain = ""
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -105,6 +125,10 @@ class Gateway:
             ping_interval=None,  # API Gateway sends no pings; clients keep sockets alive themselves
             compression=None,
             server_header=None,
+            create_connection=BoundedConnection,
+            # the outbox keeps the buffer under the bound, so websockets' own flow control never
+            # holds a send; going over (only a frame websockets writes itself) pauses the socket
+            write_limit=(self.limits.max_buffered, self.limits.max_buffered),
         )
         bound = self._server.sockets[0].getsockname()[1]
         self.domain = f"{host}:{bound}"
@@ -117,9 +141,12 @@ class Gateway:
         self._server.close(close_connections=False)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)
-        for sock in list(self.sockets.values()):
-            await sock.connection.close(1001, "Going away")
+        await asyncio.gather(*(self._shut(sock, 1001, "Going away") for sock in list(self.sockets.values())))
         await self._server.wait_closed()
+
+    def stats(self) -> dict[str, int]:
+        """The outgoing buffers' counters: the bound, the peak seen, sockets closed as not reading."""
+        return dataclasses.asdict(self.backlog) | {"max_buffered": self.limits.max_buffered}
 
     # -- events -------------------------------------------------------------------------
     def _context(self, connection_id: str, route: str, event_type: str, connected_at: float) -> dict[str, Any]:
@@ -184,19 +211,23 @@ class Gateway:
     async def _serve(self, connection: ServerConnection) -> None:
         connection_id = self._pending.pop(id(connection))
         request = connection.request
+        outbox = Outbox(connection, limit=self.limits.max_buffered, grace=self.limits.stall_timeout,
+                        backlog=self.backlog, on_stall=lambda: self._stalled(connection_id),
+                        kernel_buffer=self.limits.socket_send_buffer)
         sock = _Socket(
             connection,
             connection_id,
             time.time(),
             connection.remote_address[0] if connection.remote_address else "127.0.0.1",
             request.headers.get("User-Agent", "") if request else "",
+            outbox,
         )
         self.sockets[connection_id] = sock
         watchdog = asyncio.create_task(self._watch(sock))
         try:
             async for message in connection:
                 if isinstance(message, bytes):  # API Gateway takes no binary frames: it disconnects
-                    await connection.close(1003, "Binary frames are not supported")
+                    await self._shut(sock, 1003, "Binary frames are not supported")
                     break
                 sock.last_active = time.time()
                 await self._receive(sock, message)
@@ -217,9 +248,27 @@ class Gateway:
             deadline = min(sock.last_active + self.limits.idle_timeout, deadline_life)
             delay = deadline - time.time()
             if delay <= 0:
-                await sock.connection.close(1001, "Going away")
+                await self._shut(sock, 1001, "Going away")
                 return
             await asyncio.sleep(delay)
+
+    async def _shut(self, sock: _Socket, code: int, reason: str, within: float = CLOSE_TIMEOUT) -> None:
+        """Close with `code`, or drop the connection if the closing handshake takes over `within`
+        seconds: a client that does not read never answers a close frame, and websockets would
+        wait for room to write it for as long as the buffer stays over its limit."""
+        try:
+            await asyncio.wait_for(sock.connection.close(code, reason), within)
+        except TimeoutError:
+            sock.connection.transport.abort()
+
+    def _stalled(self, connection_id: str) -> None:
+        """The outbox found the client not reading: forget the socket (pushes answer "gone") and close it."""
+        sock = self.sockets.pop(connection_id, None)
+        if sock is None:
+            return
+        log.warning("closing %s: its outgoing buffer (%d bytes) stayed full for %.1f s", connection_id,
+                    self.limits.max_buffered, self.limits.stall_timeout)
+        self._spawn(self._shut(sock, 1001, STALLED_REASON, within=self.limits.stall_timeout))
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -229,7 +278,7 @@ class Gateway:
     async def _receive(self, sock: _Socket, message: str) -> None:
         """Route one frame. A MOCK integration is answered here, in the socket's own loop and
         without a function: a client that floods it and does not read its answers stalls only
-        itself. A function's integration runs concurrently, as on AWS."""
+        itself, until its full buffer closes it. A function's integration runs concurrently, as on AWS."""
         context = self._context(sock.connection_id, "", "MESSAGE", sock.connected_at)
         context["messageId"] = uuid.uuid4().hex[:16]
         try:
@@ -239,8 +288,7 @@ class Gateway:
             return
         if route in self.api.mocks:
             if (answer := self.api.mocks[route]) is not None:
-                with contextlib.suppress(ConnectionClosed):
-                    await sock.connection.send(answer)
+                await sock.outbox.put(answer)
             return
         context["routeKey"] = route
         self._spawn(self._dispatch(sock, route, message, context))
@@ -256,8 +304,7 @@ class Gateway:
     async def _error(self, sock: _Socket, message: str, context: dict[str, Any]) -> None:
         """What API Gateway sends when an integration fails or no route matches."""
         frame = {"message": message, "connectionId": sock.connection_id, "requestId": context["requestId"]}
-        with contextlib.suppress(ConnectionClosed):
-            await sock.connection.send(json.dumps(frame))
+        await sock.outbox.put(json.dumps(frame))
 
     async def _disconnect(self, sock: _Socket) -> None:
         function = self.api.routes.get("$disconnect")
@@ -275,6 +322,8 @@ class Gateway:
 
     # -- the Management API's view (ConnectionRegistry) ------------------------------------------
     async def send(self, connection_id: str, data: bytes) -> bool:
+        """Deliver one frame. Answered at once while the buffer has room; else within the stall
+        timeout, with False ("gone") if the socket was closed meanwhile as not reading."""
         sock = self.sockets.get(connection_id)
         if sock is None:
             return False
@@ -282,11 +331,7 @@ class Gateway:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             text = None
-        try:
-            await sock.connection.send(text if text is not None else data)
-        except ConnectionClosed:
-            return False
-        return True
+        return await sock.outbox.put(text if text is not None else data)
 
     def describe(self, connection_id: str) -> dict | None:
         sock = self.sockets.get(connection_id)
@@ -302,5 +347,5 @@ class Gateway:
         sock = self.sockets.get(connection_id)
         if sock is None:
             return False
-        await sock.connection.close(1000, "")
+        await self._shut(sock, 1000, "")
         return True

@@ -51,6 +51,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ORIGINS = "http://localhost:8000,http://127.0.0.1:8000,http://localhost:8790,http://127.0.0.1:8790"
 #: Variables that point at AWS-only resources; locally their plain counterparts are used.
 _AWS_ONLY = ("TICKET_SECRET_ARN", "OPENAI_API_KEY_SECRET_ARN")
+#: Threads of each function the gateway invokes ($connect, $disconnect, the message routes).
+#: Each function has threads of its own, as each Lambda function has its own execution
+#: environments: message invocations held by pushes to a full socket never delay a $connect.
+FUNCTION_THREADS = 64
 
 
 def private_dir(path: Path) -> Path:
@@ -118,7 +122,7 @@ class Stack:
         self.model: OfflineModel | None = None
         self.urls: dict[str, str] = {}
         self._runners: list[web.AppRunner] = []
-        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="lambda")
+        self._pools: dict[str, ThreadPoolExecutor] = {}  #: by function (logical id)
         self.queues: dict[str, LocalQueue] = {}  #: by the queue's logical id
         self._services: dict[str, runtime.Services] = {}
         self._moto: Any = None
@@ -183,7 +187,9 @@ class Stack:
 
     def _pusher_factory(self) -> Callable[[str], Pusher]:
         if self.config.push == "direct":
-            pusher = DirectPusher(self.gateway, asyncio.get_running_loop())  # type: ignore[arg-type]
+            # the gateway answers a push within its stall timeout; the rest is slack for a busy loop
+            timeout = self.config.limits.stall_timeout + 5.0
+            pusher = DirectPusher(self.gateway, asyncio.get_running_loop(), timeout)  # type: ignore[arg-type]
             return lambda _endpoint: pusher
         if self.config.push == "management_api":
             return lambda endpoint: ManagementApiPusher(
@@ -284,9 +290,12 @@ class Stack:
 
     def stats(self) -> dict[str, Any]:
         """What the emulations counted so far, for load tests and their reports: each reply queue's
-        deliveries and waits (send to first delivery, s), and with the DynamoDB store the strict
-        emulation's settings and counters (conflicts, throttles), so a run can show they happened."""
+        deliveries and waits (send to first delivery, s), the gateway's outgoing buffers (peak, sockets
+        closed as not reading), and with the DynamoDB store the strict emulation's settings and
+        counters (conflicts, throttles), so a run can show they happened."""
         out: dict[str, Any] = {"queues": {name: q.snapshot() for name, q in self.queues.items()}}
+        if self.gateway is not None:
+            out["gateway"] = self.gateway.stats()
         if self._moto_process is not None and self._moto_endpoint is not None:
             from . import moto_process
 
@@ -302,7 +311,9 @@ class Stack:
     async def _invoke(self, logical_id: str, event: dict[str, Any]) -> Any:
         assert self.template is not None
         function = self.template.functions[logical_id]
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, function, event)
+        if (pool := self._pools.get(logical_id)) is None:
+            pool = self._pools[logical_id] = ThreadPoolExecutor(FUNCTION_THREADS, thread_name_prefix=logical_id)
+        return await asyncio.get_running_loop().run_in_executor(pool, self._run, function, event)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking sockets, let replies in flight finish (up to `grace` s), close the store."""
@@ -312,7 +323,8 @@ class Stack:
         for queue in self.queues.values():
             await loop.run_in_executor(None, queue.wait_idle, grace)
             queue.shutdown()
-        self._pool.shutdown(wait=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=True)
         for runner in self._runners:
             await runner.cleanup()
         if self._model_process is not None:

@@ -277,6 +277,9 @@ def test_410_for_unknown_and_closed_connections(stack):
     )
     url, _ = credentials(stack)
     client = Client(url)
+    deadline = time.monotonic() + 5  # the gateway registers the socket just after the handshake's answer
+    while not stack.gateway.sockets and time.monotonic() < deadline:
+        time.sleep(0.01)
     [connection_id] = list(stack.gateway.sockets)
     mgmt.post_to_connection(ConnectionId=connection_id, Data=b'{"type":"hello"}')
     assert client.until("hello") == {"type": "hello"}
