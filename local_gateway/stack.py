@@ -28,6 +28,7 @@ from ws_handlers import runtime
 from ws_handlers.chat import JobQueue
 from ws_handlers.config import Settings
 from ws_handlers.push import ManagementApiPusher, Pusher
+from ws_handlers.reply import invocation_died
 from ws_handlers.store import Store
 
 from . import model_process
@@ -206,7 +207,7 @@ class Stack:
                 environment=environment, sqlite_path=self._sqlite_path, threads=-(-concurrency // processes),
                 push=self.config.push,
             )
-            runner = ProcessRunner(spec, processes)
+            runner = ProcessRunner(spec, processes, crashed=functools.partial(self._report_crash, function))
         visibility = self.config.queue_visibility_timeout
         return LocalQueue(
             runner, concurrency=concurrency, retention=source.retention, max_receive_count=source.max_receive_count,
@@ -214,6 +215,16 @@ class Stack:
             duplicates=self.config.duplicate_deliveries, duplicate_lag=self.config.duplicate_lag,
             arn=f"arn:aws:sqs:us-east-1:000000000000:{source.queue}",
         )
+
+    def _report_crash(self, function: Function, events: list[dict[str, Any]]) -> None:
+        """A worker process died running `events`: the function's services (here, in the stack's
+        process) tell the participants, on a thread of their own so the runner's supervisor goes on."""
+        def report() -> None:
+            with runtime.using(self._services[function.logical_id]):
+                for event in events:
+                    invocation_died(event)
+
+        self._pool.submit(report)
 
     def _environment(self, function: Function, overrides: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in function.environment.items() if k not in _AWS_ONLY}
