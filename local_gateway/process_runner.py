@@ -55,6 +55,7 @@ class WorkerSpec:
     sqlite_path: str | None  #: the stack's SQLite file; None: DYNAMODB_ENDPOINT_URL in environment
     threads: int  #: invocations one worker runs at once
     push: str = "direct"  #: "direct": a plain POST to the emulator (http_push); "management_api": boto3
+    sqlite_identity: tuple[int, int] | None = None  #: the stack's SQLite file: a worker opens that one only
 
 
 @dataclass(eq=False)
@@ -195,7 +196,7 @@ def _worker(spec: WorkerSpec, pipe: Connection) -> None:
     if spec.sqlite_path is not None:
         from .sqlite_store import SqliteStore
 
-        store = SqliteStore(spec.sqlite_path)
+        store = SqliteStore(spec.sqlite_path, same_as=spec.sqlite_identity)
     services = runtime.from_settings(Settings.from_env(spec.environment), store=store)
     if spec.push == "direct":
         from .http_push import HttpPusher

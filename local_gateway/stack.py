@@ -38,6 +38,7 @@ from .lambda_context import LambdaContext
 from .management_api import management_app
 from .offline_model import OfflineModel
 from .process_runner import ProcessRunner, WorkerSpec
+from .sqlite_store import SqliteStore, StoreFileLost
 from .sqs_queue import LocalQueue
 from .template import Function, QueueSource, Template, load
 from .thread_runner import ThreadRunner
@@ -52,6 +53,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ORIGINS = "http://localhost:8000,http://127.0.0.1:8000,http://localhost:8790,http://127.0.0.1:8790"
 #: Variables that point at AWS-only resources; locally their plain counterparts are used.
 _AWS_ONLY = ("TICKET_SECRET_ARN", "OPENAI_API_KEY_SECRET_ARN")
+#: How often the stack looks whether its SQLite file is still there, between writes (seconds).
+STORE_CHECK_SECONDS = 1.0
 
 
 def private_dir(path: Path) -> Path:
@@ -128,6 +131,11 @@ class Stack:
         self._moto_process: subprocess.Popen[str] | None = None
         self._moto_endpoint: str | None = None
         self._sqlite_path: str | None = None
+        #: Why the stack must stop (its store's file lost), once it must; `failed` is set then
+        self.failure: str | None = None
+        self.failed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     # -- pieces -----------------------------------------------------------------------------
     async def _serve_app(self, app: web.Application, port: int) -> str:
@@ -142,10 +150,8 @@ class Stack:
     def _open_store(self, template: Template) -> tuple[Store, dict[str, str]]:
         """The store and the environment that points functions at it."""
         if self.config.store == "sqlite":
-            from .sqlite_store import SqliteStore
-
             self._sqlite_path = str(private_dir(self.config.data_dir) / "chat.sqlite3")
-            store = SqliteStore(self._sqlite_path)
+            store = SqliteStore(self._sqlite_path, on_lost=self._store_lost)
             if freed := store.release_all_leases():
                 log.info("freed %d chats whose replies were queued or running when the stack last stopped", freed)
             return store, {}
@@ -182,6 +188,20 @@ class Stack:
             return store, {"DYNAMODB_ENDPOINT_URL": endpoint}
         raise ValueError(f"unknown store {self.config.store!r}: use sqlite or dynamodb")
 
+    def _store_lost(self, reason: str) -> None:
+        """The store's file is gone (any thread, once): say so loudly and have the stack stop."""
+        log.critical("%s: stopping the stack rather than serve from an empty store", reason)
+        self.failure = reason
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.failed.set)
+
+    async def _watch_store(self, every: float = STORE_CHECK_SECONDS) -> None:
+        """Notice a lost store file even while nobody writes (each write checks it anyway)."""
+        while self.failure is None:
+            await asyncio.sleep(every)
+            with contextlib.suppress(StoreFileLost):
+                self.store.check()  # type: ignore[union-attr]
+
     def _pusher_factory(self) -> Callable[[str], Pusher]:
         if self.config.push == "direct":
             pusher = DirectPusher(self.gateway, asyncio.get_running_loop())  # type: ignore[arg-type]
@@ -205,7 +225,7 @@ class Stack:
             spec = WorkerSpec(
                 logical_id=function.logical_id, handler=function.handler, memory_mb=function.memory_mb,
                 environment=environment, sqlite_path=self._sqlite_path, threads=-(-concurrency // processes),
-                push=self.config.push,
+                push=self.config.push, sqlite_identity=getattr(self.store, "identity", None),
             )
             runner = ProcessRunner(spec, processes, crashed=functools.partial(self._report_crash, function))
         visibility = self.config.queue_visibility_timeout
@@ -249,7 +269,10 @@ class Stack:
         config = self.config
         parameters = {"Stage": config.stage, "AllowedOrigins": DEFAULT_ORIGINS} | config.parameters
         template = self.template = load(config.template_path, parameters=parameters)
+        self._loop = asyncio.get_running_loop()
         self.store, store_env = self._open_store(template)
+        if isinstance(self.store, SqliteStore):
+            self._watch = asyncio.create_task(self._watch_store())
 
         if config.openai_api_key is None and config.openai_base_url is None:
             if config.model_process:
@@ -328,6 +351,11 @@ class Stack:
             await runner.cleanup()
         if self._model_process is not None:
             await loop.run_in_executor(None, model_process.stop, self._model_process)
+        if self._watch is not None:
+            self._watch.cancel()
+        if self.failure is not None and isinstance(self.store, SqliteStore):
+            saved = await loop.run_in_executor(None, self.store.save_copy)
+            log.critical("what the stack still held of its store is saved in %s", saved)
         if self.store is not None and hasattr(self.store, "close"):
             self.store.close()
         if self._moto_process is not None:  # in memory by design: what the stack held goes with it
