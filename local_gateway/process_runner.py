@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,11 @@ from typing import Any
 from .thread_runner import Done
 
 log = logging.getLogger("local_gateway")
+
+#: What a worker sends once its function is loaded, before any result.
+_READY = "ready"
+#: How long the workers may take to load the function at start (imports, on a busy machine).
+START_TIMEOUT = 60.0
 
 #: Told, before their failures are reported, the events a worker held when it died (all at once:
 #: twins of one job, delivered twice, are then reported one after the other, not side by side).
@@ -89,6 +95,7 @@ class ProcessRunner:
         self._stopping = False
         self.replaced = 0  #: workers that died and were replaced
         self._slots: list[_Worker | None] = [self._spawn(i) for i in range(processes)]
+        self._await_ready()
         self._supervisor = threading.Thread(target=self._supervise, name="runner-supervisor", daemon=True)
         self._supervisor.start()
 
@@ -99,6 +106,28 @@ class ProcessRunner:
         process.start()
         theirs.close()  # the worker's end lives in the worker only: its death reads as EOF here
         return _Worker(process, ours)
+
+    def _await_ready(self) -> None:
+        """Wait until every worker has loaded the function, so the first replies do not wait for
+        imports; a worker that dies or hangs meanwhile fails the start, and stops them all."""
+        deadline = time.monotonic() + START_TIMEOUT  # they load side by side
+        try:
+            for worker in self._slots:
+                assert worker is not None
+                if not worker.pipe.poll(max(0.0, deadline - time.monotonic())):
+                    raise RuntimeError(f"the worker process {worker.process.name} did not start within {START_TIMEOUT:.0f} s")
+                try:
+                    worker.pipe.recv()  # _READY
+                except EOFError:
+                    worker.process.join(5)
+                    raise RuntimeError(f"the worker process {worker.process.name} died at start "
+                                       f"(exit code {worker.process.exitcode})") from None
+        except BaseException:
+            for worker in self._slots:
+                assert worker is not None
+                worker.process.terminate()  # our own children, by their handles
+                worker.process.join(5)
+            raise
 
     def submit(self, event: dict[str, Any], done: Done) -> None:
         """Hand `event` to the worker with the fewest invocations; `done` is called when it ends."""
@@ -131,7 +160,10 @@ class ProcessRunner:
         """Report the invocations the worker finished; False once its pipe is closed (it died)."""
         try:
             while worker.pipe.poll():
-                job_id, failure = worker.pipe.recv()
+                item = worker.pipe.recv()
+                if item == _READY:  # a new worker, in a dead one's slot
+                    continue
+                job_id, failure = item
                 with self._lock:
                     _, done = worker.jobs.pop(job_id)
                 done(failure)
@@ -207,6 +239,7 @@ def _worker(spec: WorkerSpec, pipe: Connection) -> None:
                        memory_mb=spec.memory_mb, reserved_concurrency=None, max_retry_attempts=None,
                        max_event_age=None).load()
     sending = threading.Lock()
+    pipe.send(_READY)
 
     def run(job_id: int, payload: str) -> None:
         failure = None

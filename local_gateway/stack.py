@@ -393,8 +393,8 @@ def running(config: StackConfig) -> Iterator[Stack]:
 
     thread = threading.Thread(target=main, name="local-stack", daemon=True)
     thread.start()
-    if not ready.wait(30):
-        raise RuntimeError("the local stack did not start within 30 s")
+    if not ready.wait(90):  # reply workers load their function first (process_runner.START_TIMEOUT)
+        raise RuntimeError("the local stack did not start within 90 s")
     if failure:
         raise failure[0]
     try:
