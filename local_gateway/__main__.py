@@ -79,10 +79,12 @@ def serve(args: argparse.Namespace) -> None:
     ])
     if busy:
         sys.exit(f"python -m local_gateway serve: {busy}")
-    asyncio.run(_serve(Stack(config)))
+    if failure := asyncio.run(_serve(Stack(config))):
+        raise SystemExit(f"Stopped: {failure}")
 
 
-async def _serve(stack: Stack) -> None:
+async def _serve(stack: Stack) -> str | None:
+    """Serve until Ctrl-C or SIGTERM (None), or until the stack must stop (why)."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -108,10 +110,15 @@ async def _serve(stack: Stack) -> None:
         })
         lines.append(f"  Chat in a browser, as participant 'demo':\n    {urls['demo']}?{query}")
     print("\n".join(lines) + "\nStop with Ctrl-C.", flush=True)
-    await stopping.wait()
+    waits = [asyncio.create_task(event.wait()) for event in (stopping, stack.failed)]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
     print("Stopping: finishing replies in flight...", flush=True)
-    await stack.stop()
-    print("Stopped.", flush=True)
+    await stack.stop(grace=10.0 if stack.failure is None else 0.0)  # without a store nothing can finish
+    if stack.failure is None:
+        print("Stopped.", flush=True)
+    return stack.failure
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,6 +37,14 @@ killed (SIGTERM, Ctrl-C, SIGKILL) and a transaction cut mid-way is never visible
 power loss or OS crash can drop the last commits (never corrupt the file). That is the
 right trade for a laptop stack: `FULL` would fsync on every commit, and every message
 and lease is a commit.
+
+The file lost: deleted (or another put in its place) while the stack runs, the open
+connections went on writing into the unlinked file, new ones opened an empty file, and every
+request failed for ever. The store remembers the file it opened (device and inode) and checks
+the path before each commit and each new connection, a `stat` costing microseconds: if the
+path no longer names that file, the transaction is rolled back and the store raises
+`StoreFileLost` from then on, tells `on_lost` once (the stack stops), and `save_copy` writes
+what it still holds beside the path. A new connection never creates the file.
 """
 
 from __future__ import annotations
@@ -46,7 +54,9 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from ws_handlers.bot import Bot
@@ -139,15 +149,33 @@ _MESSAGE_COLUMNS = (
 )
 _BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 
+#: Which file a path names: (device, inode); None when nothing is there.
+FileIdentity = tuple[int, int] | None
+
+
+class StoreFileLost(StoreError):
+    """The store's file was deleted or replaced while it was open: nothing more is served from it."""
+
 
 class SqliteStore:
     """The `Store` port on one SQLite file, shared by every thread of the process."""
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0,
+        on_lost: Callable[[str], None] | None = None, same_as: FileIdentity = None,
+    ) -> None:
+        """`on_lost` is told (once, from the thread that found out, without blocking) when the file
+        is lost; `same_as` is the file another process opened (the stack's, for its reply
+        workers): only that file is opened, never a new one."""
         self.path = os.fspath(path)
+        self._on_lost = on_lost
+        self._lost: str | None = None  #: why nothing more is served, once the file is lost
+        if same_as is not None and _identity(self.path) != same_as:
+            raise StoreFileLost(self._lost_message())
         _keep_private(self.path)
         self._lock = threading.Lock()  # one write transaction at a time on the write connection
         self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        self.identity = _identity(self.path)  #: the file opened: what the path must go on naming
         # Reads go through one connection per thread, with no lock: in WAL mode readers never
         # wait for the writer. Sharing one connection (and its lock) made every reply's reads
         # queue behind every write; under load a thread holding the lock waited for the GIL.
@@ -189,29 +217,62 @@ class SqliteStore:
         if reader is None:
             if self._closed:
                 raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
-            reader = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
+            self.check()
+            reader = sqlite3.connect(f"{Path(os.path.abspath(self.path)).as_uri()}?mode=rw", uri=True,  # never creates
+                                     timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
             with self._lock:
                 self._readers.append(reader)
             self._local.db = reader
         return reader
 
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        if self._lost is not None:
+            raise StoreFileLost(self._lost)
         with _throttled():
             return self._reader().execute(sql, params).fetchall()
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed if the block returns, rolled back if it raises."""
+        """One write transaction: committed if the block returns (and the file is still there),
+        rolled back if it raises."""
         with self._lock, _throttled():
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                self.check()  # never commit (and acknowledge) into a file nobody will read again
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+
+    def check(self) -> None:
+        """Raise StoreFileLost if the path no longer names the file opened (deleted or replaced)."""
+        if self._lost is None and _identity(self.path) != self.identity:
+            self._lost = self._lost_message()
+            if self._on_lost is not None:
+                self._on_lost(self._lost)
+        if self._lost is not None:
+            raise StoreFileLost(self._lost)
+
+    def _lost_message(self) -> str:
+        return (f"the store's file {self.path} was deleted or replaced while in use; "
+                "nothing more is stored or served from it")
+
+    def save_copy(self) -> Path:
+        """Write what this store still holds (its open file, even deleted) to a new file beside the
+        path, private like the store; its path. The directory is made again if it went too."""
+        target = Path(f"{self.path}.saved-{time.strftime('%Y%m%d-%H%M%S')}")
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _keep_private(os.fspath(target))
+        copy = sqlite3.connect(target)
+        try:
+            with self._lock:
+                self._db.backup(copy)
+        finally:
+            copy.close()
+        return target
 
     def close(self) -> None:
         """Close the file (after a transaction in progress); closing checkpoints the WAL into it."""
@@ -584,6 +645,14 @@ class SqliteStore:
             records += max(controls, flag)  # on DynamoDB both are the one CONTROL item
             connections = db.execute("DELETE FROM connections WHERE experiment = ?", (experiment,)).rowcount
         return deleted + Deleted(connections=connections, records=records)
+
+
+def _identity(path: str) -> FileIdentity:
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def _keep_private(path: str) -> None:

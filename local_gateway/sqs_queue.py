@@ -218,6 +218,11 @@ class LocalQueue:
 
     # -- lifecycle --------------------------------------------------------------------------
     @property
+    def runner(self) -> Runner:
+        """What runs the invocations (threads, or worker processes)."""
+        return self._runner
+
+    @property
     def waiting(self) -> int:
         """Messages waiting for a slot or for their visibility timeout."""
         with self._changed:

@@ -28,6 +28,7 @@ from ws_handlers import runtime
 from ws_handlers.chat import JobQueue
 from ws_handlers.config import Settings
 from ws_handlers.push import ManagementApiPusher, Pusher
+from ws_handlers.reply import invocation_died
 from ws_handlers.store import Store
 
 from . import model_process
@@ -37,6 +38,7 @@ from .lambda_context import LambdaContext
 from .management_api import management_app
 from .offline_model import OfflineModel
 from .process_runner import ProcessRunner, WorkerSpec
+from .sqlite_store import SqliteStore, StoreFileLost
 from .sqs_queue import LocalQueue
 from .template import Function, QueueSource, Template, load
 from .thread_runner import ThreadRunner
@@ -55,6 +57,8 @@ _AWS_ONLY = ("TICKET_SECRET_ARN", "OPENAI_API_KEY_SECRET_ARN")
 #: Each function has threads of its own, as each Lambda function has its own execution
 #: environments: message invocations held by pushes to a full socket never delay a $connect.
 FUNCTION_THREADS = 64
+#: How often the stack looks whether its SQLite file is still there, between writes (seconds).
+STORE_CHECK_SECONDS = 1.0
 
 
 def private_dir(path: Path) -> Path:
@@ -131,6 +135,11 @@ class Stack:
         self._moto_process: subprocess.Popen[str] | None = None
         self._moto_endpoint: str | None = None
         self._sqlite_path: str | None = None
+        #: Why the stack must stop (its store's file lost), once it must; `failed` is set then
+        self.failure: str | None = None
+        self.failed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     # -- pieces -----------------------------------------------------------------------------
     async def _serve_app(self, app: web.Application, port: int) -> str:
@@ -145,10 +154,8 @@ class Stack:
     def _open_store(self, template: Template) -> tuple[Store, dict[str, str]]:
         """The store and the environment that points functions at it."""
         if self.config.store == "sqlite":
-            from .sqlite_store import SqliteStore
-
             self._sqlite_path = str(private_dir(self.config.data_dir) / "chat.sqlite3")
-            store = SqliteStore(self._sqlite_path)
+            store = SqliteStore(self._sqlite_path, on_lost=self._store_lost)
             if freed := store.release_all_leases():
                 log.info("freed %d chats whose replies were queued or running when the stack last stopped", freed)
             return store, {}
@@ -185,6 +192,20 @@ class Stack:
             return store, {"DYNAMODB_ENDPOINT_URL": endpoint}
         raise ValueError(f"unknown store {self.config.store!r}: use sqlite or dynamodb")
 
+    def _store_lost(self, reason: str) -> None:
+        """The store's file is gone (any thread, once): say so loudly and have the stack stop."""
+        log.critical("%s: stopping the stack rather than serve from an empty store", reason)
+        self.failure = reason
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.failed.set)
+
+    async def _watch_store(self, every: float = STORE_CHECK_SECONDS) -> None:
+        """Notice a lost store file even while nobody writes (each write checks it anyway)."""
+        while self.failure is None:
+            await asyncio.sleep(every)
+            with contextlib.suppress(StoreFileLost):
+                self.store.check()  # type: ignore[union-attr]
+
     def _pusher_factory(self) -> Callable[[str], Pusher]:
         if self.config.push == "direct":
             # the gateway answers a push within its stall timeout; the rest is slack for a busy loop
@@ -210,9 +231,9 @@ class Stack:
             spec = WorkerSpec(
                 logical_id=function.logical_id, handler=function.handler, memory_mb=function.memory_mb,
                 environment=environment, sqlite_path=self._sqlite_path, threads=-(-concurrency // processes),
-                push=self.config.push,
+                push=self.config.push, sqlite_identity=getattr(self.store, "identity", None),
             )
-            runner = ProcessRunner(spec, processes)
+            runner = ProcessRunner(spec, processes, crashed=functools.partial(self._report_crash, function))
         visibility = self.config.queue_visibility_timeout
         return LocalQueue(
             runner, concurrency=concurrency, retention=source.retention, max_receive_count=source.max_receive_count,
@@ -220,6 +241,16 @@ class Stack:
             duplicates=self.config.duplicate_deliveries, duplicate_lag=self.config.duplicate_lag,
             arn=f"arn:aws:sqs:us-east-1:000000000000:{source.queue}",
         )
+
+    def _report_crash(self, function: Function, events: list[dict[str, Any]]) -> None:
+        """A worker process died running `events`: the function's services (here, in the stack's
+        process) tell the participants, on a thread of their own so the runner's supervisor goes on."""
+        def report() -> None:
+            with runtime.using(self._services[function.logical_id]):
+                for event in events:
+                    invocation_died(event)
+
+        self._pool.submit(report)
 
     def _environment(self, function: Function, overrides: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in function.environment.items() if k not in _AWS_ONLY}
@@ -244,7 +275,10 @@ class Stack:
         config = self.config
         parameters = {"Stage": config.stage, "AllowedOrigins": DEFAULT_ORIGINS} | config.parameters
         template = self.template = load(config.template_path, parameters=parameters)
+        self._loop = asyncio.get_running_loop()
         self.store, store_env = self._open_store(template)
+        if isinstance(self.store, SqliteStore):
+            self._watch = asyncio.create_task(self._watch_store())
 
         if config.openai_api_key is None and config.openai_base_url is None:
             if config.model_process:
@@ -329,6 +363,11 @@ class Stack:
             await runner.cleanup()
         if self._model_process is not None:
             await loop.run_in_executor(None, model_process.stop, self._model_process)
+        if self._watch is not None:
+            self._watch.cancel()
+        if self.failure is not None and isinstance(self.store, SqliteStore):
+            saved = await loop.run_in_executor(None, self.store.save_copy)
+            log.critical("what the stack still held of its store is saved in %s", saved)
         if self.store is not None and hasattr(self.store, "close"):
             self.store.close()
         if self._moto_process is not None:  # in memory by design: what the stack held goes with it
@@ -366,8 +405,8 @@ def running(config: StackConfig) -> Iterator[Stack]:
 
     thread = threading.Thread(target=main, name="local-stack", daemon=True)
     thread.start()
-    if not ready.wait(30):
-        raise RuntimeError("the local stack did not start within 30 s")
+    if not ready.wait(90):  # reply workers load their function first (process_runner.START_TIMEOUT)
+        raise RuntimeError("the local stack did not start within 90 s")
     if failure:
         raise failure[0]
     try:

@@ -15,7 +15,7 @@ from typing import Any
 from .chat import ReplyJob
 from .observability import logger, metrics
 from .runtime import services
-from .turn import Turn
+from .turn import Turn, report_dead_turn
 
 
 class JobsFailed(RuntimeError):
@@ -45,3 +45,24 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if failed:
         raise JobsFailed(f"{failed} of {len(records)} reply jobs failed")
     return {"jobs": len(records)}
+
+
+def invocation_died(event: dict[str, Any]) -> None:
+    """The process running `event` died mid-invocation (killed, out of memory), so `handler` could
+    not say so: free each job's chat and tell its participant to retry (`report_dead_turn`).
+
+    The local stack calls it when a reply worker process dies (local_gateway/process_runner.py).
+    On AWS nothing does: an execution environment killed mid-reply leaves the chat's lease to
+    lapse (REPLY_LEASE_SECONDS, no longer renewed), and the client's reply timeout asks `history`
+    and resends (docs/protocol.md); SQS delivers the job again after the visibility timeout, and
+    that delivery finds the turn claimed and does nothing.
+    """
+    svc = services()
+    for record in event.get("Records") or []:
+        try:
+            job = ReplyJob.from_dict(json.loads(record["body"]))
+        except (KeyError, TypeError, ValueError):
+            continue  # nobody to tell: `handler` logs it when the job comes again
+        if report_dead_turn(svc.store, svc.pusher_for, job):
+            logger.warning("reply lost with its process; the participant was told to retry",
+                           extra={"chat_id": job.chat_id, "user_seq": job.user_seq})

@@ -170,6 +170,26 @@ class _LeaseKeeper:
         self._thread.join()
 
 
+def report_dead_turn(store: Store, pusher_for: Callable[[str], Pusher], job: ReplyJob) -> bool:
+    """The invocation writing `job` died without a word (its process killed: SIGKILL, out of
+    memory): if the turn still holds the chat, free it and tell the participant to retry, as
+    `Turn.run` does for a crash it sees. True when it did. A reply already stored, or a chat
+    another turn has taken since (the participant's retry), is left alone: an error for that
+    seq would make the page drop a reply that is coming."""
+    chat = store.get_chat(job.chat_id)
+    if chat is None or chat.lease is None or chat.lease.turn_id != job.turn_id:
+        return False
+    store.release_lease(job.chat_id, job.turn_id)  # first: the retry the error asks for must find the chat free
+    user = store.get_message(job.chat_id, job.user_seq)
+    error = ChatError("internal", chat_id=job.chat_id, seq=job.user_seq + 1,
+                      client_msg_id=user.client_msg_id if user else None)
+    try:
+        pusher_for(job.endpoint).send(chat.connection_id or job.connection_id, error_frame(error))
+    except (ConnectionGone, PushFailed):  # the participant left: `start` shows the chat free
+        pass
+    return True
+
+
 class Turn:
     """One reply, in three steps: claim the job, generate (prompt and stream), store."""
 

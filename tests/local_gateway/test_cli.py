@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,3 +134,37 @@ def test_serve_on_a_busy_port_says_which_option_to_change(tmp_path, option):
     assert out.returncode != 0
     assert f"Port {busy} is already in use" in out.stderr, out.stderr
     assert f"choose another port with {option}." in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_store_file_deleted_while_serving_stops_the_stack_loudly_and_acks_nothing(tmp_path):
+    """The SQLite file deleted under a running stack used to leave it answering `internal` for ever,
+    on an empty new file. Now the stack refuses the next message (no ack), says which file went,
+    saves what it still held beside it, and exits non-zero."""
+    served, store = Served(tmp_path), tmp_path / "chat.sqlite3"
+    creds = _mint(tmp_path, served.url)
+    frames: list[dict] = []
+    try:
+        with connect(creds["ws_url"], open_timeout=10) as ws:
+            ws.send(json.dumps({"action": "start", "ticket": creds["ticket"]}))
+            chat_id = json.loads(ws.recv(timeout=10))["chat_id"]
+            send = {"action": "send", "chat_id": chat_id, "client_msg_id": "m1", "text": "Kept"}
+            ws.send(json.dumps(send))
+            while json.loads(ws.recv(timeout=10))["type"] != "message":
+                pass
+            store.unlink()
+            with contextlib.suppress(ConnectionClosed):  # the stack may have noticed first, and stopped
+                ws.send(json.dumps({**send, "client_msg_id": "m2", "text": "Into the void"}))
+                while True:
+                    frames.append(json.loads(ws.recv(timeout=30)))
+        code = served.process.wait(30)
+    finally:
+        if served.process.poll() is None:
+            served.process.kill()
+    output = "".join(served.output) + served.process.stdout.read()
+    assert code == 1 and f"{store} was deleted or replaced" in output, output
+    assert [f["code"] for f in frames] in ([], ["internal"])  # never an ack
+    assert not store.exists()  # no empty store made in its place
+    (saved,) = tmp_path.glob("chat.sqlite3.saved-*")
+    assert f"saved in {saved}" in output
+    texts = [row[0] for row in sqlite3.connect(saved).execute("SELECT text FROM messages WHERE role = 'user'")]
+    assert texts == ["Kept"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from local_gateway.sqlite_store import SCHEMA_VERSION, SqliteStore
+from local_gateway.sqlite_store import SCHEMA_VERSION, SqliteStore, StoreFileLost
 from ws_handlers.bot import Bot, Limits
 from ws_handlers.store import (
     Chat,
@@ -393,3 +393,58 @@ def test_the_store_and_the_secret_are_private_to_their_owner_in_a_private_data_d
         assert mode(old) == 0o600
     finally:
         os.umask(umask)
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_store_whose_file_is_deleted_or_replaced_refuses_everything_and_saves_what_it_held(tmp_path, how):
+    """The file deleted (or another put in its place) while the stack ran: SQLite wrote on into the
+    unlinked file, new connections opened an empty one, and every request got `internal` for ever.
+    Now the first write or new connection after it raises StoreFileLost, naming the file; nothing
+    is written or created at the path; the stack is told once; and what the store still holds can
+    be saved beside it."""
+    path = tmp_path / "chat.sqlite3"
+    told: list[str] = []
+    store = SqliteStore(path, on_lost=told.append)
+    chat = _open(store)
+    _append(store, chat, "m1")
+    if how == "deleted":
+        path.unlink()
+    else:
+        SqliteStore(tmp_path / "other.sqlite3").close()
+        os.replace(tmp_path / "other.sqlite3", path)
+    with pytest.raises(StoreFileLost, match=str(path)):
+        _append(store, store.get_chat(chat.chat_id), "m2")
+    with pytest.raises(StoreFileLost):  # refused from then on, reads too, whatever the thread
+        store.get_chat(chat.chat_id)
+    failure: list[BaseException] = []
+    reader = threading.Thread(target=lambda: _catch(failure, store.messages, chat.chat_id))
+    reader.start()
+    reader.join(10)
+    assert isinstance(failure[0], StoreFileLost)
+    assert len(told) == 1 and str(path) in told[0]
+    assert path.exists() == (how == "replaced")  # no empty file made at the path
+    saved = store.save_copy()
+    assert saved.parent == tmp_path and saved.stat().st_mode & 0o077 == 0
+    store.close()
+    rows = sqlite3.connect(saved).execute("SELECT seq, client_msg_id FROM messages ORDER BY seq").fetchall()
+    assert rows == [(1, None), (2, "m1")]  # everything committed before, and nothing after
+
+
+def test_a_process_that_must_share_the_stacks_file_refuses_another(tmp_path):
+    """A reply worker started after the file was deleted or replaced would make or open another:
+    it opens only the very file the stack opened."""
+    path = tmp_path / "chat.sqlite3"
+    store = SqliteStore(path)
+    SqliteStore(path, same_as=store.identity).close()
+    path.unlink()
+    with pytest.raises(StoreFileLost, match=str(path)):
+        SqliteStore(path, same_as=store.identity)
+    assert not path.exists()
+    store.close()
+
+
+def _catch(failure: list[BaseException], call, *args) -> None:
+    try:
+        call(*args)
+    except BaseException as exc:
+        failure.append(exc)

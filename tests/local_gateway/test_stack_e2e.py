@@ -6,7 +6,9 @@ import asyncio
 import collections
 import dataclasses
 import json
+import os
 import random
+import signal
 import time
 import uuid
 from urllib.parse import quote
@@ -268,6 +270,58 @@ def test_reconnect_in_the_middle_of_a_reply_resumes_without_gap_or_duplicate(tmp
         stored = {m.seq: m.text for m in stack.store.messages(chat["chat_id"])}
         assert shown == stored  # nothing missing, nothing twice
         second.close()
+
+
+def _reply_workers() -> set[int]:
+    """The stack's live reply worker processes (spawned children of this test's process)."""
+    from pathlib import Path
+
+    from load_tests.local import processes
+
+    def worker(pid: int) -> bool:
+        try:  # a killed worker not yet reaped has an empty command line
+            return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    return {pid for pid in processes(os.getpid()) if worker(pid)}
+
+
+def test_a_killed_reply_worker_is_replaced_and_the_participant_retries(tmp_path):
+    """A worker process killed mid-reply (SIGKILL, the OOM killer) used to leave that reply
+    silent for ever, and every later message acked and never answered. Now a new worker takes
+    its place, the participant is told (`internal`, retryable, for the reply's seq) instead of
+    waiting, the retry of the same message gets its reply, and the queue's redelivery of the
+    killed job (as SQS's after the visibility timeout) writes nothing twice."""
+    config = _config(tmp_path, tps=40, function_processes=1, queue_visibility_timeout=0.2)
+    with running(config) as stack:  # every job delivered twice: both copies may die with the worker
+        (queue,) = stack.queues.values()
+        url, ticket = credentials(stack)
+        client = Client(url)
+        client.send({"action": "start", "ticket": ticket})
+        chat_id = client.until("chat")["chat_id"]
+        send = {"action": "send", "chat_id": chat_id, "client_msg_id": "m1", "text": "Tell me about primes"}
+        client.send(send)
+        client.until("delta")
+        (killed,) = _reply_workers()
+        os.kill(killed, signal.SIGKILL)  # a process this test started, by its PID
+        error = client.until("error", timeout=30)
+        assert (error["code"], error["retryable"], error["seq"], error["client_msg_id"]) == ("internal", True, 3, "m1")
+        deadline = time.monotonic() + 30
+        while not (replaced := _reply_workers() - {killed}) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(replaced) == 1, "no new worker took the killed one's place"
+        client.send(send)  # the retry the error asks for
+        assert client.until("ack")["duplicate"] is True
+        retried = client.until("message", timeout=30)
+        client.send({**send, "client_msg_id": "m2", "text": "And after that?"})  # a later message is answered
+        later = client.until("message", timeout=30)
+        assert queue.wait_idle(30) and queue.stats.redelivered >= 1  # the killed job came back, and did nothing
+        stored = {m.seq: (m.role, m.text) for m in stack.store.messages(chat_id)}
+        assert sorted(stored) == [1, 2, 3, 4, 5] and [r for r, _ in stored.values()] == [
+            "assistant", "user", "assistant", "user", "assistant"]
+        assert (stored[3][1], stored[5][1]) == (retried["text"], later["text"])
+        client.close()
 
 
 def test_410_for_unknown_and_closed_connections(stack):

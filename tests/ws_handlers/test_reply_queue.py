@@ -136,3 +136,30 @@ def test_a_page_reloaded_while_its_reply_waits_is_told_it_is_queued(harness, sqs
     reply.handler({"Records": [record]}, LambdaContext("reply"))  # the reply starts: no longer queued
     harness.connect("c3")
     assert [f["type"] for f in harness.send("c3", {"action": "start", "ticket": harness.ticket()})] == ["chat"]
+
+
+def test_a_reply_whose_process_died_frees_the_chat_and_tells_the_participant_once(harness, model, sqs_jobs):
+    """The process writing a reply was killed (its worker, on the local stack): the chat is freed at
+    once and the participant told to retry, once however often it is reported; SQS's redelivery of
+    the job then does nothing, and the retry writes the reply once."""
+    sqs, url = sqs_jobs
+    harness.connect("c1")
+    chat_id = harness.start("c1")["chat_id"]
+    harness.send("c1", _send("c1", chat_id, "m1"))
+    (record,) = _sqs_records(sqs, url)
+    job = json.loads(record["body"])
+    assert harness.store.claim_turn(chat_id, job["turn_id"], 1e12)  # the killed invocation had claimed it
+    before = len(harness.frames("c1"))
+    for _ in range(2):  # the twins of a job delivered twice, both lost with the process
+        reply.invocation_died({"Records": [record]})
+    (error,) = harness.frames("c1")[before:]
+    assert (error["code"], error["retryable"], error["seq"], error["client_msg_id"]) == ("internal", True, 2, "m1")
+    assert harness.store.get_chat(chat_id).lease is None
+    reply.handler({"Records": [record]}, LambdaContext("reply"))  # the redelivery after the visibility timeout
+    assert harness.store.get_message(chat_id, 2) is None and model.stats["requests"] == 0
+    runtime.services().jobs = harness.queue
+    again = harness.send("c1", _send("c1", chat_id, "m1"))  # the retry the error asks for
+    assert again[0]["duplicate"] is True and again[-1]["type"] == "message" and again[-1]["seq"] == 2
+    reply.invocation_died({"Records": [record]})  # reported late: the stored reply is left alone
+    assert harness.frames("c1")[-1]["type"] == "message"
+    assert [m.seq for m in harness.store.messages(chat_id)] == [1, 2] and model.stats["requests"] == 1
