@@ -127,6 +127,7 @@ class Stack:
         self.urls: dict[str, str] = {}
         self._runners: list[web.AppRunner] = []
         self._pools: dict[str, ThreadPoolExecutor] = {}  #: by function (logical id)
+        self._pools_lock = threading.Lock()
         self.queues: dict[str, LocalQueue] = {}  #: by the queue's logical id
         self._services: dict[str, runtime.Services] = {}
         self._moto: Any = None
@@ -250,7 +251,7 @@ class Stack:
                 for event in events:
                     invocation_died(event)
 
-        self._pool.submit(report)
+        self._pool_for(function.logical_id).submit(report)
 
     def _environment(self, function: Function, overrides: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in function.environment.items() if k not in _AWS_ONLY}
@@ -345,9 +346,14 @@ class Stack:
     async def _invoke(self, logical_id: str, event: dict[str, Any]) -> Any:
         assert self.template is not None
         function = self.template.functions[logical_id]
-        if (pool := self._pools.get(logical_id)) is None:
-            pool = self._pools[logical_id] = ThreadPoolExecutor(FUNCTION_THREADS, thread_name_prefix=logical_id)
-        return await asyncio.get_running_loop().run_in_executor(pool, self._run, function, event)
+        return await asyncio.get_running_loop().run_in_executor(self._pool_for(logical_id), self._run, function, event)
+
+    def _pool_for(self, logical_id: str) -> ThreadPoolExecutor:
+        """The function's own threads (made at its first use, from the loop or a runner's supervisor)."""
+        with self._pools_lock:
+            if (pool := self._pools.get(logical_id)) is None:
+                pool = self._pools[logical_id] = ThreadPoolExecutor(FUNCTION_THREADS, thread_name_prefix=logical_id)
+            return pool
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking sockets, let replies in flight finish (up to `grace` s), close the store."""
