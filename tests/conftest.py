@@ -13,6 +13,7 @@ import pytest
 from local_gateway.offline_model import OfflineModel
 from local_gateway.strict_dynamodb import StrictDynamoDB, Strictness, install
 from local_gateway.threaded import serve_in_thread
+from waiting import Hold
 
 
 @pytest.fixture(autouse=True)
@@ -68,8 +69,11 @@ def secret() -> str:
 
 @pytest.fixture(scope="session")
 def offline_model():
-    """A fast offline model shared by the session; tests queue faults on it."""
-    model = OfflineModel(ttft=0, tokens_per_second=0)
+    """A fast offline model shared by the session; tests queue faults on it, and end the stalls
+    and delays of Hold.SECONDS they queue with `model.hold.release()`."""
+    hold = Hold()
+    model = OfflineModel(ttft=0, tokens_per_second=0, sleep=hold.sleep)
+    model.hold = hold
     with serve_in_thread(model.app()) as served:
         model.url = served.url
         yield model
@@ -79,8 +83,10 @@ def offline_model():
 def model(offline_model: OfflineModel):
     offline_model.faults.clear()
     offline_model.reset_stats()
+    offline_model.hold.close()
     yield offline_model
     offline_model.faults.clear()
+    offline_model.hold.release()  # nothing a test left held outlives it
 
 
 CHROMIUM = Path("/usr/bin/chromium")  #: Debian's, installed by `make chromium`

@@ -6,7 +6,6 @@ reply for the reply function, so this function returns within API Gateway's 29 s
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from .chat import Chats
@@ -41,7 +40,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         # or unknown frames is cut like any other. API Gateway answers pings itself (template.yaml);
         # a ping that gets here anyway (should API Gateway and Python read a frame differently, say
         # one with two `action` keys) is counted like the rest.
-        counted = svc.store.count_frame(connection_id, time.time(), svc.settings.rate_limit_window)
+        counted = svc.store.count_frame(connection_id, svc.clock(), svc.settings.rate_limit_window)
         if counted is None:
             raise ChatError("not_connected")
         connection, frames = counted
@@ -50,7 +49,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.append_keys(participant=connection.identity.participant)
         action = parse(event.get("body"))
         action_name = type(action).__name__.lower()
-        chats = Chats(svc.settings, svc.store, svc.jobs, svc.ticket_secret)
+        chats = Chats(svc.settings, svc.store, svc.jobs, svc.ticket_secret, clock=svc.clock)
         chats.handle(connection, action, endpoint, respond)
     except ChatError as exc:
         logger.info("refused", extra={"action": action_name, "code": exc.code})

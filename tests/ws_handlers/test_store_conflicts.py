@@ -12,7 +12,7 @@ from typing import Any
 
 import boto3
 import pytest
-from harness import wait_for
+from waiting import wait_for
 from moto import mock_aws
 
 from local_gateway.strict_dynamodb import StrictDynamoDB
