@@ -9,11 +9,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from moto.core.config import default_user_config
 
 from local_gateway.offline_model import OfflineModel
 from local_gateway.strict_dynamodb import StrictDynamoDB, Strictness, install
 from local_gateway.threaded import serve_in_thread
 from waiting import Hold
+
+
+# moto replaces boto3's default session on every mock_aws(), and each new session parses the
+# services' JSON models again (most of a second per client on a busy machine, several clients per
+# test). The session's clients all go through moto's hook whatever session made them.
+default_user_config["core"]["reset_boto3_session"] = False
 
 
 @pytest.fixture(autouse=True)
