@@ -122,8 +122,9 @@ class OfflineModel:
     api_key: when set, requests must carry `Authorization: Bearer <api_key>`.
     retry_after_ms: value of the `retry-after-ms` header sent with injected 429 and 5xx
         answers, so the openai client's retries are quick; None sends no header.
-    clock, sleep: what the pacing, delays and stalls run on; a test injects its own to check
-        the pace without timing it, or to hold a reply until it has seen what it waits for.
+    clock, sleep: what the pacing, delays and stalls run on (attributes of the same names); a
+        test injects its own to check the pace without timing it, or to hold a stalled reply
+        until it has seen what it waits for.
     """
 
     def __init__(self, ttft: float | None = None, tokens_per_second: float | None = None,
@@ -139,7 +140,7 @@ class OfflineModel:
         self.stats: dict[str, Any] = {}
         self.reset_stats()
         self._inflight: set[asyncio.Task[Any]] = set()
-        self._clock, self._sleep = clock, sleep
+        self.clock, self.sleep = clock, sleep
 
     # -- state (the HTTP control endpoints call these; tests may call them too)
 
@@ -274,7 +275,7 @@ class OfflineModel:
                 headers["retry-after-ms"] = f"{self.retry_after_ms:g}"
             return _error(fault.status, message, type_, code=code, headers=headers)
         if fault and fault.kind == "delay":
-            await self._sleep(fault.seconds)
+            await self.sleep(fault.seconds)
 
         messages = body["messages"]
         reply = tokenize(write_reply(messages))
@@ -293,7 +294,7 @@ class OfflineModel:
                                       fault, reply_id, created, body["model"])
 
         stall = fault.seconds if fault and fault.kind == "stall" else 0.0
-        await self._sleep(self.ttft + self._pace(len(reply)) + stall)
+        await self.sleep(self.ttft + self._pace(len(reply)) + stall)
         if fault and fault.kind == "cut":
             self.stats["aborted"] += 1
             _abort(request)
@@ -325,23 +326,23 @@ class OfflineModel:
                 data["usage"] = None
             return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
 
-        await self._sleep(self.ttft)
+        await self.sleep(self.ttft)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
         self._count_status(response.status)
         await response.write(chunk({"role": "assistant", "content": "", "refusal": None}))
-        start = self._clock()
+        start = self.clock()
         for i, token in enumerate(reply):
             if fault and i == fault.after_tokens and fault.kind in ("cut", "stall"):
                 if fault.kind == "cut":
                     return await self._cut(request, response)
-                stalled_at = self._clock()
-                await self._sleep(fault.seconds)
-                start += self._clock() - stalled_at  # the pace goes on from where it stopped
-            wait = start + self._pace(i) - self._clock()
+                stalled_at = self.clock()
+                await self.sleep(fault.seconds)
+                start += self.clock() - stalled_at  # the pace goes on from where it stopped
+            wait = start + self._pace(i) - self.clock()
             if wait > 0:
-                await self._sleep(wait)
+                await self.sleep(wait)
             await response.write(chunk({"content": token}))
         if fault and fault.kind == "cut":  # after_tokens >= the reply's length
             return await self._cut(request, response)
