@@ -37,10 +37,6 @@ VIEWPORT = {"width": 800, "height": 600}
 OFFLINE = "net::ERR_INTERNET_DISCONNECTED"  # Chromium's log of a reconnect attempt while offline: expected
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
 
-pytestmark = [
-    pytest.mark.timeout(180),
-]
-
 # Records, on every change to the message list, each shown assistant message and whether
 # the typing indicator (or the notice of a queued reply) is visible (what the participant saw
 # while a reply streamed), and every message node (none may be replaced: a streamed reply grows
@@ -108,8 +104,8 @@ def stack(site, tmp_path):
 
 @pytest.fixture
 def crowded_stack(site, tmp_path):
-    """Two replies written at a time (LlmConcurrency 2), each for about five seconds: a third waits in the queue."""
-    with running(stack_config(site, tmp_path, 15, LlmConcurrency="2")) as s:
+    """Two replies written at a time (LlmConcurrency 2): a third waits in the queue (while the test holds them)."""
+    with running(stack_config(site, tmp_path, 40, LlmConcurrency="2")) as s:
         yield s
 
 

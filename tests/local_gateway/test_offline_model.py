@@ -35,7 +35,7 @@ def served(model: OfflineModel) -> Iterator[ServedApp]:
         yield served
 
 
-def client(served: ServedApp, max_retries: int = 0, timeout: float = 5.0,
+def client(served: ServedApp, max_retries: int = 0, timeout: float = 60.0,
            api_key: str = "test") -> openai.OpenAI:
     return openai.OpenAI(base_url=served.url + "/v1", api_key=api_key, max_retries=max_retries,
                          timeout=timeout)
@@ -53,7 +53,7 @@ def http(served: ServedApp, method: str, path: str, body: Any = None, raw: bytes
     request = urllib.request.Request(served.url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json", **(headers or {})})
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
@@ -330,7 +330,7 @@ def test_cut_mid_stream_raises_api_connection_error(served: ServedApp) -> None:
 
 def test_cut_mid_stream_async_client(served: ServedApp) -> None:
     async def run() -> tuple[int, BaseException | None]:
-        c = openai.AsyncOpenAI(base_url=served.url + "/v1", api_key="test", max_retries=0, timeout=5)
+        c = openai.AsyncOpenAI(base_url=served.url + "/v1", api_key="test", max_retries=0, timeout=60)
         received = 0
         try:
             stream = await c.chat.completions.create(model="m", messages=ADA, stream=True)

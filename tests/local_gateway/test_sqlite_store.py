@@ -36,8 +36,6 @@ from ws_handlers.store import (
 )
 from ws_handlers.tickets import Identity
 
-pytestmark = pytest.mark.timeout(30)
-
 ROOT = Path(__file__).resolve().parents[2]
 BOT = Bot("tutor", "m", "prompt", limits=Limits(max_user_messages=1000))
 NOW = 1_800_000_000.0

@@ -38,10 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "otree_app"
 OTREE_BIN = ROOT / ".venv-otree" / "bin"
 
-pytestmark = [
-    pytest.mark.skipif(not (OTREE_BIN / "otree").exists(), reason="oTree's venv is missing: run `make otree`"),
-    pytest.mark.timeout(240),
-]
+pytestmark = pytest.mark.skipif(not (OTREE_BIN / "otree").exists(), reason="oTree's venv is missing: run `make otree`")
 
 
 def free_port() -> int:
@@ -60,7 +57,7 @@ def bots_module():
 def http(url: str, data: dict | None = None) -> bytes:
     body = None if data is None else json.dumps(data).encode()
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=60) as response:
         return response.read()
 
 
@@ -115,7 +112,7 @@ def stack_and_otree(tmp_path_factory):
                 except ProcessLookupError:
                     break
                 try:
-                    server.wait(10)
+                    server.wait(60)
                     os.killpg(server.pid, signal.SIGKILL)  # the group's other members (timeoutsubprocess)
                 except (subprocess.TimeoutExpired, ProcessLookupError):
                     continue

@@ -180,7 +180,7 @@ def test_a_whole_chat_logs_no_text_or_secret_and_frames_show_no_treatment(emulat
     assert h.send("c2", {"action": "ping"}) == [{"type": "pong"}]
     h.disconnect("c2")
     h.disconnect("c1")
-    assert h.queue.wait_idle(30)
+    assert h.queue.wait_idle(60)
 
     # -- what was logged -------------------------------------------------------------------
     out, err = capfd.readouterr()  # Powertools metrics (EMF) and anything printed

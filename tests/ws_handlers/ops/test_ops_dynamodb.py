@@ -13,7 +13,6 @@ from local_gateway.template import read_template
 from ws_handlers.dynamo_store import DynamoStore, create_tables
 from ws_handlers.store import Connection, StoreThrottled
 
-pytestmark = pytest.mark.timeout(60)
 PEOPLE = [("P1", "s1"), ("P2", "s1"), ("P3", "s2")]
 NOW = 1_800_000_000
 
