@@ -15,7 +15,10 @@ import { ChatClient } from "../chat-client.js";
 export const ROOT = path.resolve(fileURLToPath(new URL("../..", import.meta.url)));
 /** The one place the interpreter is named: the project's venv, unless PYTHON says otherwise. */
 export const PYTHON = process.env.PYTHON || path.join(ROOT, ".venv", "bin", "python");
-const READY_TIMEOUT_MS = 20000;
+/** How long a child process (the stack's start, `mint`) may take before a test fails. Only a
+ * bound: waits end when the child is ready, and on a busy machine Python's imports alone can
+ * take many seconds. */
+const CHILD_PATIENCE_MS = 120000;
 const STOP_GRACE_MS = 5000;
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -72,7 +75,7 @@ export async function startStack({ tps = 400, ttftMs = 30, idleTimeout = 2, llmC
       });
       child.once("error", reject);
       exited.then((code) => reject(new Error(`the stack exited (${code}) before it was ready:\n${output}`)));
-    }), READY_TIMEOUT_MS, "the stack to be ready");
+    }), CHILD_PATIENCE_MS, "the stack to be ready");
   } catch (error) {
     await stop();
     throw error;
@@ -99,7 +102,7 @@ export async function startStack({ tps = 400, ttftMs = 30, idleTimeout = 2, llmC
     const mintArgs = ["-m", "local_gateway", "--data-dir", dataDir, "mint", "--participant", participant,
       "--chat-key", chatKey, "--url", url];
     return new Promise((resolve, reject) => {
-      execFile(PYTHON, mintArgs, { cwd: ROOT, timeout: 15000 }, (error, stdout, stderr) => {
+      execFile(PYTHON, mintArgs, { cwd: ROOT, timeout: CHILD_PATIENCE_MS }, (error, stdout, stderr) => {
         if (error) return reject(new Error(`mint failed: ${error.message}\n${stderr}`));
         const { url: wsUrl, token, ticket } = JSON.parse(stdout);
         resolve({ url: wsUrl, token, ticket });
