@@ -90,6 +90,23 @@ class Chats:
         self._secret = ticket_secret
         self._clock = clock
 
+    def admit_frame(self, connection_id: str) -> Connection:
+        """Count a frame against its socket's rate limit, before anything else (parsing included),
+        and return the connection it came from; raises `not_connected` or `rate_limited`.
+
+        Every frame that reaches the function counts: a flood of malformed or unknown frames is
+        cut like any other. API Gateway answers pings itself (template.yaml); a ping that gets here
+        anyway (should API Gateway and Python read a frame differently, say one with two `action`
+        keys) is counted like the rest.
+        """
+        counted = self.store.count_frame(connection_id, self._clock(), self.settings.rate_limit_window)
+        if counted is None:
+            raise ChatError("not_connected")
+        connection, frames = counted
+        if frames > self.settings.rate_limit_frames:  # a flood: refused before any other work
+            raise ChatError("rate_limited")
+        return connection
+
     def handle(self, connection: Connection, action: Start | Send | History | Ping, endpoint: str, respond: Respond) -> None:
         if isinstance(action, Ping):
             respond({"type": "pong"})

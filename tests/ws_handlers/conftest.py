@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import collections
+import io
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from harness import Harness  # noqa: E402
 
 from local_gateway.management_api import RecordingRegistry, management_app  # noqa: E402
 from local_gateway.threaded import serve_in_thread  # noqa: E402
+from ws_handlers import observability  # noqa: E402
 
 
 @pytest.fixture
@@ -46,3 +50,23 @@ def emulated(secret, model):
         h.push_faults = faults  # statuses the next pushes get instead of delivery
         yield h
         h.close()
+
+
+@pytest.fixture
+def logs(caplog) -> Iterator[io.StringIO]:
+    """Everything logged: the service's Powertools logger at DEBUG, through its own formatter
+    (so appended keys and exception fields are rendered as on CloudWatch), and every other
+    logger (openai, httpx, botocore) at INFO through caplog."""
+    service = logging.getLogger(observability.SERVICE)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(observability.logger.registered_formatter)
+    level = service.level
+    service.addHandler(handler)
+    service.setLevel(logging.DEBUG)
+    caplog.set_level(logging.INFO)
+    try:
+        yield stream
+    finally:
+        service.removeHandler(handler)
+        service.setLevel(level)

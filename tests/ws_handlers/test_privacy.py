@@ -9,9 +9,7 @@ temperature or bot name, in any frame type.
 from __future__ import annotations
 
 import base64
-import io
 import json
-import logging
 import re
 import uuid
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from moto import mock_aws
 from harness import Harness, wait_for
 from local_gateway.management_api import RecordingRegistry, management_app
 from local_gateway.threaded import serve_in_thread
-from ws_handlers import observability, tickets
+from ws_handlers import tickets
 
 #: docs/protocol.md, "Server to client": the fields each frame type may carry.
 FRAME_FIELDS = {
@@ -54,26 +52,6 @@ def emulated_with_key(secret, model) -> Iterator[Harness]:
         h.api_key = api_key  # type: ignore[attr-defined]
         yield h
         h.close()
-
-
-@pytest.fixture
-def logs(caplog) -> Iterator[io.StringIO]:
-    """Everything logged: the service's Powertools logger at DEBUG, through its own formatter
-    (so appended keys and exception fields are rendered as on CloudWatch), and every other
-    logger (openai, httpx, botocore) at INFO through caplog."""
-    service = logging.getLogger(observability.SERVICE)
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(observability.logger.registered_formatter)
-    level = service.level
-    service.addHandler(handler)
-    service.setLevel(logging.DEBUG)
-    caplog.set_level(logging.INFO)
-    try:
-        yield stream
-    finally:
-        service.removeHandler(handler)
-        service.setLevel(level)
 
 
 def _strings(value: Any) -> Iterator[str]:
