@@ -230,13 +230,14 @@ export class ChatClient extends EventTarget {
     /** @type {Socket} */
     let ws;
     try {
-      ws = this._ws = new this._WebSocket(`${this.options.url}?token=${encodeURIComponent(String(this.options.token))}`);
+      ws = new this._WebSocket(`${this.options.url}?token=${encodeURIComponent(String(this.options.token))}`);
     } catch (err) { // a malformed URL: nothing to retry
       const message = String((/** @type {any} */ (err))?.message || err);
       this._emit("error", { code: "connect_failed", message, retryable: false });
       this.close();
       return;
     }
+    this._ws = ws;
     ws.onopen = () => {
       if (ws === this._ws) this._opened();
     };
