@@ -19,7 +19,10 @@ test("the heartbeat keeps an idle client past the gateway's 2 s idle timeout; wi
   const [credsOn, credsOff] = await Promise.all([credsFor("P-beat"), credsFor("P-nobeat")]);
   const on = makeClient(credsOn, { heartbeatMs: 500 });
   const off = makeClient(credsOff, { heartbeatMs: 0 });
-  t.after(() => (on.client.close(), off.client.close()));
+  t.after(() => {
+    on.client.close();
+    off.client.close();
+  });
   await within(Promise.all([on.client.start(), off.client.start()]), 10000, "start()");
   await sleep(5000);
 
@@ -45,7 +48,10 @@ test("during an outage the reconnect delays grow, with full jitter; a stable con
   const max = 800;
   const { client, events, log } = makeClient({ ...creds, url: proxy.url },
     { backoffBaseMs: base, backoffMaxMs: max, stableAfterMs: 400 });
-  t.after(async () => (client.close(), await proxy.close()));
+  t.after(async () => {
+    client.close();
+    await proxy.close();
+  });
   await within(client.start(), 10000, "start()");
   const reconnecting = () => of(events, "state").filter((e) => e.state === "reconnecting");
 
@@ -120,7 +126,10 @@ function runChild(creds, closeThem) {
   });
   let out = "";
   let printedAt = null;
-  child.stdout.on("data", (chunk) => ((out += chunk), (printedAt ??= Date.now())));
+  child.stdout.on("data", (chunk) => {
+    out += chunk;
+    printedAt ??= Date.now();
+  });
   child.stderr.on("data", (chunk) => (out += chunk));
   const exited = new Promise((resolve) => child.once("exit", () => resolve(Date.now())));
   return { child, exited, output: () => out, printedAt: () => printedAt };
@@ -132,7 +141,10 @@ test("close() stops everything: no reconnect, no timer left, the process exits a
   // two pages sending in one chat at once, the one refused with reply_in_progress asks `history`, which
   // binds the chat to its socket, and under load the other page's reply can stream there instead.)
   const control = runChild(await credsFor("P-close-control"), false);
-  t.after(() => (closing.child.kill(), control.child.kill()));
+  t.after(() => {
+    closing.child.kill();
+    control.child.kill();
+  });
 
   const exitedAt = await within(closing.exited, 15000, "the child to exit");
   assert.equal(closing.child.exitCode, 0, closing.output());

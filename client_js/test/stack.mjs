@@ -164,7 +164,11 @@ export async function startProxy(targetPort) {
     let handshake = true; // the server's HTTP answer to the upgrade comes before any frame
     upstream.on("data", (data) => {
       if (!pair.down) return;
-      if (!rewrite && !pending.length) return (handshake = false), client.write(data);
+      if (!rewrite && !pending.length) {
+        handshake = false;
+        client.write(data);
+        return;
+      }
       pending = Buffer.concat([pending, data]);
       if (handshake) {
         const end = pending.indexOf("\r\n\r\n");
@@ -196,7 +200,10 @@ export async function startProxy(targetPort) {
       return [...pairs].filter((p) => !p.client.destroyed).length;
     },
     drop() {
-      for (const { client, upstream } of pairs) client.resetAndDestroy(), upstream.resetAndDestroy();
+      for (const { client, upstream } of pairs) {
+        client.resetAndDestroy();
+        upstream.resetAndDestroy();
+      }
       pairs.clear();
     },
     blackhole() {
@@ -216,7 +223,10 @@ export async function startProxy(targetPort) {
     },
     async close() {
       refusing = true;
-      for (const { client, upstream } of pairs) client.destroy(), upstream.destroy();
+      for (const { client, upstream } of pairs) {
+        client.destroy();
+        upstream.destroy();
+      }
       pairs.clear();
       await new Promise((resolve) => server.close(resolve));
     },
@@ -295,7 +305,10 @@ export function makeClient(creds, options = {}) {
 export async function behindProxy(t, stack, creds, options) {
   const proxy = await startProxy(stack.port);
   const made = makeClient({ ...creds, url: proxy.url }, options);
-  t.after(async () => (made.client.close(), await proxy.close()));
+  t.after(async () => {
+    made.client.close();
+    await proxy.close();
+  });
   await within(made.client.start(), 10000, "start()");
   return { creds, proxy, ...made };
 }
