@@ -126,7 +126,7 @@ export async function startStack({ tps = 400, ttftMs = 30, idleTimeout = 2, llmC
     let chain = Promise.resolve();
     const minted = new Map(names.map((name) => [name, (chain = chain.catch(() => {}).then(() => mint(name)))]));
     minted.forEach((promise) => promise.catch(() => {})); // a failure surfaces in the test that awaits it
-    return (name) => within(minted.get(name) ?? mint(name), 30000, `credentials for ${name}`);
+    return (name) => within(minted.get(name) ?? mint(name), CHILD_PATIENCE_MS, `credentials for ${name}`);
   }
 
   return { url, port: Number(new URL(url).port), dataDir, mint, prefetch, faults, stop, output: () => output };
