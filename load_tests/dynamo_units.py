@@ -2,20 +2,21 @@
 
 `Meter.attach(client)` hooks botocore's events on one client: before each call it notes the
 request and the size of every item the call will write, after it the sizes again, and prices
-the call by DynamoDB's rules (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/
-read-write-operations.html and .../CapacityUnitCalculations.html):
+the call by DynamoDB's rules (its developer guide: read and write request units, item sizes,
+and the write activity of global secondary indexes):
 
 - a write is 1 WRU per started KB of the larger of the item before and after (a delete: the item
   deleted); 1 at least, also when its condition fails; a transaction's items cost double;
 - a strongly consistent read is 1 RRU per started 4 KB of the item (a missing item: 1); half of
   that eventually consistent; a Query costs the sum of the items it returns, rounded up;
-- a write that puts, changes or removes an item carrying a global secondary index's keys also
-  writes the index, 1 WRU per started KB of the projected item (not doubled in a transaction).
+- a successful write also writes each global secondary index whose copy of the item it puts,
+  changes or deletes, 1 WRU per started KB of the projected item (2 writes when the index key
+  changes; none when the copy stays the same; not doubled in a transaction).
 
 Item sizes follow DynamoDB's: attribute names and strings in UTF-8 bytes, a number 1 byte per two
 significant digits plus 1, lists and maps 3 bytes plus 1 per element. The sizes are read off the
-table itself (a second client the meter does not count), so what an update expression adds is
-priced too. An operation the meter has no rule for raises: a profile never prices it as free.
+table itself (through `peek`, which the meter does not count), so what an update expression adds
+is priced too. An operation the meter has no rule for raises: nothing is priced as free.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class Table:
     """What pricing needs of a table: its key attributes and its indexes' keys and projections."""
 
     keys: tuple[str, ...]
-    indexes: tuple[tuple[tuple[str, ...], str, tuple[str, ...]], ...] = ()  #: (keys, projection type, non-key attributes)
+    #: each global secondary index: (its keys, its projection type, its non-key attributes)
+    indexes: tuple[tuple[tuple[str, ...], str, tuple[str, ...]], ...] = ()
 
     @classmethod
     def from_create_table(cls, kwargs: dict[str, Any]) -> Table:
@@ -114,12 +116,12 @@ class _Write:
 class Meter:
     """Prices every call of the clients it is attached to; `requests` lists them in order.
 
-    `action` names what the caller is doing (set it around each step), `method` which store
-    method made the call (`Metered` sets it); both only label the requests.
+    `action` names what the caller is doing (set it around each step), `method()` which store
+    method made the call (the profile's store wrapper sets it); both only label the requests.
     """
 
     tables: dict[str, Table]
-    peek: Any  #: a DynamoDB client the meter reads items with; never attached
+    peek: Any  #: what the meter reads items with (get_item, as a DynamoDB client has): never counted
     requests: list[Request] = field(default_factory=list)
     action: str = "-"
     _local: threading.local = field(default_factory=threading.local)
@@ -177,7 +179,10 @@ class Meter:
                 left = unprocessed.get(table, {}).get("Keys", [])
                 answered = {self._key_of(table, i): i for i in parsed.get("Responses", {}).get(table, [])}
                 for key in (k for k in request["Keys"] if k not in left):
-                    found = self._item(table, key) if "ProjectionExpression" in request else answered.get(self._key_of(table, key))
+                    if "ProjectionExpression" in request:
+                        found = self._item(table, key)
+                    else:
+                        found = answered.get(self._key_of(table, key))
                     units += rru(item_bytes(found)) * _consistency(request)
             return units
         table, items = params["TableName"], parsed.get("Items", [])

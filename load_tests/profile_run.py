@@ -128,7 +128,7 @@ class _Run:
                 settings=settings, store=store, jobs=self.jobs, pusher_for=lambda endpoint: self.sink,
                 ticket_secret=lambda: self.secret, model_factory=lambda: self.model,
             )
-        self.message = self.settings[self.template.api.routes["send"]]
+        self.settings_of_send = self.settings[self.template.api.routes["send"]]
         self.store = self.services[self.template.api.routes["send"]].store
         self.handlers = {lid: f.load() for lid, f in self.template.functions.items()}
 
@@ -174,16 +174,18 @@ class _Run:
         """Inside the turn, while it holds the chat: one lease renewal and one re-read of the chat."""
         action, job = self.meter.action, self.job
         self.meter.action = f"probe: renewal ({action})"
-        assert self.store.renew_lease(job.chat_id, job.turn_id, time.time() + self.message.reply_lease_seconds)
+        until = time.time() + self.settings_of_send.reply_lease_seconds
+        renewed = self.store.renew_lease(job.chat_id, job.turn_id, until)
+        _expect(renewed, self.meter.action, renewed)
         self.meter.action = f"probe: rebind ({action})"
-        assert self.store.get_chat(job.chat_id) is not None
+        _expect(self.store.get_chat(job.chat_id) is not None, self.meter.action, None)
         self.meter.action = action
 
     # -- the participant -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from ws_handlers.tickets import Identity, mint_ticket, mint_token
 
-        message = self.message
+        message = self.settings_of_send
         who = Identity("L00001", "load", "s" + uuid.uuid4().hex[:10])  # shaped like the load generator's
         headers = {"Origin": ORIGIN, "Host": "profile.execute-api.us-east-1.amazonaws.com"}
         answer = self._route("$connect", {"requestContext": self._context("$connect", "CONNECT"), "headers": headers,
@@ -194,14 +196,15 @@ class _Run:
         _expect([f["type"] for f in got] == ["chat"], "start", got)
         chat_id = got[0]["chat_id"]
         for k in range(1, self.shape.messages + 1):
-            send = {"action": "send", "chat_id": chat_id, "client_msg_id": uuid.uuid4().hex, "text": "x" * self.shape.user_chars}
+            text = "x" * self.shape.user_chars
+            send = {"action": "send", "chat_id": chat_id, "client_msg_id": uuid.uuid4().hex, "text": text}
             got = self.frame(send, f"send {k}")
             _expect([f["type"] for f in got] == ["ack", "queued"], f"send {k}", got)
             if k == 1:  # while the reply is queued: a send is refused after its reads
                 got = self.frame(send | {"client_msg_id": uuid.uuid4().hex}, "refused send")
                 _expect([f.get("code") for f in got] == ["reply_in_progress"], "refused send", got)
-            got = self.reply(f"reply {k}")
-            _expect([f["type"] for f in got] == ["delta", "message"], f"reply {k}", got)
+            got = [f["type"] for f in self.reply(f"reply {k}")]
+            _expect(got[-1:] == ["message"] and set(got[:-1]) == {"delta"}, f"reply {k}", got)
         window = message.rate_limit_window
         fresh = (int(time.time() // window) + 50) * window  # a window no frame has used, well within the TTL
         for action in ("probe: frame (new window)", "probe: frame (same window)"):
