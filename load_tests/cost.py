@@ -16,6 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from ws_handlers.config import Settings
 from ws_handlers.turn import REBIND_INTERVAL, RENEWALS_PER_LEASE
 
 from .prices import (
@@ -280,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.participants) or min(args.messages, args.user_chars, args.reply_chars) < 1:
         parser.error("participants, messages and sizes must be at least 1")
+    cap = Settings.from_env({}).max_message_chars  # the store profile sends such messages to the service
+    if args.user_chars > cap:
+        parser.error(f"--user-chars: the service refuses messages over {cap} characters (MAX_MESSAGE_CHARS)")
     study = Study(messages=args.messages, user_chars=args.user_chars, reply_chars=args.reply_chars)
     print(table(args.participants, study, args.model))
     print(f"\n{study.messages} messages of {study.user_chars} characters each, replies of {study.reply_chars} "

@@ -54,3 +54,6 @@ def test_the_command_prints_the_table_of_the_docs():
     bad = subprocess.run([sys.executable, "-m", "load_tests.cost", "--participants", "0"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "at least 1" in bad.stderr
+    long = subprocess.run([sys.executable, "-m", "load_tests.cost", "--user-chars", "5000"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert long.returncode == 2 and "MAX_MESSAGE_CHARS" in long.stderr  # refused before any run
