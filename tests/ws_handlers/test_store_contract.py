@@ -332,6 +332,14 @@ def test_the_llm_breaker_forgets_old_failures(store):
     assert store.record_llm_failure(NOW + 32, 2, 30, 20)
 
 
+def test_a_failure_after_the_window_expired_starts_a_new_window_and_counts_in_it(store):
+    """With a threshold of 1 every counted failure opens the breaker, the first of a new window too."""
+    assert store.record_llm_failure(NOW, 1, 30, 20)
+    assert store.get_controls("exp1").llm_paused_until == NOW + 20
+    assert store.record_llm_failure(NOW + 31, 1, 30, 20)  # the window of the first has expired
+    assert store.get_controls("exp1").llm_paused_until == NOW + 51
+
+
 def test_frames_are_counted_per_connection_and_window(store):
     assert store.count_frame("nobody", NOW, 10) is None
     store.put_connection(Connection("c1", WHO, NOW, int(NOW) + 100))
