@@ -340,7 +340,7 @@ class SqliteStore:
 
         None leaves a field as it is, `clear_budget` removes the budget (TOKEN_BUDGET applies
         again); tokens_used is never touched. The service-wide item has only the pause switch
-        (get_controls reads no budget from it: TOKEN_BUDGET is that).
+        (`controls.obeyed` takes no budget from it: TOKEN_BUDGET is that).
         """
         check_controls_change(experiment, token_budget, clear_budget)
         with self._write() as db:

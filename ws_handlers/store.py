@@ -164,9 +164,9 @@ class Store(Protocol):
 
     # controls
     def get_controls(self, experiment: str) -> ControlItems:
-        """The experiment's and the service's CONTROL items and the breaker, as written, in one
-        consistent request; an unread item raises StoreThrottled, never reads as absent (pause and
-        budget fail closed)."""
+        """The experiment's and the service's CONTROL items and the breaker, as written, read
+        consistently (on DynamoDB in one request); an item left unread raises StoreThrottled, never
+        reads as absent (pause and budget fail closed). `controls.obeyed` merges them."""
         ...
 
     def on_allowlist(self, experiment: str, participant: str) -> bool:
