@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import breaker
 from .chat import ReplyJob
 from .config import Settings
 from .errors import ChatError
@@ -230,7 +231,7 @@ class Turn:
             return
         delivery = _Delivery(self.store, self.pusher_for(job.endpoint), chat, job.user_seq + 1, job.connection_id)
         started = self._clock()
-        if self.store.get_controls(chat.identity.experiment).llm_paused_until > started:
+        if self.store.read_breaker().is_open(started):
             self._fail(chat, job, delivery, LLMError("llm_paused", "breaker_open"))
             return
         try:
@@ -327,8 +328,8 @@ class Turn:
         logger.warning("reply failed", extra={"chat_id": chat.chat_id, "code": exc.code, **exc.log})
         metrics.add_metric(name="ReplyFailures", unit="Count", value=1)
         s = self.settings
-        if exc.code in BREAKER_CODES and self.store.record_llm_failure(
-            self._clock(), s.breaker_failures, s.breaker_window, s.breaker_cooldown
+        if exc.code in BREAKER_CODES and breaker.record_failure(
+            self.store, self._clock(), s.breaker_failures, s.breaker_window, s.breaker_cooldown
         ):
             logger.error("model calls paused by the circuit breaker", extra={"cooldown_s": s.breaker_cooldown})
             metrics.add_metric(name="BreakerOpened", unit="Count", value=1)

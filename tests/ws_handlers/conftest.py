@@ -20,13 +20,13 @@ from ws_handlers import observability  # noqa: E402
 
 
 @pytest.fixture
-def make_harness(secret, model):
+def make_harness(secret, model, dynamodb_tables):
     """Build a harness on moto with extra settings: make_harness(MAX_CHATS_PER_PARTICIPANT="1")."""
     made: list[Harness] = []
     with mock_aws():
 
         def make(**env: str) -> Harness:
-            h = Harness(secret, model.url, env)
+            h = Harness(secret, model.url, env, tables=dynamodb_tables)
             made.append(h)
             return h
 
@@ -41,12 +41,13 @@ def harness(make_harness) -> Harness:
 
 
 @pytest.fixture
-def emulated(secret, model):
+def emulated(secret, model, dynamodb_tables):
     """A harness whose Management API is the local emulator, which can answer 410 Gone."""
     registry = RecordingRegistry()
     faults: collections.deque[int] = collections.deque()
     with mock_aws(), serve_in_thread(management_app(registry, "test", faults)) as served:
-        h = Harness(secret, model.url, {"WEBSOCKET_ENDPOINT": f"{served.url}/test"}, registry=registry)
+        h = Harness(secret, model.url, {"WEBSOCKET_ENDPOINT": f"{served.url}/test"}, registry=registry,
+                    tables=dynamodb_tables)
         h.push_faults = faults  # statuses the next pushes get instead of delivery
         yield h
         h.close()

@@ -39,7 +39,7 @@ def test_410_during_a_reply_removes_the_connection_and_the_reply_is_still_stored
     assert wait_for(lambda: any(f["type"] == "delta" for f in emulated.frames("c1")))
     emulated.registry.mark_gone("c1")  # the participant's Wi-Fi drops, no $disconnect
     assert emulated.queue.wait_idle(30)
-    assert emulated.store.get_connection("c1", 0) is None
+    assert not emulated.has_connection("c1")
     assert _transcript(emulated, chat) == [(1, "user"), (2, "assistant")]
     # the participant comes back and gets the reply through history
     emulated.connect("c2")
