@@ -27,14 +27,16 @@ SAM := MAKEFLAGS= SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KE
 # Debian's Chromium for the widget's browser test: playwright (the Python package) only drives
 # it; `playwright install` cannot download browsers here.
 CHROMIUM := /usr/bin/chromium
-# client_js's node packages (ws, for the tests): npm ci again only when package-lock.json changes.
+# client_js's node packages (ws for the tests, typescript for check-js): npm ci again only when
+# package-lock.json changes.
 NODE_STAMP := client_js/node_modules/.installed
 
-.PHONY: help venv dev test test-python test-js check-template chromium clean bench bench-burst
+.PHONY: help venv dev test test-python test-js check-js check-template chromium clean bench bench-burst
 
 help:
 	@echo "make dev             set up what is missing and run the whole service on loopback (ports: PORT=8787 OTREE_PORT=8000)"
 	@echo "make test            set up what is missing and run every test"
+	@echo "make check-js        tsc on client_js's JSDoc types (// @ts-check; also run by make test-js)"
 	@echo "make check-template  cfn-lint, sam validate --lint and sam build on template.yaml"
 	@echo "make deploy          check AWS credentials, region and Lambda concurrency, sam build + deploy (guided the first time), OpenAI key, oTree settings"
 	@echo "make otree           set up oTree's own venv (.venv-otree) for otree_app/"
@@ -76,8 +78,12 @@ test-python: venv chromium
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal
 
 # node --test suites of client_js/chat-client.js; they spawn the local stack from the venv.
-test-js: venv $(NODE_STAMP)
+test-js: venv $(NODE_STAMP) check-js
 	cd client_js && node --test test/
+
+# client_js's JSDoc types (`// @ts-check` in each module), checked by tsc with client_js/tsconfig.json.
+check-js: $(NODE_STAMP)
+	cd client_js && node_modules/.bin/tsc -p tsconfig.json
 
 $(NODE_STAMP): client_js/package-lock.json
 	npm ci --prefix client_js

@@ -1,5 +1,34 @@
+// @ts-check
 // The participant's side of the chat service: an ES module without dependencies, built to
 // client_js/API.md on the protocol of docs/protocol.md.
+
+/**
+ * @typedef {"idle" | "connecting" | "open" | "reconnecting" | "closed"} State
+ * @typedef {"user" | "assistant"} Role
+ * @typedef {"pending" | "queued" | "streaming" | "stored" | "failed"} Status
+ * @typedef {{seq: ?number, role: Role, text: string, status: Status, client_msg_id?: string}} Entry a transcript entry
+ * @typedef {Entry & {seq: number}} Numbered an entry with its seq: stored, queued, streaming or failed
+ * @typedef {{id: string, text: string, status: "pending" | "failed", seq: ?number, resends: number}} Outgoing
+ *   a send not stored yet, or the send in progress (`resends`: reply timeouts or refusals in a row)
+ * @typedef {{max_chars: number, max_user_messages: number, user_messages: number}} Limits
+ * @typedef {{chatId: string, limits: Limits}} Started what start() resolves to
+ * @typedef {{code: string, message: string, retryable: boolean, client_msg_id?: string, seq?: number}} ErrorDetail
+ * @typedef {"dead" | "beat" | "stable" | "recycle" | "reply" | "retry"} TimerName
+ * @typedef {WebSocket & {terminate?: () => void}} Socket a browser WebSocket, or node's `ws` (which can drop one at once)
+ * @typedef {new (url: string) => Socket} SocketClass
+ * @typedef {typeof DEFAULTS & {url?: string, token?: string, ticket?: string, WebSocket?: SocketClass}} Options
+ */
+/**
+ * Frames from the server (docs/protocol.md), as this client reads them.
+ * @typedef {{seq: number, role: Role, text: string, client_msg_id?: string}} StoredMessage
+ * @typedef {{chat_id: string, messages?: StoredMessage[], more?: boolean, replying?: ?number}} HistoryFrame
+ * @typedef {HistoryFrame & {limits: Limits}} ChatFrame
+ * @typedef {{client_msg_id: string, seq: number, duplicate?: boolean}} AckFrame
+ * @typedef {{seq: number, offset: number, text: string}} DeltaFrame
+ * @typedef {{seq: number, client_msg_id: string}} QueuedFrame
+ * @typedef {StoredMessage & {type: "message", chat_id: string}} MessageFrame
+ * @typedef {{code: string, message: string, retryable?: boolean, client_msg_id?: string, seq?: number}} ErrorFrame
+ */
 
 const DEFAULTS = {
   heartbeatMs: 240000, pongTimeoutMs: 15000, maxConnectionMs: 6900000, backoffBaseMs: 500,
@@ -7,8 +36,15 @@ const DEFAULTS = {
 };
 const MAX_RESENDS = 3; // reply timeouts of an unacked send (or `reply_in_progress` refusals) in a row before it fails
 const OPEN = 1; // WebSocket.OPEN
-const rnd = () => Math.random().toString(36).slice(2);
 const UNREACHABLE_AFTER = 5; // handshakes in a row that never opened
+const rnd = () => Math.random().toString(36).slice(2);
+
+/**
+ * A transcript entry.
+ * @template {?number} S
+ * @param {S} seq @param {Role} role @param {string} text @param {Status} status @param {string} [id]
+ * @returns {Entry & {seq: S}}
+ */
 const entry = (seq, role, text, status, id) => ({ seq, role, text, status, ...(id && { client_msg_id: id }) });
 
 /**
@@ -22,13 +58,28 @@ export function applyDelta(have, offset, piece) {
   let at = 0; // UTF-16 index of code point number `offset`
   for (let n = 0; n < offset; n++) {
     if (at >= have.length) return null;
-    at += have.codePointAt(at) > 0xffff ? 2 : 1;
+    at += /** @type {number} */ (have.codePointAt(at)) > 0xffff ? 2 : 1;
   }
   return have.startsWith(piece, at) ? have : have.slice(0, at) + piece;
 }
 
 /** A client_msg_id: crypto.randomUUID() where it exists (secure contexts), else time and randomness. */
 export const newId = () => globalThis.crypto?.randomUUID?.() ?? `${Date.now().toString(36)}-${rnd()}${rnd()}`;
+
+/**
+ * What each frame type from the server does (docs/protocol.md). Any other frame (`pong`, or one
+ * that is not JSON) only proves the socket alive.
+ * @type {ReadonlyMap<string, (client: ChatClient, frame: any) => void>}
+ */
+const FRAME_HANDLERS = new Map([
+  ["chat", (client, frame) => client._onChat(frame)],
+  ["history", (client, frame) => client._onHistory(frame)],
+  ["ack", (client, frame) => client._onAck(frame)],
+  ["delta", (client, frame) => client._onDelta(frame)],
+  ["queued", (client, frame) => client._onQueued(frame)],
+  ["message", (client, frame) => client._onMessage(frame)],
+  ["error", (client, frame) => client._onError(frame)],
+]);
 
 /**
  * The connection to the chat service for one chat (options and events: client_js/API.md).
@@ -40,48 +91,83 @@ export const newId = () => globalThis.crypto?.randomUUID?.() ?? `${Date.now().to
  * reply timeout asks the service (`history`) and resends only if no one has the reply.
  */
 export class ChatClient extends EventTarget {
-  /** @param {object} options url, token, ticket, and the optional settings of DEFAULTS (and WebSocket) */
+  /** @param {Partial<Options>} [options] url, token, ticket, and the optional settings of DEFAULTS (and WebSocket) */
   constructor(options = {}) {
     super();
-    this.options = { ...DEFAULTS };
-    for (const [key, value] of Object.entries(options)) if (value !== undefined) this.options[key] = value;
-    this.WebSocket = this.options.WebSocket || globalThis.WebSocket;
-    if (!this.WebSocket) throw new TypeError("no WebSocket here: pass options.WebSocket");
+    const given = Object.entries(options).filter(([, value]) => value !== undefined);
+    /** @type {Options} */
+    this.options = { ...DEFAULTS, ...Object.fromEntries(given) };
+    /** @type {State} */
     this.state = "idle";
-    this.chatId = this.limits = null;
-    this._seqs = new Map(); // seq -> transcript entry: stored, queued, streaming or failed
-    this._outbox = []; // sends not stored yet, in order: {id, text, status, seq}
-    this._turn = null; // the send in progress, until its reply is stored or fails
-    this._awaiting = null; // seq of a reply queued or being written (-1: being asked)
+    /** @type {?string} from the `chat` frame */
+    this.chatId = null;
+    /** @type {?Limits} from the `chat` frame; user_messages counts up with each ack */
+    this.limits = null;
+
+    /** @type {SocketClass} */
+    this._WebSocket = this.options.WebSocket || globalThis.WebSocket;
+    if (!this._WebSocket) throw new TypeError("no WebSocket here: pass options.WebSocket");
+    /** @type {?Socket} the socket in use; frames and closes of any other are ignored */
+    this._ws = null;
+    this._wsOpened = false; // the socket in use finished its handshake
+    this._ready = false; // `start` answered on this socket
+    this._resuming = false; // the `chat` frame came: the send in progress goes again once the history is read
+    this._attempt = 0; // reconnects since the last stable connection: the backoff's exponent
+    this._unreachable = 0; // attempts in a row whose handshake never opened
+    /** @type {Map<TimerName, ReturnType<typeof setTimeout>>} */
+    this._timers = new Map();
+    /** @type {?Promise<Started>} what start() returns, from the first call on */
+    this._started = null;
+    /** @type {?{resolve: (started: Started) => void, reject: (error: Error) => void}} settles _started */
+    this._settle = null;
+
+    /** @type {Map<number, Numbered>} seq -> transcript entry: stored, queued, streaming or failed */
+    this._seqs = new Map();
+    /** @type {Outgoing[]} sends not stored yet, in order */
+    this._outbox = [];
+    /** @type {?Outgoing} the send in progress, until its reply is stored or fails */
+    this._turn = null;
+    /** @type {?number} seq of a reply queued or being written (-1: being asked) */
+    this._awaiting = null;
     this._waits = 0; // reply timeouts in a row for an acked reply, without a delta: bounded by replyMaxWaitMs
     this._checking = false; // a `history` asked what became of the awaited reply: its answer decides
-    this._timers = {};
-    this._ready = false; // `start` answered on this socket
-    this._attempt = 0;
-    this._unreachable = 0; // attempts in a row whose handshake never opened
-    this._wake = this._wake.bind(this);
+    this._dirty = false; // the transcript changed since the last `transcript` event
+    this._wasBusy = false; // `busy` at the last `transcript` event
+    this._wake = this._wake.bind(this); // a listener of window and document, removed by close()
   }
 
   // -- the API
+  /** @returns {Promise<Started>} */
   start() {
     if (this.state === "closed") return Promise.reject(new Error("the client is closed"));
     if (!this._started) {
-      this._started = new Promise((resolve, reject) => (this._settle = { resolve, reject }));
+      this._started = new Promise((resolve, reject) => {
+        this._settle = { resolve, reject };
+      });
       this._started.catch(() => {}); // never an unhandled rejection
       this._listen(true);
-      try { this._connect(); } catch (error) { this._settle.reject(error), this.close(); } // a bad url
+      try {
+        this._connect();
+      } catch (error) { // a bad url
+        this._settle?.reject(/** @type {Error} */ (error));
+        this.close();
+      }
     }
     return this._started;
   }
 
+  /** @param {string} text @returns {string} the client_msg_id */
   send(text) {
     const id = newId();
-    this._outbox.push({ id, text: String(text), status: "pending", seq: null });
+    this._outbox.push({ id, text: String(text), status: "pending", seq: null, resends: 0 });
     this._changed();
     return id;
   }
 
-  /** Resend a failed message, or the message of a failed reply, with the SAME client_msg_id. */
+  /**
+   * Resend a failed message, or the message of a failed reply, with the SAME client_msg_id.
+   * @param {string} id @returns {boolean} false when there is nothing to retry
+   */
   retry(id) {
     if (this._turn?.id === id || this._outbox.some((i) => i.id === id && i.status === "pending")) return false;
     let item = this._outbox.find((i) => i.id === id);
@@ -91,9 +177,10 @@ export class ChatClient extends EventTarget {
       const reply = user && this._seqs.get(user.seq + 1);
       if (!user || (reply && reply.status !== "failed")) return false;
       if (reply) this._seqs.delete(reply.seq);
-      item = { id, text: user.text, seq: user.seq }; // stored already: not shown twice
+      item = { id, text: user.text, seq: user.seq, status: "pending", resends: 0 }; // stored already: not shown twice
     }
-    Object.assign(item, { status: "pending", resends: 0 });
+    item.status = "pending";
+    item.resends = 0;
     this._outbox.push(item);
     this._changed();
     return true;
@@ -102,28 +189,37 @@ export class ChatClient extends EventTarget {
   close() {
     if (this.state === "closed") return;
     this._listen(false);
-    Object.keys(this._timers).forEach((name) => this._clear(name));
-    try { this._ws?.close(1000); } catch {}
+    for (const name of [...this._timers.keys()]) this._clear(name);
+    try {
+      this._ws?.close(1000);
+    } catch {}
     this._ws = null;
     this._ready = false;
     this._setState("closed");
     this._settle?.reject(new Error("the client was closed"));
   }
 
+  /** @returns {Entry[]} */
   get transcript() {
+    /** @type {Entry[]} */
+    const numbered = [...this._seqs.values()].sort((a, b) => a.seq - b.seq).map((m) => ({ ...m }));
     const pending = this._outbox.filter((i) => i.seq == null);
-    return [...this._seqs.values()].sort((a, b) => a.seq - b.seq).map((m) => ({ ...m }))
-      .concat(pending.map((i) => entry(null, "user", i.text, i.status, i.id)));
+    return numbered.concat(pending.map((i) => entry(null, "user", i.text, i.status, i.id)));
   }
 
   get busy() {
     return !!this._turn || this._awaiting != null || this._outbox.some((i) => i.status === "pending");
   }
 
-  /** fn(detail, event); returns a function that unsubscribes. */
+  /**
+   * @param {string} type @param {(detail: any, event: CustomEvent) => void} fn called as fn(detail, event)
+   * @returns {() => void} a function that unsubscribes
+   */
   on(type, fn) {
-    const listener = (event) => fn(event.detail, event);
-    return this.addEventListener(type, listener), () => this.removeEventListener(type, listener);
+    /** @param {Event} event */
+    const listener = (event) => fn(/** @type {CustomEvent} */ (event).detail, /** @type {CustomEvent} */ (event));
+    this.addEventListener(type, listener);
+    return () => this.removeEventListener(type, listener);
   }
 
   // -- the socket
@@ -131,15 +227,23 @@ export class ChatClient extends EventTarget {
     this._clear("retry");
     if (this.state === "idle") this._setState("connecting"); // later attempts stay "reconnecting"
     this._wsOpened = false;
+    /** @type {Socket} */
     let ws;
     try {
-      ws = this._ws = new this.WebSocket(`${this.options.url}?token=${encodeURIComponent(this.options.token)}`);
+      ws = new this._WebSocket(`${this.options.url}?token=${encodeURIComponent(String(this.options.token))}`);
     } catch (err) { // a malformed URL: nothing to retry
-      this._emit("error", { code: "connect_failed", message: String(err?.message || err), retryable: false });
-      return this.close();
+      const message = String((/** @type {any} */ (err))?.message || err);
+      this._emit("error", { code: "connect_failed", message, retryable: false });
+      this.close();
+      return;
     }
-    ws.onopen = () => ws === this._ws && this._opened();
-    ws.onmessage = (event) => ws === this._ws && this._frame(event.data);
+    this._ws = ws;
+    ws.onopen = () => {
+      if (ws === this._ws) this._opened();
+    };
+    ws.onmessage = (event) => {
+      if (ws === this._ws) this._frame(event.data);
+    };
     ws.onclose = () => this._lost(ws);
     ws.onerror = () => {}; // a close event follows
     this._timer("dead", this.options.pongTimeoutMs, () => this._lost(ws)); // a handshake that hangs
@@ -152,25 +256,34 @@ export class ChatClient extends EventTarget {
     this._setState("open");
     this._send({ action: "start", ticket: o.ticket });
     this._timer("dead", o.pongTimeoutMs, () => this._lost(this._ws)); // the answer must come
-    this._timer("stable", o.stableAfterMs, () => (this._attempt = 0));
+    this._timer("stable", o.stableAfterMs, () => {
+      this._attempt = 0;
+    });
     if (o.maxConnectionMs > 0) this._timer("recycle", o.maxConnectionMs, () => this._lost(this._ws, true));
     this._beat();
   }
 
   _beat() {
-    if (this.options.heartbeatMs > 0) this._timer("beat", this.options.heartbeatMs, () => (this._probe(), this._beat()));
+    if (this.options.heartbeatMs <= 0) return;
+    this._timer("beat", this.options.heartbeatMs, () => {
+      this._probe();
+      this._beat();
+    });
   }
 
   /** A ping: no frame at all within pongTimeoutMs and the socket is dead. */
   _probe() {
     const ws = this._ws;
-    if (this._send({ action: "ping" }) && !this._timers.dead) this._timer("dead", this.options.pongTimeoutMs, () => this._lost(ws));
+    if (this._send({ action: "ping" }) && !this._timers.has("dead")) this._timer("dead", this.options.pongTimeoutMs, () => this._lost(ws));
   }
 
-  /** The socket closed or is dead: drop it, reconnect after a jittered backoff (at once if planned). */
+  /**
+   * The socket closed or is dead: drop it, reconnect after a jittered backoff (at once if planned).
+   * @param {?Socket} ws @param {boolean} [planned] a recycle before API Gateway's 2-hour cap
+   */
   _lost(ws, planned = false) {
     if (!ws || ws !== this._ws || this.state === "closed") return;
-    ["dead", "beat", "stable", "recycle", "reply"].forEach((name) => this._clear(name));
+    for (const name of /** @type {const} */ (["dead", "beat", "stable", "recycle", "reply"])) this._clear(name);
     this._ws = null;
     this._ready = false;
     // Browsers hide a refused handshake (an expired token's 401) behind a plain close: after a
@@ -179,7 +292,10 @@ export class ChatClient extends EventTarget {
       this._emit("error", { code: "cannot_connect", retryable: true,
         message: "The chat service cannot be reached. If this goes on, reload the page." });
     }
-    try { ws.terminate ? ws.terminate() : ws.close(); } catch {} // node's `ws` drops a dead socket at once
+    try { // node's `ws` drops a dead socket at once
+      if (ws.terminate) ws.terminate();
+      else ws.close();
+    } catch {}
     const o = this.options;
     const delayMs = planned ? 0 : Math.round(Math.random() * Math.min(o.backoffMaxMs, o.backoffBaseMs * 2 ** this._attempt));
     if (!planned) this._attempt++;
@@ -187,57 +303,83 @@ export class ChatClient extends EventTarget {
     this._timer("retry", delayMs, () => this._connect());
   }
 
-  /** The page is back (online, visible): reconnect now, or check the socket. */
+  /**
+   * The page is back (online, visible): reconnect now, or check the socket.
+   * @param {Event} [event]
+   */
   _wake(event) {
     if (event?.type === "visibilitychange" && globalThis.document?.visibilityState !== "visible") return;
-    if (this.state === "reconnecting" && this._timers.retry) this._connect();
+    if (this.state === "reconnecting" && this._timers.has("retry")) this._connect();
     else if (this.state === "open") this._probe();
   }
 
+  /** @param {boolean} on */
   _listen(on) {
-    const method = on ? "addEventListener" : "removeEventListener";
-    if (typeof window !== "undefined") window[method]?.("online", this._wake);
-    if (typeof document !== "undefined") document[method]?.("visibilitychange", this._wake);
+    /** @type {Array<[EventTarget | undefined, string]>} */
+    const wakers = [[globalThis.window, "online"], [globalThis.document, "visibilitychange"]];
+    for (const [target, type] of wakers) {
+      if (!target) continue; // not in a browser
+      if (on) target.addEventListener(type, this._wake);
+      else target.removeEventListener(type, this._wake);
+    }
   }
 
+  /** @param {object} frame @returns {boolean} whether it went out (the socket is open) */
   _send(frame) {
-    return this._ws?.readyState === OPEN && (this._ws.send(JSON.stringify(frame)), true);
+    if (this._ws?.readyState !== OPEN) return false;
+    this._ws.send(JSON.stringify(frame));
+    return true;
   }
 
   // -- frames from the server
+  /** @param {string} data */
   _frame(data) {
     this._clear("dead"); // any frame proves the socket alive
-    let f;
-    try { f = JSON.parse(data); } catch {}
-    if (f && !f.type && f.message) f = { type: "error", code: "internal", message: f.message, retryable: true }; // API Gateway's
-    this["_on_" + f?.type]?.(f);
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {}
+    if (frame && !frame.type && frame.message) { // API Gateway's own error
+      frame = { type: "error", code: "internal", message: frame.message, retryable: true };
+    }
+    FRAME_HANDLERS.get(frame?.type)?.(this, frame);
     this._changed();
   }
 
-  _on_chat(f) {
+  /** @param {ChatFrame} f */
+  _onChat(f) {
     this.chatId = f.chat_id;
     this.limits = f.limits;
-    this._ready = this._resuming = true;
-    this._on_history(f);
+    this._ready = true;
+    this._resuming = true;
+    this._onHistory(f);
     this._emit("chat", { chatId: f.chat_id, limits: f.limits });
-    this._settle.resolve({ chatId: f.chat_id, limits: f.limits });
+    this._settle?.resolve({ chatId: f.chat_id, limits: f.limits });
   }
 
-  /** A `chat` or `history` answer: what is stored, and which reply is being written now. */
-  _on_history(f) {
+  /**
+   * A `chat` or `history` answer: what is stored, and which reply is being written now.
+   * @param {HistoryFrame} f
+   */
+  _onHistory(f) {
     (f.messages || []).forEach((m) => this._store(m));
     if (f.more && f.messages?.length) { // the last page decides the rest
-      return this._send({ action: "history", chat_id: f.chat_id, after_seq: f.messages[f.messages.length - 1].seq });
+      this._send({ action: "history", chat_id: f.chat_id, after_seq: f.messages[f.messages.length - 1].seq });
+      return;
     }
     const replying = f.replying != null && this._seqs.get(f.replying)?.status !== "stored" ? f.replying : null;
     const t = this._turn;
     const ours = t?.seq != null ? t.seq + 1 : null; // the turn's reply, once its message is stored
-    for (const e of [...this._seqs.values()]) {
-      if (e.seq === replying) continue;
-      if (e.status === "streaming") this._failReply(e.seq); // broke off
-      else if (e.status === "queued" && e.seq !== ours) this._seqs.delete(e.seq), (this._dirty = true); // no one has it
+    for (const [seq, e] of [...this._seqs]) {
+      if (seq === replying) continue;
+      if (e.status === "streaming") this._failReply(seq); // broke off
+      else if (e.status === "queued" && seq !== ours) { // no one has it
+        this._seqs.delete(seq);
+        this._dirty = true;
+      }
     }
-    if ((this._awaiting = replying) != null) this._armReply();
+    this._awaiting = replying;
+    if (replying != null) this._armReply();
     const checking = this._checking;
     this._checking = false;
     if (this._resuming) {
@@ -245,12 +387,13 @@ export class ChatClient extends EventTarget {
       this._resuming = false;
       this._reconcile();
       if (this._turn && !(ours != null && replying === ours)) this._sendTurn();
-    } else if (checking && ours != null && replying == null && this._seqs.get(ours)?.status !== "stored") {
+    } else if (t && checking && ours != null && replying == null && this._seqs.get(ours)?.status !== "stored") {
       this._resend(t); // the answer to a reply timeout: no one is writing the reply, nor has it queued
     }
   }
 
-  _on_ack(f) {
+  /** @param {AckFrame} f */
+  _onAck(f) {
     const t = this._turn?.id === f.client_msg_id ? this._turn : null;
     const text = t?.text ?? this._outbox.find((i) => i.id === f.client_msg_id)?.text;
     if (text != null) this._store({ seq: f.seq, role: "user", text, client_msg_id: f.client_msg_id });
@@ -259,8 +402,11 @@ export class ChatClient extends EventTarget {
     this._emit("ack", { client_msg_id: f.client_msg_id, seq: f.seq, duplicate: !!f.duplicate });
   }
 
-  /** A piece of a reply, placed by its `offset` in code points (see applyDelta). */
-  _on_delta(f) {
+  /**
+   * A piece of a reply, placed by its `offset` in code points (see applyDelta).
+   * @param {DeltaFrame} f
+   */
+  _onDelta(f) {
     const e = this._seqs.get(f.seq);
     if (e?.status === "stored") return; // the message frame is authoritative
     const have = e?.status === "streaming" ? e.text : "";
@@ -279,8 +425,9 @@ export class ChatClient extends EventTarget {
    * The reply `seq` waits in the server's queue for the assistant. Ignored once the reply has
    * news of its own (a delta, the message, a failure): frames about a reply and answers to a
    * send come from different functions, so a `queued` may arrive after them.
+   * @param {QueuedFrame} f
    */
-  _on_queued(f) {
+  _onQueued(f) {
     const t = this._turn?.id === f.client_msg_id ? this._turn : null;
     if (t && t.seq == null) { // its ack was lost: the message is stored as seq - 1 all the same
       this._store({ seq: f.seq - 1, role: "user", text: t.text, client_msg_id: t.id });
@@ -296,13 +443,17 @@ export class ChatClient extends EventTarget {
     this._emit("queued", { seq: f.seq, client_msg_id: f.client_msg_id });
   }
 
-  _on_message({ type, chat_id, ...message }) {
+  /** @param {MessageFrame} f */
+  _onMessage(f) {
+    const { type, chat_id, ...message } = f;
     this._store(message);
     this._waits = 0;
     this._emit("message", { message });
   }
 
-  _on_error({ code, message, retryable, client_msg_id: id, seq }) {
+  /** @param {ErrorFrame} f */
+  _onError({ code, message, retryable, client_msg_id: id, seq }) {
+    /** @type {ErrorDetail} */
     const detail = { code, message, retryable: !!retryable, ...(id != null && { client_msg_id: id }), ...(seq != null && { seq }) };
     const t = this._turn;
     if (code === "not_connected") this._lost(this._ws); // the server forgot this socket
@@ -319,15 +470,17 @@ export class ChatClient extends EventTarget {
     } else if (!this._ready && id == null) {
       if (retryable) this._lost(this._ws); // `start` refused for now: again after a backoff
       else {
-        this._settle.reject(Object.assign(new Error(message || code), detail));
+        this._settle?.reject(Object.assign(new Error(message || code), detail));
         this._emit("error", detail);
-        return this.close();
+        this.close();
+        return;
       }
     }
     this._emit("error", detail);
   }
 
   // -- the transcript and the send queue
+  /** @param {StoredMessage} m */
   _store(m) {
     const had = this._seqs.get(m.seq);
     if (had?.status !== "stored" || had.text !== m.text) this._dirty = true;
@@ -340,6 +493,7 @@ export class ChatClient extends EventTarget {
     }
   }
 
+  /** @param {number} seq @param {string} [id] the user message's client_msg_id */
   _failReply(seq, id = this._seqs.get(seq - 1)?.client_msg_id) {
     this._seqs.set(seq, entry(seq, "assistant", "", "failed", id));
     if (this._awaiting === seq) this._awaiting = null;
@@ -350,7 +504,7 @@ export class ChatClient extends EventTarget {
   _reconcile() {
     const t = this._turn;
     if (t?.seq != null && this._seqs.get(t.seq + 1)?.status === "stored") this._endTurn();
-    if (this._seqs.get(this._awaiting)?.status === "stored") this._awaiting = null;
+    if (this._awaiting != null && this._seqs.get(this._awaiting)?.status === "stored") this._awaiting = null;
     if (!this._turn && this._awaiting == null) this._clear("reply");
   }
 
@@ -359,10 +513,16 @@ export class ChatClient extends EventTarget {
     this._clear("reply");
   }
 
-  /** A failed send shows failed if it was never stored, else its reply does: retry(id) either way. */
+  /**
+   * A failed send shows failed if it was never stored, else its reply does: retry(id) either way.
+   * @param {Outgoing} t
+   */
   _failTurn(t) {
     this._endTurn();
-    if (t.seq == null) return (t.status = "failed");
+    if (t.seq == null) {
+      t.status = "failed";
+      return;
+    }
     this._outbox = this._outbox.filter((i) => i !== t);
     this._failReply(t.seq + 1, t.id);
   }
@@ -372,7 +532,7 @@ export class ChatClient extends EventTarget {
     this._reconcile();
     const next = this._outbox.find((i) => i.status === "pending");
     if (next && this._ready && !this._resuming && !this._turn && this._awaiting == null) {
-      (this._turn = next).resends ??= 0;
+      this._turn = next;
       this._waits = 0;
       this._sendTurn();
     }
@@ -384,21 +544,27 @@ export class ChatClient extends EventTarget {
   }
 
   _sendTurn() {
-    const t = this._turn;
+    const t = /** @type {Outgoing} */ (this._turn);
     if (t.seq != null && this._seqs.get(t.seq + 1)?.status === "failed") this._seqs.delete(t.seq + 1); // made again
     this._send({ action: "send", chat_id: this.chatId, client_msg_id: t.id, text: t.text });
     this._armReply();
   }
 
-  /** The same send again (same client_msg_id), at most MAX_RESENDS times in a row without an ack. */
+  /**
+   * The same send again (same client_msg_id), at most MAX_RESENDS times in a row without an ack.
+   * @param {Outgoing} t
+   */
   _resend(t) {
-    if (++t.resends <= MAX_RESENDS) return this._sendTurn();
+    if (++t.resends <= MAX_RESENDS) {
+      this._sendTurn();
+      return;
+    }
     this._failTurn(t);
     this._emit("error", { code: "reply_timeout", message: "No reply came; try again.", retryable: true, client_msg_id: t.id });
   }
 
   _progress() {
-    this._turn.resends = 0;
+    /** @type {Outgoing} */ (this._turn).resends = 0;
     this._armReply();
   }
 
@@ -409,7 +575,7 @@ export class ChatClient extends EventTarget {
   /**
    * Nothing came for replyTimeoutMs. An unacked send goes again (same client_msg_id). An acked
    * one is never resent blindly, since its reply may wait in the server's queue: the client asks
-   * (`history` from the user message) and the answer decides (_on_history): the reply is
+   * (`history` from the user message) and the answer decides (_onHistory): the reply is
    * there, or `replying` names it (wait on), or no one has it (resend). After replyMaxWaitMs of
    * such waiting without a delta, the turn fails with a retryable `reply_timeout`.
    */
@@ -428,12 +594,18 @@ export class ChatClient extends EventTarget {
     this._changed();
   }
 
-  /** Waited replyMaxWaitMs for reply `seq`: fail it, retryable (retry(id) asks for it again). */
+  /**
+   * Waited replyMaxWaitMs for reply `seq`: fail it, retryable (retry(id) asks for it again).
+   * @param {?Outgoing} t @param {number} seq
+   */
   _giveUp(t, seq) {
     this._waits = 0;
     if (t) this._failTurn(t);
     else if (seq > 0) this._failReply(seq);
-    else return (this._awaiting = null); // a refused send's wait for another reply: the queue moves on
+    else { // a refused send's wait for another reply: the queue moves on
+      this._awaiting = null;
+      return;
+    }
     const id = this._seqs.get(seq)?.client_msg_id;
     this._emit("error", { code: "reply_timeout", message: "No reply came; try again.", retryable: true, seq, ...(id && { client_msg_id: id }) });
   }
@@ -443,23 +615,32 @@ export class ChatClient extends EventTarget {
   }
 
   // -- plumbing
+  /** @param {State} state @param {object} [extra] */
   _setState(state, extra) {
     if (state === this.state && !extra) return;
     this.state = state;
     this._emit("state", { state, ...extra });
   }
 
+  /** @param {string} type @param {object} detail */
   _emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
+  /** @param {TimerName} name @param {number} ms (outside 0 to 2^31 - 1: off) @param {() => void} fn */
   _timer(name, ms, fn) {
     this._clear(name);
-    if (ms >= 0 && ms < 2 ** 31) this._timers[name] = setTimeout(() => (delete this._timers[name], fn()), ms); // else: off
+    if (!(ms >= 0 && ms < 2 ** 31)) return;
+    const timer = setTimeout(() => {
+      this._timers.delete(name);
+      fn();
+    }, ms);
+    this._timers.set(name, timer);
   }
 
+  /** @param {TimerName} name */
   _clear(name) {
-    clearTimeout(this._timers[name]);
-    delete this._timers[name];
+    clearTimeout(this._timers.get(name));
+    this._timers.delete(name);
   }
 }

@@ -96,7 +96,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--deadline", type=float, default=600.0, help="global time limit for the traffic, s")
     load.add_argument("--reply-timeout", type=float, default=120.0, help="per wait (ack, delta, message), s")
     load.add_argument("--connect-timeout", type=float, default=30.0)
-    load.add_argument("--retries", type=int, default=3, help="retries of a send after a retryable error")
+    load.add_argument("--retries", type=int, default=6,
+                      help="retries of a send after a retryable error (backoff from 0.5 s, doubling)")
+    load.add_argument("--heartbeat", type=float, default=240.0, metavar="SECONDS",
+                      help="a ping this often while connected, as the browser client's heartbeat (0: none)")
     load.add_argument("--seed", type=int, default=0)
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, default=Path("load_tests/results/latest"), help="directory for "
@@ -203,7 +206,7 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
                      "source": "given"}
         options = Options(url=url, secret=secret, participants=args.participants, messages=args.messages,
                           think=args.think, ramp=args.ramp, deadline=args.deadline, reply_timeout=args.reply_timeout,
-                          connect_timeout=args.connect_timeout, retries=args.retries, origin=args.origin or None,
+                          connect_timeout=args.connect_timeout, retries=args.retries, heartbeat=args.heartbeat, origin=args.origin or None,
                           seed=args.seed, burst=args.burst)
         if args.local and args.warmup:
             warm = Run(Options(url=url, secret=secret, participants=args.warmup, messages=1, think=0.0, deadline=60,

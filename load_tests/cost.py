@@ -1,24 +1,23 @@
 """What a run would cost on AWS: the operations it implies, priced by load_tests/prices.py.
 
 The counts come from the run itself (frames each way and their sizes, socket minutes,
-replies, tokens, measured reply durations); what each action does in DynamoDB is read off
-ws_handlers/ (chat.py, turn.py, dynamo_store.py, connect.py, message.py) and written down
-in `DYNAMO_OPS` below, so a change there should change this table.
-
-Unit rules (DynamoDB on-demand): a write is 1 WRU per started KB, a strongly consistent
-read 1 RRU per started 4 KB (a missing item still costs 1), a transaction item costs
-double, a batch costs what its items cost, and every write to an item carrying the
-`by_experiment` index key (only a chat's META item: gsi1pk) costs one more write on the index.
+replies, tokens, measured reply durations). What each action costs in DynamoDB is not
+written down here: `store_profile` runs one participant of the same shape (bot, messages,
+sizes) through the template's functions against the DynamoDB adapter on moto and counts the
+request units of every call it makes (`dynamo_units`: DynamoDB's on-demand rules), so a
+change in the handlers or the adapter changes the cost model by itself.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 from ws_handlers.config import Settings
-from ws_handlers.turn import RENEWALS_PER_LEASE
+from ws_handlers.turn import REBIND_INTERVAL, RENEWALS_PER_LEASE
 
 from .prices import (
     APIGW_MESSAGE_BYTES,
@@ -29,73 +28,49 @@ from .prices import (
     llm_prices,
     llm_usd,
 )
-
-#: What each action costs in DynamoDB, as (reads, writes) in items; sizes are applied below.
-#: Read off the code (file:function).
-DYNAMO_OPS = {
-    "$connect": "admission.admit -> get_controls: BatchGetItem of 3 control items (3 RRU); "
-                "connect.handler -> put_connection: PutItem (1 WRU)",
-    "$disconnect": "disconnect.handler -> delete_connection: DeleteItem (1 WRU)",
-    "frame": "message.handler -> count_frame: UpdateItem on the connection (1 WRU; a frame that opens a new "
-             "rate window costs 2: the ADD fails its condition, then SET)",
-    "start (first)": "chat.start: get_chat (1 RRU), open_chat: get_chat (1 RRU) + transaction of 3 "
-                     "(META put, PART update, opening message put: 6 WRU) + META on the index (1 WRU); "
-                     "bind_connection UpdateItem on META (1 WRU + 1 index); messages Query (1 RRU per 4 KB)",
-    "send": "chat.send: get_chat (1 RRU), find_client_message GetItem (1 RRU), get_controls (3 RRU), "
-            "append_user_message: transaction of 3 (META update, message put, CMID put: 2 WRU per KB each) "
-            "+ META on the index (1 WRU); SendMessage to the reply queue",
-    "reply": "the queue: ReceiveMessage and DeleteMessage by the event source mapping; turn._run: claim_turn "
-             "UpdateItem on META (1 WRU + 1 index), get_chat (1 RRU), get_controls (3 RRU), messages Query "
-             "(the chat so far: 1 RRU per 4 KB); while streaming, _follow_binding reads META once a second "
-             "(1 RRU each) and once at the end; a lease renewal every 5 s (1 WRU + 1 index); count_tokens "
-             "UpdateItem on the experiment's CONTROL item (1 WRU); finish_reply: transaction of 2 (META "
-             "update, reply put) + META on the index",
-    "history": "chat.history: get_chat (1 RRU), bind_connection (1 WRU + 1 index), messages Query",
-}
+from .store_profile import Shape, Units, profile
 
 #: Estimated Lambda durations (ms) where the local stack cannot stand in for AWS: a handful of
 #: DynamoDB calls at ~5-8 ms each plus one post_to_connection at ~10-20 ms. The reply function's
 #: duration is measured (it waits for the model; that wait dominates its cost).
 LAMBDA_MS = {"ConnectFunction": 30, "DisconnectFunction": 15, "start": 60, "send": 70, "history": 40}
-#: MemorySize from template.yaml (Globals 512; DisconnectFunction 256).
-MEMORY_MB = {"ConnectFunction": 512, "DisconnectFunction": 256, "MessageFunction": 512, "ReplyFunction": 512}
-META_BYTES = 900  #: a chat's META item: ids, counters, lease, and the bot as JSON (prompt, limits)
-MESSAGE_OVERHEAD_BYTES = 320  #: a message item's attributes besides its text (ids, seq, tokens, names)
-#: turn._LeaseKeeper renews a running reply's lease every REPLY_LEASE_SECONDS / 3 (its default)
-LEASE_RENEW_SECONDS = Settings.from_env({}).reply_lease_seconds / RENEWALS_PER_LEASE
-REBIND_SECONDS = 1.0  #: turn.REBIND_INTERVAL
-RATE_WINDOW_SECONDS = 10.0  #: RATE_LIMIT_WINDOW_SECONDS
 REPLY_SETUP_SECONDS = 0.05  #: the reply function's reads before it calls the model (4 DynamoDB calls)
-
-
-def wru(size: int) -> int:
-    return max(1, math.ceil(size / 1024))
-
-
-def rru(size: int) -> int:
-    return max(1, math.ceil(size / 4096))
-
-
-def message_bytes(chars: int) -> int:
-    return chars + MESSAGE_OVERHEAD_BYTES  # the corpus is ASCII; utf-8 would be 1-4 bytes a char
+#: The profile's actions the estimate's assumptions describe, call by call.
+DESCRIBED = ("connect", "disconnect", "start", "send 1", "reply 1", "refused send",
+             "probe: frame (new window)", "probe: frame (same window)", "probe: renewal (reply 1)",
+             "probe: rebind (reply 1)")
 
 
 #: SQS requests per reply job: SendMessage, then the mapping's ReceiveMessage and DeleteMessage.
 SQS_REQUESTS_PER_JOB = 3
 
 
+def shape_of(run: Any) -> Shape:
+    """The representative participant of `run`: its bot, the most messages anyone stored, and
+    the mean sizes of the messages and replies (the profile's units at the mean sizes)."""
+    stored = [[r for r in p.replies if r.user_seq is not None] for p in run.people]
+    sent = [r.text_chars for s in stored for r in s]
+    replies = [len(r.final_text) for s in stored for r in s if r.final_text]
+    return Shape(json.dumps(run.bot.to_dict()), max(1, max(map(len, stored), default=0)),
+                 max(1, round(statistics.fmean(sent))) if sent else 1,
+                 max(1, round(statistics.fmean(replies))) if replies else 1)
+
+
 @dataclass
 class Tally:
-    rru: float = 0
-    wru: float = 0
+    memory_mb: dict[str, int]  #: MemorySize of each function (template.yaml)
+    dynamodb: Units = Units()
     sqs_requests: int = 0
     lambda_requests: dict[str, int] = field(default_factory=dict)
     lambda_gb_s: dict[str, float] = field(default_factory=dict)
 
     def invoke(self, function: str, ms: float, count: int = 1) -> None:
         self.lambda_requests[function] = self.lambda_requests.get(function, 0) + count
-        gb_s = count * math.ceil(ms) / 1000 * MEMORY_MB[function] / 1024
+        gb_s = count * math.ceil(ms) / 1000 * self.memory_mb[function] / 1024
         self.lambda_gb_s[function] = self.lambda_gb_s.get(function, 0.0) + gb_s
+
+    def store(self, units: Units, count: float = 1) -> None:
+        self.dynamodb += units * count
 
 
 def estimate(run: Any, model_ttft: float | None = None) -> dict[str, Any]:
@@ -105,56 +80,54 @@ def estimate(run: Any, model_ttft: float | None = None) -> dict[str, Any]:
     (in the reply queue) is free. With the model's TTFT known, its duration is the model's
     TTFT plus first delta to final message; without it, ack to final message (an upper bound).
     """
-    t = Tally()
+    shape = shape_of(run)
+    store = profile(shape)
+    t = Tally(store.memory_mb)
     inbound = outbound = outbound_metered = 0
     connection_minutes = 0.0
     prompt_tokens = completion_tokens = 0
     model = run.bot.model
-    opening = len(run.bot.opening_message or "")
+    renew_every = store.reply_lease_seconds / RENEWALS_PER_LEASE  #: turn._LeaseKeeper's period
     for p in run.people:
         if p.connected_at is None:
             continue
         # the socket: connect, disconnect, minutes
-        t.rru += 3
-        t.wru += 1 + 1
+        t.store(store.units("connect") + store.units("disconnect"))
         t.invoke("ConnectFunction", LAMBDA_MS["ConnectFunction"])
         t.invoke("DisconnectFunction", LAMBDA_MS["DisconnectFunction"])
         connection_minutes += max(0.0, (p.closed_at or run.traffic_s) - p.connected_at) / 60
         # frames in: each one an API Gateway message and a MessageFunction invocation with a frame count
         inbound += p.frames_out
-        windows = {int(x // RATE_WINDOW_SECONDS) for x in p.frame_times}
-        t.wru += len(p.frame_times) + len(windows)
+        windows = len({int(x // store.rate_limit_window) for x in p.frame_times})
+        t.store(store.probe("probe: frame (new window)"), windows)
+        t.store(store.probe("probe: frame (same window)"), len(p.frame_times) - windows)
         # frames out: each one a post_to_connection, metered per 32 KB
         outbound += p.frames_in
         outbound_metered += sum(max(1, math.ceil(b / APIGW_MESSAGE_BYTES)) for b in p.bytes_in)
         # start (first time: the chat is opened)
         if p.chat_id is not None:
             t.invoke("MessageFunction", LAMBDA_MS["start"])
-            t.rru += 1 + 1 + rru(message_bytes(opening))
-            t.wru += 2 * (wru(META_BYTES) + 1 + wru(message_bytes(opening))) + 1 + (1 + 1)
-        history_bytes = message_bytes(opening)
+            t.store(store.units("start"))
+        turn = 0  #: the participant's stored messages so far: the profile's turn of the same number
         for r in p.replies:
-            for _ in range(r.attempts):
-                t.invoke("MessageFunction", LAMBDA_MS["send"])
-                t.rru += 1 + 1 + 3
-            if r.user_seq is None:
+            t.invoke("MessageFunction", LAMBDA_MS["send"], r.attempts)
+            stored = r.user_seq is not None
+            t.store(store.units("refused send"), r.attempts - stored)  # retries and refusals: their reads
+            if not stored:
                 continue
-            t.wru += 2 * (wru(META_BYTES) + wru(message_bytes(r.text_chars)) + 1) + 1
+            turn += 1
+            t.store(store.units(f"send {turn}"))
             t.sqs_requests += SQS_REQUESTS_PER_JOB
-            history_bytes += message_bytes(r.text_chars)
             if r.reply_s is None:
                 continue
             if model_ttft is not None and r.ttfd_s is not None:
                 stream_s = model_ttft + REPLY_SETUP_SECONDS + max(0.0, r.reply_s - r.ttfd_s)
             else:
                 stream_s = max(0.0, r.reply_s - (r.ack_s or 0.0))
-            reply_chars = len(r.final_text or "")
             t.invoke("ReplyFunction", stream_s * 1000)
-            t.rru += 1 + rru(history_bytes) + 3 + math.floor(stream_s / REBIND_SECONDS) + 1
-            renewals = 1 + math.floor(stream_s / LEASE_RENEW_SECONDS)
-            t.wru += renewals * (1 + 1) + 1  # the claim and renewals (META and its index), count_tokens
-            t.wru += 2 * (wru(META_BYTES) + wru(message_bytes(reply_chars))) + 1
-            history_bytes += message_bytes(reply_chars)
+            t.store(store.units(f"reply {turn}"))
+            t.store(store.probe(f"probe: rebind (reply {turn})"), math.floor(stream_s / REBIND_INTERVAL))
+            t.store(store.probe(f"probe: renewal (reply {turn})"), math.floor(stream_s / renew_every))
             prompt_tokens += r.prompt_tokens
             completion_tokens += r.completion_tokens
     participants = max(1, sum(1 for p in run.people if p.connected_at is not None))
@@ -165,8 +138,8 @@ def estimate(run: Any, model_ttft: float | None = None) -> dict[str, Any]:
         "Lambda requests": sum(t.lambda_requests.values()) * PRICES["lambda_request"],
         "Lambda compute (GB-s)": sum(t.lambda_gb_s.values()) * PRICES["lambda_gb_second"],
         "SQS requests": t.sqs_requests * PRICES["sqs_request"],
-        "DynamoDB writes (WRU)": t.wru * PRICES["dynamodb_wru"],
-        "DynamoDB reads (RRU)": t.rru * PRICES["dynamodb_rru"],
+        "DynamoDB writes (WRU)": t.dynamodb.wru * PRICES["dynamodb_wru"],
+        "DynamoDB reads (RRU)": t.dynamodb.rru * PRICES["dynamodb_rru"],
     }
     aws_total = sum(lines.values())
     llm = llm_prices(model)
@@ -182,8 +155,8 @@ def estimate(run: Any, model_ttft: float | None = None) -> dict[str, Any]:
             "lambda_requests": t.lambda_requests,
             "lambda_gb_seconds": {k: round(v, 4) for k, v in t.lambda_gb_s.items()},
             "sqs_requests": t.sqs_requests,
-            "dynamodb_wru": t.wru,
-            "dynamodb_rru": t.rru,
+            "dynamodb_wru": t.dynamodb.wru,
+            "dynamodb_rru": t.dynamodb.rru,
             "llm_prompt_tokens": prompt_tokens,
             "llm_completion_tokens": completion_tokens,
         },
@@ -195,8 +168,10 @@ def estimate(run: Any, model_ttft: float | None = None) -> dict[str, Any]:
             "llm": None if llm_cost is None else llm_cost / participants,
             "total": aws_total / participants + (llm_cost or 0.0) / participants,
         },
-        "assumptions": {"lambda_ms_estimated": LAMBDA_MS, "memory_mb": MEMORY_MB, "meta_item_bytes": META_BYTES,
-                        "dynamodb_ops": DYNAMO_OPS},
+        "assumptions": {"lambda_ms_estimated": LAMBDA_MS, "memory_mb": store.memory_mb,
+                        "dynamodb_profile": {"messages": shape.messages, "user_chars": shape.user_chars,
+                                             "reply_chars": shape.reply_chars},
+                        "dynamodb_ops": {action: store.describe(action) for action in DESCRIBED}},
     }
 
 
@@ -247,9 +222,9 @@ def _participant(study: Study) -> Any:
         clock += study.ttft_s + stream_s
     pings = int(clock // study.heartbeat_s)
     frames_in = 1 + study.messages * (2 + deltas + 1) + pings  # chat; ack, queued, deltas, message; pongs
-    return SimpleNamespace(
+    return SimpleNamespace(  # the frames counted: the start at 0 s, then each send
         connected_at=0.0, closed_at=clock, chat_id="c_projection", replies=replies,
-        frames_out=1 + study.messages + pings, frame_times=[study.think_s * (i + 1) for i in range(study.messages)],
+        frames_out=1 + study.messages + pings, frame_times=[study.think_s * i for i in range(study.messages + 1)],
         frames_in=frames_in, bytes_in=[study.frame_bytes] * frames_in,
     )
 
@@ -258,10 +233,13 @@ def project(participants: int, study: Study = Study(), model: str = "gpt-4o-mini
     """estimate() for `participants` who each follow `study` (the same synthetic one, N times)."""
     from types import SimpleNamespace
 
-    from ws_handlers.bot import Bot
+    from ws_handlers.bot import Bot, Limits
 
     one = _participant(study)
-    bot = Bot("projection", model, "x", opening_message="x" * study.opening_chars)
+    prompt = "x" * round(study.system_prompt_tokens * study.chars_per_token)  # stored with the chat
+    limits = Limits(max_chars=max(Limits.max_chars, study.user_chars),  # limits the study stays within
+                    max_user_messages=max(Limits.max_user_messages, study.messages), max_tokens_per_chat=10**9)
+    bot = Bot("projection", model, prompt, opening_message="x" * study.opening_chars, limits=limits)
     run = SimpleNamespace(bot=bot, people=[one] * participants, traffic_s=one.closed_at)
     return estimate(run, model_ttft=study.ttft_s)
 
@@ -303,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.participants) or min(args.messages, args.user_chars, args.reply_chars) < 1:
         parser.error("participants, messages and sizes must be at least 1")
+    cap = Settings.from_env({}).max_message_chars  # the store profile sends such messages to the service
+    if args.user_chars > cap:
+        parser.error(f"--user-chars: the service refuses messages over {cap} characters (MAX_MESSAGE_CHARS)")
     study = Study(messages=args.messages, user_chars=args.user_chars, reply_chars=args.reply_chars)
     print(table(args.participants, study, args.model))
     print(f"\n{study.messages} messages of {study.user_chars} characters each, replies of {study.reply_chars} "

@@ -79,8 +79,9 @@ def emulation(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(run: Any, *, command: str, scenario: str, floor: dict[str, Any] | None, local: dict[str, Any] | None,
-          extra: dict[str, Any] | None = None, slots: int | None = None) -> dict[str, Any]:
-    """The JSON result of a finished run; `slots`: replies at once (LlmConcurrency), for the ranks' blocks."""
+          extra: dict[str, Any] | None = None, slots: int | None = None, priced: bool = True) -> dict[str, Any]:
+    """The JSON result of a finished run; `slots`: replies at once (LlmConcurrency), for the ranks' blocks;
+    `priced`: with the AWS cost estimate (it profiles the store in a child process: seconds)."""
     replies = [r for p in run.people for r in p.replies]
     done = [r for r in replies if r.final_text is not None]
     v = run.verification
@@ -126,7 +127,7 @@ def build(run: Any, *, command: str, scenario: str, floor: dict[str, Any] | None
             "checked", "sent", "stored_once", "lost", "duplicated", "replies_checked", "replies_complete",
             "replies_mismatch", "replies_missing", "replies_stored", "replies_unstored", "replies_duplicated",
             "unanswered", "stored_not_delivered", "unverified")} | {"failures": v.failures[:50]},
-        "cost": cost.estimate(run, model_ttft),
+        "cost": cost.estimate(run, model_ttft) if priced else None,
         "by_rank": ranks.analyse(samples, slots),
         "samples": samples,
     }

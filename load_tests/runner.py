@@ -56,7 +56,8 @@ class Options:
     deadline: float = 600.0  #: the whole run (traffic and verification), seconds
     connect_timeout: float = 30.0
     reply_timeout: float = 120.0  #: per wait for an ack, a delta or the final message
-    retries: int = 3  #: retries of one send after a retryable error
+    retries: int = 6  #: retries of one send after a retryable error (backoff 0.5 s doubling: ~30 s, past a dead turn's lease)
+    heartbeat: float = 240.0  #: seconds between pings while connected, as client_js's heartbeatMs (0: none)
     origin: str | None = "http://localhost:8000"
     bot: Bot | None = None  #: None: local_gateway.demo_bots' tutor
     experiment: str = "load"
@@ -199,6 +200,7 @@ class Run:
         ws: ClientConnection | None = None
         finished = False
         ready = False
+        beat: asyncio.Task[None] | None = None
         try:
             if o.ramp > 0 and len(self.people) > 1:
                 await asyncio.sleep(o.ramp * p.number / (len(self.people) - 1))
@@ -220,6 +222,8 @@ class Run:
             self.connected += 1
             self.open_now += 1
             self.peak_open = max(self.peak_open, self.open_now)
+            if o.heartbeat > 0:  # as the browser client does: a socket waiting long for a reply is not idle
+                beat = asyncio.create_task(self._heartbeat(p, ws))
             await self._send_frame(p, ws, {"action": "start", "ticket": p.ticket})
             chat = await self._until(p, ws, lambda f: f.get("type") == "chat" or f.get("type") == "error")
             if chat.get("type") != "chat":
@@ -246,6 +250,8 @@ class Run:
         except Exception as exc:  # counted, never a participant silently missing from the run
             self._error(p, f"failed_{type(exc).__name__}")
         finally:
+            if beat is not None:
+                beat.cancel()
             if o.burst and not ready:
                 self._ready_one()  # never keep the others waiting at the barrier
             if not finished:
@@ -255,6 +261,13 @@ class Run:
                     await asyncio.wait_for(ws.close(), 5)
                 self.open_now -= 1
                 p.closed_at = self.now()
+
+    async def _heartbeat(self, p: Participant, ws: ClientConnection) -> None:
+        """A ping every `heartbeat` s (its pong is one more frame the waits pass over), bounded by the run."""
+        while self.remaining() > 0:
+            await asyncio.sleep(min(self.o.heartbeat, self.remaining()))
+            with contextlib.suppress(ConnectionClosed):
+                await self._send_frame(p, ws, {"action": "ping"})
 
     def _error(self, p: Participant, code: str) -> None:
         self.errors[code] += 1

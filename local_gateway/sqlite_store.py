@@ -61,18 +61,16 @@ from typing import Any
 
 from ws_handlers.bot import Bot
 from ws_handlers.store import (
+    BreakerState,
     Chat,
-    ChatBusy,
-    ChatLimitReached,
     Codes,
+    Conflict,
     Connection,
+    ControlItems,
     Controls,
     Deleted,
-    DuplicateMessage,
     Lease,
     Message,
-    MessageLimitReached,
-    SeqConflict,
     StoreError,
     StoreThrottled,
     check_allowlist_change,
@@ -293,17 +291,6 @@ class SqliteStore:
                  connection.connected_at, connection.expires_at),
             )
 
-    def get_connection(self, connection_id: str, now: float) -> Connection | None:
-        rows = self._read(
-            "SELECT participant, experiment, session, connected_at, expires_at FROM connections "
-            "WHERE connection_id = ? AND expires_at > ?",
-            (connection_id, now),
-        )
-        if not rows:
-            return None
-        participant, experiment, session, connected_at, expires_at = rows[0]
-        return Connection(connection_id, Identity(participant, experiment, session), connected_at, expires_at)
-
     def count_frame(self, connection_id: str, now: float, window: float) -> tuple[Connection, int] | None:
         current = int(now // window)
         with self._write() as db:
@@ -323,24 +310,8 @@ class SqliteStore:
             db.execute("DELETE FROM connections WHERE connection_id = ?", (connection_id,))
 
     # -- controls ---------------------------------------------------------------------
-    def get_controls(self, experiment: str) -> Controls:
-        rows = {
-            row[0]: row[1:]
-            for row in self._read(
-                "SELECT experiment, paused, token_budget, tokens_used FROM controls WHERE experiment IN (?, ?)",
-                (experiment, _SERVICE),
-            )
-        }
-        paused, budget, used = rows.get(experiment, (None, None, 0))
-        service_paused = rows.get(_SERVICE, (None,))[0]
-        breaker = self._read("SELECT open_until FROM llm_breaker WHERE id = 1", ())
-        return Controls(
-            paused=bool(paused) or bool(service_paused),
-            token_budget=budget,
-            tokens_used=used,
-            llm_paused_until=breaker[0][0] if breaker else 0.0,
-            allowlist=self._allowlist_on(experiment),
-        )
+    def get_controls(self, experiment: str) -> ControlItems:
+        return ControlItems(self.read_controls(experiment), self.read_controls(None), self.read_breaker())
 
     def on_allowlist(self, experiment: str, participant: str) -> bool:
         return bool(self._read("SELECT 1 FROM allowlist WHERE experiment = ? AND participant = ?",
@@ -349,21 +320,17 @@ class SqliteStore:
     def _allowlist_on(self, experiment: str | None) -> bool:
         return bool(self._read("SELECT 1 FROM allowlists WHERE experiment = ?", (experiment,)))
 
-    def record_llm_failure(self, now: float, threshold: int, window: float, cooldown: float) -> bool:
+    def read_breaker(self) -> BreakerState:
+        rows = self._read("SELECT failures, window_start, open_until FROM llm_breaker WHERE id = 1", ())
+        return BreakerState(*rows[0]) if rows else BreakerState()
+
+    def replace_breaker(self, seen: BreakerState, new: BreakerState) -> None:
         with self._write() as db:
-            row = db.execute("SELECT failures, window_start FROM llm_breaker WHERE id = 1").fetchone()
-            failures, started = (row[0] + 1, row[1]) if row else (1, now)
-            if started < now - window:
-                failures, started = 1, now
-            opened = failures >= threshold
-            db.execute(
-                "INSERT INTO llm_breaker (id, failures, window_start, open_until) VALUES (1, ?, ?, 0) "
-                "ON CONFLICT(id) DO UPDATE SET failures = excluded.failures, window_start = excluded.window_start",
-                (0 if opened else failures, now if opened else started),
-            )
-            if opened:
-                db.execute("UPDATE llm_breaker SET open_until = ? WHERE id = 1", (now + cooldown,))
-            return opened
+            row = db.execute("SELECT failures, window_start, open_until FROM llm_breaker WHERE id = 1").fetchone()
+            if (BreakerState(*row) if row else BreakerState()) != seen:
+                raise Conflict("the breaker changed meanwhile")
+            db.execute("INSERT OR REPLACE INTO llm_breaker (id, failures, window_start, open_until) VALUES (1, ?, ?, ?)",
+                       (new.failures, new.window_start, new.open_until))
 
     def set_controls(
         self, experiment: str | None, *, paused: bool | None = None, token_budget: int | None = None,
@@ -373,7 +340,7 @@ class SqliteStore:
 
         None leaves a field as it is, `clear_budget` removes the budget (TOKEN_BUDGET applies
         again); tokens_used is never touched. The service-wide item has only the pause switch
-        (get_controls reads no budget from it: TOKEN_BUDGET is that).
+        (`controls.obeyed` takes no budget from it: TOKEN_BUDGET is that).
         """
         check_controls_change(experiment, token_budget, clear_budget)
         with self._write() as db:
@@ -390,20 +357,16 @@ class SqliteStore:
         return _chat(rows[0]) if rows else None
 
     def open_chat(self, chat: Chat, opening: Message | None, max_chats: int) -> Chat:
-        existing = self.get_chat(chat.chat_id)
-        if existing is not None:
-            return existing
         who = chat.identity
         with self._write() as db:
-            row = db.execute(f"SELECT {_CHAT_COLUMNS} FROM chats WHERE chat_id = ?", (chat.chat_id,)).fetchone()
-            if row is not None:  # created meanwhile by a concurrent start
-                return _chat(row)
+            if db.execute("SELECT 1 FROM chats WHERE chat_id = ?", (chat.chat_id,)).fetchone():
+                raise Conflict(f"open_chat: {chat.chat_id} exists")
             opened = db.execute(
                 "SELECT chats FROM participants WHERE experiment = ? AND session = ? AND participant = ?",
                 (who.experiment, who.session, who.participant),
             ).fetchone()
             if opened is not None and opened[0] >= max_chats:  # as on DynamoDB, a first chat is always allowed
-                raise ChatLimitReached(who.participant)
+                raise Conflict(f"open_chat: {who.participant} has {opened[0]} chats in {who.session}")
             db.execute(
                 "INSERT INTO participants VALUES (?, ?, ?, 1) "
                 "ON CONFLICT (experiment, session, participant) DO UPDATE SET chats = chats + 1",
@@ -419,14 +382,14 @@ class SqliteStore:
                 try:
                     _insert_message(db, chat, opening)
                 except sqlite3.IntegrityError:  # a message without its chat: refused as on DynamoDB
-                    raise SeqConflict(f"open_chat: seq {opening.seq} of {chat.chat_id} is taken") from None
+                    raise Conflict(f"open_chat: seq {opening.seq} of {chat.chat_id} is taken") from None
         return chat
 
     def bind_connection(self, chat_id: str, connection_id: str) -> None:
         with self._write() as db:
             bound = db.execute("UPDATE chats SET connection_id = ? WHERE chat_id = ?", (connection_id, chat_id))
-            if bound.rowcount == 0:  # DynamoDB refuses it too (ConditionalCheckFailedException)
-                raise StoreError(f"no chat {chat_id}")
+            if bound.rowcount == 0:
+                raise Conflict(f"no chat {chat_id}")
 
     # -- messages -------------------------------------------------------------------
     def messages(self, chat_id: str, after_seq: int = 0, limit: int | None = None) -> list[Message]:
@@ -454,34 +417,20 @@ class SqliteStore:
         seq = chat.next_seq
         assert message.seq == seq and message.client_msg_id
         with self._write() as db:
-            stored = db.execute(
-                "SELECT seq FROM client_messages WHERE chat_id = ? AND client_msg_id = ?",
-                (chat.chat_id, message.client_msg_id),
-            ).fetchone()
-            if stored is not None:
-                raise DuplicateMessage(stored[0])
-            meta = db.execute(
-                "SELECT next_seq, user_messages, lease_until FROM chats WHERE chat_id = ?", (chat.chat_id,)
-            ).fetchone()
-            if meta is None or meta[0] != seq:
-                raise SeqConflict(chat.chat_id)
-            _, user_messages, lease_until = meta
-            if lease_until is not None and lease_until > now:
-                raise ChatBusy(chat.chat_id)
-            if user_messages >= max_user_messages:
-                raise MessageLimitReached(chat.chat_id)
-            db.execute(
-                "UPDATE chats SET next_seq = ?, connection_id = ?, lease_turn = ?, lease_until = ?, lease_seq = ?, lease_claimed = 0, "
-                "user_messages = user_messages + 1 WHERE chat_id = ?",
-                (seq + 1, connection_id, lease.turn_id, lease.until, lease.user_seq, chat.chat_id),
+            advanced = db.execute(
+                "UPDATE chats SET next_seq = ?, connection_id = ?, lease_turn = ?, lease_until = ?, lease_seq = ?, "
+                "lease_claimed = 0, user_messages = user_messages + 1 "
+                "WHERE chat_id = ? AND next_seq = ? AND user_messages < ? AND (lease_until IS NULL OR lease_until <= ?)",
+                (seq + 1, connection_id, lease.turn_id, lease.until, lease.user_seq, chat.chat_id, seq,
+                 max_user_messages, now),
             )
-            try:
+            if advanced.rowcount == 0:
+                raise Conflict(f"append_user_message: {chat.chat_id} is no longer at seq {seq}, or is busy or full")
+            try:  # the transaction rolls back if the id is stored, or the seq taken though META points at it
                 _insert_message(db, chat, message)
-            except sqlite3.IntegrityError:  # the seq is taken though META points at it
-                raise SeqConflict(chat.chat_id) from None
-            db.execute(
-                "INSERT INTO client_messages VALUES (?, ?, ?)", (chat.chat_id, message.client_msg_id, seq)
-            )
+                db.execute("INSERT INTO client_messages VALUES (?, ?, ?)", (chat.chat_id, message.client_msg_id, seq))
+            except sqlite3.IntegrityError:
+                raise Conflict(f"append_user_message: {message.client_msg_id} or seq {seq} is stored") from None
 
     def take_lease(self, chat: Chat, lease: Lease, connection_id: str, now: float) -> bool:
         with self._write() as db:
@@ -557,8 +506,7 @@ class SqliteStore:
             (_SERVICE if experiment is None else experiment,),
         )
         paused, budget, used = rows[0] if rows else (None, None, 0)
-        breaker = self._read("SELECT open_until FROM llm_breaker WHERE id = 1", ())
-        return Controls(bool(paused), budget, used, breaker[0][0] if breaker else 0.0, self._allowlist_on(experiment))
+        return Controls(bool(paused), budget, used, allowlist=self._allowlist_on(experiment))
 
     def add_to_allowlist(self, experiment: str, participants: Codes) -> None:
         check_allowlist_change(experiment, participants)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from moto.core.config import default_user_config
 
 from local_gateway.offline_model import OfflineModel
 from local_gateway.strict_dynamodb import StrictDynamoDB, Strictness, install
+from local_gateway.template import Template, create_tables, load
 from local_gateway.threaded import serve_in_thread
 from waiting import Hold
 
@@ -55,6 +57,23 @@ def strict_dynamodb(_strict_moto_dynamodb: StrictDynamoDB) -> Iterator[StrictDyn
     _strict_moto_dynamodb.reset()
     yield _strict_moto_dynamodb
     _strict_moto_dynamodb.configure(before)
+
+
+@pytest.fixture(scope="session")
+def service_template() -> Template:
+    """template.yaml as the local stack reads it, read once (parsing it takes a good part of a second)."""
+    return load()
+
+
+@pytest.fixture(scope="session")
+def dynamodb_tables(service_template: Template) -> Callable[..., None]:
+    """dynamodb_tables(client, connections="conns", chats="chats"): template.yaml's DynamoDB tables,
+    created on `client` (moto) under a test's names, as the local stack creates them."""
+
+    def create(client: Any, connections: str = "conns", chats: str = "chats") -> None:
+        create_tables(client, service_template, {"ConnectionsTable": connections, "ChatsTable": chats})
+
+    return create
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from .config import Settings
-from .store import Controls
+from .controls import obeyed
+from .store import ControlItems
 from .tickets import CredentialError, Identity, verify_token
 
 
@@ -42,13 +43,13 @@ def admit(
     secret: str,
     token: str | None,
     origin: str | None,
-    controls_for: Callable[[str], Controls],
+    controls_for: Callable[[str], ControlItems],
     on_allowlist: Callable[[str, str], bool],
 ) -> Identity:
     """The participant's identity if the socket may open; raises Refused otherwise.
 
-    Only a valid token leads to reads: `controls_for(experiment)` (the pause switch and the
-    allowlist flag, one request), then `on_allowlist(experiment, participant)` (one read by key)
+    Only a valid token leads to reads: `controls_for(experiment)` (`Store.get_controls`: the pause
+    switches and the allowlist flag, one request), then `on_allowlist(experiment, participant)` (one read by key)
     only for an experiment whose allowlist is on. An open experiment costs no extra read, and a
     long allowlist is never read whole.
     """
@@ -59,7 +60,7 @@ def admit(
         raise Refused(401, exc.code) from None
     if settings.paused:
         raise Refused(403, "paused")
-    controls = controls_for(identity.experiment)
+    controls = obeyed(controls_for(identity.experiment))
     if controls.allowlist and not on_allowlist(identity.experiment, identity.participant):
         raise Refused(403, "participant_not_allowed")
     if controls.paused:

@@ -1,4 +1,4 @@
-"""The chat domain for the message route: start, send, history, ping.
+"""The chat domain for the message route: start, send, history.
 
 It decides; the ports act. `respond` pushes a frame to the caller's socket, the store
 persists, the job queue hands the reply to the reply function (SQS on AWS). The order
@@ -16,23 +16,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from .config import Settings
+from .controls import obeyed
 from .errors import ChatError
 from .observability import logger, record_budget_use
-from .protocol import History, Ping, Send, Start, error_frame, history_page, is_blank, message_frame, queued_frame
-from .store import (
-    Chat,
-    ChatBusy,
-    ChatLimitReached,
-    Connection,
-    DuplicateMessage,
-    Lease,
-    Message,
-    MessageLimitReached,
-    SeqConflict,
-    Store,
-    chat_id_for,
-    legacy_chat_id_for,
-)
+from .protocol import History, Send, Start, error_frame, history_page, is_blank, message_frame, queued_frame
+from .store import Chat, Conflict, Connection, Lease, Message, Store, chat_id_for, legacy_chat_id_for
 from .tickets import CredentialError, Ticket, open_ticket
 
 Respond = Callable[[dict[str, Any]], None]
@@ -90,10 +78,25 @@ class Chats:
         self._secret = ticket_secret
         self._clock = clock
 
-    def handle(self, connection: Connection, action: Start | Send | History | Ping, endpoint: str, respond: Respond) -> None:
-        if isinstance(action, Ping):
-            respond({"type": "pong"})
-        elif isinstance(action, Start):
+    def admit_frame(self, connection_id: str) -> Connection:
+        """Count a frame against its socket's rate limit, before anything else (parsing included),
+        and return the connection it came from; raises `not_connected` or `rate_limited`.
+
+        Every frame that reaches the function counts: a flood of malformed or unknown frames is
+        cut like any other. API Gateway answers pings itself (template.yaml); a ping that gets here
+        anyway (should API Gateway and Python read a frame differently, say one with two `action`
+        keys) is counted like the rest, and refused as `bad_frame`.
+        """
+        counted = self.store.count_frame(connection_id, self._clock(), self.settings.rate_limit_window)
+        if counted is None:
+            raise ChatError("not_connected")
+        connection, frames = counted
+        if frames > self.settings.rate_limit_frames:  # a flood: refused before any other work
+            raise ChatError("rate_limited")
+        return connection
+
+    def handle(self, connection: Connection, action: Start | Send | History, endpoint: str, respond: Respond) -> None:
+        if isinstance(action, Start):
             self.start(connection, action, respond)
         elif isinstance(action, Send):
             self.send(connection, action, endpoint, respond)
@@ -141,10 +144,13 @@ class Chats:
         if ticket.bot.opening_message:
             opening = Message(chat_id, 1, "assistant", ticket.bot.opening_message, now)
             fresh = replace(fresh, next_seq=2)
-        try:  # a concurrent start may have opened it meanwhile: the store returns that one
-            return _owned(self.store.open_chat(fresh, opening, self.settings.max_chats_per_participant), ticket)
-        except ChatLimitReached:
-            raise ChatError("chat_limit") from None
+        try:
+            return self.store.open_chat(fresh, opening, self.settings.max_chats_per_participant)
+        except Conflict:  # opened meanwhile by a concurrent start, else the participant's chats are counted out
+            opened = self.store.get_chat(chat_id)
+            if opened is None:
+                raise ChatError("chat_limit") from None
+            return _owned(opened, ticket)
 
     def _still_queued(self, chat: Chat, now: float, respond: Respond) -> None:
         """A page reloaded while its reply waits for a slot is told so again (not just `replying`)."""
@@ -192,16 +198,14 @@ class Chats:
         context = {"chat_id": action.chat_id, "client_msg_id": action.client_msg_id}
         chat = self._own_chat(connection, action.chat_id, client_msg_id=action.client_msg_id)
         self._check_text(chat, action.text, context)
-        existing = self.store.find_client_message(chat.chat_id, action.client_msg_id)
-        if existing is not None:
-            return self._resend(connection, chat, action, existing, endpoint, respond)
-        for _ in range(_APPEND_ATTEMPTS):
+        for attempt in range(_APPEND_ATTEMPTS):
+            if attempt:  # the append met a change (Conflict): read the chat again and decide afresh
+                chat = self._own_chat(connection, action.chat_id, client_msg_id=action.client_msg_id)
+            existing = self.store.find_client_message(chat.chat_id, action.client_msg_id)
+            if existing is not None:  # a retry, or the same id raced in from another socket
+                return self._resend(connection, chat, action, existing, endpoint, respond)
             now = self._clock()
-            self._check_spending(chat, context)
-            if chat.user_messages >= chat.bot.limits.max_user_messages:
-                raise ChatError("message_limit", **context)
-            if chat.replying(now):
-                raise ChatError("reply_in_progress", **context)
+            self._check_appendable(chat, now, context)
             seq = chat.next_seq
             message = Message(chat.chat_id, seq, "user", action.text, now, client_msg_id=action.client_msg_id)
             lease = self._queued_lease(now, seq)
@@ -209,19 +213,21 @@ class Chats:
                 self.store.append_user_message(
                     chat, message, lease, connection.connection_id, chat.bot.limits.max_user_messages, now
                 )
-            except DuplicateMessage as dup:  # the same id raced in from another socket
-                return self._resend(connection, chat, action, dup.seq, endpoint, respond)
-            except ChatBusy:
-                raise ChatError("reply_in_progress", **context) from None
-            except MessageLimitReached:
-                raise ChatError("message_limit", **context) from None
-            except SeqConflict:
-                chat = self._own_chat(connection, action.chat_id, client_msg_id=action.client_msg_id)
+            except Conflict:
                 continue
             respond({"type": "ack", **context, "seq": seq, "duplicate": False})
             self._enqueue(ReplyJob(chat.chat_id, seq, lease.turn_id, connection.connection_id, endpoint), context, respond)
             return None
         raise ChatError("reply_in_progress", **context)
+
+    def _check_appendable(self, chat: Chat, now: float, context: dict[str, Any]) -> None:
+        """Why a new message may not be stored now: the switches and budgets, the chat's message
+        limit, a reply owed. The store's append holds to the last two under concurrency (Conflict)."""
+        self._check_spending(chat, context)
+        if chat.user_messages >= chat.bot.limits.max_user_messages:
+            raise ChatError("message_limit", **context)
+        if chat.replying(now):
+            raise ChatError("reply_in_progress", **context)
 
     def _queued_lease(self, now: float, user_seq: int) -> Lease:
         """The lease a reply holds while its job waits for a slot: long enough for the queue's
@@ -249,7 +255,7 @@ class Chats:
 
     def _check_spending(self, chat: Chat, context: dict[str, Any]) -> None:
         """The kill switch and the token limits: refused before any model call is made."""
-        controls = self.store.get_controls(chat.identity.experiment)
+        controls = obeyed(self.store.get_controls(chat.identity.experiment))
         if self.settings.paused or controls.paused:
             raise ChatError("paused", **context)
         if controls.llm_paused_until > self._clock():  # the breaker is open: fail fast, store nothing

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from .entry import lambda_entry
 from .observability import logger, metrics
 from .runtime import services
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
+@lambda_entry()
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     connection_id = event["requestContext"]["connectionId"]
     services().store.delete_connection(connection_id)

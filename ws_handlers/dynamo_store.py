@@ -7,10 +7,13 @@ metadata item `META` with counters and the reply lease, one item per message
 (`CMID#...`) that makes retries idempotent. Counters live beside them: `PART#exp#session#participant`
 (chats opened in a session; the `PART#exp#participant` counters of old are only deleted) and
 `EXP#exp` / `SERVICE` (`CONTROL`: pause switch, token budget, tokens used,
-the allowlist flag); an experiment's allowlist is one item per code, `ALLOW#exp` / participant.
-Every write that must not happen twice is conditional; no request path scans. The operator's
-methods at the end of `DynamoStore` (`store.AdminStore`) list an experiment's chats through the
-`by_experiment` index and delete with BatchWriteItem.
+the allowlist flag); the model's circuit breaker is `SERVICE` / `LLM`; an experiment's allowlist
+is one item per code, `ALLOW#exp` / participant. Every write that must not happen twice is
+conditional; no request path scans. This module stores and reads; what a refusal means, how
+controls combine and when the breaker opens are the domain's (`store` says how a failed condition
+is reported). The operator's methods at the end of `DynamoStore` (`store.AdminStore`) list an
+experiment's chats through the `by_experiment` index and delete with BatchWriteItem. The tables
+are template.yaml's (tests and the local stack create them from it: `local_gateway.template`).
 """
 
 from __future__ import annotations
@@ -30,18 +33,16 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_a
 
 from .bot import Bot
 from .store import (
+    BreakerState,
     Chat,
-    ChatBusy,
-    ChatLimitReached,
     Codes,
+    Conflict,
     Connection,
+    ControlItems,
     Controls,
     Deleted,
-    DuplicateMessage,
     Lease,
     Message,
-    MessageLimitReached,
-    SeqConflict,
     StoreThrottled,
     check_allowlist_change,
     check_controls_change,
@@ -115,6 +116,10 @@ def _counter(experiment: str, participant: str, session: str | None = None) -> d
     """The chats a participant opened in a session (None: the experiment-wide counter of old)."""
     names = (experiment, participant) if session is None else (experiment, session, participant)
     return _key("#".join(("PART", *names)), "META")
+
+
+def _control_key(experiment: str) -> dict[str, str]:
+    return {"pk": f"EXP#{experiment}", "sk": "CONTROL"}
 
 
 def _allow_pk(experiment: str) -> str:
@@ -231,25 +236,6 @@ class DynamoStore:
             ),
         )
 
-    def get_connection(self, connection_id: str, now: float) -> Connection | None:
-        got = self._call(
-            "get_item",
-            TableName=self.connections_table,
-            Key={"connection_id": {"S": connection_id}},
-            ConsistentRead=True,
-        )
-        if "Item" not in got:
-            return None
-        item = _plain(got["Item"])
-        if int(item["expires_at"]) <= now:  # TTL deletion lags by up to days
-            return None
-        return Connection(
-            connection_id,
-            Identity(item["participant"], item["experiment"], item["session"]),
-            float(item["connected_at"]),
-            int(item["expires_at"]),
-        )
-
     def count_frame(self, connection_id: str, now: float, window: float) -> tuple[Connection, int] | None:
         key = {"connection_id": {"S": connection_id}}
         values = {":one": {"N": "1"}, ":w": {"N": str(int(now // window))}, ":now": _ser.serialize(_num(now))}
@@ -270,19 +256,13 @@ class DynamoStore:
         self._call("delete_item", TableName=self.connections_table, Key={"connection_id": {"S": connection_id}})
 
     # -- controls ---------------------------------------------------------------------
-    def get_controls(self, experiment: str) -> Controls:
-        experiment_key = {"pk": f"EXP#{experiment}", "sk": "CONTROL"}
+    def get_controls(self, experiment: str) -> ControlItems:
+        experiment_key = _control_key(experiment)
         items = self._batch_get([_item(experiment_key), _item(_SERVICE_CONTROL), _item(_BREAKER)])
-        exp = items.get((experiment_key["pk"], "CONTROL"), {})
-        service = items.get(("SERVICE", "CONTROL"), {})
-        breaker = items.get(("SERVICE", "LLM"), {})
-        budget = exp.get("token_budget")
-        return Controls(
-            paused=bool(exp.get("paused")) or bool(service.get("paused")),
-            token_budget=None if budget is None else int(budget),
-            tokens_used=int(exp.get("tokens_used", 0)),
-            llm_paused_until=float(breaker.get("open_until", 0)),
-            allowlist=bool(exp.get("allowlist")),
+        return ControlItems(
+            experiment=_controls(items.get((experiment_key["pk"], "CONTROL"), {})),
+            service=_controls(items.get(("SERVICE", "CONTROL"), {})),
+            breaker=_breaker(items.get(("SERVICE", "LLM"), {})),
         )
 
     # -- chats ------------------------------------------------------------------------
@@ -293,9 +273,6 @@ class DynamoStore:
         return _chat(_plain(got["Item"])) if "Item" in got else None
 
     def open_chat(self, chat: Chat, opening: Message | None, max_chats: int) -> Chat:
-        existing = self.get_chat(chat.chat_id)
-        if existing is not None:
-            return existing
         identity = chat.identity
         meta = {
             "pk": _chat_pk(chat.chat_id),
@@ -331,25 +308,14 @@ class DynamoStore:
         if opening is not None:
             items.append(self._put_message(chat, opening))
         reasons = self._transact(items)
-        if reasons is None:
-            return chat
-        if reasons[0] == "ConditionalCheckFailed":  # created meanwhile by a concurrent start
-            created = self.get_chat(chat.chat_id)
-            if created is not None:
-                return created
-        if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
-            raise ChatLimitReached(identity.participant)
-        raise SeqConflict(f"open_chat cancelled: {reasons}")
+        if reasons is not None:  # the chat exists, or the participant's counter is at max_chats
+            raise Conflict(f"open_chat {chat.chat_id}: {reasons}")
+        return chat
 
     def bind_connection(self, chat_id: str, connection_id: str) -> None:
-        self._call(
-            "update_item",
-            TableName=self.chats_table,
-            Key=_key(_chat_pk(chat_id), "META"),
-            UpdateExpression="SET connection_id = :c",
-            ConditionExpression="attribute_exists(pk)",
-            ExpressionAttributeValues={":c": {"S": connection_id}},
-        )
+        key = _key(_chat_pk(chat_id), "META")
+        if self._update_if(key, "SET connection_id = :c", "attribute_exists(pk)", {":c": {"S": connection_id}}) is None:
+            raise Conflict(f"no chat {chat_id}")
 
     # -- messages -------------------------------------------------------------------
     def _put_message(self, chat: Chat, message: Message) -> dict[str, Any]:
@@ -458,20 +424,8 @@ class DynamoStore:
             },
         ]
         reasons = self._transact(items)
-        if reasons is None:
-            return
-        if reasons[2] == "ConditionalCheckFailed":
-            stored = self.find_client_message(chat.chat_id, message.client_msg_id)
-            if stored is not None:
-                raise DuplicateMessage(stored)
-        current = self.get_chat(chat.chat_id)
-        if current is None or current.next_seq != seq:
-            raise SeqConflict(chat.chat_id)
-        if current.replying(now):
-            raise ChatBusy(chat.chat_id)
-        if current.user_messages >= max_user_messages:
-            raise MessageLimitReached(chat.chat_id)
-        raise SeqConflict(chat.chat_id)
+        if reasons is not None:
+            raise Conflict(f"append_user_message {chat.chat_id} at seq {seq}: {reasons}")
 
     def take_lease(self, chat: Chat, lease: Lease, connection_id: str, now: float) -> bool:
         values = self._lease_values(lease, connection_id, now) | {":seq": {"N": str(chat.next_seq)}}
@@ -532,30 +486,21 @@ class DynamoStore:
             "lease_turn = :turn", {":turn": {"S": turn_id}},
         )
 
-    def record_llm_failure(self, now: float, threshold: int, window: float, cooldown: float) -> bool:
-        key = _item(_BREAKER)
-        got = self._call(
-            "update_item",
-            TableName=self.chats_table,
-            Key=key,
-            UpdateExpression="ADD failures :one SET window_start = if_not_exists(window_start, :now)",
-            ExpressionAttributeValues={":one": {"N": "1"}, ":now": _ser.serialize(_num(now))},
-            ReturnValues="ALL_NEW",
-        )
-        state = _plain(got["Attributes"])
-        started, failures = float(state["window_start"]), int(state["failures"])
-        if started < now - window:
-            values = {":one": {"N": "1"}, ":now": _ser.serialize(_num(now)), ":old": _ser.serialize(state["window_start"])}
-            update = "SET failures = :one, window_start = :now"
-        elif failures >= threshold:
-            values = {":zero": {"N": "0"}, ":now": _ser.serialize(_num(now)), ":old": _ser.serialize(state["window_start"]),
-                      ":until": _ser.serialize(_num(now + cooldown))}
-            update = "SET failures = :zero, window_start = :now, open_until = :until"
-        else:
-            return False
-        # only one of the instances that saw this window moves it on
-        moved = self._update_if(key, update, "window_start = :old", values) is not None
-        return moved and "open_until" in update
+    def read_breaker(self) -> BreakerState:
+        got = self._call("get_item", TableName=self.chats_table, Key=_item(_BREAKER), ConsistentRead=True)
+        return _breaker(_plain(got["Item"]) if "Item" in got else {})
+
+    def replace_breaker(self, seen: BreakerState, new: BreakerState) -> None:
+        values, conditions = {}, []
+        for name, was in (("failures", seen.failures), ("window_start", seen.window_start),
+                          ("open_until", seen.open_until)):
+            values[f":{name}"] = _ser.serialize(_num(was))
+            values[f":new_{name}"] = _ser.serialize(_num(getattr(new, name)))
+            # an attribute never written (or no item at all) reads as the initial 0
+            conditions.append(f"({name} = :{name} OR attribute_not_exists({name}))" if not was else f"{name} = :{name}")
+        update = "SET failures = :new_failures, window_start = :new_window_start, open_until = :new_open_until"
+        if self._update_if(_item(_BREAKER), update, " AND ".join(conditions), values) is None:
+            raise Conflict("the breaker changed meanwhile")
 
     # -- the allowlist on the connect path: one item per code, read by key -------------------------
     def on_allowlist(self, experiment: str, participant: str) -> bool:
@@ -567,17 +512,9 @@ class DynamoStore:
 
     # -- the operator's port (store.AdminStore): never on a request path ------------------
     def read_controls(self, experiment: str | None) -> Controls:
-        key = _SERVICE_CONTROL if experiment is None else {"pk": f"EXP#{experiment}", "sk": "CONTROL"}
-        items = self._batch_get([_item(key), _item(_BREAKER)])
-        own = items.get((key["pk"], key["sk"]), {})
-        budget = own.get("token_budget")
-        return Controls(
-            paused=bool(own.get("paused")),
-            token_budget=None if budget is None else int(budget),
-            tokens_used=int(own.get("tokens_used", 0)),
-            llm_paused_until=float(items.get(("SERVICE", "LLM"), {}).get("open_until", 0)),
-            allowlist=bool(own.get("allowlist")),
-        )
+        key = _SERVICE_CONTROL if experiment is None else _control_key(experiment)
+        got = self._call("get_item", TableName=self.chats_table, Key=_item(key), ConsistentRead=True)
+        return _controls(_plain(got["Item"]) if "Item" in got else {})
 
     def set_controls(
         self, experiment: str | None, *, paused: bool | None = None, token_budget: int | None = None,
@@ -594,7 +531,7 @@ class DynamoStore:
         update = ("SET " + ", ".join(sets) if sets else "") + (" REMOVE token_budget" if clear_budget else "")
         if not update:
             return
-        key = _SERVICE_CONTROL if experiment is None else {"pk": f"EXP#{experiment}", "sk": "CONTROL"}
+        key = _SERVICE_CONTROL if experiment is None else _control_key(experiment)
         self._call(
             "update_item", TableName=self.chats_table, Key=_item(key), UpdateExpression=update.strip(),
             **({"ExpressionAttributeValues": values} if values else {}),
@@ -788,6 +725,23 @@ def _chat(item: dict[str, Any]) -> Chat:
     )
 
 
+def _controls(item: dict[str, Any]) -> Controls:
+    """A CONTROL item as written ({}: none)."""
+    budget = item.get("token_budget")
+    return Controls(
+        paused=bool(item.get("paused")),
+        token_budget=None if budget is None else int(budget),
+        tokens_used=int(item.get("tokens_used", 0)),
+        allowlist=bool(item.get("allowlist")),
+    )
+
+
+def _breaker(item: dict[str, Any]) -> BreakerState:
+    """The breaker's item ({}: never written)."""
+    return BreakerState(int(item.get("failures", 0)), float(item.get("window_start", 0)),
+                        float(item.get("open_until", 0)))
+
+
 def _message(item: dict[str, Any]) -> Message:
     latency = item.get("latency_ms")
     return Message(
@@ -802,35 +756,3 @@ def _message(item: dict[str, Any]) -> Message:
         model=item.get("model"),
         latency_ms=None if latency is None else int(latency),
     )
-
-
-def create_tables(client: Any, connections_table: str, chats_table: str) -> None:
-    """Create both tables as template.yaml declares them (moto and the local stack use this)."""
-    client.create_table(
-        TableName=connections_table,
-        AttributeDefinitions=[{"AttributeName": "connection_id", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "connection_id", "KeyType": "HASH"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    client.create_table(
-        TableName=chats_table,
-        AttributeDefinitions=[
-            {"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "gsi1pk", "gsi1sk")
-        ],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": "by_experiment",
-                "KeySchema": [
-                    {"AttributeName": "gsi1pk", "KeyType": "HASH"},
-                    {"AttributeName": "gsi1sk", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    for table in (connections_table, chats_table):
-        client.update_time_to_live(
-            TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
-        )

@@ -1,7 +1,8 @@
 """The message route (start, send, history, ping and $default): answer fast, never raise.
 
 Replies are not written here: `send` stores the message, acknowledges it and queues the
-reply for the reply function, so this function returns within API Gateway's 29 s.
+reply for the reply function, so this function returns within API Gateway's 29 s. Whatever
+fails becomes an error frame on the caller's socket (`entry.on_socket`).
 """
 
 from __future__ import annotations
@@ -9,57 +10,22 @@ from __future__ import annotations
 from typing import Any
 
 from .chat import Chats
-from .errors import ChatError
+from .entry import Caller, lambda_entry, on_socket
 from .observability import logger, metrics
-from .protocol import error_frame, parse
-from .push import ConnectionGone, PushFailed, endpoint_from_event
+from .protocol import parse
 from .runtime import services
-from .store import StoreThrottled
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
+@lambda_entry(answer=on_socket)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    svc = services()
-    connection_id = event["requestContext"]["connectionId"]
-    endpoint = endpoint_from_event(event, svc.settings.websocket_endpoint)
-    pusher = svc.pusher_for(endpoint)
-    logger.append_keys(connection_id=connection_id)
-
-    def respond(frame: dict[str, Any]) -> None:
-        try:
-            pusher.send(connection_id, frame)
-        except ConnectionGone:  # the participant left; what was stored stays for `history`
-            svc.store.delete_connection(connection_id)
-        except PushFailed as exc:
-            logger.warning("push failed", extra={"error": str(exc)})
-
-    action_name = "unknown"
-    try:
-        # Every frame that reaches the function counts, before it is parsed: a flood of malformed
-        # or unknown frames is cut like any other. API Gateway answers pings itself (template.yaml);
-        # a ping that gets here anyway (should API Gateway and Python read a frame differently, say
-        # one with two `action` keys) is counted like the rest.
-        counted = svc.store.count_frame(connection_id, svc.clock(), svc.settings.rate_limit_window)
-        if counted is None:
-            raise ChatError("not_connected")
-        connection, frames = counted
-        if frames > svc.settings.rate_limit_frames:  # a flood: refused before any other work
-            raise ChatError("rate_limited")
-        logger.append_keys(participant=connection.identity.participant)
-        action = parse(event.get("body"))
-        action_name = type(action).__name__.lower()
-        chats = Chats(svc.settings, svc.store, svc.jobs, svc.ticket_secret, clock=svc.clock)
-        chats.handle(connection, action, endpoint, respond)
-    except ChatError as exc:
-        logger.info("refused", extra={"action": action_name, "code": exc.code})
-        metrics.add_metric(name="Refusals", unit="Count", value=1)
-        respond(error_frame(exc))
-    except StoreThrottled:
-        logger.warning("store throttled", extra={"action": action_name})
-        respond(error_frame(ChatError("throttled")))
-    except Exception:
-        logger.exception("unhandled error", extra={"action": action_name})
-        respond(error_frame(ChatError("internal")))
     metrics.add_metric(name="Frames", unit="Count", value=1)
+    svc = services()
+    caller = Caller.of(event)
+    logger.append_keys(connection_id=caller.connection_id)
+    chats = Chats(svc.settings, svc.store, svc.jobs, svc.ticket_secret, clock=svc.clock)
+    connection = chats.admit_frame(caller.connection_id)  # counted before it is even parsed
+    logger.append_keys(participant=connection.identity.participant)
+    action = parse(event.get("body"))
+    logger.append_keys(action=type(action).__name__.lower())
+    chats.handle(connection, action, caller.endpoint, caller.respond)
     return {"statusCode": 200}

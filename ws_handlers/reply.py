@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from .chat import ReplyJob
+from .entry import lambda_entry
 from .observability import logger, metrics
 from .runtime import services
 from .turn import Turn, report_dead_turn
@@ -22,8 +23,7 @@ class JobsFailed(RuntimeError):
     """Some jobs of the batch failed; SQS delivers the batch again (done jobs are then no-ops)."""
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
+@lambda_entry()  # a batch with a failed job raises: SQS delivers it again
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     svc = services()
     turn = Turn(svc.settings, svc.store, svc.model(), svc.pusher_for, clock=svc.clock)

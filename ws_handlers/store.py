@@ -1,11 +1,15 @@
-"""The storage port: records and the operations the chat domain needs.
+"""The storage port: records and the storage primitives the domain needs.
 
-Each operation is one atomic step (a conditional write or a transaction), so the domain
-never leaves a half-written turn behind, whatever fails around it. Adapters:
-`dynamo_store.DynamoStore` (production, moto in tests) and, for the local stack, an
-embedded one; both are held to the contract tests in tests/ws_handlers/test_store_contract.py.
-`AdminStore`, at the end, is the operator's port (controls, allowlists, export, deletion), which
-the same adapters implement.
+Adapters store; they do not decide. Each operation is one atomic step (a read, a conditional
+write or a transaction), so the domain never leaves a half-written turn behind, whatever fails
+around it. A conditional write whose condition no longer holds writes nothing and says so: those
+whose callers simply stop return False, the others raise `Conflict`, the one error the domain
+handles by reading again and deciding afresh (why a message was refused, whether the breaker
+opens). The policy itself lives in the domain: `chat` (refusals), `controls` (what the request
+paths obey), `breaker` (the model's circuit breaker). Adapters: `dynamo_store.DynamoStore`
+(production, moto in tests) and, for the local stack, an embedded one; both are held to the
+contract tests in tests/ws_handlers/test_store_contract.py. `AdminStore`, at the end, is the
+operator's port (controls, allowlists, export, deletion), which the same adapters implement.
 """
 
 from __future__ import annotations
@@ -95,15 +99,40 @@ class Message:
 
 @dataclass(frozen=True)
 class Controls:
-    """The experimenter's switches for one experiment (and the service as a whole)."""
+    """The experimenter's switches for one experiment (or the service as a whole): one CONTROL
+    item as written (`AdminStore.read_controls`), or, merged with the service's and the breaker's
+    (`controls.obeyed`), what the request paths obey."""
 
     paused: bool = False
     token_budget: int | None = None  #: None: use the TOKEN_BUDGET setting
     tokens_used: int = 0
-    llm_paused_until: float = 0.0  #: the circuit breaker: no model calls before this time
+    llm_paused_until: float = 0.0  #: the circuit breaker: no model calls before this time (merged only)
     #: The experiment admits only the codes on its allowlist (`chat-ops allowlist`). A flag on
     #: the CONTROL item the connect path reads anyway, so an open experiment costs no extra read.
     allowlist: bool = False
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    """The model's circuit breaker as stored, one record for every function instance
+    (`breaker` decides how a failure changes it)."""
+
+    failures: int = 0  #: failures counted in the current window
+    window_start: float = 0.0  #: when the current window began
+    open_until: float = 0.0  #: no model calls before this time
+
+    def is_open(self, now: float) -> bool:
+        return self.open_until > now
+
+
+@dataclass(frozen=True)
+class ControlItems:
+    """What the request paths read before they act, as written, in one request: the experiment's
+    CONTROL item, the service's, and the breaker. `controls.obeyed` merges them."""
+
+    experiment: Controls
+    service: Controls
+    breaker: BreakerState
 
 
 #: Participant codes given to an allowlist change (AdminStore.add_to_allowlist ...).
@@ -114,28 +143,10 @@ class StoreError(Exception):
     """Base of the store's refusals."""
 
 
-class DuplicateMessage(StoreError):
-    """This client_msg_id is already stored in the chat, as `seq`."""
-
-    def __init__(self, seq: int) -> None:
-        super().__init__(f"already stored as seq {seq}")
-        self.seq = seq
-
-
-class ChatBusy(StoreError):
-    """A reply holds the chat's lease."""
-
-
-class MessageLimitReached(StoreError):
-    pass
-
-
-class ChatLimitReached(StoreError):
-    pass
-
-
-class SeqConflict(StoreError):
-    """The chat moved on since it was read; read it again."""
+class Conflict(StoreError):
+    """A conditional write found the records otherwise than the caller read them (the chat moved
+    on, a lease is held, a limit is reached, the record exists): nothing was written. The domain
+    reads again and decides."""
 
 
 class StoreThrottled(StoreError):
@@ -145,7 +156,6 @@ class StoreThrottled(StoreError):
 class Store(Protocol):
     # connections
     def put_connection(self, connection: Connection) -> None: ...
-    def get_connection(self, connection_id: str, now: float) -> Connection | None: ...
     def delete_connection(self, connection_id: str) -> None: ...
     def count_frame(self, connection_id: str, now: float, window: float) -> tuple[Connection, int] | None:
         """The live connection and how many frames it sent in the current `window`-second
@@ -153,7 +163,12 @@ class Store(Protocol):
         ...
 
     # controls
-    def get_controls(self, experiment: str) -> Controls: ...
+    def get_controls(self, experiment: str) -> ControlItems:
+        """The experiment's and the service's CONTROL items and the breaker, as written, read
+        consistently (on DynamoDB in one request); an item left unread raises StoreThrottled, never
+        reads as absent (pause and budget fail closed). `controls.obeyed` merges them."""
+        ...
+
     def on_allowlist(self, experiment: str, participant: str) -> bool:
         """Whether the experiment's allowlist names the participant: one read by key
         (`ALLOW#experiment`, participant), asked only when `Controls.allowlist` is set."""
@@ -162,14 +177,16 @@ class Store(Protocol):
     # chats
     def get_chat(self, chat_id: str) -> Chat | None: ...
     def open_chat(self, chat: Chat, opening: Message | None, max_chats: int) -> Chat:
-        """Create the chat (and its opening message) or return the one that exists.
+        """Create the chat (and its opening message) and count it against the participant's
+        `max_chats` in the chat's session (a code reused in another session is counted afresh).
 
-        Raises ChatLimitReached when creating it would exceed `max_chats` for the participant in
-        the chat's session (a code reused in another session is counted afresh).
+        Raises Conflict, writing nothing, when the chat exists or the count is at `max_chats`.
         """
         ...
 
-    def bind_connection(self, chat_id: str, connection_id: str) -> None: ...
+    def bind_connection(self, chat_id: str, connection_id: str) -> None:
+        """Push the chat's replies to this connection from now on; Conflict when there is no such chat."""
+        ...
 
     # messages
     def messages(self, chat_id: str, after_seq: int = 0, limit: int | None = None) -> list[Message]: ...
@@ -179,9 +196,11 @@ class Store(Protocol):
     def append_user_message(
         self, chat: Chat, message: Message, lease: Lease, connection_id: str, max_user_messages: int, now: float
     ) -> None:
-        """Store the user message as seq `chat.next_seq` and take the reply lease, atomically.
+        """Store the user message as seq `chat.next_seq`, record its client_msg_id and take the reply
+        lease, atomically, if the chat is still at `chat.next_seq` with fewer than
+        `max_user_messages`, no lease held at `now` and the client_msg_id not stored.
 
-        Raises DuplicateMessage, ChatBusy, MessageLimitReached or SeqConflict; writes nothing then.
+        Raises Conflict otherwise, writing nothing: the domain reads again to tell why.
         """
         ...
 
@@ -217,10 +236,14 @@ class Store(Protocol):
 
     def release_lease(self, chat_id: str, turn_id: str) -> None: ...
 
-    # the model's circuit breaker, shared by every function instance
-    def record_llm_failure(self, now: float, threshold: int, window: float, cooldown: float) -> bool:
-        """Count a model failure; after `threshold` within `window` seconds, pause model calls
-        for `cooldown` seconds (Controls.llm_paused_until). True when this failure opened it."""
+    # the model's circuit breaker, one record shared by every function instance (`breaker`)
+    def read_breaker(self) -> BreakerState:
+        """The breaker as stored (consistent); the initial state when nothing was ever recorded."""
+        ...
+
+    def replace_breaker(self, seen: BreakerState, new: BreakerState) -> None:
+        """Store `new` if the breaker is still as `seen` (read by `read_breaker`); else Conflict,
+        writing nothing: another instance changed it meanwhile."""
         ...
 
 
@@ -247,8 +270,12 @@ class AdminStore(Protocol):
     """
 
     def read_controls(self, experiment: str | None) -> Controls:
-        """One CONTROL item as written, not merged with the service's (None: the service's
-        switch, with the model's circuit breaker); `get_controls` is what the domain obeys."""
+        """One CONTROL item as written (None: the service's switch), not merged with any other:
+        `controls.obeyed` is what the request paths obey."""
+        ...
+
+    def read_breaker(self) -> BreakerState:
+        """As `Store.read_breaker`: the model's circuit breaker, for `chat-ops status`."""
         ...
 
     def set_controls(

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import breaker
 from .chat import ReplyJob
 from .config import Settings
 from .errors import ChatError
@@ -191,7 +192,7 @@ def report_dead_turn(store: Store, pusher_for: Callable[[str], Pusher], job: Rep
 
 
 class Turn:
-    """One reply, in three steps: claim the job, generate (prompt and stream), store."""
+    """One reply: claim the job, then its three steps: prompt, stream, store."""
 
     def __init__(
         self,
@@ -225,27 +226,33 @@ class Turn:
         return self.store.renew_lease(job.chat_id, job.turn_id, self._clock() + self.settings.reply_lease_seconds)
 
     def _run(self, job: ReplyJob) -> None:
-        # Queues deliver at least once: only the delivery that claims the turn writes the reply.
-        # A duplicate, or a job whose lease a retry has since taken, stops here.
-        if not self.store.claim_turn(job.chat_id, job.turn_id, self._clock() + self.settings.reply_lease_seconds):
-            logger.info("reply job skipped: already claimed or superseded", extra={"chat_id": job.chat_id})
-            metrics.add_metric(name="ReplyJobsSkipped", unit="Count", value=1)
-            return
-        chat = self.store.get_chat(job.chat_id)
-        if chat is None:  # deleted by the operator meanwhile
+        chat = self._claim(job)
+        if chat is None:
             return
         delivery = _Delivery(self.store, self.pusher_for(job.endpoint), chat, job.user_seq + 1, job.connection_id)
         started = self._clock()
-        if self.store.get_controls(chat.identity.experiment).llm_paused_until > started:
+        if self.store.read_breaker().is_open(started):
             self._fail(chat, job, delivery, LLMError("llm_paused", "breaker_open"))
             return
         try:
-            usage = self._generate(chat, job, delivery)
+            usage = self._stream(chat, job, self._prompt(chat, job), delivery)
         except LLMError as exc:
             self._fail(chat, job, delivery, exc)
             return
-        if usage is not None:
+        if usage is not None:  # None: another turn took the chat, and stores its own reply
             self._store(chat, job, delivery, usage, started)
+
+    def _claim(self, job: ReplyJob) -> Chat | None:
+        """The chat, if this delivery of `job` is the one that writes its reply.
+
+        Queues deliver at least once: only the delivery that claims the turn writes the reply.
+        A duplicate, or a job whose lease a retry has since taken, stops here, as does a chat
+        the operator deleted meanwhile."""
+        if not self.store.claim_turn(job.chat_id, job.turn_id, self._clock() + self.settings.reply_lease_seconds):
+            logger.info("reply job skipped: already claimed or superseded", extra={"chat_id": job.chat_id})
+            metrics.add_metric(name="ReplyJobsSkipped", unit="Count", value=1)
+            return None
+        return self.store.get_chat(job.chat_id)
 
     def _prompt(self, chat: Chat, job: ReplyJob) -> list[dict[str, str]]:
         """The system prompt, then the chat up to the message being answered."""
@@ -253,13 +260,13 @@ class Turn:
         prompt = [{"role": "system", "content": chat.bot.system_prompt}] if chat.bot.system_prompt else []
         return prompt + [{"role": m.role, "content": m.text} for m in history]
 
-    def _generate(self, chat: Chat, job: ReplyJob, delivery: _Delivery) -> Usage | None:
+    def _stream(self, chat: Chat, job: ReplyJob, prompt: list[dict[str, str]], delivery: _Delivery) -> Usage | None:
         """Stream the model's reply to the participant, coalesced; its usage, or None when another
         turn took the chat meanwhile (the reply is abandoned). Raises LLMError."""
         coalescer = Coalescer(self.settings.stream_flush_seconds, self.settings.stream_flush_chars)
         usage = Usage(0, 0)
         with _LeaseKeeper(lambda: self._renew(job), self.settings.reply_lease_seconds / RENEWALS_PER_LEASE) as keeper:
-            for piece in self.model.stream(chat.bot, self._prompt(chat, job)):
+            for piece in self.model.stream(chat.bot, prompt):
                 if keeper.lost:  # a retry took the chat (our lease had lapsed): stop paying for this one
                     logger.warning("reply abandoned: another turn took the chat", extra={"chat_id": chat.chat_id})
                     return None
@@ -321,8 +328,8 @@ class Turn:
         logger.warning("reply failed", extra={"chat_id": chat.chat_id, "code": exc.code, **exc.log})
         metrics.add_metric(name="ReplyFailures", unit="Count", value=1)
         s = self.settings
-        if exc.code in BREAKER_CODES and self.store.record_llm_failure(
-            self._clock(), s.breaker_failures, s.breaker_window, s.breaker_cooldown
+        if exc.code in BREAKER_CODES and breaker.record_failure(
+            self.store, self._clock(), s.breaker_failures, s.breaker_window, s.breaker_cooldown
         ):
             logger.error("model calls paused by the circuit breaker", extra={"cooldown_s": s.breaker_cooldown})
             metrics.add_metric(name="BreakerOpened", unit="Count", value=1)

@@ -19,7 +19,10 @@ test("the heartbeat keeps an idle client past the gateway's 2 s idle timeout; wi
   const [credsOn, credsOff] = await Promise.all([credsFor("P-beat"), credsFor("P-nobeat")]);
   const on = makeClient(credsOn, { heartbeatMs: 500 });
   const off = makeClient(credsOff, { heartbeatMs: 0 });
-  t.after(() => (on.client.close(), off.client.close()));
+  t.after(() => {
+    on.client.close();
+    off.client.close();
+  });
   await within(Promise.all([on.client.start(), off.client.start()]), "start()");
   const pongs = () => on.log.filter((l) => l.dir === "in" && l.frame.type === "pong").length;
   // the gateway closes the silent socket; the beating one, opened at the same time, outlives it
@@ -48,7 +51,10 @@ test("during an outage the reconnect delays grow, with full jitter; a stable con
   // stable after 400 ms, before its first heartbeat (500 ms): a ping on a socket says it became stable
   const { client, events, log, sockets } = makeClient({ ...creds, url: proxy.url },
     { backoffBaseMs: base, backoffMaxMs: max, stableAfterMs: 400, heartbeatMs: 500 });
-  t.after(async () => (client.close(), await proxy.close()));
+  t.after(async () => {
+    client.close();
+    await proxy.close();
+  });
   await within(client.start(), "start()");
   const reconnecting = () => of(events, "state").filter((e) => e.state === "reconnecting");
 
@@ -139,7 +145,10 @@ function runChild(creds, closeThem) {
   });
   let out = "";
   let printed = "";
-  child.stdout.on("data", (chunk) => ((out += chunk), (printed += chunk)));
+  child.stdout.on("data", (chunk) => {
+    out += chunk;
+    printed += chunk;
+  });
   child.stderr.on("data", (chunk) => (out += chunk));
   const exited = new Promise((resolve) => child.once("exit", resolve));
   return { child, exited, output: () => out, report: () => (printed.includes("\n") ? JSON.parse(printed) : null) };
@@ -151,7 +160,10 @@ test("close() stops everything: no reconnect, no timer left, so the process exit
   // two pages sending in one chat at once, the one refused with reply_in_progress asks `history`, which
   // binds the chat to its socket, and under load the other page's reply can stream there instead.)
   const control = runChild(await credsFor("P-close-control"), false);
-  t.after(() => (closing.child.kill(), control.child.kill()));
+  t.after(() => {
+    closing.child.kill();
+    control.child.kill();
+  });
 
   await within(closing.exited, "the child to exit");
   assert.equal(closing.child.exitCode, 0, closing.output());

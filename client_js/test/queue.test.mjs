@@ -109,8 +109,13 @@ test("a lost ack: the queued frame says the message is stored (as the reply's se
   const held = [];
   proxy.rewrite((f) => {
     if (f.type === "ack") return [];
-    if (f.type === "queued") return (queued = true), [f, ...held.splice(0)];
-    return !queued && ["delta", "message"].includes(f.type) ? (held.push(f), []) : null;
+    if (f.type === "queued") {
+      queued = true;
+      return [f, ...held.splice(0)];
+    }
+    if (queued || !["delta", "message"].includes(f.type)) return null;
+    held.push(f);
+    return [];
   });
   const id = client.send("Did you get this?");
   await until(() => of(events, "message").length === 1 && !client.busy, { what: "the reply" });
@@ -128,7 +133,10 @@ test("a queued frame that arrives after the reply's first delta, or after its me
   const held = [];
   proxy.rewrite((f) => {
     if (!hold) return null;
-    if (hold.types.includes(f.type)) return held.push(f), [];
+    if (hold.types.includes(f.type)) {
+      held.push(f);
+      return [];
+    }
     if (f.type !== hold.release) return null;
     hold = null;
     return [f, ...held.splice(0)];

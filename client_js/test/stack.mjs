@@ -18,6 +18,10 @@ export const ROOT = path.resolve(fileURLToPath(new URL("../..", import.meta.url)
 export const PYTHON = process.env.PYTHON || path.join(ROOT, ".venv", "bin", "python");
 /** How long a wait may take before the test fails: only a bound, a minute on a busy machine. */
 export const PATIENCE_MS = 60000;
+/** How long a child process (the stack's start, `mint`) may take before a test fails. Only a
+ * bound: waits end when the child is ready, and on a busy machine Python's imports alone can
+ * take many seconds. */
+const CHILD_PATIENCE_MS = 120000;
 const STOP_GRACE_MS = 5000;
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -74,7 +78,7 @@ export async function startStack({ tps = 400, ttftMs = 30, idleTimeout = 2, llmC
       });
       child.once("error", reject);
       exited.then((code) => reject(new Error(`the stack exited (${code}) before it was ready:\n${output}`)));
-    }), "the stack to be ready");
+    }), "the stack to be ready", CHILD_PATIENCE_MS);
   } catch (error) {
     await stop();
     throw error;
@@ -101,7 +105,7 @@ export async function startStack({ tps = 400, ttftMs = 30, idleTimeout = 2, llmC
     const mintArgs = ["-m", "local_gateway", "--data-dir", dataDir, "mint", "--participant", participant,
       "--chat-key", chatKey, "--url", url];
     return new Promise((resolve, reject) => {
-      execFile(PYTHON, mintArgs, { cwd: ROOT, timeout: PATIENCE_MS }, (error, stdout, stderr) => {
+      execFile(PYTHON, mintArgs, { cwd: ROOT, timeout: CHILD_PATIENCE_MS }, (error, stdout, stderr) => {
         if (error) return reject(new Error(`mint failed: ${error.message}\n${stderr}`));
         const { url: wsUrl, token, ticket } = JSON.parse(stdout);
         resolve({ url: wsUrl, token, ticket });
@@ -125,7 +129,8 @@ export async function startStack({ tps = 400, ttftMs = 30, idleTimeout = 2, llmC
     let chain = Promise.resolve();
     const minted = new Map(names.map((name) => [name, (chain = chain.catch(() => {}).then(() => mint(name)))]));
     minted.forEach((promise) => promise.catch(() => {})); // a failure surfaces in the test that awaits it
-    return (name) => within(minted.get(name) ?? mint(name), `credentials for ${name}`, names.length * PATIENCE_MS);
+    // one after another: the last waits for those before it
+    return (name) => within(minted.get(name) ?? mint(name), `credentials for ${name}`, names.length * CHILD_PATIENCE_MS);
   }
 
   return { url, port: Number(new URL(url).port), dataDir, mint, prefetch, faults, stop, output: () => output };
@@ -163,7 +168,11 @@ export async function startProxy(targetPort) {
     let handshake = true; // the server's HTTP answer to the upgrade comes before any frame
     upstream.on("data", (data) => {
       if (!pair.down) return;
-      if (!rewrite && !pending.length) return (handshake = false), client.write(data);
+      if (!rewrite && !pending.length) {
+        handshake = false;
+        client.write(data);
+        return;
+      }
       pending = Buffer.concat([pending, data]);
       if (handshake) {
         const end = pending.indexOf("\r\n\r\n");
@@ -199,7 +208,10 @@ export async function startProxy(targetPort) {
       return [...pairs].filter((p) => p.upstream.destroyed).length;
     },
     drop() {
-      for (const { client, upstream } of pairs) client.resetAndDestroy(), upstream.resetAndDestroy();
+      for (const { client, upstream } of pairs) {
+        client.resetAndDestroy();
+        upstream.resetAndDestroy();
+      }
       pairs.clear();
     },
     blackhole() {
@@ -219,7 +231,10 @@ export async function startProxy(targetPort) {
     },
     async close() {
       refusing = true;
-      for (const { client, upstream } of pairs) client.destroy(), upstream.destroy();
+      for (const { client, upstream } of pairs) {
+        client.destroy();
+        upstream.destroy();
+      }
       pairs.clear();
       await new Promise((resolve) => server.close(resolve));
     },
@@ -320,7 +335,10 @@ export function makeClient(creds, options = {}) {
 export async function behindProxy(t, stack, creds, options) {
   const proxy = await startProxy(stack.port);
   const made = makeClient({ ...creds, url: proxy.url }, options);
-  t.after(async () => (made.client.close(), await proxy.close()));
+  t.after(async () => {
+    made.client.close();
+    await proxy.close();
+  });
   await within(made.client.start(), "start()");
   return { creds, proxy, ...made };
 }

@@ -73,7 +73,10 @@ test("a socket dropped in the middle of a reply resumes on a new one: every mess
   const creds = await credsFor("P-drop");
   const proxy = await startProxy(stack.port);
   const { client, events, log } = makeClient({ ...creds, url: proxy.url });
-  t.after(async () => (client.close(), await proxy.close()));
+  t.after(async () => {
+    client.close();
+    await proxy.close();
+  });
   await within(client.start(), "start()");
 
   client.send("Tell me about primes");
@@ -101,7 +104,10 @@ test("a reply that finishes while the participant is offline is shown complete a
   const creds = await credsFor("P-away");
   const proxy = await startProxy(stack.port);
   const { client, events, log } = makeClient({ ...creds, url: proxy.url });
-  t.after(async () => (client.close(), await proxy.close()));
+  t.after(async () => {
+    client.close();
+    await proxy.close();
+  });
   await within(client.start(), "start()");
 
   const id = client.send("Tell me about primes");

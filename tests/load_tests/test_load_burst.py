@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from load_tests import report
 from load_tests.local import LocalConfig, local_stack
 from load_tests.runner import Options, Run
@@ -18,6 +20,7 @@ from load_tests.runner import Options, Run
 PARTICIPANTS, MESSAGES, SLOTS = 100, 3, 20
 
 
+@pytest.mark.timeout(600)  # a bound only: the run's own deadline is 240 s, and then it verifies
 def test_a_burst_on_dynamodb_with_conflicts_and_every_job_twice(monkeypatch):
     # Every job comes twice, the second copy up to 1 s after the first, and a transaction stays in
     # flight for 50 ms (DynamoDB's take tens of ms): some duplicates' claims meet their twin's
@@ -32,7 +35,7 @@ def test_a_burst_on_dynamodb_with_conflicts_and_every_job_twice(monkeypatch):
                           messages=MESSAGES, think=0.0, burst=True, deadline=240, reply_timeout=120))
         asyncio.run(run.execute())
         emulation = report.emulation(before, stack.stats())
-    result = report.build(run, command="pytest", scenario="burst", floor=None, local=None, slots=SLOTS,
+    result = report.build(run, command="pytest", scenario="burst", floor=None, local=None, slots=SLOTS, priced=False,
                           extra={"emulation": emulation})
     v, sent = result["verification"], PARTICIPANTS * MESSAGES
     assert v["failures"] == [] and v["lost"] == 0 and v["duplicated"] == 0, v["failures"][:5]

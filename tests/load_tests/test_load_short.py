@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from load_tests import cost, report
+from load_tests import report
 from load_tests.local import LocalConfig, local_stack
 from load_tests.runner import Options, Run
 
@@ -28,6 +28,3 @@ def test_twenty_participants_nothing_lost_or_duplicated():
     assert result["cost"]["operations"]["lambda_requests"]["ReplyFunction"] == 40
     assert result["cost"]["per_participant_usd"]["aws"] > 0
 
-
-def test_cost_units():
-    assert cost.wru(1024) == 1 and cost.wru(1025) == 2 and cost.rru(4096) == 1 and cost.rru(1) == 1

@@ -16,7 +16,7 @@ from moto import mock_aws
 
 from local_gateway.sqlite_store import SqliteStore
 from ws_handlers.bot import Bot
-from ws_handlers.dynamo_store import DynamoStore, create_tables
+from ws_handlers.dynamo_store import DynamoStore
 from ws_handlers.store import Chat, Lease, Message, chat_id_for, legacy_chat_id_for
 from ws_handlers.tickets import Identity
 
@@ -92,17 +92,17 @@ def test_sqlite_reader_reads_who_a_chat_belongs_to(tmp_path):
         store.close()
 
 
-def test_dynamo_reader_reads_who_a_chat_belongs_to():
+def test_dynamo_reader_reads_who_a_chat_belongs_to(dynamodb_tables):
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
-        create_tables(client, "conns", "chats")
+        dynamodb_tables(client, "conns", "chats")
         check_identities(service.DynamoReader("chats", client=client), DynamoStore("conns", "chats", client=client))
 
 
-def test_dynamo_reader_reads_the_chats_table(monkeypatch):
+def test_dynamo_reader_reads_the_chats_table(monkeypatch, dynamodb_tables):
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
-        create_tables(client, "conns", "chats")
+        dynamodb_tables(client, "conns", "chats")
         store = DynamoStore("conns", "chats", client=client)
         chat_id = write_chat(store)
         monkeypatch.setenv("CHAT_STORE", "dynamodb:chats")

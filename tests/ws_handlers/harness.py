@@ -11,6 +11,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -23,7 +24,7 @@ from local_gateway.management_api import RecordingRegistry
 from ws_handlers import connect, disconnect, message, reply, runtime
 from ws_handlers.bot import Bot, Limits
 from ws_handlers.config import Settings
-from ws_handlers.dynamo_store import DynamoStore, create_tables
+from ws_handlers.dynamo_store import DynamoStore
 from ws_handlers.tickets import Identity, mint_ticket, mint_token
 from waiting import Clock
 
@@ -46,7 +47,9 @@ def bot(**overrides: Any) -> Bot:
 
 
 class Harness:
-    def __init__(self, secret: str, model_url: str, env: dict[str, str], registry: RecordingRegistry | None = None):
+    def __init__(self, secret: str, model_url: str, env: dict[str, str], registry: RecordingRegistry | None = None,
+                 *, tables: Callable[[Any, str, str], None]):
+        """`tables(client, connections, chats)` creates the DynamoDB tables (the `dynamodb_tables` fixture)."""
         self.secret = secret
         base = {
             "CONNECTIONS_TABLE": "conns",
@@ -61,7 +64,7 @@ class Harness:
         }
         self.settings = Settings.from_env(base | env)
         self.ddb = boto3.client("dynamodb")
-        create_tables(self.ddb, self.settings.connections_table, self.settings.chats_table)
+        tables(self.ddb, self.settings.connections_table, self.settings.chats_table)
         self.registry = registry
         # every job twice; a failed one again after 0.2 s (not the template's 30 minutes)
         self.queue = LocalQueue(
@@ -129,7 +132,8 @@ class Harness:
     def send(self, cid: str, frame: dict[str, Any], wait: bool = True) -> list[dict[str, Any]]:
         """Send a frame; return the frames the socket received because of it (replies included)."""
         before = len(self.frames(cid))
-        route = frame.get("action") if frame.get("action") in ("start", "send", "history", "ping") else "$default"
+        # API Gateway answers `ping` itself (template.yaml): a frame that reaches the function never has that route
+        route = frame.get("action") if frame.get("action") in ("start", "send", "history") else "$default"
         response = self.send_raw(cid, json.dumps(frame), route)
         assert response == {"statusCode": 200}
         if wait:
@@ -172,6 +176,10 @@ class Harness:
         frames = self.send(cid, {"action": "start", "ticket": self.ticket(participant, chat_key, **bot_overrides)})
         assert frames[-1]["type"] == "chat", frames
         return frames[-1]
+
+    def has_connection(self, cid: str) -> bool:
+        """Whether the connection is stored (expired or not)."""
+        return any(c.connection_id == cid for c in self.store.connections())
 
     def table_items(self, table: str = "chats") -> list[dict[str, Any]]:
         """Every item (tests only: a scan is fine here, never on a request path)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from ws_handlers.breaker import after_failure
+from ws_handlers.store import BreakerState
+
 
 def _send(harness, cid, chat_id, client_msg_id):
     return harness.send(cid, {"action": "send", "chat_id": chat_id, "client_msg_id": client_msg_id, "text": "hello?"})
@@ -41,4 +44,23 @@ def test_a_bad_request_does_not_trip_the_breaker(make_harness, model):
     chat = harness.start("c1")["chat_id"]
     model.add_faults([{"kind": "status", "status": 400, "times": 1}])
     assert _send(harness, "c1", chat, "m1")[-1]["code"] == "llm_error"
-    assert harness.store.get_controls("exp1").llm_paused_until == 0
+    assert harness.store.read_breaker() == BreakerState()  # not even counted
+
+
+# -- the policy itself (ws_handlers/breaker.py): what one more failure does ------------------------
+
+def test_failures_within_a_window_open_the_breaker_at_the_threshold_and_count_again():
+    state = after_failure(BreakerState(), 100.0, 3, 30, 20)
+    assert state == BreakerState(failures=1, window_start=100.0)
+    state = after_failure(state, 110.0, 3, 30, 20)
+    assert state == BreakerState(failures=2, window_start=100.0)
+    opened = after_failure(state, 130.0, 3, 30, 20)  # the window's last instant still counts
+    assert opened == BreakerState(failures=0, window_start=130.0, open_until=150.0)
+    assert after_failure(opened, 140.0, 3, 30, 20) == BreakerState(failures=1, window_start=130.0, open_until=150.0)
+
+
+def test_a_failure_after_the_window_expired_is_the_first_of_a_new_one():
+    old = BreakerState(failures=2, window_start=100.0, open_until=50.0)
+    assert after_failure(old, 130.5, 3, 30, 20) == BreakerState(failures=1, window_start=130.5, open_until=50.0)
+    # with a threshold of 1 that first failure opens the breaker, as every failure does
+    assert after_failure(old, 130.5, 1, 30, 20) == BreakerState(failures=0, window_start=130.5, open_until=150.5)

@@ -55,7 +55,7 @@ def test_budget_use_is_emitted_when_a_message_is_checked(make_harness, capfd):
     assert meta["Dimensions"] == [["service"]] and meta["unit"] == "Percent"  # no per-experiment dimension
     assert meta["service"] == observability.SERVICE  # POWERTOOLS_SERVICE_NAME: the stack name on AWS
 
-    used = harness.store.get_controls("exp1").tokens_used
+    used = harness.store.read_controls("exp1").tokens_used
     assert used > 0
     assert _send(harness, chat, "m2")[-1]["type"] == "message"
     ((second, _),) = _emitted(capfd.readouterr().out)

@@ -17,7 +17,7 @@ import pytest
 from ws_handlers import protocol, runtime
 from ws_handlers.errors import ChatError
 from ws_handlers.llm import Usage
-from ws_handlers.protocol import Ping
+from ws_handlers.protocol import History
 from ws_handlers.store import Message
 
 POST_LIMIT = 128 * 1024  #: API Gateway's limit on one post_to_connection payload
@@ -38,9 +38,9 @@ def frame_text_bytes(text: str) -> int:
 
 # -- client frames --------------------------------------------------------------------------
 def test_frames_are_parsed_up_to_32_kb_and_refused_above():
-    pad = '{"action":"ping","pad":"'
+    pad = '{"action":"history","chat_id":"c_1","pad":"'
     exactly = pad + "x" * (32_768 - len(pad) - 2) + '"}'
-    assert len(exactly.encode()) == 32_768 and protocol.parse(exactly) == Ping()
+    assert len(exactly.encode()) == 32_768 and protocol.parse(exactly) == History("c_1", 0)
     over = pad + "x" * (32_768 - len(pad) - 1) + '"}'
     with pytest.raises(ChatError) as refused:
         protocol.parse(over)

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from local_gateway.sqlite_store import SqliteStore
 from ws_handlers.bot import Limits
+from ws_handlers.chat import Chats
+from ws_handlers.config import Settings
+from ws_handlers.errors import ChatError
 from ws_handlers.protocol import is_blank
+from ws_handlers.runtime import NoJobQueue
+from ws_handlers.store import Connection
+from ws_handlers.tickets import Identity
 
 
 def _send(harness, chat_id, client_msg_id, text="hello there"):
@@ -244,3 +251,21 @@ def test_many_sockets_of_one_participant_buy_no_extra_replies(harness, model):
     assert sorted(f.get("code", "ack") for f in firsts) == ["ack"] + ["reply_in_progress"] * 5
     assert model.stats["requests"] == 1
     assert [m.role for m in harness.store.messages(chat)] == ["user", "assistant"]
+
+
+def test_the_frame_allowance_starts_again_with_each_window(tmp_path):
+    """The domain's count (Chats.admit_frame), on a clock of the test's: windows follow the clock."""
+    store = SqliteStore(str(tmp_path / "chat.sqlite3"))
+    now = [1_700_000_000.0]
+    settings = Settings.from_env({"RATE_LIMIT_FRAMES": "2", "RATE_LIMIT_WINDOW_SECONDS": "10"})
+    chats = Chats(settings, store, NoJobQueue(), lambda: "unused", clock=lambda: now[0])
+    with pytest.raises(ChatError, match="not_connected"):
+        chats.admit_frame("c1")
+    who = Identity("P1", "exp1", "sess1")
+    store.put_connection(Connection("c1", who, now[0], int(now[0]) + 100))
+    assert [chats.admit_frame("c1").identity for _ in range(2)] == [who, who]
+    with pytest.raises(ChatError, match="rate_limited"):
+        chats.admit_frame("c1")
+    now[0] += 10
+    assert chats.admit_frame("c1").identity == who
+    store.close()

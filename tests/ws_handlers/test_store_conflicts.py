@@ -17,12 +17,23 @@ from moto import mock_aws
 
 from local_gateway.strict_dynamodb import StrictDynamoDB
 from ws_handlers.bot import Bot
-from ws_handlers.dynamo_store import DynamoStore, create_tables
+from ws_handlers.dynamo_store import DynamoStore
 from ws_handlers.store import Chat, Lease, Message, StoreThrottled, chat_id_for
 from ws_handlers.tickets import Identity
 
 BOT = Bot("tutor", "m", "prompt")
 NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+def new_store(dynamodb_tables):
+    """new_store() inside mock_aws: a DynamoStore on template.yaml's tables."""
+
+    def make() -> DynamoStore:
+        dynamodb_tables(boto3.client("dynamodb"), "conns", "chats")
+        return DynamoStore("conns", "chats")
+
+    return make
 
 
 def _replying_chat(store: DynamoStore, participant: str) -> tuple[Chat, Message]:
@@ -37,11 +48,10 @@ def _replying_chat(store: DynamoStore, participant: str) -> tuple[Chat, Message]
     return chat, reply
 
 
-def test_two_replies_finishing_at_once_in_one_experiment_both_commit(strict_dynamodb: StrictDynamoDB):
+def test_two_replies_finishing_at_once_in_one_experiment_both_commit(strict_dynamodb: StrictDynamoDB, new_store):
     strict_dynamodb.configure(hold_seconds=0)  # holding() below makes the two commits overlap for certain
     with mock_aws():
-        create_tables(boto3.client("dynamodb"), "conns", "chats")
-        store = DynamoStore("conns", "chats")
+        store = new_store()
         turns = [_replying_chat(store, p) for p in ("P1", "P2")]
         outcomes: list[Any] = [None, None]
         barrier = threading.Barrier(2)
@@ -71,39 +81,34 @@ def test_two_replies_finishing_at_once_in_one_experiment_both_commit(strict_dyna
         assert [store.get_message(chat.chat_id, 3) for chat, _ in turns] == [reply for _, reply in turns]
 
 
-def test_controls_read_while_dynamodb_leaves_keys_unprocessed_still_see_the_pause(strict_dynamodb: StrictDynamoDB):
+def test_controls_read_while_dynamodb_leaves_keys_unprocessed_still_see_the_pause(strict_dynamodb: StrictDynamoDB,
+                                                                                    new_store):
     with mock_aws():
-        create_tables(boto3.client("dynamodb"), "conns", "chats")
-        store = DynamoStore("conns", "chats")
+        store = new_store()
         store.set_controls("exp1", paused=True)
         # under seed 1, the one throttled BatchGetItem leaves EXP#exp1/CONTROL among its unprocessed keys
         strict_dynamodb.configure(seed=1)
         with strict_dynamodb.throttling(first=1, operations=frozenset({"BatchGetItem"})):
-            controls = store.get_controls("exp1")
+            controls = store.get_controls("exp1").experiment
         assert strict_dynamodb.counters.unprocessed_keys > 0
         assert controls.paused
 
 
-def _store() -> DynamoStore:
-    create_tables(boto3.client("dynamodb"), "conns", "chats")
-    return DynamoStore("conns", "chats")
-
-
-def test_controls_that_stay_unprocessed_fail_closed(strict_dynamodb: StrictDynamoDB, monkeypatch):
+def test_controls_that_stay_unprocessed_fail_closed(strict_dynamodb: StrictDynamoDB, monkeypatch, new_store):
     monkeypatch.setattr("ws_handlers.dynamo_store.time.sleep", lambda _s: None)  # the backoffs, not their length
     with mock_aws():
-        store = _store()
+        store = new_store()
         store.set_controls("exp1", paused=True)
         with strict_dynamodb.throttling(rate=1.0, unprocessed=1.0, operations=frozenset({"BatchGetItem"})):
             with pytest.raises(StoreThrottled):  # never "not paused": the send is refused as throttled
                 store.get_controls("exp1")
-        assert store.get_controls("exp1").paused
+        assert store.get_controls("exp1").experiment.paused
 
 
 @pytest.mark.parametrize("error", ["ThrottlingException", "ProvisionedThroughputExceededException"])
-def test_a_reply_cancelled_for_capacity_is_retried_and_stored(strict_dynamodb: StrictDynamoDB, error: str):
+def test_a_reply_cancelled_for_capacity_is_retried_and_stored(strict_dynamodb: StrictDynamoDB, error: str, new_store):
     with mock_aws():
-        store = _store()
+        store = new_store()
         chat, reply = _replying_chat(store, "P1")
         with strict_dynamodb.throttling(first=2, error=error, operations=frozenset({"TransactWriteItems"})):
             assert store.finish_reply(chat, reply, "t-P1")
@@ -111,10 +116,11 @@ def test_a_reply_cancelled_for_capacity_is_retried_and_stored(strict_dynamodb: S
         assert store.get_message(chat.chat_id, 3) == reply
 
 
-def test_a_reply_throttled_past_the_retries_raises_and_writes_nothing(strict_dynamodb: StrictDynamoDB, monkeypatch):
+def test_a_reply_throttled_past_the_retries_raises_and_writes_nothing(strict_dynamodb: StrictDynamoDB, monkeypatch,
+                                                                      new_store):
     monkeypatch.setattr("ws_handlers.dynamo_store.time.sleep", lambda _s: None)
     with mock_aws():
-        store = _store()
+        store = new_store()
         chat, reply = _replying_chat(store, "P1")
         with strict_dynamodb.throttling(rate=1.0, operations=frozenset({"TransactWriteItems"})):
             with pytest.raises(StoreThrottled):
@@ -123,10 +129,10 @@ def test_a_reply_throttled_past_the_retries_raises_and_writes_nothing(strict_dyn
         assert store.get_chat(chat.chat_id).lease.turn_id == "t-P1"  # still the turn's: it can free or retry
 
 
-def test_a_write_that_meets_a_transaction_in_flight_is_retried_not_refused(strict_dynamodb: StrictDynamoDB):
+def test_a_write_that_meets_a_transaction_in_flight_is_retried_not_refused(strict_dynamodb: StrictDynamoDB, new_store):
     strict_dynamodb.configure(hold_seconds=0)
     with mock_aws():
-        store = _store()
+        store = new_store()
         chat, reply = _replying_chat(store, "P1")
         done = threading.Event()
 
@@ -147,9 +153,9 @@ def test_a_write_that_meets_a_transaction_in_flight_is_retried_not_refused(stric
         assert store.get_chat(chat.chat_id).connection_id == "c9"
 
 
-def test_many_replies_of_one_experiment_finishing_together_are_all_stored(strict_dynamodb: StrictDynamoDB):
+def test_many_replies_of_one_experiment_finishing_together_are_all_stored(strict_dynamodb: StrictDynamoDB, new_store):
     with mock_aws():
-        store = _store()
+        store = new_store()
         turns = [_replying_chat(store, f"P{n}") for n in range(12)]
         barrier = threading.Barrier(len(turns))
         outcomes: dict[int, Any] = {}
@@ -166,4 +172,4 @@ def test_many_replies_of_one_experiment_finishing_together_are_all_stored(strict
         for thread in threads:
             thread.join(60)
         assert outcomes == {n: True for n in range(len(turns))}
-        assert store.get_controls("exp1").tokens_used == 12 * len(turns)
+        assert store.read_controls("exp1").tokens_used == 12 * len(turns)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import boto3
@@ -10,20 +11,20 @@ from moto import mock_aws
 
 from local_gateway.sqlite_store import SqliteStore
 
+from ws_handlers import breaker
 from ws_handlers.bot import Bot, Limits
-from ws_handlers.dynamo_store import DynamoStore, create_tables
+from ws_handlers.controls import obeyed
+from ws_handlers.dynamo_store import DynamoStore
 from ws_handlers.store import (
+    BreakerState,
     Chat,
-    ChatBusy,
-    ChatLimitReached,
+    Conflict,
     Connection,
+    ControlItems,
     Controls,
     Deleted,
-    DuplicateMessage,
     Lease,
     Message,
-    MessageLimitReached,
-    SeqConflict,
     chat_id_for,
     legacy_chat_id_for,
     message_pages,
@@ -36,11 +37,11 @@ NOW = 1_800_000_000.0
 
 
 @pytest.fixture(params=["dynamodb", "sqlite"])
-def store(request, tmp_path):
+def store(request, tmp_path, dynamodb_tables):
     if request.param == "dynamodb":
         with mock_aws():
             client = boto3.client("dynamodb")
-            create_tables(client, "conns", "chats")
+            dynamodb_tables(client, "conns", "chats")
             yield DynamoStore("conns", "chats", client=client)
     else:
         sqlite = SqliteStore(tmp_path / "store.sqlite3")
@@ -63,40 +64,36 @@ def _lease(chat: Chat, turn: str = "t1", until: float = NOW + 60) -> Lease:
     return Lease(turn, until, chat.next_seq)
 
 
-def _operator_sets(store, experiment: str | None, **fields) -> None:
-    """What an operator writes: the CONTROL item (`SERVICE` when experiment is None), or set_controls."""
-    if isinstance(store, SqliteStore):
-        return store.set_controls(experiment, **fields)
-    values = {f":{k}": {"BOOL": v} if isinstance(v, bool) else {"N": str(v)} for k, v in fields.items()}
-    store._db.update_item(
-        TableName=store.chats_table,
-        Key={"pk": {"S": "SERVICE" if experiment is None else f"EXP#{experiment}"}, "sk": {"S": "CONTROL"}},
-        UpdateExpression="SET " + ", ".join(f"{k} = :{k}" for k in fields),
-        ExpressionAttributeValues=values,
-    )
+def _obeyed(store, experiment: str) -> Controls:
+    """What the request paths obey: the items `get_controls` reads, merged by the domain."""
+    return obeyed(store.get_controls(experiment))
 
 
 def test_connections_round_trip_and_expire(store):
-    store.put_connection(Connection("c1", WHO, NOW, int(NOW) + 100))
-    assert store.get_connection("c1", NOW).identity == WHO
-    assert store.get_connection("c1", NOW + 101) is None  # expired records are absent, TTL or not
+    connection = Connection("c1", WHO, NOW, int(NOW) + 100)
+    store.put_connection(connection)
+    assert store.count_frame("c1", NOW, 10) == (connection, 1)
+    assert store.count_frame("c1", NOW + 101, 10) is None  # expired records are absent, TTL or not
     store.delete_connection("c1")
     store.delete_connection("c1")  # idempotent
-    assert store.get_connection("c1", NOW) is None
+    assert store.count_frame("c1", NOW, 10) is None and list(store.connections()) == []
 
 
-def test_open_chat_is_idempotent_and_stores_the_opening(store):
+def test_open_chat_stores_the_opening_and_a_second_open_conflicts(store):
     chat = _chat(store)
     assert store.get_chat(chat.chat_id) == chat
-    assert _chat(store) == chat
+    with pytest.raises(Conflict):  # a concurrent start opened it: the domain reads it instead
+        _chat(store)
+    assert store.get_chat(chat.chat_id) == chat
     assert [(m.seq, m.role, m.text) for m in store.messages(chat.chat_id)] == [(1, "assistant", "Hello.")]
 
 
 def test_chats_per_participant(store):
     _chat(store, "a", max_chats=2)
+    with pytest.raises(Conflict):  # opening it again counts nothing
+        _chat(store, "a", max_chats=2)
     _chat(store, "b", max_chats=2)
-    _chat(store, "a", max_chats=2)
-    with pytest.raises(ChatLimitReached):
+    with pytest.raises(Conflict):
         _chat(store, "c", max_chats=2)
     assert store.get_chat(chat_id_for(WHO, "c")) is None
 
@@ -107,9 +104,9 @@ def test_chats_are_counted_per_session(store):
     again = Identity(WHO.participant, WHO.experiment, "sess2")
     fresh = Chat(chat_id_for(again, "a"), again, "a", BOT, NOW)
     assert store.open_chat(fresh, None, 1) == fresh
-    with pytest.raises(ChatLimitReached):
+    with pytest.raises(Conflict):
         store.open_chat(Chat(chat_id_for(again, "b"), again, "b", BOT, NOW), None, 1)
-    with pytest.raises(ChatLimitReached):
+    with pytest.raises(Conflict):
         _chat(store, "b", max_chats=1)
 
 
@@ -148,19 +145,22 @@ def test_append_assigns_sequence_and_takes_the_lease(store):
     assert store.get_message(chat.chat_id, 2).text == "hi"
 
 
-def test_append_refusals_write_nothing(store):
+def test_append_conflicts_write_nothing(store):
     chat = _chat(store)
     store.append_user_message(chat, _user(chat, "m1"), _lease(chat), "c1", 3, NOW)
-    with pytest.raises(DuplicateMessage) as dup:
-        store.append_user_message(chat, _user(chat, "m1"), _lease(chat), "c1", 3, NOW)  # stale chat, same id
-    assert dup.value.seq == 2
-    current = store.get_chat(chat.chat_id)
-    with pytest.raises(ChatBusy):
-        store.append_user_message(current, _user(current, "m2"), _lease(current, "t2"), "c1", 3, NOW)
-    with pytest.raises(SeqConflict):
+    after = store.get_chat(chat.chat_id)
+    with pytest.raises(Conflict):  # stale chat, same id: the domain finds m1 stored and acknowledges it
+        store.append_user_message(chat, _user(chat, "m1"), _lease(chat), "c1", 3, NOW)
+    with pytest.raises(Conflict):  # the chat as it is, but t1 holds the lease: reply_in_progress
+        store.append_user_message(after, _user(after, "m2"), _lease(after, "t2"), "c1", 3, NOW)
+    with pytest.raises(Conflict):  # the chat moved on since it was read
         store.append_user_message(chat, _user(chat, "m3"), _lease(chat, "t3"), "c1", 3, NOW)
+    store.release_lease(chat.chat_id, "t1")
+    freed = store.get_chat(chat.chat_id)
+    with pytest.raises(Conflict):  # a free chat at its seq, but the id is stored already
+        store.append_user_message(freed, _user(freed, "m1"), _lease(freed, "t4"), "c1", 3, NOW)
     assert [m.seq for m in store.messages(chat.chat_id)] == [1, 2]
-    assert store.find_client_message(chat.chat_id, "m2") is None
+    assert store.find_client_message(chat.chat_id, "m2") is None and store.get_chat(chat.chat_id) == freed
 
 
 def test_message_limit(store):
@@ -168,8 +168,9 @@ def test_message_limit(store):
     for i in range(3):
         store.append_user_message(chat, _user(chat, f"m{i}"), _lease(chat, f"t{i}", NOW - 1), "c1", 3, NOW)
         chat = store.get_chat(chat.chat_id)
-    with pytest.raises(MessageLimitReached):
+    with pytest.raises(Conflict):
         store.append_user_message(chat, _user(chat, "m9"), _lease(chat, "t9"), "c1", 3, NOW)
+    assert store.get_chat(chat.chat_id) == chat
 
 
 def test_finish_reply_counts_tokens_and_frees_the_chat(store):
@@ -184,11 +185,11 @@ def test_finish_reply_counts_tokens_and_frees_the_chat(store):
     assert after.next_seq == 4 and after.tokens_used == 12 and after.lease is None
     assert store.get_message(chat.chat_id, 3) == reply
     # the experiment's counter is not in the reply's transaction (a hot item): the turn adds to it
-    assert store.get_controls("exp1").tokens_used == 0
+    assert store.read_controls("exp1").tokens_used == 0
     store.count_tokens("exp1", 12)
     store.count_tokens("exp1", 3)
-    assert store.get_controls("exp1").tokens_used == 15
-    assert store.get_controls("other").tokens_used == 0
+    assert store.read_controls("exp1").tokens_used == 15
+    assert store.read_controls("other").tokens_used == 0
 
 
 def test_a_turn_is_claimed_exactly_once(store):
@@ -248,7 +249,7 @@ def test_messages_after_seq_limit_and_pages(store):
 
 
 def test_controls_default_and_bind(store):
-    assert store.get_controls("exp1").paused is False and store.get_controls("exp1").token_budget is None
+    assert store.get_controls("exp1") == ControlItems(Controls(), Controls(), BreakerState())
     chat = _chat(store)
     store.bind_connection(chat.chat_id, "c7")
     assert store.get_chat(chat.chat_id).connection_id == "c7"
@@ -256,28 +257,29 @@ def test_controls_default_and_bind(store):
 
 def test_refused_chats_are_not_counted(store):
     _chat(store, "a", max_chats=1)
-    with pytest.raises(ChatLimitReached):
+    with pytest.raises(Conflict):
         _chat(store, "b", max_chats=1)
     _chat(store, "b", max_chats=2)  # the refusal did not count
-    with pytest.raises(ChatLimitReached):
+    with pytest.raises(Conflict):
         _chat(store, "c", max_chats=2)
 
 
 def test_controls_service_pause_experiment_budget_and_tokens(store):
-    _operator_sets(store, "exp1", token_budget=100)
-    _operator_sets(store, None, paused=True)
-    assert store.get_controls("exp1") == Controls(paused=True, token_budget=100, tokens_used=0)
-    assert store.get_controls("exp2") == Controls(paused=True)  # the service-wide switch pauses everyone
-    _operator_sets(store, None, paused=False)
-    _operator_sets(store, "exp2", paused=True)
-    assert store.get_controls("exp1").paused is False and store.get_controls("exp2").paused is True
+    store.set_controls("exp1", token_budget=100)
+    store.set_controls(None, paused=True)
+    assert store.get_controls("exp1") == ControlItems(Controls(token_budget=100), Controls(paused=True), BreakerState())
+    assert _obeyed(store, "exp1") == Controls(paused=True, token_budget=100, tokens_used=0)
+    assert _obeyed(store, "exp2") == Controls(paused=True)  # the service-wide switch pauses everyone
+    store.set_controls(None, paused=False)
+    store.set_controls("exp2", paused=True)
+    assert _obeyed(store, "exp1").paused is False and _obeyed(store, "exp2").paused is True
     chat = _chat(store)
     store.append_user_message(chat, _user(chat, "m1"), _lease(chat), "c1", 3, NOW)
     reply = Message(chat.chat_id, 3, "assistant", "answer", NOW, prompt_tokens=30, completion_tokens=12, model="m")
     assert store.finish_reply(chat, reply, "t1")
     store.count_tokens("exp1", 42)
-    _operator_sets(store, "exp1", paused=True)  # the operator's writes keep the count, the count keeps the budget
-    assert store.get_controls("exp1") == Controls(paused=True, token_budget=100, tokens_used=42)
+    store.set_controls("exp1", paused=True)  # the operator's writes keep the count, the count keeps the budget
+    assert _obeyed(store, "exp1") == Controls(paused=True, token_budget=100, tokens_used=42)
 
 
 def test_take_lease_needs_the_chat_as_it_was_read(store):
@@ -308,7 +310,7 @@ def test_a_late_reply_is_stored_unless_another_turn_took_the_lease(store):
 
 
 def test_writes_to_a_missing_chat_create_nothing(store):
-    with pytest.raises(Exception):  # DynamoDB: ConditionalCheckFailedException; SQLite: StoreError
+    with pytest.raises(Conflict):
         store.bind_connection("c_missing", "c1")
     store.release_lease("c_missing", "t1")
     assert store.get_chat("c_missing") is None
@@ -323,19 +325,59 @@ def test_a_lease_lapses_exactly_at_its_until(store):
 
 
 def test_the_llm_breaker_opens_after_failures_within_a_window(store):
-    assert store.get_controls("exp1").llm_paused_until == 0
-    assert not store.record_llm_failure(NOW, 3, 30, 20)
-    assert not store.record_llm_failure(NOW + 1, 3, 30, 20)
-    assert store.record_llm_failure(NOW + 2, 3, 30, 20)  # the third within 30 s opens it
-    assert store.get_controls("any-experiment").llm_paused_until == NOW + 22
-    assert not store.record_llm_failure(NOW + 3, 3, 30, 20)  # counting starts again
+    assert store.read_breaker() == BreakerState() and _obeyed(store, "exp1").llm_paused_until == 0
+    assert not breaker.record_failure(store, NOW, 3, 30, 20)
+    assert not breaker.record_failure(store, NOW + 1, 3, 30, 20)
+    assert breaker.record_failure(store, NOW + 2, 3, 30, 20)  # the third within 30 s opens it
+    assert _obeyed(store, "any-experiment").llm_paused_until == NOW + 22
+    assert not breaker.record_failure(store, NOW + 3, 3, 30, 20)  # counting starts again
+    assert store.read_breaker() == BreakerState(failures=1, window_start=NOW + 2, open_until=NOW + 22)
 
 
 def test_the_llm_breaker_forgets_old_failures(store):
-    store.record_llm_failure(NOW, 2, 30, 20)
-    assert not store.record_llm_failure(NOW + 31, 2, 30, 20)  # outside the window: a new one starts
-    assert store.get_controls("exp1").llm_paused_until == 0
-    assert store.record_llm_failure(NOW + 32, 2, 30, 20)
+    breaker.record_failure(store, NOW, 2, 30, 20)
+    assert not breaker.record_failure(store, NOW + 31, 2, 30, 20)  # outside the window: a new one starts
+    assert _obeyed(store, "exp1").llm_paused_until == 0
+    assert breaker.record_failure(store, NOW + 32, 2, 30, 20)
+
+
+def test_a_failure_after_the_window_expired_starts_a_new_window_and_counts_in_it(store):
+    """With a threshold of 1 every counted failure opens the breaker, the first of a new window too."""
+    assert breaker.record_failure(store, NOW, 1, 30, 20)
+    assert store.get_controls("exp1").breaker.open_until == NOW + 20
+    assert breaker.record_failure(store, NOW + 31, 1, 30, 20)  # the window of the first has expired
+    assert store.get_controls("exp1").breaker.open_until == NOW + 51
+
+
+def test_the_breaker_is_replaced_only_as_it_was_read(store):
+    first = BreakerState(failures=1, window_start=NOW)
+    with pytest.raises(Conflict):  # nothing stored yet: only the initial state may be replaced
+        store.replace_breaker(first, BreakerState(failures=2, window_start=NOW))
+    store.replace_breaker(BreakerState(), first)
+    with pytest.raises(Conflict):  # another instance counted first
+        store.replace_breaker(BreakerState(), BreakerState(failures=1, window_start=NOW + 1))
+    opened = BreakerState(failures=0, window_start=NOW + 0.1, open_until=NOW + 20.1)
+    store.replace_breaker(first, opened)
+    assert store.read_breaker() == opened
+    store.replace_breaker(opened, BreakerState(failures=1, window_start=NOW + 0.1, open_until=NOW + 20.1))
+    assert store.get_controls("exp1").breaker.failures == 1
+
+
+def test_concurrent_failures_are_each_counted_and_open_the_breaker_once(store):
+    failures = 6
+    start, opened = threading.Barrier(failures), []
+
+    def fail() -> None:
+        start.wait()
+        opened.append(breaker.record_failure(store, NOW, failures, 30, 20))
+
+    threads = [threading.Thread(target=fail) for _ in range(failures)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(opened) == [False] * (failures - 1) + [True]
+    assert store.read_breaker() == BreakerState(failures=0, window_start=NOW, open_until=NOW + 20)
 
 
 def test_frames_are_counted_per_connection_and_window(store):
@@ -382,7 +424,7 @@ def test_operator_controls_are_read_as_written_and_cleared(store):
     store.set_controls("exp1", token_budget=500)
     assert store.read_controls(None).paused is True
     assert store.read_controls("exp1") == Controls(paused=False, token_budget=500)  # not merged with the service's
-    assert store.get_controls("exp1").paused is True  # what the domain obeys is merged
+    assert _obeyed(store, "exp1").paused is True  # what the domain obeys is merged
     _seed_chat(store, WHO)
     store.set_controls("exp1", clear_budget=True)
     assert store.read_controls("exp1") == Controls(token_budget=None, tokens_used=5)
@@ -468,7 +510,7 @@ def test_delete_participant_of_one_session_keeps_the_others_and_their_count(stor
     assert (deleted.chats, deleted.messages, deleted.connections, deleted.records) == (1, 3, 1, 1 + 1)
     assert [c.chat_id for c in store.experiment_chats("exp1")] == [kept.chat_id]
     assert [c.connection_id for c in store.connections()] == ["k2"]
-    with pytest.raises(ChatLimitReached):  # s2 keeps its chat, so with max 1 its limit still holds
+    with pytest.raises(Conflict):  # s2 keeps its chat, so with max 1 its limit still holds
         store.open_chat(Chat(chat_id_for(s2, "c"), s2, "c", BOT, NOW), None, 1)
     assert store.open_chat(Chat(chat_id_for(s1, "c"), s1, "c", BOT, NOW), None, 1).chat_key == "c"  # s1's went
 
@@ -491,21 +533,21 @@ def test_delete_experiment_removes_everything_of_it_and_only_it(store):
 
 # -- allowlists: a flag on the CONTROL item, one item per code ------------------------------------------
 def test_an_allowlist_is_off_until_a_code_is_added_then_admits_only_its_codes(store):
-    assert store.get_controls("exp1").allowlist is False and store.read_controls("exp1").allowlist is False
+    assert _obeyed(store, "exp1").allowlist is False and store.read_controls("exp1").allowlist is False
     assert not store.on_allowlist("exp1", "P1")
     store.add_to_allowlist("exp1", [])  # nothing to add: still off
-    assert store.get_controls("exp1").allowlist is False
+    assert _obeyed(store, "exp1").allowlist is False
     store.add_to_allowlist("exp1", ["P1", "P2", "P1"])
-    assert store.get_controls("exp1").allowlist is True and store.read_controls("exp1").allowlist is True
+    assert _obeyed(store, "exp1").allowlist is True and store.read_controls("exp1").allowlist is True
     assert store.on_allowlist("exp1", "P1") and store.on_allowlist("exp1", "P2")
     assert not store.on_allowlist("exp1", "P3")
-    assert not store.on_allowlist("exp2", "P1") and store.get_controls("exp2").allowlist is False  # per experiment
+    assert not store.on_allowlist("exp2", "P1") and _obeyed(store, "exp2").allowlist is False  # per experiment
     store.add_to_allowlist("exp1", ["P2", "P3"])  # a code already on it stays once
     assert list(store.allowlist("exp1", page_size=2)) == ["P1", "P2", "P3"]
     store.remove_from_allowlist("exp1", ["P1", "P9"])  # a code not on it: nothing to remove
     assert list(store.allowlist("exp1")) == ["P2", "P3"] and not store.on_allowlist("exp1", "P1")
     store.remove_from_allowlist("exp1", ["P2", "P3"])
-    assert list(store.allowlist("exp1")) == [] and store.get_controls("exp1").allowlist is True  # on, empty: nobody
+    assert list(store.allowlist("exp1")) == [] and _obeyed(store, "exp1").allowlist is True  # on, empty: nobody
 
 
 def test_the_allowlist_flag_keeps_the_other_controls_and_the_service_pause(store):
@@ -513,8 +555,8 @@ def test_the_allowlist_flag_keeps_the_other_controls_and_the_service_pause(store
     store.add_to_allowlist("exp1", ["P1"])
     store.set_controls(None, paused=True)
     assert store.read_controls("exp1") == Controls(paused=True, token_budget=7, allowlist=True)
-    assert store.get_controls("exp1") == Controls(paused=True, token_budget=7, allowlist=True)
-    assert store.get_controls("exp2") == Controls(paused=True)  # the service's pause is not an allowlist
+    assert _obeyed(store, "exp1") == Controls(paused=True, token_budget=7, allowlist=True)
+    assert _obeyed(store, "exp2") == Controls(paused=True)  # the service's pause is not an allowlist
     store.set_controls("exp1", paused=False, clear_budget=True)  # the operator's switches leave the flag alone
     assert store.read_controls("exp1") == Controls(allowlist=True)
 
@@ -551,4 +593,4 @@ def test_deletions_take_the_allowlist_codes_with_them(store):
     assert list(store.allowlist("exp1")) == ["P1"]
     assert store.delete_experiment("exp1") == Deleted(records=1 + 1)  # its code, its CONTROL item
     assert store.read_controls("exp1") == Controls() and list(store.allowlist("exp1")) == []
-    assert list(store.allowlist("exp2")) == ["P1"] and store.get_controls("exp2").allowlist is True
+    assert list(store.allowlist("exp2")) == ["P1"] and _obeyed(store, "exp2").allowlist is True

@@ -69,12 +69,12 @@ class Watch:
         self._chats: dict[str, _ChatTally] = {}
 
     def snapshot(self, now: float) -> Snapshot:
-        service = self.store.read_controls(None)
+        service, breaker = self.store.read_controls(None), self.store.read_breaker()
         live = [c for c in self.store.connections(self.experiment) if c.expires_at > now
                 and (self.session is None or c.identity.session == self.session)]
         snap = Snapshot(
             at=_iso(now), where=self.where, service_paused=service.paused,
-            llm_paused_until=_iso(service.llm_paused_until) if service.llm_paused_until > now else None,
+            llm_paused_until=_iso(breaker.open_until) if breaker.is_open(now) else None,
             connections=len(live),
         )
         if self.experiment is None:

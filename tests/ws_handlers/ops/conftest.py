@@ -78,15 +78,15 @@ def reset_moto(url: str) -> None:
 
 
 @pytest.fixture
-def server(moto_url):
+def server(moto_url, dynamodb_tables):
     """moto's server, emptied, with the tables under the functions' default names."""
     import boto3
 
-    from ws_handlers.dynamo_store import DynamoStore, create_tables
+    from ws_handlers.dynamo_store import DynamoStore
 
     reset_moto(moto_url)
     client = boto3.client("dynamodb", endpoint_url=moto_url, region_name="us-east-1")
-    create_tables(client, "chat-connections", "chat-chats")
+    dynamodb_tables(client, "chat-connections", "chat-chats")
     return moto_url, DynamoStore("chat-connections", "chat-chats", client=client)
 
 

@@ -59,8 +59,8 @@ def test_a_long_file_through_the_command_line_on_dynamodb(server, tmp_path):
     done = cli("allowlist", "add", *target, "--file", str(path))
     assert done.returncode == 0, done.stderr
     assert "2,345 codes added" in done.stdout and f"DynamoDB at {url}" in done.stdout
-    assert store.get_controls("study1").allowlist and store.on_allowlist("study1", "p02344")
-    assert not store.on_allowlist("study1", "p02345") and not store.get_controls("study2").allowlist
+    assert store.read_controls("study1").allowlist and store.on_allowlist("study1", "p02344")
+    assert not store.on_allowlist("study1", "p02345") and not store.read_controls("study2").allowlist
 
     done = cli("allowlist", "list", *target)
     assert done.returncode == 0 and done.stdout.splitlines() == codes

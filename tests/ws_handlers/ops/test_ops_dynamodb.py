@@ -10,7 +10,8 @@ from conftest import cli, one_line_error, reset_moto, seed_store, stored_rows
 from moto import mock_aws
 
 from local_gateway.template import read_template
-from ws_handlers.dynamo_store import DynamoStore, create_tables
+from ws_handlers.controls import obeyed
+from ws_handlers.dynamo_store import DynamoStore
 from ws_handlers.store import Connection, StoreThrottled
 
 PEOPLE = [("P1", "s1"), ("P2", "s1"), ("P3", "s2")]
@@ -105,15 +106,18 @@ def test_pause_and_budget_on_a_stack(ops):
         seed_store(store, "exp1", PEOPLE[:1])
         target = ("--stack", "lab", "--region", "eu-west-1")
         assert ops("pause", *target, "--experiment", "exp1")[0] == 0
-        assert store.get_controls("exp1").paused and not store.get_controls("exp2").paused
+        def obeyed_by(experiment: str):  # what the request paths obey: the service's pause counts too
+            return obeyed(store.get_controls(experiment))
+
+        assert obeyed_by("exp1").paused and not obeyed_by("exp2").paused
         code, out, _ = ops("pause", *target)
         assert code == 0 and "new connections and messages are refused" in out
-        assert store.get_controls("exp2").paused
+        assert obeyed_by("exp2").paused
         assert ops("resume", *target)[0] == ops("resume", *target, "--experiment", "exp1")[0] == 0
-        assert not store.get_controls("exp1").paused
+        assert not obeyed_by("exp1").paused
         code, out, _ = ops("budget", *target, "--experiment", "exp1", "--set", "10")
         assert code == 0 and "10 tokens used of a budget of 10 (100.0%)" in out and "budget_exhausted" in out
-        assert store.get_controls("exp1").token_budget == 10
+        assert obeyed_by("exp1").token_budget == 10
         code, out, _ = ops("status", *target)
         assert code == 0 and "stack lab (eu-west-1)" in out
 
@@ -155,11 +159,11 @@ class _Stingy:
         return {"UnprocessedItems": {table: rest} if rest else {}}
 
 
-def test_deletion_retries_unprocessed_items_and_gives_up_boundedly(monkeypatch):
+def test_deletion_retries_unprocessed_items_and_gives_up_boundedly(monkeypatch, dynamodb_tables):
     monkeypatch.setattr("ws_handlers.dynamo_store.time.sleep", lambda _s: None)
     with mock_aws():
         client = boto3.client("dynamodb")
-        create_tables(client, "conns", "chats")
+        dynamodb_tables(client, "conns", "chats")
         store = DynamoStore("conns", "chats", client=_Stingy(client))
         seed_store(store, "exp1", [("P1", "s1")], turns=15)  # 31 messages and 15 client ids: two batches
         deleted = store.delete_participant("exp1", "P1")

@@ -114,7 +114,7 @@ def test_a_paused_service_refuses_new_connections(stack, ops):
 def test_a_budget_below_the_tokens_used_stops_spending(stack, seed):
     seeded = seed("exp-budget")
     data = str(stack.config.data_dir)
-    used = stack.store.get_controls("exp-budget").tokens_used
+    used = stack.store.read_controls("exp-budget").tokens_used
     assert used > 0
     done = cli("budget", "--data-dir", data, "--experiment", "exp-budget", "--set", str(used - 1))
     assert done.returncode == 0, done.stderr
@@ -123,13 +123,13 @@ def test_a_budget_below_the_tokens_used_stops_spending(stack, seed):
     refused = seeded.people["P2"].send("One more question?")
     assert (refused["type"], refused["code"], refused["retryable"]) == ("error", "budget_exhausted", False)
     assert model_requests(stack) == calls  # no model call was made
-    assert stack.store.get_controls("exp-budget").tokens_used == used
+    assert stack.store.read_controls("exp-budget").tokens_used == used
 
     done = cli("budget", "--data-dir", data, "--experiment", "exp-budget", "--clear")
     assert done.returncode == 0 and "no budget of its own" in done.stdout
     assert seeded.people["P2"].send("One more question?")["type"] == "message"
     shown = cli("budget", "--data-dir", data, "--experiment", "exp-budget")
-    assert f"{stack.store.get_controls('exp-budget').tokens_used:,} tokens used" in shown.stdout
+    assert f"{stack.store.read_controls('exp-budget').tokens_used:,} tokens used" in shown.stdout
 
 
 def test_status_counts_connections_chats_messages_tokens_and_spend(stack, seed, ops):
@@ -185,5 +185,5 @@ def test_delete_experiment_asks_then_removes_all_of_it(stack, seed, ops, monkeyp
     assert code == 0 and "3 chats, 15 messages, 3 connections" in out
     assert stored(stack, "exp-gone", EVERYONE) == []
     assert list(stack.store.connections("exp-gone")) == []
-    assert stack.store.get_controls("exp-gone").tokens_used == 0
+    assert stack.store.read_controls("exp-gone").tokens_used == 0
     assert stored(stack, "exp-kept", EVERYONE) == kept
