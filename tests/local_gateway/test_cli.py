@@ -66,7 +66,7 @@ class Served:
 def _mint(data_dir: Path, url: str) -> dict:
     out = subprocess.run(
         _cli("mint", "--participant", "P1", "--url", url, data_dir=data_dir),
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=30,
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
     )
     return json.loads(out.stdout)
 
