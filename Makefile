@@ -71,11 +71,12 @@ test: venv test-js chromium check-template test-python
 
 # Tests run on PYTEST_WORKERS processes (pytest-xdist; a worker takes the next test when free).
 # Most tests wait on sockets, model pacing and child processes, so two workers halve the wall time
-# on two cores; `PYTEST_WORKERS=0` runs them in this one process.
+# on two cores; `PYTEST_WORKERS=0` runs them in this one process. The slowest tests are listed at
+# the end (where the time goes); node --test prints each test's duration too.
 PYTEST_WORKERS ?= 2
 
 test-python: venv chromium
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal --durations=15 --durations-min=1
 
 # node --test suites of client_js/chat-client.js; they spawn the local stack from the venv.
 test-js: venv $(NODE_STAMP) check-js

@@ -122,10 +122,15 @@ class OfflineModel:
     api_key: when set, requests must carry `Authorization: Bearer <api_key>`.
     retry_after_ms: value of the `retry-after-ms` header sent with injected 429 and 5xx
         answers, so the openai client's retries are quick; None sends no header.
+    clock, sleep: what the pacing, delays and stalls run on (attributes of the same names); a
+        test injects its own to check the pace without timing it, or to hold a stalled reply
+        until it has seen what it waits for.
     """
 
     def __init__(self, ttft: float | None = None, tokens_per_second: float | None = None,
-                 api_key: str | None = None, retry_after_ms: float | None = 5) -> None:
+                 api_key: str | None = None, retry_after_ms: float | None = 5, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.ttft = ttft if ttft is not None else _env_float("OFFLINE_MODEL_TTFT_MS", 300) / 1000
         self.tokens_per_second = (tokens_per_second if tokens_per_second is not None
                                   else _env_float("OFFLINE_MODEL_TOKENS_PER_SECOND", 40))
@@ -135,6 +140,7 @@ class OfflineModel:
         self.stats: dict[str, Any] = {}
         self.reset_stats()
         self._inflight: set[asyncio.Task[Any]] = set()
+        self.clock, self.sleep = clock, sleep
 
     # -- state (the HTTP control endpoints call these; tests may call them too)
 
@@ -269,7 +275,7 @@ class OfflineModel:
                 headers["retry-after-ms"] = f"{self.retry_after_ms:g}"
             return _error(fault.status, message, type_, code=code, headers=headers)
         if fault and fault.kind == "delay":
-            await asyncio.sleep(fault.seconds)
+            await self.sleep(fault.seconds)
 
         messages = body["messages"]
         reply = tokenize(write_reply(messages))
@@ -288,7 +294,7 @@ class OfflineModel:
                                       fault, reply_id, created, body["model"])
 
         stall = fault.seconds if fault and fault.kind == "stall" else 0.0
-        await asyncio.sleep(self.ttft + self._pace(len(reply)) + stall)
+        await self.sleep(self.ttft + self._pace(len(reply)) + stall)
         if fault and fault.kind == "cut":
             self.stats["aborted"] += 1
             _abort(request)
@@ -320,22 +326,23 @@ class OfflineModel:
                 data["usage"] = None
             return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
 
-        await asyncio.sleep(self.ttft)
+        await self.sleep(self.ttft)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
         self._count_status(response.status)
         await response.write(chunk({"role": "assistant", "content": "", "refusal": None}))
-        start = time.monotonic()
+        start = self.clock()
         for i, token in enumerate(reply):
             if fault and i == fault.after_tokens and fault.kind in ("cut", "stall"):
                 if fault.kind == "cut":
                     return await self._cut(request, response)
-                await asyncio.sleep(fault.seconds)
-                start += fault.seconds
-            wait = start + self._pace(i) - time.monotonic()
+                stalled_at = self.clock()
+                await self.sleep(fault.seconds)
+                start += self.clock() - stalled_at  # the pace goes on from where it stopped
+            wait = start + self._pace(i) - self.clock()
             if wait > 0:
-                await asyncio.sleep(wait)
+                await self.sleep(wait)
             await response.write(chunk({"content": token}))
         if fault and fault.kind == "cut":  # after_tokens >= the reply's length
             return await self._cut(request, response)

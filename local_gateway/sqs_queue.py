@@ -36,6 +36,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -95,6 +96,7 @@ class LocalQueue:
         duplicate_lag: float = 0.0,
         seed: int | None = None,
         arn: str = "arn:aws:sqs:us-east-1:000000000000:local",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -110,6 +112,7 @@ class LocalQueue:
         self.duplicates = duplicates
         self.duplicate_lag = duplicate_lag
         self.arn = arn
+        self._clock = clock  #: sent, due and visible-again times (a test moves it instead of waiting)
         self.dead_letters: list[DeadLetter] = []
         self.stats = QueueStats()
         self._random = random.Random(seed)
@@ -130,7 +133,7 @@ class LocalQueue:
 
     def send(self, body: str) -> None:
         """SendMessage: the body waits for a free slot; sometimes it will be delivered twice."""
-        message = _Message(str(uuid.uuid4()), body, time.time())
+        message = _Message(str(uuid.uuid4()), body, self._clock())
         with self._changed:
             if self._stopping:
                 raise RuntimeError("the queue is shut down")
@@ -146,7 +149,7 @@ class LocalQueue:
     def _dispatch(self) -> None:
         with self._changed:
             while True:
-                now = time.time()
+                now = self._clock()
                 while self._hidden and self._hidden[0][0] <= now:
                     self._ready.append(heapq.heappop(self._hidden)[2])
                 while self._late and self._late[0][0] <= now:  # ahead of the line: its twin already ran
@@ -212,7 +215,7 @@ class LocalQueue:
                 elif not self._stopping:
                     self.stats.redelivered += 1
                     log.warning("a job failed; visible again in %.1f s: %s", self.visibility_timeout, failure)
-                    entry = (time.time() + self.visibility_timeout, next(self._order), message)
+                    entry = (self._clock() + self.visibility_timeout, next(self._order), message)
                     heapq.heappush(self._hidden, entry)
             self._changed.notify_all()
 

@@ -10,11 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from moto.core.config import default_user_config
 
 from local_gateway.offline_model import OfflineModel
 from local_gateway.strict_dynamodb import StrictDynamoDB, Strictness, install
 from local_gateway.template import Template, create_tables, load
 from local_gateway.threaded import serve_in_thread
+from waiting import Hold
+
+
+# moto replaces boto3's default session on every mock_aws(), and each new session parses the
+# services' JSON models again (most of a second per client on a busy machine, several clients per
+# test). The session's clients all go through moto's hook whatever session made them.
+default_user_config["core"]["reset_boto3_session"] = False
 
 
 @pytest.fixture(autouse=True)
@@ -87,8 +95,11 @@ def secret() -> str:
 
 @pytest.fixture(scope="session")
 def offline_model():
-    """A fast offline model shared by the session; tests queue faults on it."""
-    model = OfflineModel(ttft=0, tokens_per_second=0)
+    """A fast offline model shared by the session; tests queue faults on it, and end the stalls
+    and delays of Hold.SECONDS they queue with `model.hold.release()`."""
+    hold = Hold()
+    model = OfflineModel(ttft=0, tokens_per_second=0, sleep=hold.sleep)
+    model.hold = hold
     with serve_in_thread(model.app()) as served:
         model.url = served.url
         yield model
@@ -98,8 +109,10 @@ def offline_model():
 def model(offline_model: OfflineModel):
     offline_model.faults.clear()
     offline_model.reset_stats()
+    offline_model.hold.close()
     yield offline_model
     offline_model.faults.clear()
+    offline_model.hold.release()  # nothing a test left held outlives it
 
 
 CHROMIUM = Path("/usr/bin/chromium")  #: Debian's, installed by `make chromium`

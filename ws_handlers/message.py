@@ -22,7 +22,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     svc = services()
     caller = Caller.of(event)
     logger.append_keys(connection_id=caller.connection_id)
-    chats = Chats(svc.settings, svc.store, svc.jobs, svc.ticket_secret)
+    chats = Chats(svc.settings, svc.store, svc.jobs, svc.ticket_secret, clock=svc.clock)
     connection = chats.admit_frame(caller.connection_id)  # counted before it is even parsed
     logger.append_keys(participant=connection.identity.participant)
     action = parse(event.get("body"))

@@ -26,7 +26,7 @@ class JobsFailed(RuntimeError):
 @lambda_entry()  # a batch with a failed job raises: SQS delivers it again
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     svc = services()
-    turn = Turn(svc.settings, svc.store, svc.model(), svc.pusher_for)
+    turn = Turn(svc.settings, svc.store, svc.model(), svc.pusher_for, clock=svc.clock)
     records = event.get("Records") or []
     failed = 0
     for record in records:

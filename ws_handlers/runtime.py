@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ class Services:
     pusher_for: Callable[[str], Pusher]
     ticket_secret: Callable[[], str]
     model_factory: Callable[[], Any] | None = None
+    #: the handlers' "now" (epoch seconds): leases, the breaker's cooldown, rate windows; tests move it
+    clock: Callable[[], float] = time.time
     _model: Any = field(default=None, repr=False)
     _model_key: str | None = field(default=None, repr=False)
 

@@ -1,7 +1,7 @@
 // A bad network between the client and the real stack: outages, lost acks, dead sockets.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { assertMatchesStorage, behindProxy as started, makeClient, sleep, startStack, until, within } from "./stack.mjs";
+import { assertMatchesStorage, behindProxy as started, makeClient, startStack, traceTimers, until, within } from "./stack.mjs";
 
 let stack, credsFor;
 before(async () => {
@@ -26,13 +26,14 @@ test("sends made during an outage are queued, then delivered once each, in order
   assert.deepEqual(client.transcript.slice(-3).map((m) => [m.seq, m.text, m.client_msg_id, m.status]),
     texts.map((text, i) => [null, text, ids[i], "pending"]));
   assert.equal(client.busy, true);
-  await sleep(1500);
+  const attempts = () => of(events, "state").filter((e) => e.state === "reconnecting").length;
+  const queuedAt = attempts();
+  await until(() => attempts() >= queuedAt + 2, { what: "two more reconnect attempts" }); // it kept trying
   assert.equal(client.state, "reconnecting");
-  assert.ok(of(events, "state").filter((e) => e.state === "reconnecting").length >= 3, "it kept trying");
   assert.equal(sends(log).length, 0);
 
   proxy.restore();
-  await until(() => client.transcript.length === 7 && !client.busy, { timeoutMs: 15000, what: "three replies" });
+  await until(() => client.transcript.length === 7 && !client.busy, { what: "three replies" });
   // each went once (no retry was needed), in order, each after the previous reply was stored
   assert.deepEqual(sends(log).map((l) => l.frame.client_msg_id), ids);
   for (let i = 1; i < ids.length; i++) {
@@ -46,6 +47,7 @@ test("sends made during an outage are queued, then delivered once each, in order
 });
 
 test("a lost answer: the reply timeout resends with the same client_msg_id on the live socket; stored once", async (t) => {
+  traceTimers(t); // which timer made the resend
   const { client, events, log, proxy, creds } = await behindProxy(t, "P-retry", { replyTimeoutMs: 700 });
   let acks = 0; // the server's answers to the first send are lost (its ack, queued, deltas and message); pongs get through
   proxy.swallow((f) => {
@@ -53,12 +55,12 @@ test("a lost answer: the reply timeout resends with the same client_msg_id on th
     return acks <= 1 && ["ack", "queued", "delta", "message"].includes(f.type);
   });
   const id = client.send("Are you there?");
-  const reply = await until(() => of(events, "message")[0]?.message, { timeoutMs: 10000, what: "the reply" });
+  const reply = await until(() => of(events, "message")[0]?.message, { what: "the reply" });
 
   const sent = sends(log);
   assert.equal(sent.length, 2);
   assert.ok(sent.every((l) => l.frame.client_msg_id === id && l.frame.text === "Are you there?" && l.socket === 1));
-  assert.ok(sent[1].at - sent[0].at >= 650, `resent after ${sent[1].at - sent[0].at} ms`);
+  assert.equal(sent[1].timerMs, 700, "resent by the reply timeout");
   assert.deepEqual(of(events, "ack").map((a) => [a.client_msg_id, a.seq, a.duplicate]), [[id, 2, true]]);
   assert.deepEqual(of(events, "state").map((e) => e.state), ["connecting", "open"]); // no reconnect was needed
   assert.equal(of(events, "error").length, 0);
@@ -68,23 +70,23 @@ test("a lost answer: the reply timeout resends with the same client_msg_id on th
 });
 
 test("a dead socket (a black hole) is found by the heartbeat's pong timeout and replaced; without a heartbeat it is not", async (t) => {
+  traceTimers(t); // which timer noticed the dead socket
   const watched = await behindProxy(t, "P-dead", { heartbeatMs: 300, pongTimeoutMs: 400 });
   const unwatched = await behindProxy(t, "P-dead-unwatched", { heartbeatMs: 0 });
-  const from = Date.now();
   watched.proxy.blackhole();
   unwatched.proxy.blackhole();
-  await until(() => of(watched.events, "chat").length === 2, { timeoutMs: 5000, what: "the watched client to resume" });
+  await until(() => of(watched.events, "chat").length === 2, { what: "the watched client to resume" });
 
   const lost = of(watched.events, "state").find((e) => e.state === "reconnecting");
-  assert.ok(lost.at - from <= 300 + 400 + 400, `noticed after ${lost.at - from} ms`);
+  assert.equal(lost.timerMs, 400, "noticed by the pong timeout");
   assert.deepEqual(of(watched.events, "state").map((e) => e.state), ["connecting", "open", "reconnecting", "open"]);
   assert.equal(watched.client.state, "open");
   watched.client.send("Still here?");
-  await until(() => of(watched.events, "message").length === 1, { timeoutMs: 10000, what: "a reply on the new socket" });
+  await until(() => of(watched.events, "message").length === 1, { what: "a reply on the new socket" });
   await assertMatchesStorage(watched.client.transcript, watched.creds);
 
-  // the same black hole, past the gateway's idle timeout (2 s): no close ever reaches this client
-  await sleep(Math.max(0, 2600 - (Date.now() - from)));
+  // the same black hole: the gateway closes the idle socket (2 s), and no close ever reaches this client
+  await until(() => unwatched.proxy.closedByServer === 1, { what: "the gateway to close the silent socket" });
   assert.equal(unwatched.client.state, "open");
   assert.deepEqual(of(unwatched.events, "state").map((e) => e.state), ["connecting", "open"]);
 });
@@ -94,7 +96,7 @@ test("a refused send is marked failed and the queue moves on; retry() sends it a
   const tooLong = "x".repeat(client.limits.max_chars + 1);
   const refusedId = client.send(tooLong);
   const nextId = client.send("And this one?");
-  await until(() => !client.busy, { timeoutMs: 10000, what: "the queue to drain" });
+  await until(() => !client.busy, { what: "the queue to drain" });
 
   const [refusal] = of(events, "error");
   assert.deepEqual([refusal.code, refusal.retryable, refusal.client_msg_id], ["message_too_long", false, refusedId]);
@@ -113,7 +115,7 @@ test("a reply that breaks off is marked failed (partial text dropped); retry() g
   const { client, events, log, creds } = await behindProxy(t, "P-cut");
   await stack.faults([{ kind: "cut", after_tokens: 8 }]); // the model's stream breaks after 8 tokens
   const id = client.send("Tell me about primes");
-  await until(() => of(events, "error").length === 1 && !client.busy, { timeoutMs: 10000, what: "the failure" });
+  await until(() => of(events, "error").length === 1 && !client.busy, { what: "the failure" });
 
   const [failure] = of(events, "error");
   assert.deepEqual([failure.code, failure.retryable, failure.seq, failure.client_msg_id], ["reply_interrupted", true, 3, id]);
@@ -123,7 +125,7 @@ test("a reply that breaks off is marked failed (partial text dropped); retry() g
 
   assert.equal(client.retry(id), true);
   assert.equal(client.busy, true);
-  await until(() => of(events, "message").length === 1, { timeoutMs: 10000, what: "the regenerated reply" });
+  await until(() => of(events, "message").length === 1, { what: "the regenerated reply" });
   assert.deepEqual(sends(log).map((l) => l.frame.client_msg_id), [id, id]);
   assert.deepEqual(of(events, "ack").map((a) => a.duplicate), [false, true]);
   const messages = await assertMatchesStorage(client.transcript, creds);
@@ -135,13 +137,13 @@ test("start() rejects on a non-retryable error (a forged ticket), and the client
   const { client, events, log } = makeClient({ ...creds, ticket: creds.ticket.slice(0, -8) + "AAAAAAA=" });
   const seen = [];
   const unsubscribe = client.on("error", (detail) => seen.push(detail.code));
-  const refusal = await within(client.start().then(() => null, (error) => error), 10000, "start() to settle");
+  const refusal = await within(client.start().then(() => null, (error) => error), "start() to settle");
   unsubscribe();
   assert.equal(refusal?.code, "invalid_ticket");
   assert.equal(refusal.retryable, false);
   assert.deepEqual(seen, ["invalid_ticket"]);
   assert.equal(client.state, "closed");
   assert.deepEqual(of(events, "state").map((e) => e.state), ["connecting", "open", "closed"]);
-  await sleep(300);
-  assert.equal(log.filter((l) => l.dir === "connect").length, 1); // no reconnect
+  // no reconnect: a closed client keeps no timer (lifecycle.test.mjs), so none can come later
+  assert.equal(log.filter((l) => l.dir === "connect").length, 1);
 });

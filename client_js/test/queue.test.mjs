@@ -28,7 +28,7 @@ test("a burst: replies wait in the queue past replyTimeoutMs; the clients ask in
   const crowd = await Promise.all(CROWD.map((name) => behindProxy(t, name, { replyTimeoutMs: 1000 })));
   const ids = crowd.map(({ client }, i) => client.send(`Pizza party number ${i + 1} tonight`)); // all at once
   await until(() => crowd.every(({ client }) => client.transcript.length === 3 && !client.busy),
-    { timeoutMs: 60000, what: "six replies, two at a time" });
+    { what: "six replies, two at a time" });
 
   for (const [i, { client, events, log, creds }] of crowd.entries()) {
     assert.deepEqual(out(log, "send").map((l) => l.frame.client_msg_id), [ids[i]], `${CROWD[i]} sent once`);
@@ -62,7 +62,7 @@ test("a reply awaited longer than replyMaxWaitMs fails with a retryable reply_ti
   const { client, events, log, creds } = await behindProxy(t, "P-patience", { replyTimeoutMs: 1000, replyMaxWaitMs: 3000 });
   await stack.faults([{ kind: "stall", after_tokens: 0, seconds: 10 }]); // the reply is being written, silently
   const id = client.send("Are you still thinking?");
-  await until(() => of(events, "error").length > 0, { timeoutMs: 10000, what: "the client to give up" });
+  await until(() => of(events, "error").length > 0, { what: "the client to give up" });
 
   const [failure] = of(events, "error");
   assert.deepEqual([failure.code, failure.retryable, failure.seq, failure.client_msg_id], ["reply_timeout", true, 3, id]);
@@ -78,7 +78,7 @@ test("a reply awaited longer than replyMaxWaitMs fails with a retryable reply_ti
   client.options.replyMaxWaitMs = 60000;
   assert.equal(client.retry(id), true);
   assert.equal(client.busy, true);
-  await until(() => of(events, "message").length === 1, { timeoutMs: 30000, what: "the reply" });
+  await until(() => of(events, "message").length === 1, { what: "the reply" });
   assert.deepEqual(out(log, "send").map((l) => l.frame.client_msg_id), [id, id]);
   assert.deepEqual(of(events, "ack").map((a) => a.duplicate), [false, true]);
   await assertMatchesStorage(client.transcript, creds);
@@ -89,7 +89,7 @@ test("no one is writing an acked reply (it broke off and the error was lost): th
   await stack.faults([{ kind: "cut", after_tokens: 4 }]);
   proxy.swallow((f) => f.type === "error"); // the reply_interrupted never arrives
   const id = client.send("Tell me about primes");
-  await until(() => of(events, "message").length === 1, { timeoutMs: 20000, what: "the regenerated reply" });
+  await until(() => of(events, "message").length === 1, { what: "the regenerated reply" });
 
   assert.deepEqual(out(log, "send").map((l) => l.frame.client_msg_id), [id, id]);
   const resent = log.indexOf(out(log, "send")[1]);
@@ -118,7 +118,7 @@ test("a lost ack: the queued frame says the message is stored (as the reply's se
     return [];
   });
   const id = client.send("Did you get this?");
-  await until(() => of(events, "message").length === 1 && !client.busy, { timeoutMs: 15000, what: "the reply" });
+  await until(() => of(events, "message").length === 1 && !client.busy, { what: "the reply" });
 
   assert.deepEqual(out(log, "send").map((l) => l.frame.client_msg_id), [id]);
   assert.deepEqual(of(events, "ack"), []);
@@ -144,7 +144,7 @@ test("a queued frame that arrives after the reply's first delta, or after its me
   const reply = async (text, types, release, n) => {
     hold = { types, release };
     client.send(text);
-    await until(() => of(events, "message").length === n && !client.busy, { timeoutMs: 15000, what: `reply ${n}` });
+    await until(() => of(events, "message").length === n && !client.busy, { what: `reply ${n}` });
   };
   await reply("First question", ["queued"], "delta", 1);
   await reply("Second question", ["queued"], "message", 2);

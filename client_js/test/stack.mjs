@@ -1,7 +1,8 @@
 // Helpers for the node --test suites: the real local stack as a child process, credentials
 // from its `mint` command, a TCP proxy that plays the network, clients that record their
 // frames, and bounded waits. (node --test also loads this file as a test file: it only
-// exports functions, so that is a no-op.)
+// exports functions, so that is a no-op.) Tests wait for what they expect, never for a fixed
+// time: every timeout here is only a bound that ends a failing wait, generous for a busy machine.
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -15,16 +16,18 @@ import { ChatClient } from "../chat-client.js";
 export const ROOT = path.resolve(fileURLToPath(new URL("../..", import.meta.url)));
 /** The one place the interpreter is named: the project's venv, unless PYTHON says otherwise. */
 export const PYTHON = process.env.PYTHON || path.join(ROOT, ".venv", "bin", "python");
+/** How long a wait may take before the test fails: only a bound, a minute on a busy machine. */
+export const PATIENCE_MS = 60000;
 /** How long a child process (the stack's start, `mint`) may take before a test fails. Only a
  * bound: waits end when the child is ready, and on a busy machine Python's imports alone can
  * take many seconds. */
 const CHILD_PATIENCE_MS = 120000;
 const STOP_GRACE_MS = 5000;
 
-export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Resolves when `check()` is truthy (polled every 20 ms); rejects after `timeoutMs` with `what`. */
-export async function until(check, { timeoutMs = 10000, what = "a condition" } = {}) {
+export async function until(check, { timeoutMs = PATIENCE_MS, what = "a condition" } = {}) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await check();
@@ -34,8 +37,8 @@ export async function until(check, { timeoutMs = 10000, what = "a condition" } =
   }
 }
 
-/** Rejects if `promise` has not settled within `timeoutMs`. */
-export function within(promise, timeoutMs, what = "a promise") {
+/** Rejects if `promise` has not settled within `timeoutMs` (a bound, not a pace), naming `what`. */
+export function within(promise, what = "a promise", timeoutMs = PATIENCE_MS) {
   let timer;
   const timeout = new Promise((_, reject) => {
     timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
@@ -75,7 +78,7 @@ export async function startStack({ tps = 400, ttftMs = 30, idleTimeout = 2, llmC
       });
       child.once("error", reject);
       exited.then((code) => reject(new Error(`the stack exited (${code}) before it was ready:\n${output}`)));
-    }), CHILD_PATIENCE_MS, "the stack to be ready");
+    }), "the stack to be ready", CHILD_PATIENCE_MS);
   } catch (error) {
     await stop();
     throw error;
@@ -113,7 +116,7 @@ export async function startStack({ tps = 400, ttftMs = 30, idleTimeout = 2, llmC
   /** Queue failures in the offline model (POST /_faults): each model request takes the next one. */
   async function faults(list) {
     const response = await fetch(`http://127.0.0.1:${modelPort}/_faults`, {
-      method: "POST", body: JSON.stringify({ faults: list }), signal: AbortSignal.timeout(5000),
+      method: "POST", body: JSON.stringify({ faults: list }), signal: AbortSignal.timeout(PATIENCE_MS),
     });
     if (!response.ok) throw new Error(`faults refused: ${response.status} ${await response.text()}`);
   }
@@ -126,7 +129,8 @@ export async function startStack({ tps = 400, ttftMs = 30, idleTimeout = 2, llmC
     let chain = Promise.resolve();
     const minted = new Map(names.map((name) => [name, (chain = chain.catch(() => {}).then(() => mint(name)))]));
     minted.forEach((promise) => promise.catch(() => {})); // a failure surfaces in the test that awaits it
-    return (name) => within(minted.get(name) ?? mint(name), CHILD_PATIENCE_MS, `credentials for ${name}`);
+    // one after another: the last waits for those before it
+    return (name) => within(minted.get(name) ?? mint(name), `credentials for ${name}`, names.length * CHILD_PATIENCE_MS);
   }
 
   return { url, port: Number(new URL(url).port), dataDir, mint, prefetch, faults, stop, output: () => output };
@@ -199,6 +203,10 @@ export async function startProxy(targetPort) {
     get connections() {
       return [...pairs].filter((p) => !p.client.destroyed).length;
     },
+    /** Connections whose server side has closed (seen even through a black hole, which tells the client nothing). */
+    get closedByServer() {
+      return [...pairs].filter((p) => p.upstream.destroyed).length;
+    },
     drop() {
       for (const { client, upstream } of pairs) {
         client.resetAndDestroy();
@@ -256,9 +264,31 @@ function textFrame(text) {
   return Buffer.concat([header, body]);
 }
 
+let firingTimerMs; // while a traced timer's callback runs: the delay it was set for
+
+/**
+ * Until test `t` ends, what happens inside a timer's callback is marked with the delay that timer
+ * was set for (`timerMs` in log entries and events): which timer made a reconnect or a resend is
+ * checked without timing anything.
+ */
+export function traceTimers(t) {
+  const real = globalThis.setTimeout;
+  globalThis.setTimeout = (fn, ms, ...args) => real(() => {
+    const outer = firingTimerMs;
+    firingTimerMs = ms ?? 0;
+    try {
+      return fn(...args);
+    } finally {
+      firingTimerMs = outer;
+    }
+  }, ms);
+  t.after(() => (globalThis.setTimeout = real));
+}
+
 /**
  * A `ws` WebSocket class that records, per socket, the frames sent and received, so tests
- * can check what went over the wire: log = [{socket, dir: "connect"|"out"|"in"|"close", frame?, code?, at}].
+ * can check what went over the wire: log = [{socket, dir: "connect"|"out"|"in"|"close", frame?, code?,
+ * timerMs?}] (timerMs: see traceTimers).
  */
 export function recordingWebSocket() {
   const log = [];
@@ -268,12 +298,12 @@ export function recordingWebSocket() {
       super(...args);
       const socket = ++sockets;
       this._socketNumber = socket;
-      log.push({ socket, dir: "connect", at: Date.now() });
-      this.addEventListener("message", (event) => log.push({ socket, dir: "in", frame: JSON.parse(event.data), at: Date.now() }));
-      this.addEventListener("close", (event) => log.push({ socket, dir: "close", code: event.code, at: Date.now() }));
+      log.push({ socket, dir: "connect", timerMs: firingTimerMs });
+      this.addEventListener("message", (event) => log.push({ socket, dir: "in", frame: JSON.parse(event.data) }));
+      this.addEventListener("close", (event) => log.push({ socket, dir: "close", code: event.code }));
     }
     send(data, ...rest) {
-      log.push({ socket: this._socketNumber, dir: "out", frame: JSON.parse(data), at: Date.now() });
+      log.push({ socket: this._socketNumber, dir: "out", frame: JSON.parse(data), timerMs: firingTimerMs });
       return super.send(data, ...rest);
     }
   }
@@ -296,7 +326,7 @@ export function makeClient(creds, options = {}) {
   });
   const events = [];
   for (const type of ["state", "chat", "transcript", "delta", "message", "ack", "queued", "error"]) {
-    client.addEventListener(type, (event) => events.push({ type, at: Date.now(), ...event.detail }));
+    client.addEventListener(type, (event) => events.push({ type, timerMs: firingTimerMs, ...event.detail }));
   }
   return { client, events, log: rec.log, sockets: rec.sockets };
 }
@@ -309,7 +339,7 @@ export async function behindProxy(t, stack, creds, options) {
     made.client.close();
     await proxy.close();
   });
-  await within(made.client.start(), 10000, "start()");
+  await within(made.client.start(), "start()");
   return { creds, proxy, ...made };
 }
 
@@ -349,9 +379,9 @@ export async function stored(creds) {
       }
     };
     ws.on("message", onMessage);
-  }), 10000, `a ${type} frame`);
+  }), `a ${type} frame`);
   try {
-    await within(new Promise((resolve, reject) => ws.once("open", resolve).once("error", reject)), 10000, "a socket");
+    await within(new Promise((resolve, reject) => ws.once("open", resolve).once("error", reject)), "a socket");
     let answer = next("chat");
     ws.send(JSON.stringify({ action: "start", ticket: creds.ticket }));
     const chat = await answer;

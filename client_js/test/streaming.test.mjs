@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { applyDelta } from "../chat-client.js";
-import { asRows, behindProxy, makeClient, render, sleep, startProxy, startStack, stored, until, within } from "./stack.mjs";
+import { asRows, behindProxy, makeClient, render, startProxy, startStack, stored, until, within } from "./stack.mjs";
 
 let stack, credsFor;
 before(async () => {
@@ -35,7 +35,7 @@ test("a reply streams: deltas arrive, the transcript grows, the final text is th
   const creds = await credsFor("P-stream");
   const { client, events, log } = makeClient(creds);
   t.after(() => client.close());
-  const chat = await within(client.start(), 10000, "start()");
+  const chat = await within(client.start(), "start()");
   assert.equal(chat.chatId, client.chatId);
   assert.equal(client.state, "open");
   assert.equal(client.limits.user_messages, 0);
@@ -44,7 +44,7 @@ test("a reply streams: deltas arrive, the transcript grows, the final text is th
   const id = client.send("Tell me about primes");
   assert.deepEqual(client.transcript.at(-1), { seq: null, role: "user", text: "Tell me about primes", client_msg_id: id, status: "pending" });
   assert.equal(client.busy, true);
-  const final = await until(() => of(events, "message")[0]?.message, { timeoutMs: 15000, what: "the reply" });
+  const final = await until(() => of(events, "message")[0]?.message, { what: "the reply" });
 
   const [ack] = of(events, "ack");
   assert.deepEqual([ack.client_msg_id, ack.seq, ack.duplicate], [id, 2, false]);
@@ -77,12 +77,12 @@ test("a socket dropped in the middle of a reply resumes on a new one: every mess
     client.close();
     await proxy.close();
   });
-  await within(client.start(), 10000, "start()");
+  await within(client.start(), "start()");
 
   client.send("Tell me about primes");
   await until(() => of(events, "delta").length >= 2, { what: "the reply to start streaming" });
   proxy.drop(); // Wi-Fi gone: no close frame
-  const final = await until(() => of(events, "message")[0]?.message, { timeoutMs: 15000, what: "the reply" });
+  const final = await until(() => of(events, "message")[0]?.message, { what: "the reply" });
 
   const states = of(events, "state").map((e) => e.state);
   assert.deepEqual(states, ["connecting", "open", "reconnecting", "open"]);
@@ -108,7 +108,7 @@ test("a reply that finishes while the participant is offline is shown complete a
     client.close();
     await proxy.close();
   });
-  await within(client.start(), 10000, "start()");
+  await within(client.start(), "start()");
 
   const id = client.send("Tell me about primes");
   await until(() => of(events, "delta").length >= 1, { what: "the reply to start streaming" });
@@ -118,9 +118,10 @@ test("a reply that finishes while the participant is offline is shown complete a
   const partial = client.transcript.find((m) => m.seq === 3);
   assert.equal(partial.status, "streaming");
   assert.equal(client.busy, true);
-  await sleep(3500); // the reply (about two seconds) is written and stored meanwhile
+  // the reply (about two seconds) is written and stored meanwhile
+  await until(async () => (await stored(creds)).messages.some((m) => m.seq === 3), { what: "the reply to be stored" });
   proxy.restore();
-  await until(() => client.transcript.find((m) => m.seq === 3)?.status === "stored", { timeoutMs: 10000, what: "the stored reply" });
+  await until(() => client.transcript.find((m) => m.seq === 3)?.status === "stored", { what: "the stored reply" });
 
   const resumed = log.filter((l) => l.socket > 1 && l.dir === "in" && l.frame.type === "chat");
   assert.ok(resumed[0].frame.messages.some((m) => m.seq === 3), "the start answer carried the finished reply");
@@ -139,18 +140,18 @@ test("a page reloaded in the middle of a reply: the new client is busy until the
   const creds = await credsFor("P-reload");
   const first = makeClient(creds);
   t.after(() => first.client.close());
-  await within(first.client.start(), 10000, "start()");
+  await within(first.client.start(), "start()");
   first.client.send("Tell me about primes");
   await until(() => of(first.events, "delta").length >= 1, { what: "the reply to start streaming" });
   first.client.close(); // the page goes away
 
   const second = makeClient(creds);
   t.after(() => second.client.close());
-  await within(second.client.start(), 10000, "start() after the reload");
+  await within(second.client.start(), "start() after the reload");
   const [answer] = second.log.filter((l) => l.dir === "in" && l.frame.type === "chat");
   assert.equal(answer.frame.replying, 3);
   assert.equal(second.client.busy, true); // the widget keeps the input locked: a send now would be refused
-  await until(() => of(second.events, "message").length === 1, { timeoutMs: 15000, what: "the reply" });
+  await until(() => of(second.events, "message").length === 1, { what: "the reply" });
   assert.ok(of(second.events, "delta").length >= 1, "the reply went on streaming to the new page");
   assert.equal(second.client.busy, false);
   assertGrows(of(second.events, "delta"));
@@ -181,11 +182,11 @@ test("a reply with emoji streams without losing or repeating a character, across
   const family = "👩\u200d👩\u200d👧";
   client.send(`Pizza 🍕 party 🎉 tonight ${family} yes`); // the offline model quotes it
   const pieces = () => of(events, "delta").map((d) => d.piece);
-  await until(() => pieces().some((p) => p.includes("👧")), { timeoutMs: 15000, what: "the emoji to stream" });
+  await until(() => pieces().some((p) => p.includes("👧")), { what: "the emoji to stream" });
   const streamed = pieces().length;
   await until(() => pieces().length >= streamed + 2, { what: "text after the emoji" });
   proxy.drop(); // the stream resumes on a new socket, from offset 0
-  const final = await until(() => of(events, "message")[0]?.message, { timeoutMs: 20000, what: "the reply" });
+  const final = await until(() => of(events, "message")[0]?.message, { what: "the reply" });
 
   assert.ok(final.text.includes(`"Pizza 🍕 party 🎉 tonight ${family} yes"`), final.text);
   const resumed = log.filter((l) => l.socket === 2 && l.dir === "in" && l.frame.type === "delta");

@@ -15,7 +15,7 @@ from load_tests.runner import Options, Run
 def test_twenty_participants_nothing_lost_or_duplicated():
     with local_stack(LocalConfig(ttft=0.05, tokens_per_second=400), in_process=True) as stack:
         run = Run(Options(url=stack.urls["websocket"], secret=stack.secret, participants=20, messages=2,
-                          think=0.2, ramp=0.5, deadline=60, reply_timeout=20))
+                          think=0.2, ramp=0.5, deadline=600, reply_timeout=60))
         asyncio.run(run.execute())
     result = report.build(run, command="pytest", scenario="short", floor={"ttft_s": 0.05, "tokens_per_second": 400},
                           local=None)

@@ -72,7 +72,7 @@ class NonReader:
         # stalled the client's own sends now and then (its acks were held up), as if the gateway
         # had stopped reading.
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
-        self.sock.settimeout(30)
+        self.sock.settimeout(60)
         self.sock.connect((uri.host, uri.port))
         self.protocol.send_request(self.protocol.connect())
         self._flush()
@@ -106,7 +106,7 @@ class NonReader:
 
     def ended(self) -> bool:
         """Read everything the gateway sent, until the connection ends; False if it stays open."""
-        self.sock.settimeout(10)
+        self.sock.settimeout(60)
         try:
             while self.sock.recv(65536):
                 pass
@@ -122,7 +122,7 @@ class NonReader:
 
 async def _participant(url: str, ticket: str) -> tuple[str, str]:
     """An ordinary participant: connects, starts, sends, reads the whole reply."""
-    async with connect(url, origin=ORIGIN, open_timeout=10) as ws:
+    async with connect(url, origin=ORIGIN, open_timeout=60) as ws:
         await ws.send(json.dumps({"action": "start", "ticket": ticket}))
         chat = await _frame(ws, "chat")
         await ws.send(json.dumps({"action": "send", "chat_id": chat["chat_id"], "client_msg_id": uuid.uuid4().hex,
@@ -131,7 +131,7 @@ async def _participant(url: str, ticket: str) -> tuple[str, str]:
 
 
 async def _frame(ws, kind: str) -> dict:
-    while (frame := json.loads(await asyncio.wait_for(ws.recv(), 30)))["type"] != kind:
+    while (frame := json.loads(await asyncio.wait_for(ws.recv(), 60)))["type"] != kind:
         assert frame["type"] != "error", frame
     return frame
 
@@ -181,7 +181,7 @@ def test_connect_is_served_while_every_message_thread_waits_on_a_full_socket(tmp
 
         async def newcomer() -> None:
             url, _ = _credentials(stack, "P1")
-            async with connect(url, origin=ORIGIN, open_timeout=10):
+            async with connect(url, origin=ORIGIN, open_timeout=60):
                 pass
 
         asyncio.run(newcomer())

@@ -40,7 +40,7 @@ class Served:
                  "OFFLINE_MODEL_TTFT_MS": "0", "OFFLINE_MODEL_TOKENS_PER_SECOND": "0", **env},
         )
         self.output: list[str] = []
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             line = self.process.stdout.readline()
             self.output.append(line)
@@ -55,7 +55,7 @@ class Served:
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
         try:
-            code = self.process.wait(30)
+            code = self.process.wait(60)
         except subprocess.TimeoutExpired:
             self.process.kill()
             raise
@@ -66,19 +66,19 @@ class Served:
 def _mint(data_dir: Path, url: str) -> dict:
     out = subprocess.run(
         _cli("mint", "--participant", "P1", "--url", url, data_dir=data_dir),
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=30,
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
     )
     return json.loads(out.stdout)
 
 
 def _chat(creds: dict, text: str | None) -> dict:
-    with connect(creds["ws_url"], open_timeout=10) as ws:
+    with connect(creds["ws_url"], open_timeout=60) as ws:
         ws.send(json.dumps({"action": "start", "ticket": creds["ticket"]}))
-        chat = json.loads(ws.recv(timeout=10))
+        chat = json.loads(ws.recv(timeout=60))
         if text is None:
             return chat
         ws.send(json.dumps({"action": "send", "chat_id": chat["chat_id"], "client_msg_id": "m1", "text": text}))
-        while (frame := json.loads(ws.recv(timeout=10)))["type"] != "message":
+        while (frame := json.loads(ws.recv(timeout=60)))["type"] != "message":
             assert frame["type"] in ("ack", "queued", "delta"), frame
         return frame
 
@@ -144,19 +144,19 @@ def test_a_store_file_deleted_while_serving_stops_the_stack_loudly_and_acks_noth
     creds = _mint(tmp_path, served.url)
     frames: list[dict] = []
     try:
-        with connect(creds["ws_url"], open_timeout=10) as ws:
+        with connect(creds["ws_url"], open_timeout=60) as ws:
             ws.send(json.dumps({"action": "start", "ticket": creds["ticket"]}))
-            chat_id = json.loads(ws.recv(timeout=10))["chat_id"]
+            chat_id = json.loads(ws.recv(timeout=60))["chat_id"]
             send = {"action": "send", "chat_id": chat_id, "client_msg_id": "m1", "text": "Kept"}
             ws.send(json.dumps(send))
-            while json.loads(ws.recv(timeout=10))["type"] != "message":
+            while json.loads(ws.recv(timeout=60))["type"] != "message":
                 pass
             store.unlink()
             with contextlib.suppress(ConnectionClosed):  # the stack may have noticed first, and stopped
                 ws.send(json.dumps({**send, "client_msg_id": "m2", "text": "Into the void"}))
                 while True:
-                    frames.append(json.loads(ws.recv(timeout=30)))
-        code = served.process.wait(30)
+                    frames.append(json.loads(ws.recv(timeout=60)))
+        code = served.process.wait(60)
     finally:
         if served.process.poll() is None:
             served.process.kill()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,8 +17,6 @@ import pytest
 from local_gateway.offline_model import OfflineModel, main
 from local_gateway.offline_replies import count_tokens, persona_from, salient_words, tokenize
 from local_gateway.threaded import ServedApp, serve_in_thread
-
-pytestmark = pytest.mark.timeout(10)
 
 ADA = [
     {"role": "system", "content": "You are Ada, a friendly tutor who helps students with maths."},
@@ -36,7 +35,7 @@ def served(model: OfflineModel) -> Iterator[ServedApp]:
         yield served
 
 
-def client(served: ServedApp, max_retries: int = 0, timeout: float = 5.0,
+def client(served: ServedApp, max_retries: int = 0, timeout: float = 60.0,
            api_key: str = "test") -> openai.OpenAI:
     return openai.OpenAI(base_url=served.url + "/v1", api_key=api_key, max_retries=max_retries,
                          timeout=timeout)
@@ -54,7 +53,7 @@ def http(served: ServedApp, method: str, path: str, body: Any = None, raw: bytes
     request = urllib.request.Request(served.url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json", **(headers or {})})
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
@@ -293,9 +292,9 @@ def test_an_echo_fault_quotes_the_request_in_its_error_body(served: ServedApp) -
 
 
 def test_delay_beyond_the_client_timeout(served: ServedApp) -> None:
-    add_faults(served, {"kind": "delay", "seconds": 0.5})
+    add_faults(served, {"kind": "delay", "seconds": 600})  # ended by the fixture's shutdown
     with pytest.raises(openai.APITimeoutError):
-        client(served, timeout=0.15).chat.completions.create(model="m", messages=ADA)
+        client(served, timeout=1).chat.completions.create(model="m", messages=ADA)
 
 
 def test_faults_are_a_fifo_queue_and_can_be_cleared(served: ServedApp) -> None:
@@ -331,7 +330,7 @@ def test_cut_mid_stream_raises_api_connection_error(served: ServedApp) -> None:
 
 def test_cut_mid_stream_async_client(served: ServedApp) -> None:
     async def run() -> tuple[int, BaseException | None]:
-        c = openai.AsyncOpenAI(base_url=served.url + "/v1", api_key="test", max_retries=0, timeout=5)
+        c = openai.AsyncOpenAI(base_url=served.url + "/v1", api_key="test", max_retries=0, timeout=60)
         received = 0
         try:
             stream = await c.chat.completions.create(model="m", messages=ADA, stream=True)
@@ -357,17 +356,35 @@ def test_cut_non_stream_raises_api_connection_error_and_is_retried(served: Serve
     assert stats(served)["aborted"] == 2
 
 
+class FakeTime:
+    """The model's clock and sleep: a sleep is recorded and moves the clock on at once."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += max(seconds, 0.0)
+        await asyncio.sleep(0)
+
+
 def test_stall_mid_stream(served: ServedApp) -> None:
-    add_faults(served, {"kind": "stall", "after_tokens": 2, "seconds": 0.3})
-    started = time.monotonic()
-    chunks = list(client(served).chat.completions.create(model="m", messages=ADA, stream=True))
-    assert time.monotonic() - started >= 0.3
+    fake = FakeTime()
+    paced = OfflineModel(ttft=0, tokens_per_second=0, clock=fake.clock, sleep=fake.sleep)
+    paced.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": 0.3}])
+    with serve_in_thread(paced.app()) as stalling:
+        chunks = list(client(stalling).chat.completions.create(model="m", messages=ADA, stream=True))
     assert chunks[-1].choices[0].finish_reason == "stop"
+    assert fake.slept == [0, 0.3]  # no time to the first token, no pacing: only the stall
     # a stall longer than the client's read timeout surfaces as APITimeoutError mid-stream
-    add_faults(served, {"kind": "stall", "after_tokens": 2, "seconds": 0.5})
+    add_faults(served, {"kind": "stall", "after_tokens": 2, "seconds": 600})  # ended by the fixture's shutdown
     received = []
     with pytest.raises(openai.APITimeoutError):
-        stream = client(served, timeout=0.15).chat.completions.create(model="m", messages=ADA, stream=True)
+        stream = client(served, timeout=1).chat.completions.create(model="m", messages=ADA, stream=True)
         for chunk in stream:
             received.append(chunk)
     assert len(received) == 1 + 2
@@ -379,7 +396,7 @@ def test_client_going_away_mid_stream_is_counted_not_fatal() -> None:
         stream = client(served).chat.completions.create(model="m", messages=ADA, stream=True)
         next(stream), next(stream)
         stream.close()
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 60
         while model.stats["disconnected"] == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert model.stats["disconnected"] == 1 and model.stats["completions_finished"] == 0
@@ -390,26 +407,29 @@ def test_client_going_away_mid_stream_is_counted_not_fatal() -> None:
 
 
 def test_pacing_follows_ttft_and_token_rate() -> None:
-    model = OfflineModel(ttft=0.1, tokens_per_second=200)
+    """The schedule the model keeps, read off its injected clock (the benchmarks measure the
+    real floor before each load run): the time to the first token, then one token every 1/200 s."""
+    fake = FakeTime()
+    model = OfflineModel(ttft=0.1, tokens_per_second=200, clock=fake.clock, sleep=fake.sleep)
     with serve_in_thread(model.app()) as served:
-        started = time.monotonic()
         stream = client(served).chat.completions.create(model="m", messages=ADA, stream=True, max_tokens=40)
-        first_token_at = None
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content and first_token_at is None:
-                first_token_at = time.monotonic() - started
-        total = time.monotonic() - started
-    # Lower bounds only: a busy machine makes it slower, never faster (the benchmarks measure
-    # the model's floor before each load run).
-    assert first_token_at is not None and first_token_at >= 0.1
-    assert total >= 0.1 + 39 / 200
+        tokens = sum(1 for chunk in stream if chunk.choices and chunk.choices[0].delta.content)
+    assert tokens == 40
+    assert fake.slept == [0.1] + [pytest.approx(1 / 200)] * 39
+    assert fake.now == pytest.approx(0.1 + 39 / 200)
 
 
-@pytest.mark.timeout(120)  # 5 s of streaming at the least; a busy machine takes longer
 def test_a_hundred_streams_are_served_at_once() -> None:
-    # Each stream lasts 5 s (20 tokens at 4 a second): one after another, the first would end
-    # long before the last began. Served at once, all have begun while none has ended.
-    model = OfflineModel(ttft=0.05, tokens_per_second=4)
+    # Every stream sends its first token, then waits for the pace until all 100 have begun: one
+    # after another, the first would never end and the rest never begin (the client's timeout
+    # ends that). Served at once, all have begun while none has ended.
+    released = threading.Event()
+
+    async def held(seconds: float) -> None:
+        while seconds > 0 and not released.is_set():
+            await asyncio.sleep(0.01)
+
+    model = OfflineModel(ttft=0, tokens_per_second=4, sleep=held)
     begun: list[int] = []
     finished_when_all_begun: list[int] = []
 
@@ -423,6 +443,7 @@ def test_a_hundred_streams_are_served_at_once() -> None:
                 begun.append(i)
                 if len(begun) == 100:
                     finished_when_all_begun.append(model.stats["completions_finished"])
+                    released.set()
         return text
 
     async def run(url: str) -> list[str]:

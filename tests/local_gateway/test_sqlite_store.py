@@ -35,8 +35,6 @@ from ws_handlers.store import (
 )
 from ws_handlers.tickets import Identity
 
-pytestmark = pytest.mark.timeout(30)
-
 ROOT = Path(__file__).resolve().parents[2]
 BOT = Bot("tutor", "m", "prompt", limits=Limits(max_user_messages=1000))
 NOW = 1_800_000_000.0
@@ -77,7 +75,7 @@ def _run_threads(count: int, target) -> list:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(10)
+        t.join(60)
     return results
 
 
@@ -243,6 +241,12 @@ _WRITER = textwrap.dedent(
 )
 
 
+def _chats(path: Path) -> int:
+    """The chats committed so far, read beside a writer (WAL: a reader never blocks it)."""
+    with contextlib.closing(sqlite3.connect(path, timeout=60)) as raw:
+        return raw.execute("SELECT count(*) FROM chats").fetchone()[0]
+
+
 def _check_consistent(path: Path) -> int:
     """Every invariant a committed transaction keeps; the number of chats."""
     raw = sqlite3.connect(path)
@@ -275,16 +279,20 @@ def test_a_killed_writer_leaves_only_whole_transactions(tmp_path):
     path = tmp_path / "chat.sqlite3"
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     chats = 0
-    for run, pause in enumerate((0.05, 0.15, 0.25)):  # each run writes on top of the file the last one left
+    # each run writes on top of the file the last one left, and is killed once that many more chats are in
+    for run, more in enumerate((10, 30, 60)):
         writer = subprocess.Popen(
             [sys.executable, "-c", _WRITER, str(path), f"run{run}"], stdout=subprocess.PIPE, env=env, cwd=ROOT
         )
         try:
             assert writer.stdout.readline() == b"writing\n"
-            time.sleep(pause)
+            deadline = time.monotonic() + 60
+            while _chats(path) < chats + more:  # killed mid-write: four threads are in transactions
+                assert time.monotonic() < deadline, "the writer stopped writing"
+                time.sleep(0.01)
         finally:
             writer.send_signal(signal.SIGKILL)
-            writer.wait(5)
+            writer.wait(60)
             writer.stdout.close()
         now_chats = _check_consistent(path)
         assert now_chats > chats
@@ -418,7 +426,7 @@ def test_a_store_whose_file_is_deleted_or_replaced_refuses_everything_and_saves_
     failure: list[BaseException] = []
     reader = threading.Thread(target=lambda: _catch(failure, store.messages, chat.chat_id))
     reader.start()
-    reader.join(10)
+    reader.join(60)
     assert isinstance(failure[0], StoreFileLost)
     assert len(told) == 1 and str(path) in told[0]
     assert path.exists() == (how == "replaced")  # no empty file made at the path

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from typing import Any
 
 import pytest
 
 from local_gateway.sqs_queue import LocalQueue
 from local_gateway.thread_runner import ThreadRunner
+from waiting import Clock
 
 
 class Recorder:
@@ -37,7 +37,7 @@ class Recorder:
             self.most_at_once = max(self.most_at_once, self.running)
         self.arrived.release()
         try:
-            assert self.release.wait(10)
+            assert self.release.wait(60)
             if record["body"] in self.fail:
                 raise RuntimeError(f"failing {record['body']}")
         finally:
@@ -61,10 +61,10 @@ def test_at_most_the_cap_run_at_once_and_the_rest_wait_in_arrival_order():
         for i in range(8):
             queue.send(f"job-{i}")
         for _ in range(2):
-            assert handler.arrived.acquire(timeout=10)
+            assert handler.arrived.acquire(timeout=60)
         assert queue.waiting == 6  # waiting for a slot, not throttled and retried
         handler.release.set()
-        assert queue.wait_idle(10)
+        assert queue.wait_idle(60)
         started = handler.bodies()  # in the order the handlers began: two threads may swap neighbours
         assert sorted(started) == [f"job-{i}" for i in range(8)]
         assert all(abs(started.index(f"job-{i}") - i) <= 1 for i in range(8)), started
@@ -79,7 +79,7 @@ def test_the_event_is_shaped_as_sqs_delivers_it():
     queue = _queue(handler, arn="arn:aws:sqs:us-east-1:000000000000:ReplyQueue")
     try:
         queue.send(json.dumps({"kind": "reply", "chat_id": "c_1"}))
-        assert queue.wait_idle(10)
+        assert queue.wait_idle(60)
         (record,) = handler.records
         assert json.loads(record["body"]) == {"kind": "reply", "chat_id": "c_1"}
         assert record["eventSource"] == "aws:sqs" and record["eventSourceARN"].endswith(":ReplyQueue")
@@ -94,7 +94,7 @@ def test_at_least_once_every_message_can_come_twice_with_the_same_id():
     try:
         for i in range(5):
             queue.send(f"job-{i}")
-        assert queue.wait_idle(10)
+        assert queue.wait_idle(60)
         assert sorted(handler.bodies()) == sorted(f"job-{i}" for i in range(5) for _ in range(2))
         by_id: dict[str, set[str]] = {}
         for record in handler.records:
@@ -106,16 +106,16 @@ def test_at_least_once_every_message_can_come_twice_with_the_same_id():
 
 
 def test_a_lagging_duplicate_comes_after_its_twin_and_ahead_of_the_line():
-    handler = Recorder(hold=True)
-    queue = _queue(handler, concurrency=1, duplicates=1.0, duplicate_lag=0.3, seed=3)
+    handler, clock = Recorder(hold=True), Clock()
+    queue = _queue(handler, concurrency=1, duplicates=1.0, duplicate_lag=0.3, seed=3, clock=clock)
     try:
         for i in range(3):
             queue.send(f"job-{i}")
-        assert handler.arrived.acquire(timeout=10)  # job-0 runs; its twin is due within 0.3 s
+        assert handler.arrived.acquire(timeout=60)  # job-0 runs; its twin is due within 0.3 s
         assert queue.waiting == 3
-        time.sleep(0.4)
+        clock.advance(0.4)  # the twin is due when job-0 ends
         handler.release.set()
-        assert queue.wait_idle(10)
+        assert queue.wait_idle(60)
         bodies = handler.bodies()
         assert bodies[:2] == ["job-0", "job-0"]  # the due twin went ahead of job-1
         assert sorted(bodies) == sorted(f"job-{i}" for i in range(3) for _ in range(2))
@@ -130,7 +130,7 @@ def test_a_failed_job_comes_back_after_the_visibility_timeout_then_goes_to_the_d
     try:
         queue.send("bad")
         queue.send("good")
-        assert queue.wait_idle(10)
+        assert queue.wait_idle(60)
         bad = [r for r in handler.records if r["body"] == "bad"]
         assert [r["attributes"]["ApproximateReceiveCount"] for r in bad] == ["1", "2", "3"]
         assert handler.bodies().count("good") == 1
@@ -142,15 +142,15 @@ def test_a_failed_job_comes_back_after_the_visibility_timeout_then_goes_to_the_d
 
 
 def test_a_message_past_its_retention_is_dropped_unseen():
-    handler = Recorder(hold=True)
-    queue = _queue(handler, concurrency=1, retention=0.2)
+    handler, clock = Recorder(hold=True), Clock()
+    queue = _queue(handler, concurrency=1, retention=0.2, clock=clock)
     try:
         queue.send("first")
-        assert handler.arrived.acquire(timeout=10)
+        assert handler.arrived.acquire(timeout=60)
         queue.send("too-late")  # waits behind "first" for longer than it is retained
-        time.sleep(0.3)
+        clock.advance(0.3)
         handler.release.set()
-        assert queue.wait_idle(10)
+        assert queue.wait_idle(60)
         assert handler.bodies() == ["first"] and queue.stats.expired == 1
     finally:
         queue.shutdown()

@@ -22,12 +22,10 @@ from websockets.sync.client import connect
 from local_gateway.demo_bots import BOTS
 from local_gateway.gateway import Limits
 from local_gateway.stack import StackConfig, running
+from waiting import PATIENCE, Hold, wait_for
 from ws_handlers.tickets import Identity, mint_ticket, mint_token
 
 ORIGIN = "http://localhost:8000"
-#: How long a frame may take before a test fails. Only a bound: waits end when the frame comes, and a
-#: busy machine (a cold worker process importing openai) can take many seconds.
-PATIENCE = 60.0
 
 
 def _config(tmp_path, store="sqlite", **kw) -> StackConfig:
@@ -46,6 +44,13 @@ def stack(request, tmp_path):
     store, push = request.param
     with running(_config(tmp_path, store, push=push)) as s:
         yield s
+
+
+def _hold(stack) -> Hold:
+    """The stack's model keeps stalls of Hold.SECONDS until the test releases them (or the stack stops)."""
+    held = Hold()
+    stack.model.sleep = held.sleep
+    return held
 
 
 def credentials(stack, participant="P1", chat_key="main", bot="tutor"):
@@ -186,7 +191,7 @@ def test_a_flood_of_malformed_and_unknown_frames_is_rate_limited(tmp_path):
 
 
 async def _until(ws, kind: str) -> dict:
-    while (frame := json.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != kind:
+    while (frame := json.loads(await asyncio.wait_for(ws.recv(), PATIENCE)))["type"] != kind:
         pass
     return frame
 
@@ -221,7 +226,7 @@ def test_a_ping_flood_is_answered_by_the_gateway_and_holds_up_nobody(tmp_path):
                         for _ in range(burst):
                             await flood.send(ping)
                         for _ in range(burst):
-                            assert json.loads(await asyncio.wait_for(flood.recv(), 30)) == {"type": "pong"}
+                            assert json.loads(await asyncio.wait_for(flood.recv(), PATIENCE)) == {"type": "pong"}
                         sent += burst
                     return sent
 
@@ -236,7 +241,7 @@ def test_a_ping_flood_is_answered_by_the_gateway_and_holds_up_nobody(tmp_path):
                 done.set()
                 sent = await flooder
                 await flood.send(json.dumps({"action": "start", "ticket": flood_ticket}))
-                return sent, json.loads(await asyncio.wait_for(flood.recv(), 10)), during_flood
+                return sent, json.loads(await asyncio.wait_for(flood.recv(), PATIENCE)), during_flood
 
         sent, answer, during_flood = asyncio.run(scenario())
         assert during_flood and sent < cap, "the other participant waited for the flood"
@@ -249,7 +254,9 @@ def test_a_ping_flood_is_answered_by_the_gateway_and_holds_up_nobody(tmp_path):
                          ids=["direct", "management_api", "worker_processes"])
 def test_reconnect_in_the_middle_of_a_reply_resumes_without_gap_or_duplicate(tmp_path, push, processes):
     config = _config(tmp_path, tps=40, push=push, function_processes=processes)
-    with running(config) as stack:  # a reply takes a second or two
+    with running(config) as stack:  # a reply takes a second or two, once the model goes on
+        held = _hold(stack)  # the model stops after a few words until the participant is back
+        stack.model.add_faults([{"kind": "stall", "after_tokens": 3, "seconds": Hold.SECONDS}])
         url, ticket = credentials(stack)
         first = Client(url)
         first.send({"action": "start", "ticket": ticket})
@@ -260,7 +267,8 @@ def test_reconnect_in_the_middle_of_a_reply_resumes_without_gap_or_duplicate(tmp
         second = Client(url)
         second.frames = list(first.frames)  # the page keeps what it showed
         second.send({"action": "start", "ticket": ticket})
-        second.until("chat")
+        assert second.until("chat")["replying"] == 3  # back while the reply is being written
+        held.release()
         final = second.until("message")
         for socket_frames in (first.frames, second.frames[len(first.frames):]):  # each socket counts from 0
             indexes = [f["index"] for f in socket_frames if f["type"] == "delta"]
@@ -295,6 +303,8 @@ def test_a_killed_reply_worker_is_replaced_and_the_participant_retries(tmp_path)
     killed job (as SQS's after the visibility timeout) writes nothing twice."""
     config = _config(tmp_path, tps=40, function_processes=1, queue_visibility_timeout=0.2)
     with running(config) as stack:  # every job delivered twice: both copies may die with the worker
+        held = _hold(stack)  # the model stops after a few words: the worker is killed mid-reply
+        stack.model.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": Hold.SECONDS}])
         (queue,) = stack.queues.values()
         url, ticket = credentials(stack)
         client = Client(url)
@@ -305,18 +315,17 @@ def test_a_killed_reply_worker_is_replaced_and_the_participant_retries(tmp_path)
         client.until("delta")
         (killed,) = _reply_workers()
         os.kill(killed, signal.SIGKILL)  # a process this test started, by its PID
-        error = client.until("error", timeout=30)
+        error = client.until("error")
         assert (error["code"], error["retryable"], error["seq"], error["client_msg_id"]) == ("internal", True, 3, "m1")
-        deadline = time.monotonic() + 30
-        while not (replaced := _reply_workers() - {killed}) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(replaced) == 1, "no new worker took the killed one's place"
+        held.release()
+        assert wait_for(lambda: _reply_workers() - {killed}), "no new worker took the killed one's place"
+        assert len(_reply_workers() - {killed}) == 1
         client.send(send)  # the retry the error asks for
         assert client.until("ack")["duplicate"] is True
-        retried = client.until("message", timeout=30)
+        retried = client.until("message")
         client.send({**send, "client_msg_id": "m2", "text": "And after that?"})  # a later message is answered
-        later = client.until("message", timeout=30)
-        assert queue.wait_idle(30) and queue.stats.redelivered >= 1  # the killed job came back, and did nothing
+        later = client.until("message")
+        assert queue.wait_idle(PATIENCE) and queue.stats.redelivered >= 1  # the killed job came back, and did nothing
         stored = {m.seq: (m.role, m.text) for m in stack.store.messages(chat_id)}
         assert sorted(stored) == [1, 2, 3, 4, 5] and [r for r, _ in stored.values()] == [
             "assistant", "user", "assistant", "user", "assistant"]
@@ -331,17 +340,13 @@ def test_410_for_unknown_and_closed_connections(stack):
     )
     url, _ = credentials(stack)
     client = Client(url)
-    deadline = time.monotonic() + 5  # the gateway registers the socket just after the handshake's answer
-    while not stack.gateway.sockets and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert wait_for(lambda: stack.gateway.sockets)  # registered just after the handshake's answer
     [connection_id] = list(stack.gateway.sockets)
     mgmt.post_to_connection(ConnectionId=connection_id, Data=b'{"type":"hello"}')
     assert client.until("hello") == {"type": "hello"}
     assert mgmt.get_connection(ConnectionId=connection_id)["Identity"]["SourceIp"] == "127.0.0.1"
     client.close()
-    deadline = time.monotonic() + 5
-    while connection_id in stack.gateway.sockets and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert wait_for(lambda: connection_id not in stack.gateway.sockets)
     for cid in (connection_id, "bm90LWEtY29ubmVjdGlvbg="):
         with pytest.raises(mgmt.exceptions.GoneException):
             mgmt.post_to_connection(ConnectionId=cid, Data=b"{}")
@@ -390,18 +395,20 @@ def test_a_ticket_for_a_long_cjk_prompt_fits_in_one_frame_and_the_socket_stays_o
 
 
 def test_idle_timeout_and_heartbeat(tmp_path):
-    with running(_config(tmp_path, limits=Limits(idle_timeout=0.6))) as stack:
+    with running(_config(tmp_path, limits=Limits(idle_timeout=3.0))) as stack:
         url, _ = credentials(stack)
-        idle, busy = Client(url), Client(url)
-        deadline = time.monotonic() + 1.5
-        while time.monotonic() < deadline:  # the busy one pings under the timeout
-            busy.send({"action": "ping"})
-            busy.until("pong")
-            time.sleep(0.2)
+        idle, busy = Client(url), Client(url)  # opened together
+        deadline = time.monotonic() + PATIENCE
         with pytest.raises(ConnectionClosed) as closed:
-            idle.until("never")
+            while time.monotonic() < deadline:  # the busy one pings far more often than the timeout until the idle one is closed
+                busy.send({"action": "ping"})
+                busy.until("pong")
+                try:
+                    idle.ws.recv(timeout=0.2)
+                except TimeoutError:
+                    pass
         assert closed.value.rcvd.code == 1001
-        busy.send({"action": "ping"})
+        busy.send({"action": "ping"})  # the busy one outlived it
         assert busy.until("pong")
         busy.close()
 
@@ -484,7 +491,7 @@ def test_the_maximum_connection_duration_closes_even_a_busy_socket(tmp_path):
     with running(_config(tmp_path, limits=Limits(idle_timeout=60, max_lifetime=0.8))) as stack:
         url, _ = credentials(stack)
         client = Client(url)
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + PATIENCE
         with pytest.raises(ConnectionClosed) as closed:
             while time.monotonic() < deadline:  # active all along: only the 2-hour cap (here 0.8 s) applies
                 client.send({"action": "ping"})

@@ -106,7 +106,7 @@ def run_together(*calls: Callable[[], Any]) -> tuple[list[threading.Thread], lis
 
 def join(threads: list[threading.Thread]) -> None:
     for thread in threads:
-        thread.join(30)
+        thread.join(60)
         assert not thread.is_alive()
 
 

@@ -26,21 +26,12 @@ from ws_handlers.bot import Bot, Limits
 from ws_handlers.config import Settings
 from ws_handlers.dynamo_store import DynamoStore
 from ws_handlers.tickets import Identity, mint_ticket, mint_token
+from waiting import Clock
 
 DOMAIN = "abc123.execute-api.us-east-1.amazonaws.com"
 STAGE = "test"
 ORIGIN = "https://lab.example.org"
 EXPERIMENT, SESSION = "exp1", "sess1"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> bool:
-    """Poll until `predicate()` is true; False after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def bot(**overrides: Any) -> Bot:
@@ -67,7 +58,7 @@ class Harness:
             "ALLOWED_ORIGINS": ORIGIN,
             "OPENAI_API_KEY": "offline",
             "OPENAI_BASE_URL": model_url + "/v1",
-            "LLM_TIMEOUT_SECONDS": "5",
+            "LLM_TIMEOUT_SECONDS": "30",
             "LLM_MAX_RETRIES": "2",
             "STREAM_FLUSH_MS": "0",
         }
@@ -81,11 +72,12 @@ class Harness:
             max_receive_count=5,
         )
         services = runtime.from_settings(self.settings, jobs=self.queue)
+        self.clock = services.clock = Clock()
         self.store: DynamoStore = services.store  # type: ignore[assignment]
         runtime.install(services)
 
     def close(self) -> None:
-        self.queue.wait_idle(30)
+        self.queue.wait_idle(60)
         self.queue.shutdown()
         runtime.install(None)
 
@@ -145,24 +137,26 @@ class Harness:
         response = self.send_raw(cid, json.dumps(frame), route)
         assert response == {"statusCode": 200}
         if wait:
-            assert self.queue.wait_idle(30), "a reply did not finish"
+            assert self.queue.wait_idle(60), "a reply did not finish"
         return self.frames(cid)[before:]
 
-    def send_at_once(self, frames: list[tuple[str, dict[str, Any]]]) -> None:
+    def send_at_once(self, frames: list[tuple[str, dict[str, Any]]], wait: bool = True) -> None:
         """Send (connection, frame) pairs from as many threads released together, as a burst
-        arrives; return when they and the replies they started are done."""
+        arrives; return when they (and, with `wait`, the replies they started) are done."""
         barrier = threading.Barrier(len(frames))
 
         def one(cid: str, frame: dict[str, Any]) -> None:
-            barrier.wait(10)
+            barrier.wait(60)
             self.send_raw(cid, json.dumps(frame))
 
         threads = [threading.Thread(target=one, args=pair) for pair in frames]
         for t in threads:
             t.start()
         for t in threads:
-            t.join(10)
-        assert self.queue.wait_idle(30), "a reply did not finish"
+            t.join(60)
+        assert not any(t.is_alive() for t in threads), "a send did not finish"
+        if wait:
+            assert self.queue.wait_idle(60), "a reply did not finish"
 
     # -- what the socket received ---------------------------------------------------------
     def frames(self, cid: str) -> list[dict[str, Any]]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from ws_handlers.breaker import after_failure
 from ws_handlers.store import BreakerState
 
@@ -13,8 +11,10 @@ def _send(harness, cid, chat_id, client_msg_id):
 
 
 def test_repeated_failures_pause_model_calls_then_a_probe_recovers(make_harness, model):
+    # a long window and cooldown, so that a busy machine cannot close the breaker early: the
+    # test moves the handlers' clock past the cooldown instead of waiting for it
     harness = make_harness(
-        LLM_MAX_RETRIES="0", LLM_BREAKER_FAILURES="3", LLM_BREAKER_WINDOW_SECONDS="30", LLM_BREAKER_COOLDOWN_SECONDS="1"
+        LLM_MAX_RETRIES="0", LLM_BREAKER_FAILURES="3", LLM_BREAKER_WINDOW_SECONDS="600", LLM_BREAKER_COOLDOWN_SECONDS="300"
     )
     chats = {}
     for n in range(5):
@@ -31,7 +31,7 @@ def test_repeated_failures_pause_model_calls_then_a_probe_recovers(make_harness,
     assert model.stats["requests"] == calls and harness.store.messages(chats[3]) == []
 
     model.faults.clear()  # the provider is back; after the cooldown a probe goes through
-    time.sleep(1.1)
+    harness.clock.advance(301)
     recovered = _send(harness, "c3", chats[3], "m1")
     assert recovered[0]["type"] == "ack" and recovered[-1]["type"] == "message"
     retry = _send(harness, "c0", chats[0], "m1")  # and the failed ones can be retried

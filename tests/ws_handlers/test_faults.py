@@ -6,11 +6,12 @@ import time
 
 import pytest
 
-from harness import wait_for
+from waiting import Hold, wait_for
 
 from local_gateway.offline_model import OfflineModel
 from local_gateway.threaded import serve_in_thread
 from ws_handlers.errors import CODES
+from ws_handlers.turn import REBIND_INTERVAL
 
 
 def _send_frame(chat_id, client_msg_id="m1", text="Why is the sky blue?"):
@@ -34,11 +35,12 @@ def _transcript(harness, chat_id):
 def test_410_during_a_reply_removes_the_connection_and_the_reply_is_still_stored(emulated, model):
     emulated.connect("c1")
     chat = emulated.start("c1")["chat_id"]
-    model.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": 0.5}])
+    model.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": model.hold.SECONDS}])
     emulated.send("c1", _send_frame(chat), wait=False)
     assert wait_for(lambda: any(f["type"] == "delta" for f in emulated.frames("c1")))
     emulated.registry.mark_gone("c1")  # the participant's Wi-Fi drops, no $disconnect
-    assert emulated.queue.wait_idle(30)
+    model.hold.release()
+    assert emulated.queue.wait_idle(60)
     assert not emulated.has_connection("c1")
     assert _transcript(emulated, chat) == [(1, "user"), (2, "assistant")]
     # the participant comes back and gets the reply through history
@@ -52,16 +54,20 @@ def test_reconnecting_in_the_middle_of_a_reply_resumes_without_gap_or_duplicate(
     emulated.connect("c1")
     chat = emulated.start("c1")["chat_id"]
     # the model stalls after 3 tokens; the socket drops and the participant is back within it
-    model.add_faults([{"kind": "stall", "after_tokens": 3, "seconds": 1.5}])
+    model.add_faults([{"kind": "stall", "after_tokens": 3, "seconds": model.hold.SECONDS}])
     emulated.send("c1", _send_frame(chat), wait=False)
     assert wait_for(lambda: any(f["type"] == "delta" for f in emulated.frames("c1")))
     emulated.registry.mark_gone("c1")
     emulated.connect("c2")
     resumed = emulated.send("c2", {"action": "start", "ticket": emulated.ticket()}, wait=False)
-    # the reply's catch-up delta may overtake the chat frame: clients merge by seq and offset
+    bound = time.monotonic()
     [chat_frame] = [f for f in resumed if f["type"] == "chat"]
-    assert chat_frame["replying"] == 2 or any(m["seq"] == 2 for m in chat_frame["messages"])
-    assert emulated.queue.wait_idle(30)
+    assert chat_frame["replying"] == 2  # the reply is still being written
+    # The turn may have met c1's 410 before c2 was bound: it looks at the chat's binding again
+    # REBIND_INTERVAL after its last look, so the stall ends once that much has passed.
+    assert wait_for(lambda: time.monotonic() > bound + REBIND_INTERVAL)
+    model.hold.release()
+    assert emulated.queue.wait_idle(60)
     on_c2 = emulated.frames("c2")
     final = on_c2[-1]
     assert final["type"] == "message" and final["seq"] == 2
@@ -101,8 +107,9 @@ def test_429_is_retried_with_backoff_before_the_first_token(harness, model):
         ([{"kind": "status", "status": 429, "times": 5}], "llm_rate_limited"),
         ([{"kind": "status", "status": 400, "times": 1}], "llm_error"),
         ([{"kind": "cut", "after_tokens": 4}], "reply_interrupted"),  # never retried: text had flowed
-        ([{"kind": "stall", "after_tokens": 4, "seconds": 3}], "reply_interrupted"),
-        ([{"kind": "delay", "seconds": 3}] * 2, "llm_timeout"),  # the first attempt and its one retry
+        # stalls and delays the client's timeout ends (the model's fixture releases them afterwards)
+        ([{"kind": "stall", "after_tokens": 4, "seconds": Hold.SECONDS}], "reply_interrupted"),
+        ([{"kind": "delay", "seconds": Hold.SECONDS}] * 2, "llm_timeout"),  # the first attempt and its one retry
     ],
 )
 def test_model_failures_become_error_frames_and_a_retry_regenerates(make_harness, model, faults, code):
@@ -190,15 +197,19 @@ def test_dynamodb_throttling_is_a_retryable_error_and_writes_nothing(harness):
 
 
 def test_a_long_reply_renews_its_lease_so_no_retry_races_it(make_harness, model):
-    harness = make_harness(REPLY_LEASE_SECONDS="5", LLM_TIMEOUT_SECONDS="10")  # renewed every ~1.7 s
+    harness = make_harness(REPLY_LEASE_SECONDS="5", LLM_TIMEOUT_SECONDS="60")  # renewed every ~1.7 s
     harness.connect("c1")
     chat = harness.start("c1")["chat_id"]
-    model.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": 7}])  # silent for longer than the lease
+    # the model falls silent mid-reply, until the test has seen the lease renewed
+    model.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": model.hold.SECONDS}])
     harness.send("c1", _send_frame(chat), wait=False)
-    time.sleep(5.5)  # past the first lease: still held, because the turn renewed it
+    assert wait_for(lambda: any(f["type"] == "delta" for f in harness.frames("c1")))  # the turn holds the chat
+    harness.clock.advance(6)  # past the first lease, without waiting for it: only a renewal keeps the chat
+    assert wait_for(lambda: harness.store.get_chat(chat).lease.until > harness.clock())
     busy = harness.send("c1", _send_frame(chat, "m2"), wait=False)
     assert busy[-1]["code"] == "reply_in_progress"
-    assert harness.queue.wait_idle(30)
+    model.hold.release()
+    assert harness.queue.wait_idle(60)
     assert _transcript(harness, chat) == [(1, "user"), (2, "assistant")]
 
 

@@ -86,7 +86,7 @@ class ScriptedModel:
         for start in range(0, len(self.text), self.piece):
             if start == self.pause_at:
                 self.paused.set()
-                self.release.wait(10)
+                self.release.wait(60)
             yield self.text[start : start + self.piece]
         yield Usage(100, 2_000)
 
@@ -124,12 +124,12 @@ def test_a_resumed_long_reply_comes_as_several_deltas_by_offset(emulated, script
     emulated.connect("c1")
     chat = emulated.start("c1")["chat_id"]
     emulated.send("c1", _send(chat), wait=False)
-    assert model.paused.wait(10)
+    assert model.paused.wait(60)
     emulated.registry.mark_gone("c1")  # the participant's socket drops in the middle of the reply
     emulated.connect("c2")
     emulated.send("c2", {"action": "start", "ticket": emulated.ticket()}, wait=False)
     model.release.set()
-    assert emulated.queue.wait_idle(30)
+    assert emulated.queue.wait_idle(60)
 
     frames = emulated.frames("c2")
     final = frames[-1]

@@ -373,7 +373,7 @@ def _fuzz_through_handler(harness, spec: tuple) -> None:
         assert not _changes(before, _snapshot(harness), counted=True), "a refused frame wrote something"
         return
     if isinstance(expected, Send) and new[0]["type"] == "ack":
-        assert harness.queue.wait_idle(30), "a reply did not finish"
+        assert harness.queue.wait_idle(60), "a reply did not finish"
         new = harness.frames("c1")[seen:]
         _check_send_answer(new, expected)
         allowed_pks = {f"CHAT#{expected.chat_id}", f"EXP#{EXPERIMENT}", "SERVICE"}

@@ -216,10 +216,13 @@ def test_budget_and_kill_switch_hold_during_a_burst(make_harness, model):
     for n in range(8):
         harness.connect(f"c{n}", participant=f"P{n}")
         chats[n] = harness.start(f"c{n}", participant=f"P{n}")["chat_id"]
-    model.add_faults([{"kind": "delay", "seconds": 0.3}])  # the first reply is still running when others arrive
+    # no reply is counted before every send of the burst is answered
+    model.add_faults([{"kind": "delay", "seconds": model.hold.SECONDS}] * 8)
 
     def burst(tag):
-        harness.send_at_once([(f"c{n}", _send_frame_for(chats[n], f"{tag}{n}")) for n in range(8)])
+        harness.send_at_once([(f"c{n}", _send_frame_for(chats[n], f"{tag}{n}")) for n in range(8)], wait=False)
+        model.hold.release()
+        assert harness.queue.wait_idle(60)
 
     burst("a")  # every send passes the check before any reply is counted: the documented overshoot
     replies = model.stats["requests"]
@@ -240,8 +243,10 @@ def test_many_sockets_of_one_participant_buy_no_extra_replies(harness, model):
     for n in range(6):
         harness.connect(f"s{n}")
     chat = harness.start("s0")["chat_id"]
-    model.add_faults([{"kind": "delay", "seconds": 0.3}])
-    harness.send_at_once([(f"s{n}", _send_frame_for(chat, f"m{n}")) for n in range(6)])
+    model.add_faults([{"kind": "delay", "seconds": model.hold.SECONDS}])  # until every send is answered
+    harness.send_at_once([(f"s{n}", _send_frame_for(chat, f"m{n}")) for n in range(6)], wait=False)
+    model.hold.release()
+    assert harness.queue.wait_idle(60)
     firsts = [next(f for f in harness.frames(f"s{n}") if f["type"] in ("ack", "error")) for n in range(6)]
     assert sorted(f.get("code", "ack") for f in firsts) == ["ack"] + ["reply_in_progress"] * 5
     assert model.stats["requests"] == 1

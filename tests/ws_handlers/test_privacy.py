@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from moto import mock_aws
 
-from harness import Harness, wait_for
+from harness import Harness
+from waiting import wait_for
 from local_gateway.management_api import RecordingRegistry, management_app
 from local_gateway.threaded import serve_in_thread
 from ws_handlers import tickets
@@ -129,12 +130,13 @@ def test_a_whole_chat_logs_no_text_or_secret_and_frames_show_no_treatment(emulat
     # two sends answered by the offline model; the second loses its socket (410) mid-reply
     first = send("c1", "m1", texts["m1"])
     assert first[0]["type"] == "ack" and first[-1]["type"] == "message"
-    model.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": 0.5}])
+    model.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": model.hold.SECONDS}])
     send("c1", "m2", texts["m2"], wait=False)
     assert wait_for(lambda: any(json.loads(p)["type"] == "delta" and json.loads(p)["seq"] == 5
                                  for p in h.registry.posts("c1")))
     h.registry.mark_gone("c1")
-    assert h.queue.wait_idle(30)
+    model.hold.release()
+    assert h.queue.wait_idle(60)
     assert not h.has_connection("c1")  # the 410 removed it; the reply is stored anyway
     assert h.connect("c2", token=token2) == {"statusCode": 200}
     [history] = h.send("c2", {"action": "history", "chat_id": chat_id, "after_seq": 0})
@@ -157,7 +159,7 @@ def test_a_whole_chat_logs_no_text_or_secret_and_frames_show_no_treatment(emulat
     assert stray["code"] == "bad_frame"
     h.disconnect("c2")
     h.disconnect("c1")
-    assert h.queue.wait_idle(30)
+    assert h.queue.wait_idle(60)
 
     # -- what was logged -------------------------------------------------------------------
     out, err = capfd.readouterr()  # Powertools metrics (EMF) and anything printed

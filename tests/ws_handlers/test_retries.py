@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
+from waiting import wait_for
+
 from ws_handlers.bot import Limits
+from ws_handlers.turn import REBIND_INTERVAL
 
 
 def _send_frame(chat_id, client_msg_id, text="Is 7 a prime?"):
@@ -36,11 +41,18 @@ def test_a_retry_with_different_text_is_still_the_same_message(harness):
 
 def test_a_retry_from_a_new_socket_while_the_reply_streams_moves_the_stream_there(harness, model):
     chat = _started(harness)
-    # the old socket stays open (no 410): the turn notices the new binding within a second
-    model.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": 1.5}])
+    model.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": model.hold.SECONDS}])
     harness.send("c1", _send_frame(chat, "m1"), wait=False)
+    assert wait_for(lambda: any(f["type"] == "delta" for f in harness.frames("c1")))
+    streaming_since = time.monotonic()
     harness.connect("c2")
-    again = harness.send("c2", _send_frame(chat, "m1"))  # waits for the reply to finish
+    harness.send("c2", _send_frame(chat, "m1"), wait=False)
+    # The old socket stays open (no 410): the turn looks at the chat's binding again at its first
+    # delta REBIND_INTERVAL after it began, so the stall ends once that much has passed.
+    assert wait_for(lambda: time.monotonic() > streaming_since + REBIND_INTERVAL)
+    model.hold.release()
+    assert harness.queue.wait_idle(60)
+    again = harness.frames("c2")
     assert again[0]["type"] == "ack" and again[0]["duplicate"] is True
     final = again[-1]
     assert final["type"] == "message" and final["seq"] == 2
@@ -57,8 +69,10 @@ def test_a_retry_from_a_new_socket_while_the_reply_streams_moves_the_stream_ther
 
 def test_two_concurrent_sends_to_one_chat_one_waits(harness, model):
     chat = _started(harness)
-    model.add_faults([{"kind": "delay", "seconds": 0.5}])
-    harness.send_at_once([("c1", _send_frame(chat, f"m{i}", f"text m{i}")) for i in (1, 2)])
+    model.add_faults([{"kind": "delay", "seconds": model.hold.SECONDS}])  # until both sends are answered
+    harness.send_at_once([("c1", _send_frame(chat, f"m{i}", f"text m{i}")) for i in (1, 2)], wait=False)
+    model.hold.release()
+    assert harness.queue.wait_idle(60)
     frames = harness.frames("c1")[1:]  # after the chat frame
     acks = [f for f in frames if f["type"] == "ack"]
     errors = [f for f in frames if f["type"] == "error"]

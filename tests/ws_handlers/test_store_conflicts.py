@@ -12,7 +12,7 @@ from typing import Any
 
 import boto3
 import pytest
-from harness import wait_for
+from waiting import wait_for
 from moto import mock_aws
 
 from local_gateway.strict_dynamodb import StrictDynamoDB
@@ -71,9 +71,9 @@ def test_two_replies_finishing_at_once_in_one_experiment_both_commit(strict_dyna
             # both commits in flight at once, or one cancelled by the other, or (a store that no
             # longer commits in a transaction) both done: then the held ones may go
             wait_for(lambda: strict_dynamodb.counters.held == 2 or strict_dynamodb.counters.transaction_conflicts > 0
-                     or not any(t.is_alive() for t in threads), timeout=20)
+                     or not any(t.is_alive() for t in threads), timeout=60)
         for thread in threads:
-            thread.join(30)
+            thread.join(60)
         for outcome in outcomes:
             if isinstance(outcome, Exception):
                 raise outcome
@@ -143,12 +143,12 @@ def test_a_write_that_meets_a_transaction_in_flight_is_retried_not_refused(stric
         with strict_dynamodb.holding():
             thread = threading.Thread(target=finish)
             thread.start()
-            assert strict_dynamodb.wait_for(lambda c: c.held == 1, timeout=20)
+            assert strict_dynamodb.wait_for(lambda c: c.held == 1, timeout=60)
             binder = threading.Thread(target=store.bind_connection, args=(chat.chat_id, "c9"))
             binder.start()  # meets the transaction holding META: TransactionConflictException, retried
-            assert strict_dynamodb.wait_for(lambda c: c.write_conflicts > 0, timeout=20)
-        thread.join(30)
-        binder.join(30)
+            assert strict_dynamodb.wait_for(lambda c: c.write_conflicts > 0, timeout=60)
+        thread.join(60)
+        binder.join(60)
         assert done.is_set() and not binder.is_alive()
         assert store.get_chat(chat.chat_id).connection_id == "c9"
 

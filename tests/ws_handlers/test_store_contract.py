@@ -233,13 +233,19 @@ def test_release_and_retake_the_lease(store):
 
 
 def test_messages_after_seq_limit_and_pages(store):
+    """1.2 MB of messages: DynamoDB answers a Query with at most 1 MB, so reading them all, or
+    four of them, takes two pages (three messages, then one)."""
     chat = _chat(store, opening=False)
-    for i in range(120):
-        store.append_user_message(chat, _user(chat, f"m{i}", "x" * 3000), _lease(chat, f"t{i}", NOW - 1), "c1", 500, NOW)
+    for i in range(4):
+        store.append_user_message(chat, _user(chat, f"m{i}", str(i) * 300_000), _lease(chat, f"t{i}", NOW - 1),
+                                  "c1", 500, NOW)
         chat = store.get_chat(chat.chat_id)
-    assert [m.seq for m in store.messages(chat.chat_id)] == list(range(1, 121))  # > 1 MB: several pages
-    assert [m.seq for m in store.messages(chat.chat_id, after_seq=117)] == [118, 119, 120]
+    everything = store.messages(chat.chat_id)
+    assert [(m.seq, m.text) for m in everything] == [(i + 1, str(i) * 300_000) for i in range(4)]
+    assert [m.seq for m in store.messages(chat.chat_id, limit=4)] == [1, 2, 3, 4]
+    assert [m.seq for m in store.messages(chat.chat_id, after_seq=2)] == [3, 4]
     assert [m.seq for m in store.messages(chat.chat_id, limit=2)] == [1, 2]
+    assert [m.seq for m in store.messages(chat.chat_id, after_seq=1, limit=2)] == [2, 3]
 
 
 def test_controls_default_and_bind(store):

@@ -39,13 +39,13 @@ class Participant:
 
     def __init__(self, stack, who: Identity, chat_key: str = "main", bot: str = "tutor") -> None:
         url = f"{stack.urls['websocket']}?token={quote(mint_token(stack.secret, who))}"
-        self.ws = connect(url, origin=ORIGIN, open_timeout=5, close_timeout=2).__enter__()
+        self.ws = connect(url, origin=ORIGIN, open_timeout=60, close_timeout=2).__enter__()
         self.who, self.n = who, 0
         self.ws.send(json.dumps({"action": "start", "ticket": mint_ticket(stack.secret, who, chat_key, BOTS[bot])}))
         self.chat_id = self.until("chat")["chat_id"]
         assert self.chat_id == chat_id_for(who, chat_key)
 
-    def until(self, *kinds: str, timeout: float = 10.0) -> dict:
+    def until(self, *kinds: str, timeout: float = 60.0) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             frame = json.loads(self.ws.recv(timeout=max(0.01, deadline - time.monotonic())))
@@ -74,7 +74,7 @@ class Seeded:
 
 
 def reset_moto(url: str) -> None:
-    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10)
+    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=60)
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ def seed(stack):
 def model_requests(stack) -> int:
     """The offline model's count of completion requests, from its /_stats endpoint."""
     base = stack.urls["model"].removesuffix("/v1")
-    with urllib.request.urlopen(f"{base}/_stats", timeout=5) as answer:
+    with urllib.request.urlopen(f"{base}/_stats", timeout=60) as answer:
         return json.load(answer)["requests"]
 
 

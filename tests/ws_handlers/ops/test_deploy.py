@@ -527,7 +527,7 @@ def test_the_export_lines_run_in_a_shell(cfn_stack):
     """The printed lines are valid shell, quoting included (the secret command is not run here)."""
     lines = deploy.otree_environment(cfn_stack["outputs"] | {"WebSocketUrl": "wss://x/it's"}, "eu-west-1")
     script = "\n".join(line for line in lines if "CHAT_TICKET_SECRET" not in line) + '\nprintf %s "$CHAT_WS_URL"'
-    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=10, check=False)
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert done.stdout == "wss://x/it's"
 
 

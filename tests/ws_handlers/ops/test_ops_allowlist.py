@@ -12,8 +12,6 @@ from local_gateway.sqlite_store import SqliteStore
 from ws_handlers.store import Controls
 from ws_handlers.tickets import Identity
 
-pytestmark = pytest.mark.timeout(120)
-
 
 def _refused(stack, who: Identity) -> int:
     with pytest.raises(InvalidStatus) as refused:

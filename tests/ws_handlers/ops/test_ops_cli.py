@@ -14,7 +14,6 @@ from local_gateway.sqlite_store import SqliteStore
 from ws_handlers.ops import export
 from ws_handlers.ops.cli import build_parser
 
-pytestmark = pytest.mark.timeout(60)
 COMMANDS = ("pause", "resume", "budget", "allowlist", "status", "export", "delete-participant", "delete-experiment")
 ALLOWLIST_ACTIONS = ("add", "remove", "list", "clear")
 

@@ -14,7 +14,6 @@ from ws_handlers.controls import obeyed
 from ws_handlers.dynamo_store import DynamoStore
 from ws_handlers.store import Connection, StoreThrottled
 
-pytestmark = pytest.mark.timeout(60)
 PEOPLE = [("P1", "s1"), ("P2", "s1"), ("P3", "s2")]
 NOW = 1_800_000_000
 

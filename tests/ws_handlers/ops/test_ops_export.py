@@ -13,7 +13,6 @@ from local_gateway.sqlite_store import SqliteStore
 from ws_handlers.ops import export
 from ws_handlers.ops.cli import main
 
-pytestmark = pytest.mark.timeout(60)
 TEXT_CHARS = 400
 
 

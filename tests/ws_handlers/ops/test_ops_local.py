@@ -14,8 +14,6 @@ from ws_handlers.ops.export import COLUMNS
 from ws_handlers.store import chat_id_for
 from ws_handlers.tickets import Identity
 
-pytestmark = pytest.mark.timeout(60)
-
 
 def stored(stack, experiment: str, who: list[tuple[str, str]]) -> list[dict]:
     return stored_rows(stack.store, [chat_id_for(Identity(p, experiment, s), "main") for p, s in who])
