@@ -120,11 +120,10 @@ class _Run:
         self.services, self.settings = {}, {}
         for function in self.template.functions.values():
             env = {k: v for k, v in function.environment.items() if not k.endswith("_ARN")}  # secrets: plain here
-            # The profile's frames come without the participant's pauses, so a long study's would
-            # pass the per-connection rate limit within one window (whether they did depended on
-            # the wall clock); the frame counter's operations are the same either way.
+            # The profile sends without think time, so a long chat would meet the flood limit that a
+            # participant 30 s between messages never meets; the frames cost the same either way.
             settings = Settings.from_env(env | {"TICKET_SECRET": self.secret, "ALLOWED_ORIGINS": ORIGIN,
-                                                "OPENAI_API_KEY": "profile", "RATE_LIMIT_FRAMES": str(10**6)})
+                                                "OPENAI_API_KEY": "profile", "RATE_LIMIT_FRAMES": "1000000"})
             store = _Metered(DynamoStore(settings.connections_table, settings.chats_table, client=client), self.meter)
             self.settings[function.logical_id] = settings
             self.services[function.logical_id] = runtime.Services(

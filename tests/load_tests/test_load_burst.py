@@ -3,8 +3,7 @@ DynamoDB adapter under the strict emulation (transaction conflicts on), every re
 delivered twice, 20 reply slots so most replies wait in the queue.
 
 Asserts what must hold however fast the machine is: nothing lost or duplicated, every reply
-stored exactly once, the emulation really cancelled or refused writes, and replies started in
-about the order the service took the messages in. Nothing is timed.
+stored exactly once, with the emulation's conflicts on, and replies started in about the order the service took the messages in. Nothing is timed.
 """
 
 from __future__ import annotations
@@ -23,8 +22,8 @@ PARTICIPANTS, MESSAGES, SLOTS = 100, 3, 20
 @pytest.mark.timeout(600)  # a bound only: the run's own deadline is 240 s, and then it verifies
 def test_a_burst_on_dynamodb_with_conflicts_and_every_job_twice(monkeypatch):
     # Every job comes twice, the second copy up to 1 s after the first, and a transaction stays in
-    # flight for 50 ms (DynamoDB's take tens of ms): some duplicates' claims meet their twin's
-    # commit, so the emulation refuses them and the store's conflict retries really run.
+    # flight for 50 ms (DynamoDB's take tens of ms): a duplicate's claim that meets its twin's
+    # commit is refused, and the store's conflict retries run (how often depends on the timing).
     monkeypatch.setenv("LOCAL_DYNAMODB_HOLD_MS", "50")
     # a reply lasts about 0.5 s: long enough that a block of 20 is a clear step, short enough to be fast
     config = LocalConfig(ttft=0.1, tokens_per_second=400, store="dynamodb", llm_concurrency=SLOTS,
@@ -46,9 +45,9 @@ def test_a_burst_on_dynamodb_with_conflicts_and_every_job_twice(monkeypatch):
     (queue,) = emulation["queues"].values()
     assert queue["sent"] == sent and queue["delivered"] == 2 * sent and queue["dead_letters"] == 0
     assert queue["max_waiting"] > SLOTS  # the burst really queued
-    counters = emulation["strict_dynamodb"]["counters"]
+    # Conflicts on: overlapping transactions and writes are cancelled as DynamoDB's are. Whether this
+    # run's timing made any overlap is chance (tests/ws_handlers/test_store_conflicts.py forces them).
     assert emulation["strict_dynamodb"]["conflicts"] is True
-    assert counters["transaction_conflicts"] + counters["write_conflicts"] > 0, counters
 
     ranks = result["by_rank"]
     assert ranks["acked"] == ranks["started"] == PARTICIPANTS
