@@ -60,7 +60,8 @@ class EntryMode(str, Enum):
     #: participant never sees (Qualtrics' Web Service element, a LimeSurvey plugin)
     SERVER = "server"
     #: the page calls it with the id from its URL (Prolific PID, ResponseID); bounded by the
-    #: id pattern, the optional allowlist, `max_entries`, the budget, rate limits and origins
+    #: id pattern, the study's allowlist if it has one (`chat-ops allowlist`, as for any
+    #: experiment), `max_entries`, the budget, rate limits and origins
     LINK = "link"
 
 
@@ -80,8 +81,6 @@ class Study:
     max_entries: int
     min_messages: int = 0
     participant_pattern: str = DEFAULT_PARTICIPANT_PATTERN
-    #: link entry only: ids must be on the study's allowlist (`chat-ops allowlist`)
-    require_allowlist: bool = False
     title: str = ""
 
     def arm(self, name: str) -> Arm:
@@ -120,8 +119,7 @@ def study_from_dict(data: Any) -> Study:
     """Build a study from plain data (a TOML file's, or the store's), checking every field."""
     if not isinstance(data, dict):
         raise StudyError("a study must be a table")
-    known = {"id", "title", "entry", "origins", "min_messages", "max_entries", "participant_pattern",
-             "require_allowlist", "arms", "bots"}
+    known = {"id", "title", "entry", "origins", "min_messages", "max_entries", "participant_pattern", "arms", "bots"}
     if unknown := sorted(set(data) - known):
         raise StudyError(f"unknown fields {unknown}; a study has {sorted(known)}")
     study_id = data.get("id")
@@ -141,7 +139,6 @@ def study_from_dict(data: Any) -> Study:
         max_entries=_count(data.get("max_entries"), "max_entries", 1, MAX_ENTRIES),
         min_messages=_count(data.get("min_messages", 0), "min_messages", 0, 1000),
         participant_pattern=_pattern(data.get("participant_pattern", DEFAULT_PARTICIPANT_PATTERN)),
-        require_allowlist=_flag(data.get("require_allowlist", False), "require_allowlist"),
     )
 
 
@@ -156,7 +153,6 @@ def study_to_dict(study: Study) -> dict[str, Any]:
         "max_entries": study.max_entries,
         "min_messages": study.min_messages,
         "participant_pattern": study.participant_pattern,
-        "require_allowlist": study.require_allowlist,
         "arms": [{"name": a.name, "bot": a.bot.name, "weight": a.weight} for a in study.arms],
         "bots": bots,
     }
@@ -244,12 +240,6 @@ def _pattern(value: Any) -> str:
 def _count(value: Any, name: str, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise StudyError(f"{name} must be an integer from {low} to {high}")
-    return value
-
-
-def _flag(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise StudyError(f"{name} must be true or false")
     return value
 
 
