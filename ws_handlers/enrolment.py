@@ -22,8 +22,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .controls import obeyed
+from .store import Conflict, ControlItems
 from .study import EntryMode, Study, arm_for
-from .store import Conflict
 
 #: Names of the platform ids an entry may record beside the participant id (ResponseID,
 #: PROLIFIC_PID, STUDY_ID, SESSION_ID, a lab's own), and how many.
@@ -97,20 +98,20 @@ def key_sha256(key: str) -> str:
 class Enrolment:
     """Decides an entry: who may enter, and which arm is theirs.
 
-    `controls_for(experiment)` and `on_allowlist(experiment, participant)` are the store's, as
-    for a socket: a study is an experiment named by its id, so `chat-ops pause` and `chat-ops
-    allowlist` apply to it unchanged.
+    `controls_for(experiment)` and `on_allowlist(experiment, participant)` are the store's, read
+    as for a socket (`admission.admit`): a study is an experiment named by its id, so `chat-ops
+    pause` and `chat-ops allowlist` apply to it unchanged.
     """
 
     def __init__(
         self,
         store: StudyStore,
         *,
-        paused: Callable[[str], bool],
-        allowlisted: Callable[[str, str], bool],
+        controls_for: Callable[[str], ControlItems],
+        on_allowlist: Callable[[str, str], bool],
         clock: Callable[[], float],
     ) -> None:
-        self.store, self.paused, self.allowlisted, self.clock = store, paused, allowlisted, clock
+        self.store, self.controls_for, self.on_allowlist, self.clock = store, controls_for, on_allowlist, clock
 
     def enter(self, entry: Entry) -> tuple[Study, Assignment]:
         record = self.store.get_study(entry.study)
@@ -155,7 +156,8 @@ class Enrolment:
             for k, v in entry.platform_ids.items()
         ):
             raise EntryRefused(400, "platform_ids_invalid")
-        if self.paused(study.id):
-            raise EntryRefused(403, "paused")
-        if not self.allowlisted(study.id, entry.participant):
+        controls = obeyed(self.controls_for(study.id))
+        if controls.allowlist and not self.on_allowlist(study.id, entry.participant):
             raise EntryRefused(403, "participant_not_allowed")
+        if controls.paused:
+            raise EntryRefused(403, "paused")
