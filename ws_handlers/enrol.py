@@ -20,7 +20,7 @@ from .admission import header
 from .enrolment import Enrolment, Entry, EntryRefused
 from .entry import lambda_entry
 from .observability import logger, metrics
-from .runtime import services
+from .runtime import ConfigurationError, services
 from .tickets import Identity, mint_ticket, mint_token
 
 #: the chat key of a study's chat: one chat per participant and study
@@ -101,8 +101,10 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     logger.info("entered", extra={"study": study.id, "index": assignment.index})
     metrics.add_metric(name="Entries", unit="Count", value=1)
     origin = entry.origin if entry.origin and study.accepts_origin(entry.origin) else None
+    if not svc.settings.websocket_url:
+        raise ConfigurationError("WEBSOCKET_URL is not set")
     return _answer(200, {
-        "url": svc.settings.public_websocket_url,
+        "url": svc.settings.websocket_url,
         "token": mint_token(secret, identity),
         "ticket": mint_ticket(secret, identity, CHAT_KEY, bot),
         "min_messages": study.min_messages,
