@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 from .config import Settings
@@ -123,6 +123,7 @@ class Chats:
                 "more": more,
                 "replying": self._replying_seq(chat, now),
                 "limits": self._limits(chat),
+                **({"pace": asdict(chat.bot.pace)} if chat.bot.pace else {}),
             }
         )
         self._still_queued(chat, now, respond)
