@@ -173,7 +173,7 @@ clean:
 OTREE_VENV := .venv-otree
 OTREE_STAMP := $(OTREE_VENV)/.installed
 OTREE_STATIC := otree_app/_static/llm_chat
-OTREE_ASSETS := $(OTREE_STATIC)/chat-client.js $(OTREE_STATIC)/chat-widget.js $(OTREE_STATIC)/chat-widget.css
+OTREE_ASSETS := $(patsubst client_js/%,$(OTREE_STATIC)/%,$(wildcard client_js/*.js client_js/*.css))
 
 .PHONY: otree test-otree
 
