@@ -23,7 +23,7 @@ from ws_handlers.tickets import Identity, mint_ticket, mint_token
 from . import ports
 from .demo_bots import BOTS
 from .gateway import Limits
-from .stack import ROOT, Stack, StackConfig, dev_secret
+from .stack import ROOT, Stack, StackConfig, default_function_processes, dev_secret
 
 
 def _secret(data_dir: Path) -> str:
@@ -136,9 +136,8 @@ def main(argv: list[str] | None = None) -> None:
                      help="sqlite: durable, the default; dynamodb: moto's DynamoDB server, in memory, "
                           "with DynamoDB's conflicts (LOCAL_DYNAMODB_* variables: docs/local.md)")
     run.add_argument("--idle-timeout", type=float, default=600.0, help="seconds (API Gateway: 600)")
-    run.add_argument("--function-processes", type=int, default=0,
-                     help="run the reply function in this many worker processes, for pilots with many "
-                          "participants at once (default 0: threads of this process)")
+    run.add_argument("--function-processes", type=int, default=default_function_processes(),
+                     help="run the reply function in this many worker processes (0: threads of this process)")
     run.add_argument("--origins", help="comma-separated allowed origins (default: local oTree and demo pages)")
     run.add_argument("--llm-concurrency", type=int,
                      help="replies generated at once; more wait in the reply queue (default: the template's LlmConcurrency)")

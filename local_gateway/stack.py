@@ -78,6 +78,13 @@ def dev_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def default_function_processes() -> int:
+    """Worker processes for the reply function when nobody says: what `make dev` runs
+    (`python -m local_gateway serve`) and the classroom benchmark measures. 0: threads of the
+    stack's process."""
+    return 0
+
+
 @dataclass
 class StackConfig:
     host: str = "127.0.0.1"
