@@ -333,6 +333,12 @@ class Gateway:
             text = None
         return await sock.outbox.put(text if text is not None else data)
 
+    def is_open(self, connection_id: str) -> bool:
+        """From any thread: the socket is registered and its outbox takes frames (a dict lookup and
+        two attributes, each read atomically)."""
+        sock = self.sockets.get(connection_id)
+        return sock is not None and sock.outbox.accepting()
+
     def describe(self, connection_id: str) -> dict | None:
         sock = self.sockets.get(connection_id)
         if sock is None:

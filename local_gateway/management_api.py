@@ -33,6 +33,10 @@ class ConnectionRegistry(Protocol):
     async def send(self, connection_id: str, data: bytes) -> bool:
         """Deliver one frame; False when the connection is unknown, closed or gone."""
 
+    def is_open(self, connection_id: str) -> bool:
+        """Whether the connection is open now; safe to call from any thread (direct_push.py asks
+        from the functions' threads, without waiting for the loop)."""
+
     def describe(self, connection_id: str) -> dict | None:
         """{"connectedAt", "lastActiveAt" (datetimes or ISO 8601 strings),
         "identity": {"sourceIp", "userAgent"}}, or None when unknown, closed or gone."""

@@ -76,7 +76,8 @@ class Outbox:
         if isinstance(connection, BoundedConnection):
             connection.outbox = self
 
-    def _open(self) -> bool:
+    def accepting(self) -> bool:
+        """Whether frames may still be put: the socket is open and was not closed as not reading."""
         return not self.stalled and self._connection.state is State.OPEN
 
     def _buffered(self) -> int:
@@ -98,9 +99,9 @@ class Outbox:
         self._backlog.waiting_pushes += 1
         try:
             async with asyncio.timeout_at(deadline), self._lock:
-                while self._open() and self._full(need):
+                while self.accepting() and self._full(need):
                     await asyncio.sleep(POLL_SECONDS)
-                if not self._open():
+                if not self.accepting():
                     return False
                 await self._connection.send(message)  # never waits: the frame fits under the bound (or alone)
                 self._buffered()
@@ -109,7 +110,7 @@ class Outbox:
             self.stall()
             return False
         except Exception:
-            if self._open():
+            if self.accepting():
                 raise
             return False  # ConnectionClosed, or the transport failed under it
         finally:
@@ -120,7 +121,7 @@ class Outbox:
         asyncio.get_running_loop().call_later(self.grace, self._check_over_bound)
 
     def _check_over_bound(self) -> None:
-        if self._open() and self._buffered() > self.limit:
+        if self.accepting() and self._buffered() > self.limit:
             self.stall()
 
     def stall(self) -> None:
