@@ -196,21 +196,29 @@ def test_dynamodb_throttling_is_a_retryable_error_and_writes_nothing(harness):
     assert retry[0]["type"] == "ack" and retry[-1]["type"] == "message"
 
 
-def test_a_long_reply_renews_its_lease_so_no_retry_races_it(make_harness, model):
+def test_long_replies_renew_their_leases_so_no_retry_races_them(make_harness, model):
+    """Two replies stall at once: the process's one lease keeper renews both."""
     harness = make_harness(REPLY_LEASE_SECONDS="5", LLM_TIMEOUT_SECONDS="60")  # renewed every ~1.7 s
-    harness.connect("c1")
-    chat = harness.start("c1")["chat_id"]
-    # the model falls silent mid-reply, until the test has seen the lease renewed
-    model.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": model.hold.SECONDS}])
-    harness.send("c1", _send_frame(chat), wait=False)
-    assert wait_for(lambda: any(f["type"] == "delta" for f in harness.frames("c1")))  # the turn holds the chat
+    chats = {}
+    for conn, participant in (("c1", "P1"), ("c2", "P2")):
+        harness.connect(conn, participant)
+        chats[conn] = harness.start(conn, participant)["chat_id"]
+    # the model falls silent mid-reply, until the test has seen the leases renewed
+    model.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": model.hold.SECONDS}] * 2)
+    for conn, chat in chats.items():
+        harness.send(conn, _send_frame(chat), wait=False)
+    for conn in chats:  # the turns hold the chats
+        assert wait_for(lambda: any(f["type"] == "delta" for f in harness.frames(conn)))
     harness.clock.advance(6)  # past the first lease, without waiting for it: only a renewal keeps the chat
-    assert wait_for(lambda: harness.store.get_chat(chat).lease.until > harness.clock())
-    busy = harness.send("c1", _send_frame(chat, "m2"), wait=False)
-    assert busy[-1]["code"] == "reply_in_progress"
+    for chat in chats.values():
+        assert wait_for(lambda: harness.store.get_chat(chat).lease.until > harness.clock())
+    for conn, chat in chats.items():
+        busy = harness.send(conn, _send_frame(chat, "m2"), wait=False)
+        assert busy[-1]["code"] == "reply_in_progress"
     model.hold.release()
     assert harness.queue.wait_idle(60)
-    assert _transcript(harness, chat) == [(1, "user"), (2, "assistant")]
+    for chat in chats.values():
+        assert _transcript(harness, chat) == [(1, "user"), (2, "assistant")]
 
 
 def test_management_api_errors_lose_no_text(emulated, model):
