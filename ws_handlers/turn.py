@@ -28,8 +28,15 @@ from .push import ConnectionGone, PushFailed, Pusher
 from .store import Chat, Message, Store, StoreThrottled
 from .stream import Coalescer
 
-#: While the participant has no live socket, look for a new one this often (seconds).
-REBIND_INTERVAL = 1.0
+#: While a reply streams, look this often (seconds) for the socket the chat is bound to now.
+#: A socket the participant closed answers 410, and the turn looks at once; this interval only
+#: matters for one that died without closing (API Gateway accepts posts to it until it notices).
+#: The client replaces such a socket only after 15 s without an answer to its ping (docs/client.md,
+#: `pongTimeoutMs`), so a new socket waits at most 5 s more for its deltas, well within the 20 s
+#: after which it would ask what became of the reply (`replyTimeoutMs`), and it misses nothing
+#: (it gets the text from offset 0; the closing frame always goes to the chat's current socket).
+#: 5 s, the lease's renewal period: a typical 1.5-3 s reply reads the chat for it not at all.
+REBIND_INTERVAL = 5.0
 #: Failures that say the provider is in trouble (not a bad request): they feed the breaker.
 BREAKER_CODES = frozenset({"llm_unavailable", "llm_timeout", "llm_rate_limited"})
 
@@ -38,7 +45,7 @@ class _Delivery:
     """Pushes a reply's deltas to whichever socket the chat is bound to, surviving reconnects.
 
     The chat's binding moves when the participant starts, sends or asks for history from
-    a new socket. The turn looks at it after a 410, and once a second anyway, because an
+    a new socket. The turn looks at it after a 410, and every REBIND_INTERVAL anyway, because an
     abandoned socket may not answer 410 at once. A new socket first gets the whole text
     so far (offset 0), so it misses nothing; clients drop what they already have by offset.
 

@@ -11,7 +11,7 @@ from waiting import Hold, wait_for
 from local_gateway.offline_model import OfflineModel
 from local_gateway.threaded import serve_in_thread
 from ws_handlers.errors import CODES
-from ws_handlers.turn import REBIND_INTERVAL
+from ws_handlers import turn
 
 
 def _send_frame(chat_id, client_msg_id="m1", text="Why is the sky blue?"):
@@ -50,7 +50,8 @@ def test_410_during_a_reply_removes_the_connection_and_the_reply_is_still_stored
     assert history["messages"][0]["text"] == emulated.store.get_message(chat, 2).text
 
 
-def test_reconnecting_in_the_middle_of_a_reply_resumes_without_gap_or_duplicate(emulated, model):
+def test_reconnecting_in_the_middle_of_a_reply_resumes_without_gap_or_duplicate(emulated, model, monkeypatch):
+    monkeypatch.setattr(turn, "REBIND_INTERVAL", 1.0)  # the service's 5 s, shortened: the test waits it out
     emulated.connect("c1")
     chat = emulated.start("c1")["chat_id"]
     # the model stalls after 3 tokens; the socket drops and the participant is back within it
@@ -65,7 +66,7 @@ def test_reconnecting_in_the_middle_of_a_reply_resumes_without_gap_or_duplicate(
     assert chat_frame["replying"] == 2  # the reply is still being written
     # The turn may have met c1's 410 before c2 was bound: it looks at the chat's binding again
     # REBIND_INTERVAL after its last look, so the stall ends once that much has passed.
-    assert wait_for(lambda: time.monotonic() > bound + REBIND_INTERVAL)
+    assert wait_for(lambda: time.monotonic() > bound + turn.REBIND_INTERVAL)
     model.hold.release()
     assert emulated.queue.wait_idle(60)
     on_c2 = emulated.frames("c2")

@@ -7,7 +7,7 @@ import time
 from waiting import wait_for
 
 from ws_handlers.bot import Limits
-from ws_handlers.turn import REBIND_INTERVAL
+from ws_handlers import turn
 
 
 def _send_frame(chat_id, client_msg_id, text="Is 7 a prime?"):
@@ -39,7 +39,8 @@ def test_a_retry_with_different_text_is_still_the_same_message(harness):
     assert harness.store.get_message(chat, 1).text == "first words"
 
 
-def test_a_retry_from_a_new_socket_while_the_reply_streams_moves_the_stream_there(harness, model):
+def test_a_retry_from_a_new_socket_while_the_reply_streams_moves_the_stream_there(harness, model, monkeypatch):
+    monkeypatch.setattr(turn, "REBIND_INTERVAL", 1.0)  # the service's 5 s, shortened: the test waits it out
     chat = _started(harness)
     model.add_faults([{"kind": "stall", "after_tokens": 2, "seconds": model.hold.SECONDS}])
     harness.send("c1", _send_frame(chat, "m1"), wait=False)
@@ -49,7 +50,7 @@ def test_a_retry_from_a_new_socket_while_the_reply_streams_moves_the_stream_ther
     harness.send("c2", _send_frame(chat, "m1"), wait=False)
     # The old socket stays open (no 410): the turn looks at the chat's binding again at its first
     # delta REBIND_INTERVAL after it began, so the stall ends once that much has passed.
-    assert wait_for(lambda: time.monotonic() > streaming_since + REBIND_INTERVAL)
+    assert wait_for(lambda: time.monotonic() > streaming_since + turn.REBIND_INTERVAL)
     model.hold.release()
     assert harness.queue.wait_idle(60)
     again = harness.frames("c2")
