@@ -166,7 +166,8 @@ class _Renewals:
                 self._pool = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="lease-renewal")
                 threading.Thread(target=self._run, name="lease-keeper", daemon=True).start()
             heapq.heappush(self._due, (due, next(self._order), keeper))
-            self._wake.notify()
+            if self._due[0][2] is keeper:  # due before all the others: the timer sleeps for less
+                self._wake.notify()
 
     def _run(self) -> None:
         with self._wake:
