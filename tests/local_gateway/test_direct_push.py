@@ -52,6 +52,7 @@ class HeldRegistry(RecordingRegistry):
     def __init__(self, loop) -> None:
         super().__init__()
         self.room = asyncio.Event()
+        self._in_order = asyncio.Lock()
         self._loop = loop
         self._arrived = 0
 
@@ -64,8 +65,9 @@ class HeldRegistry(RecordingRegistry):
 
     async def send(self, connection_id: str, data: bytes) -> bool:
         self._arrived += 1
-        await self.room.wait()
-        return await super().send(connection_id, data)
+        async with self._in_order:  # first come, first served, as the gateway's outbox (its lock)
+            await self.room.wait()
+            return await super().send(connection_id, data)
 
 
 def test_a_push_returns_before_the_loop_delivers_and_frames_keep_their_order(loop):
