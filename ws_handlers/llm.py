@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import ssl
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -98,8 +99,11 @@ class OpenAIChatModel:
 
     def __init__(self, api_key: str, base_url: str | None, timeout: float, max_retries: int) -> None:
         self._options = {"api_key": api_key, "base_url": base_url, "timeout": timeout, "max_retries": max_retries}
+        # Loading the CA certificates is most of a client's construction (~50 ms of CPU): one context,
+        # the system's trust store (as httpx's default on Linux), shared by every thread's client.
+        self._tls = ssl.create_default_context()
         self._local = threading.local()
-        self._local.client = openai.OpenAI(**self._options)  # the building thread's: on Lambda, every invocation's
+        self._local.client = self._new_client()  # the building thread's (on Lambda, every invocation's)
         # OpenAI's own newer models only take max_completion_tokens; compatible servers know max_tokens.
         self._max_tokens_field = "max_completion_tokens" if base_url is None else "max_tokens"
 
@@ -113,8 +117,11 @@ class OpenAIChatModel:
         Lambda the handler runs on the thread that built the model: one client, as before."""
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._local.client = openai.OpenAI(**self._options)
+            client = self._local.client = self._new_client()
         return client
+
+    def _new_client(self) -> openai.OpenAI:
+        return openai.OpenAI(**self._options, http_client=openai.DefaultHttpxClient(verify=self._tls))
 
     def stream(self, bot: Bot, messages: list[dict[str, str]]) -> Iterator[str | Usage]:
         request: dict[str, Any] = {
