@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ws_handlers import runtime
-from ws_handlers.chat import JobQueue
+from ws_handlers.adapters.apigateway import ManagementApiPusher
+from ws_handlers.adapters.sqlite import SqliteStore, StoreFileLost
 from ws_handlers.config import Settings
-from ws_handlers.push import ManagementApiPusher, Pusher
+from ws_handlers.jobs import JobQueue
+from ws_handlers.push import Pusher
 from ws_handlers.reply import invocation_died
 from ws_handlers.store import Store
 
@@ -38,7 +40,6 @@ from .lambda_context import LambdaContext
 from .management_api import management_app
 from .offline_model import OfflineModel
 from .process_runner import ProcessRunner, WorkerSpec
-from .sqlite_store import SqliteStore, StoreFileLost
 from .sqs_queue import LocalQueue
 from .template import Function, QueueSource, Template, load
 from .thread_runner import ThreadRunner
@@ -164,7 +165,7 @@ class Stack:
             import boto3
             from moto.server import ThreadedMotoServer
 
-            from ws_handlers.dynamo_store import DynamoStore
+            from ws_handlers.adapters.dynamodb import DynamoStore
 
             from . import moto_process, strict_dynamodb
             from .template import create_tables

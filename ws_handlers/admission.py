@@ -7,7 +7,8 @@ from collections.abc import Callable, Mapping
 from .config import Settings
 from .controls import obeyed
 from .store import ControlItems
-from .tickets import CredentialError, Identity, verify_token
+from .identity import CredentialError, Identity
+from .tickets import verify_token
 
 
 class Refused(Exception):

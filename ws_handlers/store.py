@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .bot import Bot
-from .tickets import Identity, valid_code
+from .identity import Identity, valid_code
 
 
 def chat_id_for(identity: Identity, chat_key: str) -> str:
@@ -32,7 +32,7 @@ def chat_id_for(identity: Identity, chat_key: str) -> str:
 
 def legacy_chat_id_for(identity: Identity, chat_key: str) -> str:
     """The id chats were stored under before ids named the session. Such a chat still resumes,
-    but only for the session its stored identity names (`chat.Chats.start`)."""
+    but only for the session its stored identity names (`chat.ChatService.start`)."""
     return _hashed(identity.experiment, identity.participant, chat_key)
 
 

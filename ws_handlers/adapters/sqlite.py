@@ -59,8 +59,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ws_handlers.bot import Bot
-from ws_handlers.store import (
+from ..bot import Bot
+from ..identity import Identity
+from ..store import (
     BreakerState,
     Chat,
     Codes,
@@ -76,7 +77,6 @@ from ws_handlers.store import (
     check_allowlist_change,
     check_controls_change,
 )
-from ws_handlers.tickets import Identity
 
 SCHEMA_VERSION = 4  #: PRAGMA user_version; each migration bumps it
 _SERVICE = ""  #: the `controls` row of the service as a whole (no experiment is named '')

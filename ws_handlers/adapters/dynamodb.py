@@ -31,8 +31,9 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from .bot import Bot
-from .store import (
+from ..bot import Bot
+from ..identity import Identity
+from ..store import (
     BreakerState,
     Chat,
     Codes,
@@ -47,7 +48,6 @@ from .store import (
     check_allowlist_change,
     check_controls_change,
 )
-from .tickets import Identity
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()
