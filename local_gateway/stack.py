@@ -35,7 +35,7 @@ from ws_handlers.store import Store
 
 from . import model_process
 from .direct_push import DirectPusher
-from .gateway import Gateway, Limits
+from .gateway import Gateway, GatewayLimits
 from .lambda_context import LambdaContext
 from .management_api import management_app
 from .offline_model import OfflineModel
@@ -92,7 +92,7 @@ class StackConfig:
     #: "management_api" (boto3 over HTTP to the emulator, exactly as on AWS)
     push: str = "direct"
     stage: str = "local"
-    limits: Limits = field(default_factory=Limits)
+    limits: GatewayLimits = field(default_factory=GatewayLimits)
     secret: str | None = None  #: None: the dev secret file in data_dir
     openai_api_key: str | None = None  #: None: the offline model (unless openai_base_url is set)
     openai_base_url: str | None = None

@@ -22,6 +22,7 @@ import pytest
 from ws_handlers.adapters.sqlite import SCHEMA_VERSION, SqliteStore, StoreFileLost
 from ws_handlers.bot import Bot, Limits
 from ws_handlers.controls import obeyed
+from ws_handlers.identity import Identity
 from ws_handlers.store import (
     Chat,
     Conflict,
@@ -33,9 +34,8 @@ from ws_handlers.store import (
     StoreThrottled,
     chat_id_for,
 )
-from ws_handlers.identity import Identity
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BOT = Bot("tutor", "m", "prompt", limits=Limits(max_user_messages=1000))
 NOW = 1_800_000_000.0
 
