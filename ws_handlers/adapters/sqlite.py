@@ -4,7 +4,7 @@ Why SQLite: the local stack must run on one laptop without AWS, keep its data ac
 restarts and stay fast as transcripts pile up. moto's DynamoDB sorts the whole table on
 every Query (320 queries/s at 100 items, 26/s at 4,000); SQLite, in the standard library,
 answers the same reads through a primary key in microseconds whatever the file's size, and
-its transactions give the conditional writes of `dynamo_store.DynamoStore` exactly: each
+its transactions give the conditional writes of `dynamodb.DynamoStore` exactly: each
 operation checks its conditions and writes inside one `BEGIN IMMEDIATE` transaction, so
 a refused condition writes nothing and no concurrent writer can interleave.
 
