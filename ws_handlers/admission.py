@@ -6,8 +6,8 @@ from collections.abc import Callable, Mapping
 
 from .config import Settings
 from .controls import obeyed
-from .store import ControlItems
 from .identity import CredentialError, Identity
+from .store import ControlItems
 from .tickets import verify_token
 
 
