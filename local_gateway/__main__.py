@@ -22,7 +22,7 @@ from ws_handlers.tickets import Identity, mint_ticket, mint_token
 
 from . import ports
 from .demo_bots import BOTS
-from .gateway import Limits
+from .gateway import GatewayLimits
 from .stack import ROOT, Stack, StackConfig, default_function_processes, dev_secret
 
 
@@ -60,7 +60,7 @@ def serve(args: argparse.Namespace) -> None:
         demo_port=args.demo_port,
         data_dir=args.data_dir,
         store=args.store,
-        limits=Limits(idle_timeout=args.idle_timeout),
+        limits=GatewayLimits(idle_timeout=args.idle_timeout),
         function_processes=args.function_processes,
         duplicate_deliveries=args.duplicate_deliveries,
         openai_api_key=os.environ.get("OPENAI_API_KEY") or None,

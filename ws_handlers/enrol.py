@@ -21,7 +21,8 @@ from .enrolment import Enrolment, Entry, EntryRefused
 from .entry import lambda_entry
 from .observability import logger, metrics
 from .runtime import ConfigurationError, services
-from .tickets import Identity, mint_ticket, mint_token
+from .identity import Identity
+from .tickets import mint_ticket, mint_token
 
 #: the chat key of a study's chat: one chat per participant and study
 CHAT_KEY = "study"
