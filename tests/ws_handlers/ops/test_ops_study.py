@@ -13,6 +13,8 @@ from urllib.parse import quote
 from conftest import ORIGIN, cli, one_line_error
 from websockets.sync.client import connect
 
+from ws_handlers.enrolment import key_sha256
+
 STUDY = """
 id = "{id}"
 title = "Tutor styles"
@@ -145,3 +147,18 @@ def test_bad_files_and_unknown_studies_are_one_line_errors(stack, ops, tmp_path)
     for action in ("show", "pause", "rotate-key"):
         code, _, err = ops("study", action, "nope", *data)
         assert code == 1 and "no study 'nope'" in one_line_error(err)
+
+
+def test_on_dynamodb_through_the_command_line(server, tmp_path):
+    url, store = server
+    path = tmp_path / "study.toml"
+    path.write_text(STUDY.format(id="remote"), encoding="utf-8")
+    done = cli("study", "create", str(path), "--dynamodb-endpoint", url)
+    assert done.returncode == 0, done.stderr
+    record = store.get_study("remote")
+    assert record.key_sha256 == key_sha256(_key(done.stdout)) and len(record.seed) == 32
+    shown = cli("study", "show", "remote", "--dynamodb-endpoint", url)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["entries"] == 0
+    export = cli("study", "export", "remote", "--out", str(tmp_path / "out"), "--dynamodb-endpoint", url)
+    assert export.returncode == 0, export.stderr
+    assert (tmp_path / "out" / "participants.csv").read_text().startswith("study,participant,arm,place,entered_at,")
