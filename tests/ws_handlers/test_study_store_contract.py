@@ -111,3 +111,14 @@ def test_assignments_are_listed_by_study_a_page_at_a_time(store):
     assert [a.participant for a in store.assignments("tutor", page_size=2)] == [f"P{i}" for i in range(5)]
     assert [a.participant for a in store.assignments("other")] == ["X"]
     assert list(store.assignments("nope")) == []
+
+
+def test_deleting_a_participant_or_the_experiment_deletes_assignments_and_keeps_the_study(store):
+    record = register(store)
+    for i in range(3):
+        store.put_assignment(_assignment(f"P{i}", index=i, PROLIFIC_PID=f"pid{i}"))
+    assert store.delete_participant("tutor", "P0", session="s1").records == 0  # one session: the arm stays
+    assert store.delete_participant("tutor", "P0").records == 1
+    assert store.get_assignment("tutor", "P0") is None and store.get_assignment("tutor", "P1") is not None
+    assert store.delete_experiment("tutor").records == 2
+    assert list(store.assignments("tutor")) == [] and store.get_study("tutor") == record

@@ -709,6 +709,7 @@ class DynamoStore:
         if session is None:  # the participant is gone from the experiment: their code and old counter with them
             records += self._delete_item(_counter(experiment, participant))
             records += self._delete_item(_key(_allow_pk(experiment), participant))
+            records += self._delete_item(_assignment_key(experiment, participant))  # a study's: the platform ids
         deleted = Deleted(records=records)
         for chat in doomed:
             deleted += self._delete_chat(chat.chat_id)
@@ -723,6 +724,9 @@ class DynamoStore:
                 deleted += Deleted(records=self._delete_item(_counter(experiment, *counted)))
             deleted += self._delete_chat(chat.chat_id)
         deleted += self._delete_connections(experiment) + Deleted(records=self._delete_allowlist(experiment))
+        assigned = [_assignment_key(experiment, a.participant) for a in self.assignments(experiment)]
+        self._batch_delete(self.chats_table, assigned)  # a study's assignments; its definition stays
+        deleted += Deleted(records=len(assigned))
         return deleted + Deleted(records=self._delete_item(_key(f"EXP#{experiment}", "CONTROL")))
 
     def _pages(self, operation: str, kwargs: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:

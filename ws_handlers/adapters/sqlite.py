@@ -648,8 +648,10 @@ class SqliteStore:
             deleted = _delete_chats(db, where, params)
             counters = db.execute(f"DELETE FROM participants WHERE {where}", params).rowcount  # other sessions' stay
             connections = db.execute(f"DELETE FROM connections WHERE {where}", params).rowcount
-            if session is None:  # the participant is gone from the experiment: their code with them
+            if session is None:  # the participant is gone from the experiment: their code (and study arm) with them
                 counters += db.execute("DELETE FROM allowlist WHERE experiment = ? AND participant = ?",
+                                       (experiment, participant)).rowcount
+                counters += db.execute("DELETE FROM assignments WHERE study = ? AND participant = ?",
                                        (experiment, participant)).rowcount
         return deleted + Deleted(connections=connections, records=counters)
 
@@ -663,6 +665,7 @@ class SqliteStore:
             controls, flag = (db.execute(f"DELETE FROM {table} WHERE experiment = ?", (experiment,)).rowcount
                               for table in ("controls", "allowlists"))
             records += max(controls, flag)  # on DynamoDB both are the one CONTROL item
+            records += db.execute("DELETE FROM assignments WHERE study = ?", (experiment,)).rowcount  # definition stays
             connections = db.execute("DELETE FROM connections WHERE experiment = ?", (experiment,)).rowcount
         return deleted + Deleted(connections=connections, records=records)
 
