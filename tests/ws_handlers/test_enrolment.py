@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import collections
-import threading
 
 import pytest
 from studies import KEY, ORIGIN, register
+from waiting import at_once
 
 from ws_handlers.enrolment import Enrolment, Entry, EntryRefused
 
@@ -19,25 +19,6 @@ def _enrolment(store) -> Enrolment:
 
 def _entry(participant: str = "P1", study: str = "tutor", **kwargs) -> Entry:
     return Entry(study, participant, **({"key": KEY} | kwargs))
-
-
-def _in_threads(n: int, work) -> list:
-    """`work(i)` on n threads that start together; what each returned or raised."""
-    start, results = threading.Barrier(n), [None] * n
-
-    def run(i: int) -> None:
-        start.wait()
-        try:
-            results[i] = work(i)
-        except Exception as exc:  # noqa: BLE001 - the test looks at it
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    return results
 
 
 def test_the_first_entry_assigns_and_records_the_platform_ids(store):
@@ -60,7 +41,7 @@ def test_a_refresh_or_a_second_tab_keeps_the_arm_and_takes_no_place(store):
 def test_one_participant_entering_from_many_tabs_at_once_gets_one_arm(store):
     register(store)
     enrolment = _enrolment(store)
-    results = _in_threads(6, lambda i: enrolment.enter(_entry())[1])
+    results = at_once(6, lambda i: enrolment.enter(_entry())[1])
     assert all(r == results[0] for r in results), results
     assert [a.participant for a in store.assignments("tutor")] == ["P1"]
     assert store.get_assignment("tutor", "P1") == results[0]
@@ -69,7 +50,7 @@ def test_one_participant_entering_from_many_tabs_at_once_gets_one_arm(store):
 def test_participants_entering_at_once_get_distinct_places(store):
     register(store)
     enrolment = _enrolment(store)
-    results = _in_threads(10, lambda i: enrolment.enter(_entry(f"P{i}"))[1])
+    results = at_once(10, lambda i: enrolment.enter(_entry(f"P{i}"))[1])
     assert sorted(a.index for a in results) == list(range(10))
     assert len(list(store.assignments("tutor"))) == 10
 
@@ -98,7 +79,7 @@ def test_a_full_study_refuses_newcomers_but_not_those_who_entered(store):
 def test_made_up_ids_are_bounded_by_the_cap(store):
     register(store, entry="link", max_entries=5)
     enrolment = _enrolment(store)
-    results = _in_threads(12, lambda i: enrolment.enter(Entry("tutor", f"madeup{i}", origin=ORIGIN))[1])
+    results = at_once(12, lambda i: enrolment.enter(Entry("tutor", f"madeup{i}", origin=ORIGIN))[1])
     entered = [r for r in results if not isinstance(r, Exception)]
     assert len(entered) == 5 and sorted(a.index for a in entered) == list(range(5))
     assert {r.code for r in results if isinstance(r, EntryRefused)} == {"study_full"}

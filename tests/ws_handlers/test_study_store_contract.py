@@ -3,11 +3,11 @@ through the strict emulation) and on SQLite, as tests/ws_handlers/test_store_con
 
 from __future__ import annotations
 
-import threading
 from dataclasses import replace
 
 import pytest
 from studies import register, study
+from waiting import at_once
 
 from ws_handlers.enrolment import Assignment
 from ws_handlers.store import Conflict
@@ -55,19 +55,8 @@ def test_places_are_taken_in_order_and_count_as_entries(store):
 
 def test_concurrent_places_are_all_distinct(store):
     register(store)
-    n = 12
-    start, places = threading.Barrier(n), []
-
-    def take() -> None:
-        start.wait()
-        places.append(store.take_place("tutor"))
-
-    threads = [threading.Thread(target=take) for _ in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert sorted(places) == list(range(n))
+    places = at_once(12, lambda i: store.take_place("tutor"))
+    assert sorted(places) == list(range(12))
 
 
 def test_an_assignment_is_written_once_with_its_platform_ids(store):
@@ -83,22 +72,9 @@ def test_an_assignment_is_written_once_with_its_platform_ids(store):
 
 def test_concurrent_assignments_of_one_participant_leave_one(store):
     register(store)
-    n = 6
-    start, won = threading.Barrier(n), []
-
-    def put(i: int) -> None:
-        start.wait()
-        try:
-            store.put_assignment(_assignment("P1", arm=("warm", "strict")[i % 2], index=i))
-            won.append(i)
-        except Conflict:
-            pass
-
-    threads = [threading.Thread(target=put, args=(i,)) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    results = at_once(6, lambda i: store.put_assignment(_assignment("P1", arm=("warm", "strict")[i % 2], index=i)))
+    won = [i for i, result in enumerate(results) if result is None]
+    assert all(isinstance(r, Conflict) for r in results if r is not None)
     assert len(won) == 1 and store.get_assignment("tutor", "P1").index == won[0]
 
 

@@ -270,10 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     change.add_argument("--clear", action="store_true", help="remove the experiment's budget: the deployment's "
                         "TOKEN_BUDGET applies again")
 
-    group = commands.add_parser("allowlist", help="the participant codes an experiment admits",
-                                description="Restrict an experiment to invited participant codes: add, remove, "
-                                "list or clear its allowlist (ACTION --help for each).", formatter_class=_Help)
-    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+    def actions_of(name: str, help_: str, description: str) -> Any:
+        """A command of several actions (`chat-ops allowlist add ...`): the actions' subparsers."""
+        group = commands.add_parser(name, help=help_, description=description, formatter_class=_Help)
+        return group.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+
+    actions = actions_of("allowlist", "the participant codes an experiment admits",
+                         "Restrict an experiment to invited participant codes: add, remove, list or clear its "
+                         "allowlist (ACTION --help for each).")
     for name, run, help_, description in allowlist.ACTIONS:
         sub = command(name, run, help_, description, within=actions)
         sub.add_argument("--experiment", type=allowlist.experiment_name, metavar="NAME", required=True,
@@ -282,10 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("codes", nargs="*", metavar="CODE", help="participant codes")
             sub.add_argument("--file", type=Path, metavar="PATH", help="a file of codes, one a line (# comments)")
 
-    group = commands.add_parser("study", help="studies for survey platforms: create, show, pause, export ...",
-                                description="Register and run a study for Qualtrics, LimeSurvey or Prolific "
-                                "(docs/surveys.md): ACTION --help for each.", formatter_class=_Help)
-    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+    actions = actions_of("study", "studies for survey platforms: create, show, pause, export ...",
+                         "Register and run a study for Qualtrics, LimeSurvey or Prolific (docs/surveys.md): "
+                         "ACTION --help for each.")
     for name, run, help_, description in studies.ACTIONS:
         sub = command(name, run, help_, description, within=actions)
         if name == "create":
