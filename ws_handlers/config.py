@@ -48,7 +48,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LLM_MAX_RETRIES", "2", "Retries with backoff on 429 and 5xx before the first token."),
     Variable("LLM_BREAKER_FAILURES", "5", "Model failures within the window that pause model calls."),
     Variable("LLM_BREAKER_WINDOW_SECONDS", "30", "The window in which model failures are counted."),
-    Variable("LLM_BREAKER_COOLDOWN_SECONDS", "20", "Seconds model calls stay paused before a probe goes through."),
+    Variable("LLM_BREAKER_COOLDOWN_SECONDS", "20", "Seconds sends stay refused (llm_paused) once the breaker opens; then all go through again."),
     Variable("STREAM_FLUSH_MS", "120", "Longest wait before buffered reply text is pushed as a delta."),
     Variable("STREAM_FLUSH_CHARS", "600", "Buffered characters that trigger a delta at once."),
 )

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from local_gateway.demo_bots import BOTS
-from local_gateway.gateway import Limits
+from local_gateway.gateway import GatewayLimits
 from local_gateway.stack import StackConfig, running
 from waiting import PATIENCE, Hold, wait_for
 from ws_handlers.tickets import Identity, mint_ticket, mint_token
@@ -31,7 +31,7 @@ ORIGIN = "http://localhost:8000"
 def _config(tmp_path, store="sqlite", **kw) -> StackConfig:
     """A stack on free ports whose reply queue delivers every job twice, as SQS may."""
     return StackConfig(
-        port=0, management_port=0, model_port=0, demo_port=0, data_dir=tmp_path, store=store,
+        port=0, management_port=0, model_port=0, entry_port=0, demo_port=0, data_dir=tmp_path, store=store,
         model_ttft=kw.pop("ttft", 0.0), model_tokens_per_second=kw.pop("tps", 0.0),
         duplicate_deliveries=kw.pop("duplicate_deliveries", 1.0), **kw,
     )
@@ -395,7 +395,7 @@ def test_a_ticket_for_a_long_cjk_prompt_fits_in_one_frame_and_the_socket_stays_o
 
 
 def test_idle_timeout_and_heartbeat(tmp_path):
-    with running(_config(tmp_path, limits=Limits(idle_timeout=3.0))) as stack:
+    with running(_config(tmp_path, limits=GatewayLimits(idle_timeout=3.0))) as stack:
         url, _ = credentials(stack)
         idle, busy = Client(url), Client(url)  # opened together
         deadline = time.monotonic() + PATIENCE
@@ -488,7 +488,7 @@ async def _await_type(ws, kind: str) -> dict:
 
 
 def test_the_maximum_connection_duration_closes_even_a_busy_socket(tmp_path):
-    with running(_config(tmp_path, limits=Limits(idle_timeout=60, max_lifetime=0.8))) as stack:
+    with running(_config(tmp_path, limits=GatewayLimits(idle_timeout=60, max_lifetime=0.8))) as stack:
         url, _ = credentials(stack)
         client = Client(url)
         deadline = time.monotonic() + PATIENCE
@@ -533,7 +533,7 @@ def test_a_failed_start_leaves_no_process_behind(tmp_path):
         port = taken.getsockname()[1]
         before = set(processes(os.getpid()))
         with pytest.raises(OSError):
-            config = StackConfig(port=port, management_port=0, model_port=0, demo_port=None, data_dir=tmp_path,
+            config = StackConfig(port=port, management_port=0, model_port=0, entry_port=0, demo_port=None, data_dir=tmp_path,
                                  model_process=True, function_processes=1)
             with running(config):
                 pass

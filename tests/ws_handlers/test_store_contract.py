@@ -1,20 +1,18 @@
-"""The contract every Store adapter keeps: each test runs on DynamoDB (moto) and on SQLite."""
+"""The contract every Store adapter keeps: each test runs on DynamoDB (moto) and on SQLite (the
+`store` fixture, tests/ws_handlers/conftest.py)."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import replace
 
-import boto3
 import pytest
-from moto import mock_aws
-
-from local_gateway.sqlite_store import SqliteStore
 
 from ws_handlers import breaker
+from ws_handlers.adapters.dynamodb import DynamoStore
 from ws_handlers.bot import Bot, Limits
 from ws_handlers.controls import obeyed
-from ws_handlers.dynamo_store import DynamoStore
+from ws_handlers.identity import Identity
 from ws_handlers.store import (
     BreakerState,
     Chat,
@@ -29,24 +27,10 @@ from ws_handlers.store import (
     legacy_chat_id_for,
     message_pages,
 )
-from ws_handlers.tickets import Identity
 
 WHO = Identity("P1", "exp1", "sess1")
 BOT = Bot("tutor", "m", "prompt", limits=Limits(max_user_messages=3))
 NOW = 1_800_000_000.0
-
-
-@pytest.fixture(params=["dynamodb", "sqlite"])
-def store(request, tmp_path, dynamodb_tables):
-    if request.param == "dynamodb":
-        with mock_aws():
-            client = boto3.client("dynamodb")
-            dynamodb_tables(client, "conns", "chats")
-            yield DynamoStore("conns", "chats", client=client)
-    else:
-        sqlite = SqliteStore(tmp_path / "store.sqlite3")
-        yield sqlite
-        sqlite.close()
 
 
 def _chat(store, key="main", opening=True, max_chats=5) -> Chat:

@@ -10,12 +10,14 @@ import sys
 import pytest
 from conftest import ROOT, cli, one_line_error, seed_store
 
-from local_gateway.sqlite_store import SqliteStore
+from ws_handlers.adapters.sqlite import SqliteStore
 from ws_handlers.ops import export
 from ws_handlers.ops.cli import build_parser
 
-COMMANDS = ("pause", "resume", "budget", "allowlist", "status", "export", "delete-participant", "delete-experiment")
+COMMANDS = ("pause", "resume", "budget", "allowlist", "study", "status", "export", "delete-participant",
+            "delete-experiment")
 ALLOWLIST_ACTIONS = ("add", "remove", "list", "clear")
+STUDY_ACTIONS = ("create", "show", "pause", "resume", "rotate-key", "export")
 
 
 @pytest.fixture
@@ -30,12 +32,15 @@ def local(tmp_path):
 def test_every_subcommand_has_help(ops):
     code, out, _ = ops("--help")
     assert code == 0 and all(c in out for c in COMMANDS) and "CHAT_OPS_STACK" in out
-    leaves = [c for c in COMMANDS if c != "allowlist"] + [f"allowlist {a}" for a in ALLOWLIST_ACTIONS]
+    leaves = ([c for c in COMMANDS if c not in ("allowlist", "study")] + [f"allowlist {a}" for a in ALLOWLIST_ACTIONS]
+              + [f"study {a}" for a in STUDY_ACTIONS])
     for command in leaves:
         code, out, _ = ops(*command.split(), "--help")
         assert code == 0 and out.startswith(f"usage: chat-ops {command}") and "--stack NAME" in out
     code, out, _ = ops("allowlist", "--help")
     assert code == 0 and all(action in out for action in ALLOWLIST_ACTIONS)
+    code, out, _ = ops("study", "--help")
+    assert code == 0 and all(action in out for action in STUDY_ACTIONS)
     assert set(build_parser()._subparsers._group_actions[0].choices) == set(COMMANDS)
 
 
@@ -139,5 +144,7 @@ def test_the_operator_package_stays_out_of_the_lambda_zips(tmp_path):
     subprocess.run(["make", "-s", "-C", str(ROOT / "ws_handlers"), "build-MessageFunction",
                     f"ARTIFACTS_DIR={tmp_path}", f"PYTHON={sys.executable}"], check=True, timeout=120,
                    capture_output=True, env={**os.environ, "MAKEFLAGS": ""})
-    packaged = {p.name for p in (tmp_path / "ws_handlers").iterdir()}
-    assert {"message.py", "store.py", "dynamo_store.py"} <= packaged and "ops" not in packaged
+    packaged = {p.relative_to(tmp_path / "ws_handlers").as_posix() for p in (tmp_path / "ws_handlers").rglob("*.py")}
+    assert {"message.py", "store.py", "adapters/dynamodb.py", "adapters/openai_model.py"} <= packaged
+    assert not any(p.startswith("ops/") for p in packaged)
+    assert "adapters/sqlite.py" not in packaged  # the local stack's store: Lambda never runs it

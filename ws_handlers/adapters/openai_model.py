@@ -1,4 +1,4 @@
-"""The LLM port and its adapter on the official `openai` client.
+"""The model port (`model.ChatModel`) on the official `openai` client.
 
 Only the reply function imports this module: connect and message handlers never load
 `openai`, which keeps their cold starts short.
@@ -12,37 +12,15 @@ import re
 import ssl
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import openai
 
-from .bot import Bot
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-
+from ..bot import Bot
+from ..model import LLMError, Usage
 
 #: A provider's error code worth logging: a short identifier ("context_length_exceeded"), not prose.
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-
-
-class LLMError(Exception):
-    """The model failed; `code` is the protocol error code.
-
-    Nothing the provider wrote is kept: a provider's error body may echo the request (a 400 quoting
-    the system prompt and the participant's text), so only the error's type, the HTTP status and
-    the body's size are, in `log` (for logs only, never for the client).
-    """
-
-    def __init__(self, code: str, error_type: str, status: int | None = None, body_bytes: int | None = None) -> None:
-        super().__init__(f"{code}: {error_type}" + (f" (HTTP {status})" if status else ""))
-        self.code = code
-        self.log = {k: v for k, v in (("error_type", error_type), ("status", status), ("body_bytes", body_bytes))
-                    if v is not None}
 
 
 def _failed(code: str, exc: Exception) -> LLMError:
@@ -59,12 +37,6 @@ def _failed(code: str, exc: Exception) -> LLMError:
         except Exception:  # a body that was never read
             pass
     return LLMError(code, error_type, getattr(exc, "status_code", None), body_bytes)
-
-
-class ChatModel(Protocol):
-    def stream(self, bot: Bot, messages: list[dict[str, str]]) -> Iterator[str | Usage]:
-        """Yield the reply's text pieces, then exactly one Usage; raises LLMError."""
-        ...
 
 
 def _estimate_tokens(text: str) -> int:
