@@ -10,6 +10,7 @@ platform's. Every wait is for something the page shows.
 
 from __future__ import annotations
 
+import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,12 +77,22 @@ class Platform:
         mapping = {"url": "chat_url", "token": "chat_token", "ticket": "chat_ticket", "min_messages": "chat_min_messages"}
         return web.json_response({field_: str(data[name]) for name, field_ in mapping.items() if name in data})
 
+    async def parent_page(self, request: web.Request) -> web.Response:
+        """A survey page that embeds the chat in an iframe (the LimeSurvey route) and records the
+        messages it receives."""
+        return web.Response(content_type="text/html", text=(
+            '<!doctype html><html><body><script>window.__progress = [];'
+            'addEventListener("message", (e) => window.__progress.push({origin: e.origin, data: e.data}));</script>'
+            f'<iframe id="chat" style="width: 820px; height: 600px" src="{html.escape(request.query["src"])}"></iframe>'
+            '</body></html>'))
+
 
 @pytest.fixture(scope="module")
 def platform():
     served_platform = Platform()
     app = web.Application()
     app.router.add_post("/flow/webservice", served_platform.web_service)
+    app.router.add_get("/parent.html", served_platform.parent_page)
     app.router.add_static("/", CLIENT_JS)
     with serve_in_thread(app) as served:
         served_platform.url = served.url
@@ -106,10 +117,10 @@ def static_host():
 
 
 @pytest.fixture
-def stack(platform, tmp_path):
+def stack(platform, static_host, tmp_path):
     config = StackConfig(port=0, management_port=0, model_port=0, entry_port=0, demo_port=None,
                          data_dir=tmp_path / "stack", model_ttft=0.0, model_tokens_per_second=0.0,
-                         parameters={"AllowedOrigins": platform.url})
+                         parameters={"AllowedOrigins": f"{platform.url},{static_host.url}"})  # the iframe's
     with running(config) as s:
         platform.entry_url = s.urls["entry"]
         platform.calls.clear()
@@ -163,6 +174,7 @@ def embedded(page) -> dict[str, str]:
 
 
 def chat(page, text: str, replies: int) -> None:
+    """Send `text` in the chat of `page` (a page or a frame) and wait for the `replies`-th stored reply."""
     page.locator(".lc-input").fill(text)
     page.locator(".lc-input").press("Enter")
     expect(page.locator(".lc-msg--assistant[data-status=stored]")).to_have_count(replies)
@@ -285,3 +297,38 @@ def test_a_made_up_id_beyond_max_entries_is_told_the_study_is_full(platform, sta
     assert seen.entries[1]["headers"]["access-control-allow-origin"] == platform.url
     assert [a.participant for a in stack.store.assignments(STUDY)] == [PID]
     assert made_up.errors == []
+
+
+def test_in_an_iframe_progress_goes_to_the_parent_origin_only(platform, static_host, stack, context):
+    stack.store.put_study(study_record("link", static_host.url))  # the frame's page enters
+
+    def frame_src(parent: str, participant: str) -> str:
+        return f"{static_host.url}/survey-frame.html?" + urlencode({
+            "entry": stack.urls["entry"], "study": STUDY, "participant": participant, "parent": parent,
+            "id.PROLIFIC_PID": participant})
+
+    page = context.new_page()
+    page.goto(f"{platform.url}/parent.html?{urlencode({'src': frame_src(platform.url, PID)})}")
+    frame = page.frame_locator("#chat")
+    expect(frame.locator(".lc-msg--assistant .lc-text").first).to_have_text(OPENING)
+    chat(frame, "Can you explain fractions?", 2)
+    chat(frame, "And decimals?", 3)
+    page.wait_for_function("() => window.__progress.some(p => p.data.done)")
+    progress = page.evaluate("() => window.__progress")
+    assert {p["origin"] for p in progress} == {static_host.url}
+    assert [a.participant for a in stack.store.assignments(STUDY)] == [PID]
+    chat_id = progress[-1]["data"]["chatId"]
+    assert [p["data"] for p in progress] == [
+        {"type": "llm-chat:progress", "chatId": chat_id, "messages": n, "minMessages": 2, "done": n >= 2} for n in (0, 1, 2)]
+    assert [m.seq for m in stack.store.messages(chat_id)] == [1, 2, 3, 4, 5]
+
+    # A frame told another parent origin posts nothing this page can receive: a message the frame
+    # posts last (in order, from the same source) arrives alone.
+    page.goto(f"{platform.url}/parent.html?{urlencode({'src': frame_src('http://127.0.0.1:9', 'P2')})}")
+    frame = page.frame_locator("#chat")
+    expect(frame.locator(".lc-msg--assistant .lc-text").first).to_have_text(OPENING)
+    chat(frame, "Hello", 2)
+    inner = next(f for f in page.frames if f.url.startswith(static_host.url))
+    inner.evaluate(f"() => window.parent.postMessage('last', {json.dumps(platform.url)})")
+    page.wait_for_function("() => window.__progress.length > 0")
+    assert page.evaluate("() => window.__progress.map(p => p.data)") == ["last"]
