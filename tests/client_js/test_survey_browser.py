@@ -127,14 +127,6 @@ def stack(platform, static_host, tmp_path):
         yield s
 
 
-@pytest.fixture
-def context(browser):
-    context = browser.new_context(viewport=VIEWPORT, reduced_motion="reduce")
-    context.set_default_timeout(60_000)
-    yield context
-    context.close()
-
-
 class Seen:
     """Everything the browser received that could name an arm: entry answers, socket frames, pages."""
 
