@@ -31,7 +31,7 @@ CHROMIUM := /usr/bin/chromium
 # package-lock.json changes.
 NODE_STAMP := client_js/node_modules/.installed
 
-.PHONY: help venv sam-venv dev test test-python test-js check-js check-template chromium clean bench bench-burst
+.PHONY: help venv sam-venv dev test test-python test-js check-js check-template chromium clean bench bench-burst bench-classroom
 
 # The suite starts hundreds of Python processes (stacks, workers, CLIs): they reuse the project's
 # bytecode (__pycache__, git-ignored) even where the environment turns its writing off.
@@ -47,6 +47,7 @@ help:
 	@echo "make chromium        install Debian's chromium (apt-get) if $(CHROMIUM) is missing"
 	@echo "make bench           load tests on the local stack (200 and 1000 participants), reports in $(BENCH_OUT)/"
 	@echo "make bench-burst     only the burst scenarios (everyone sends at once; DynamoDB with conflicts, and SQLite)"
+	@echo "make bench-classroom N=10, 50, 200 connect within a second and send 3 messages back to back (CPU per reply)"
 	@echo "make clean           remove virtual environments and build output"
 
 venv: $(STAMP)
@@ -155,7 +156,7 @@ $(SAM_STAMP):
 BENCH_OUT ?= load_tests/results
 BENCH := $(PY) -m load_tests --local --ttft-ms 300 --tokens-per-second 40 --messages 3
 
-bench: venv bench-burst
+bench: venv bench-burst bench-classroom
 	$(BENCH) --think 10 --participants 200 --ramp 10 --llm-concurrency 200 --idle-sockets 1000 --scenario p200 --out $(BENCH_OUT)/p200
 	$(BENCH) --think 10 --participants 200 --ramp 10 --scenario p200-template-concurrency --out $(BENCH_OUT)/p200-template-concurrency
 	$(BENCH) --think 2 --participants 200 --ramp 10 --llm-concurrency 200 --scenario p200-stress --out $(BENCH_OUT)/p200-stress
@@ -174,6 +175,22 @@ bench-burst: venv
 	$(BENCH_DDB) --participants 1000 --ramp 120 --reply-timeout 900 --deadline 3000 --scenario p1000-dynamodb --out $(BENCH_OUT)/p1000-dynamodb
 	$(BENCH) --burst --llm-concurrency 50 --participants 1000 --ramp 30 --reply-timeout 600 --deadline 1800 --scenario p1000-burst-sqlite --out $(BENCH_OUT)/p1000-burst-sqlite
 
+# A classroom that starts at once (issue 15): N participants connect within one second, all send
+# at once, each sends 3 messages back to back (no think time); the model at TTFT 0.5 s, 40 tokens/s,
+# 40 tokens a reply (floor ~0.53 s to the first token, ~1.5 s to the full reply); LlmConcurrency N,
+# so no reply waits for a slot; the reply function as `make dev` runs it (CLASSROOM_PROCESSES: the
+# runner's --function-processes, default `make dev`'s choice). result.json has the CPU per reply.
+CLASSROOM_SIZES ?= 10 50 200
+CLASSROOM_PROCESSES ?= dev
+CLASSROOM := $(PY) -m load_tests --local --ttft-ms 500 --tokens-per-second 40 --max-tokens 40 --messages 3 \
+	--burst --ramp 1 --function-processes $(CLASSROOM_PROCESSES) --no-progress
+
+bench-classroom: venv
+	@for n in $(CLASSROOM_SIZES); do \
+		echo "==> classroom-$$n (load average $$(cut -d' ' -f1-3 /proc/loadavg))"; \
+		$(CLASSROOM) --participants $$n --llm-concurrency $$n --scenario classroom-$$n --out $(BENCH_OUT)/classroom-$$n || exit 1; \
+	done
+
 clean:
 	rm -rf $(VENV) .venv-* .aws-sam
 
@@ -181,7 +198,7 @@ clean:
 OTREE_VENV := .venv-otree
 OTREE_STAMP := $(OTREE_VENV)/.installed
 OTREE_STATIC := otree_app/_static/llm_chat
-OTREE_ASSETS := $(OTREE_STATIC)/chat-client.js $(OTREE_STATIC)/chat-widget.js $(OTREE_STATIC)/chat-widget.css
+OTREE_ASSETS := $(patsubst client_js/%,$(OTREE_STATIC)/%,$(wildcard client_js/*.js client_js/*.css))
 
 .PHONY: otree test-otree
 

@@ -22,7 +22,8 @@
  * Frames from the server (docs/protocol.md), as this client reads them.
  * @typedef {{seq: number, role: Role, text: string, client_msg_id?: string}} StoredMessage
  * @typedef {{chat_id: string, messages?: StoredMessage[], more?: boolean, replying?: ?number}} HistoryFrame
- * @typedef {HistoryFrame & {limits: Limits}} ChatFrame
+ * @typedef {{words_per_minute: number, jitter?: number}} Pace the bot's reading pace (display only)
+ * @typedef {HistoryFrame & {limits: Limits, pace?: Pace}} ChatFrame
  * @typedef {{client_msg_id: string, seq: number, duplicate?: boolean}} AckFrame
  * @typedef {{seq: number, offset: number, text: string}} DeltaFrame
  * @typedef {{seq: number, client_msg_id: string}} QueuedFrame
@@ -103,6 +104,8 @@ export class ChatClient extends EventTarget {
     this.chatId = null;
     /** @type {?Limits} from the `chat` frame; user_messages counts up with each ack */
     this.limits = null;
+    /** @type {?Pace} the bot's pace from the `chat` frame: for display only (chat-widget.js) */
+    this.pace = null;
 
     /** @type {SocketClass} */
     this._WebSocket = this.options.WebSocket || globalThis.WebSocket;
@@ -350,6 +353,7 @@ export class ChatClient extends EventTarget {
   _onChat(f) {
     this.chatId = f.chat_id;
     this.limits = f.limits;
+    this.pace = f.pace ?? null;
     this._ready = true;
     this._resuming = true;
     this._onHistory(f);

@@ -10,9 +10,11 @@
 //
 // In parts: mountChat (the entry point) makes a ChatWidget, which builds its DOM once
 // (buildView), draws the messages with a MessageList, the status line from statusLine, the
-// composer itself, and waits with a QueueNotice before it says a reply is queued.
+// composer itself, and waits with a QueueNotice before it says a reply is queued. A bot's pace
+// (the chat frame's) is a Pacer's: replies received live appear word by word at that pace.
 
 import { ChatClient } from "./chat-client.js";
+import { Pacer } from "./pacer.js";
 
 /**
  * @typedef {import("./chat-client.js").Entry} Entry
@@ -148,6 +150,12 @@ class ChatWidget {
     container.appendChild(this.view.root);
     this.messages = new MessageList(this.view, this.labels, (id) => this.retry(id));
     this.queueNotice = new QueueNotice(options.waitingAfterMs ?? WAITING_AFTER_MS, () => this.render());
+    /** @type {?Pacer} the bot's pace, from the first `chat` frame; null: replies show as they stream */
+    this.pacer = null;
+    /** replies up to this seq were in the history when the chat opened: shown at once */
+    this.pacedAfterSeq = 0;
+    /** @type {?ReturnType<typeof setTimeout>} the next word's redraw */
+    this.paceTimer = null;
 
     this.chatReady = false; // a `chat` frame has arrived
     /** @type {?Notice} the chat cannot go on in this page */
@@ -176,7 +184,10 @@ class ChatWidget {
     this.render();
     /** @type {Promise<?ChatClient>} */
     this.ready = this.start();
-    if (!this.ownClient && this.client.chatId) this.chatReady = true;
+    if (!this.ownClient && this.client.chatId) {
+      this.chatReady = true;
+      this.choosePace();
+    }
     this.render();
   }
 
@@ -246,6 +257,7 @@ class ChatWidget {
     if (this.destroyed) return;
     this.destroyed = true;
     clearTimeout(this.reconnectedTimer ?? undefined);
+    clearTimeout(this.paceTimer ?? undefined);
     this.queueNotice.cancel();
     for (const undo of this.cleanups.splice(0)) undo();
     if (this.ownClient) this.client.close();
@@ -256,8 +268,28 @@ class ChatWidget {
   // ---- the client's events --------------------------------------------------------------
   onChat() {
     this.chatReady = true;
+    this.choosePace();
     this.render();
     if (this.autofocus && document.activeElement !== this.view.input) this.view.input.focus();
+  }
+
+  /** Once, when the chat opens: the bot's pace, for the replies that come after the history. */
+  choosePace() {
+    const pace = this.client.pace;
+    if (this.pacer || !pace) return;
+    this.pacer = new Pacer(pace);
+    const transcript = Array.isArray(this.client.transcript) ? this.client.transcript : [];
+    this.pacedAfterSeq = Math.max(0, ...transcript.map((entry) => entry.seq ?? 0));
+  }
+
+  /**
+   * What to show of `entry`, whose node is `key`: a reply received live at the bot's pace.
+   * @param {Entry} entry @param {string} key @returns {string}
+   */
+  shownText(entry, key) {
+    const text = entry.text || "";
+    const live = entry.role === "assistant" && entry.seq !== null && entry.seq > this.pacedAfterSeq;
+    return this.pacer && live && entry.status !== "failed" ? this.pacer.visible(key, text) : text;
   }
 
   /** @param {{state?: string} | undefined} detail */
@@ -333,7 +365,11 @@ class ChatWidget {
     const client = this.client;
     const transcript = Array.isArray(client.transcript) ? client.transcript : [];
     const nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight <= NEAR_BOTTOM_PX;
-    this.messages.draw(transcript, { busy: Boolean(client.busy), open: client.state === "open", failures: this.failures });
+    this.messages.draw(transcript, {
+      busy: Boolean(client.busy), open: client.state === "open", failures: this.failures,
+      show: (entry, key) => this.shownText(entry, key),
+    });
+    this.schedulePace();
     const live = client.state === "open" && this.chatReady;
     const what = this.queueNotice.decide(transcript, awaited(transcript));
     waiting.hidden = !(live && what === "queue");
@@ -344,6 +380,13 @@ class ChatWidget {
       log.scrollTop = log.scrollHeight;
       this.scrollPending = false;
     }
+  }
+
+  /** Redraw when the next word of a paced reply is due. */
+  schedulePace() {
+    clearTimeout(this.paceTimer ?? undefined);
+    const due = this.pacer && this.pacer.nextInMs();
+    if (due !== null && due !== undefined) this.paceTimer = setTimeout(() => this.render(), due + 5);
   }
 
   drawStatus() {
@@ -370,7 +413,9 @@ class ChatWidget {
     counter.classList.toggle("lc-counter--over", over);
     toggle(input, "aria-invalid", over, "true");
 
-    const locked = Boolean(client.busy) || Boolean(this.fatal) || client.state === "closed";
+    // a reply still appearing at its pace holds the composer as a reply being written does
+    const pacing = Boolean(this.pacer && this.pacer.pending());
+    const locked = Boolean(client.busy) || pacing || Boolean(this.fatal) || client.state === "closed";
     input.readOnly = locked;
     toggle(input, "aria-readonly", locked, "true");
     form.classList.toggle("lc-composer--locked", locked);
@@ -460,8 +505,8 @@ class MessageList {
 
   /**
    * @param {Entry[]} transcript
-   * @param {{busy: boolean, open: boolean, failures: Map<string, Failure>}} now the client's
-   *   busy, whether its socket is open, and why messages failed
+   * @param {{busy: boolean, open: boolean, failures: Map<string, Failure>, show: (entry: Entry, key: string) => string}} now
+   *   the client's busy, whether its socket is open, why messages failed, and what to show of an entry
    */
   draw(transcript, now) {
     const { log, waiting, typing } = this.view;
@@ -479,7 +524,7 @@ class MessageList {
       const item = this.nodeFor(key);
       const retryId = entry.status === "failed" ? retryIdFor(transcript, ids, index) : null;
       const waitsForConnection = !now.open && (entry.status === "pending" || index === waitingIndex);
-      this.drawEntry(item, entry, { retryId, waitsForConnection, failures: now.failures });
+      this.drawEntry(item, entry, { retryId, waitsForConnection, failures: now.failures, shown: now.show(entry, key) });
       const at = log.children[position];
       if (at !== item.node) log.insertBefore(item.node, at || waiting);
       position += 1;
@@ -545,8 +590,9 @@ class MessageList {
 
   /**
    * @param {MessageNode} item @param {Entry} entry
-   * @param {{retryId: ?string, waitsForConnection: boolean, failures: Map<string, Failure>}} how
-   *   the client_msg_id a failed entry retries, whether it waits for the connection, why messages failed
+   * @param {{retryId: ?string, waitsForConnection: boolean, failures: Map<string, Failure>, shown: string}} how
+   *   the client_msg_id a failed entry retries, whether it waits for the connection, why messages
+   *   failed, and the part of its text to show (a paced reply's, else all of it)
    */
   drawEntry(item, entry, how) {
     const labels = this.labels;
@@ -560,10 +606,10 @@ class MessageList {
     node.dataset.role = role;
     node.dataset.status = status;
     setText(item.who, `${role === "user" ? labels.you : labels.assistant}: `);
-    const body = entry.text || "";
+    const body = how.shown;
     setText(item.body, body);
-    // Screen readers wait for the end of a streamed reply instead of reading every piece.
-    toggle(node, "aria-busy", status === "streaming", "true");
+    // Screen readers wait for the end of a streamed (or paced) reply instead of reading every piece.
+    toggle(node, "aria-busy", status === "streaming" || body.length < (entry.text || "").length, "true");
     // An assistant entry with nothing to show yet is the typing indicator's job.
     node.hidden = role === "assistant" && !body && status !== "failed";
     item.bubble.hidden = !body; // a failed reply's partial text is dropped: only its notice shows

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shlex
 import sys
@@ -33,8 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ws_handlers.bot import Bot
+
 from . import report
-from .local import LocalConfig, LocalStack, local_stack
+from .local import LocalConfig, LocalStack, cpu_by_role, local_stack
 from .model_floor import measure
 from .runner import Options, Run
 
@@ -81,8 +84,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                        help="run the offline model inside the stack's process (default: a process of its own)")
     local.add_argument("--moto-in-stack", action="store_true", help="with --store dynamodb: run moto's server "
                        "inside the stack's process (default: a process of its own, beside the stack's)")
-    local.add_argument("--function-processes", type=int, default=os.cpu_count() or 1,
-                       help="worker processes for the reply function (0: threads of the stack's process)")
+    local.add_argument("--function-processes", type=_processes, default=os.cpu_count() or 1,
+                       help="worker processes for the reply function (0: threads of the stack's process; "
+                       "'dev': what `make dev` chooses on this machine)")
     local.add_argument("--profile", type=Path, help="write a cProfile of the stack's event loop thread here")
     load = p.add_argument_group("load")
     load.add_argument("--participants", type=int, default=20)
@@ -100,6 +104,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                       help="retries of a send after a retryable error (backoff from 0.5 s, doubling)")
     load.add_argument("--heartbeat", type=float, default=240.0, metavar="SECONDS",
                       help="a ping this often while connected, as the browser client's heartbeat (0: none)")
+    load.add_argument("--max-tokens", type=int, help="the bot's max_tokens (default: the tutor's 300); the offline "
+                      "model's replies are longer than 40 tokens, so 40 makes every reply exactly 40 tokens")
     load.add_argument("--seed", type=int, default=0)
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, default=Path("load_tests/results/latest"), help="directory for "
@@ -114,6 +120,45 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if args.think is None:
         args.think = 0.0 if args.burst else 2.0
     return args
+
+
+def _processes(value: str) -> int:
+    """--function-processes: a count, or "dev" for `make dev`'s own choice."""
+    if value == "dev":
+        from local_gateway.stack import default_function_processes
+
+        return default_function_processes()
+    return int(value)
+
+
+def _bot(max_tokens: int | None) -> Bot | None:
+    """The tutor with another max_tokens, or None (the runner's default bot)."""
+    if max_tokens is None:
+        return None
+    from local_gateway.demo_bots import BOTS
+
+    return dataclasses.replace(BOTS["tutor"], max_tokens=max_tokens)
+
+
+#: Processes whose CPU is not the stack's own: on AWS the model and DynamoDB are other machines.
+NOT_THE_STACK = ("model", "moto")
+
+
+def cpu_report(before: dict[int, float], traffic_end: dict[int, float], end: dict[int, float], root: int,
+               run: Run) -> dict[str, Any]:
+    """The stack's CPU during the traffic, by process role, and per reply (the model's and moto's
+    processes and the load generator excluded); the whole run's too (with the verification pass)."""
+    during = cpu_by_role(before, traffic_end, root)
+    stack = sum(seconds for name, seconds in during.items() if name not in NOT_THE_STACK)
+    whole = cpu_by_role(before, end, root)
+    elapsed = max(0.001, run.traffic_s)
+    return {
+        "cpu_s_by_role": {name: round(seconds, 2) for name, seconds in sorted(during.items())},
+        "stack_cpu_s": round(stack, 2),  # gateway + reply workers (+ their helpers), during the traffic
+        "stack_cpu_percent_of_one_core": round(100 * stack / elapsed, 1),
+        "cpu_ms_per_reply": round(1000 * stack / run.replies_done, 1) if run.replies_done else None,
+        "cpu_s_by_role_with_verification": {name: round(seconds, 2) for name, seconds in sorted(whole.items())},
+    }
 
 
 def _secret(args: argparse.Namespace) -> str:
@@ -207,16 +252,19 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
         options = Options(url=url, secret=secret, participants=args.participants, messages=args.messages,
                           think=args.think, ramp=args.ramp, deadline=args.deadline, reply_timeout=args.reply_timeout,
                           connect_timeout=args.connect_timeout, retries=args.retries, heartbeat=args.heartbeat, origin=args.origin or None,
-                          seed=args.seed, burst=args.burst)
+                          seed=args.seed, burst=args.burst, bot=_bot(args.max_tokens))
         if args.local and args.warmup:
             warm = Run(Options(url=url, secret=secret, participants=args.warmup, messages=1, think=0.0, deadline=60,
-                               origin=args.origin or None, experiment="warmup", hold=False))
+                               origin=args.origin or None, experiment="warmup", hold=False, bot=options.bot))
             await warm.execute()
             extra["warmup"] = {"participants": args.warmup, "replies": warm.replies_done, "errors": dict(warm.errors)}
         run = Run(options)
         stats0 = local.stats() if local is not None else None
         cpu0 = local.cpu_seconds() if local and not args.in_process else None
         progress = asyncio.create_task(_progress(run, not args.no_progress))
+        traffic: dict[str, dict[int, float]] = {}  # CPU at the end of the traffic, before the verification pass
+        if cpu0 is not None:
+            run.on_traffic_end = lambda: traffic.setdefault("cpu", local.cpu_seconds())  # type: ignore[union-attr]
         try:
             await run.execute()
         finally:
@@ -229,15 +277,8 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
             extra["emulation"] = emulation = report.emulation(stats0 or {}, local.stats())
             slots = next(iter(emulation["queues"].values()), {}).get("concurrency", slots)
             if cpu0 is not None:
-                cpu1 = local.cpu_seconds()
-                used = {pid: cpu1[pid] - cpu0.get(pid, 0.0) for pid in cpu1}
-                elapsed = max(0.001, run.traffic_s + run.verification.duration_s)
-                main = used.get(local.pid, 0.0)
-                local_info["stack_cpu_s"] = round(main, 1)  # the gateway's process
-                local_info["stack_cpu_percent_of_one_core"] = round(100 * main / elapsed, 1)
-                # with its worker processes (reply function) and the offline model's
-                local_info["stack_all_processes_cpu_s"] = round(sum(used.values()), 1)
-                local_info["stack_all_processes_percent_of_one_core"] = round(100 * sum(used.values()) / elapsed, 1)
+                local_info |= cpu_report(cpu0, traffic.get("cpu") or local.cpu_seconds(), local.cpu_seconds(),
+                                         local.pid, run)
         scenario = args.scenario or f"p{args.participants}-m{args.messages}"
         return report.build(run, command=command, scenario=scenario, floor=floor, local=local_info, extra=extra,
                             slots=slots)
@@ -254,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
           f"replies in {time.monotonic() - t0:.0f} s; TTFD p50 {lat['ttfd']['p50']} p99 {lat['ttfd']['p99']} ms "
           f"(over the model: p99 {lat['ttfd_overhead_over_model']['p99']} ms); lost {v['lost']}, duplicated "
           f"{v['duplicated']}, mismatched {v['replies_mismatch']}; errors {result['errors'] or 'none'}; "
-          f"AWS ${result['cost']['per_participant_usd']['aws']:.5f}/participant")
+          f"AWS ${result['cost']['per_participant_usd']['aws']:.5f}/participant"
+          + (f"; CPU per reply {cpu} ms" if (cpu := (result.get("local_stack") or {}).get("cpu_ms_per_reply")) else ""))
     print(f"report: {paths['report']}")
     return 0 if report.ok(result) else 1
 

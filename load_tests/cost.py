@@ -1,4 +1,4 @@
-"""What a run would cost on AWS: the operations it implies, priced by load_tests/prices.py.
+"""What a run would cost on AWS: the operations it implies, priced by ws_handlers/ops/prices.py.
 
 The counts come from the run itself (frames each way and their sizes, socket minutes,
 replies, tokens, measured reply durations). What each action costs in DynamoDB is not
@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ws_handlers.config import Settings
-from ws_handlers.turn import REBIND_INTERVAL, RENEWALS_PER_LEASE
-
-from .prices import (
+from ws_handlers.ops.prices import (
     APIGW_MESSAGE_BYTES,
     DATE,
     NOT_COUNTED,
@@ -28,6 +26,8 @@ from .prices import (
     llm_prices,
     llm_usd,
 )
+from ws_handlers.turn import REBIND_INTERVAL, RENEWALS_PER_LEASE
+
 from .store_profile import Shape, Units, profile
 
 #: Estimated Lambda durations (ms) where the local stack cannot stand in for AWS: a handful of
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = Study()
     parser = argparse.ArgumentParser(prog="python -m load_tests.cost", description="What a study would cost on AWS "
                                      "and at the model, by the cost model of the load tests (prices: "
-                                     f"load_tests/prices.py, {DATE}, {REGION}).")
+                                     f"ws_handlers/ops/prices.py, {DATE}, {REGION}).")
     parser.add_argument("--participants", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--messages", type=int, default=defaults.messages, help="participant messages each")
     parser.add_argument("--user-chars", type=int, default=defaults.user_chars)

@@ -107,6 +107,31 @@ def cpu_by_process(pid: int) -> dict[int, float]:
     return used
 
 
+#: A process of the local stack by what it runs (its command line), for CPU by role: the model
+#: and moto stand in for services that are not the stack's own CPU on AWS.
+ROLES = (("model", "local_gateway.offline_model"), ("moto", "moto"), ("workers", "multiprocessing"))
+
+
+def role(pid: int, root: int) -> str:
+    """"gateway" (the stack's own process), "workers" (reply function processes and their
+    helpers, e.g. multiprocessing's resource tracker), "model", "moto" or "other"."""
+    if pid == root:
+        return "gateway"
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "other"
+    return next((name for name, marker in ROLES if marker in command), "other")
+
+
+def cpu_by_role(before: dict[int, float], after: dict[int, float], root: int) -> dict[str, float]:
+    """CPU seconds used between two `cpu_by_process` readings, summed by `role`."""
+    used: dict[str, float] = collections.Counter()
+    for pid, seconds in after.items():
+        used[role(pid, root)] += seconds - before.get(pid, 0.0)
+    return dict(used)
+
+
 @dataclass
 class LocalStack:
     urls: dict[str, str]

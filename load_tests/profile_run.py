@@ -85,7 +85,7 @@ class _Model:
         self.reply_chars, self.meter, self.probe = reply_chars, meter, probe
 
     def stream(self, bot: Any, messages: list[dict[str, str]]) -> Iterator[Any]:
-        from ws_handlers.llm import Usage
+        from ws_handlers.model import Usage
 
         action = self.meter.action
         self.meter.action = f"{action}: delivering the text"  # a slow machine's re-reads land here
@@ -101,9 +101,9 @@ class _Run:
 
         from local_gateway.template import create_tables, load
         from ws_handlers import runtime
+        from ws_handlers.adapters.dynamodb import DynamoStore
         from ws_handlers.bot import Bot
         from ws_handlers.config import Settings
-        from ws_handlers.dynamo_store import DynamoStore
 
         from .dynamo_units import Meter, Table
 

@@ -251,6 +251,10 @@ def markdown(result: dict[str, Any], files: dict[str, str]) -> str:
               "", "Errors by code: " + (", ".join(f"`{k}` {n}" for k, n in result["errors"].items()) or "none") + ".", ""]
     if result.get("local_stack"):
         ls = result["local_stack"]
+        if ls.get("cpu_ms_per_reply") is not None:
+            lines += [f"**CPU per reply: {ls['cpu_ms_per_reply']} ms** (user + system CPU of the stack's processes "
+                      f"during the traffic, the model and moto excluded, over {result['messages']['replied']} "
+                      f"replies); by process role, s: {ls['cpu_s_by_role']}.", ""]
         lines += [f"Local stack: {json.dumps({k: ls[k] for k in ls if k != 'urls'})}", ""]
     lines += ranks.markdown(result) + _emulation_lines(result.get("emulation"))
     if result.get("idle_memory"):

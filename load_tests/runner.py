@@ -25,6 +25,7 @@ import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -141,6 +142,7 @@ class Run:
         self.started = 0.0
         self.started_wall = 0.0
         self.traffic_s = 0.0
+        self.on_traffic_end: Callable[[], Any] | None = None  #: called between the traffic and the verification
         self.verification = Verification()
         self._all_done: asyncio.Event | None = None
         self._done_count = 0
@@ -177,6 +179,8 @@ class Run:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.traffic_s = self.now()
+        if self.on_traffic_end is not None:
+            self.on_traffic_end()
         await self._verify_all()
 
     def _ready_one(self) -> None:

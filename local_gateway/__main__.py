@@ -22,8 +22,8 @@ from ws_handlers.tickets import Identity, mint_ticket, mint_token
 
 from . import ports
 from .demo_bots import BOTS
-from .gateway import Limits
-from .stack import ROOT, Stack, StackConfig, dev_secret
+from .gateway import GatewayLimits
+from .stack import ROOT, Stack, StackConfig, default_function_processes, dev_secret
 
 
 def _secret(data_dir: Path) -> str:
@@ -60,7 +60,7 @@ def serve(args: argparse.Namespace) -> None:
         demo_port=args.demo_port,
         data_dir=args.data_dir,
         store=args.store,
-        limits=Limits(idle_timeout=args.idle_timeout),
+        limits=GatewayLimits(idle_timeout=args.idle_timeout),
         function_processes=args.function_processes,
         duplicate_deliveries=args.duplicate_deliveries,
         openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
@@ -136,9 +136,8 @@ def main(argv: list[str] | None = None) -> None:
                      help="sqlite: durable, the default; dynamodb: moto's DynamoDB server, in memory, "
                           "with DynamoDB's conflicts (LOCAL_DYNAMODB_* variables: docs/local.md)")
     run.add_argument("--idle-timeout", type=float, default=600.0, help="seconds (API Gateway: 600)")
-    run.add_argument("--function-processes", type=int, default=0,
-                     help="run the reply function in this many worker processes, for pilots with many "
-                          "participants at once (default 0: threads of this process)")
+    run.add_argument("--function-processes", type=int, default=default_function_processes(),
+                     help="run the reply function in this many worker processes (0: threads of this process)")
     run.add_argument("--origins", help="comma-separated allowed origins (default: local oTree and demo pages)")
     run.add_argument("--llm-concurrency", type=int,
                      help="replies generated at once; more wait in the reply queue (default: the template's LlmConcurrency)")

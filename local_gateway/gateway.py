@@ -10,13 +10,13 @@ reproduces what the handlers and the browser can observe of API Gateway:
   template.yaml, and its integration is invoked without blocking the socket: frames are
   handled concurrently, as API Gateway does. A route with a MOCK integration (ping) is
   answered by the gateway itself, with no function call.
-* Limits: 128 KB messages and 32 KB frames (larger ones close the socket with 1009),
+* Limits (`GatewayLimits`): 128 KB messages and 32 KB frames (larger ones close the socket with 1009),
   binary frames (closed with 1003, as API Gateway accepts only text), an
   idle timeout (10 min by default; only frames from the client count as activity) and a
   2-hour maximum connection, both closing with 1001 Going Away.
 * `$disconnect` is invoked after the socket closes, best effort.
 * Each connection's outgoing buffer is bounded (outbox.py): a client that stops reading is
-  closed with 1001 once its buffer has stayed full for `Limits.stall_timeout`, and pushes to
+  closed with 1001 once its buffer has stayed full for `GatewayLimits.stall_timeout`, and pushes to
   it answer "gone" from then on, as API Gateway drops a connection it cannot deliver to.
 * As the Management API's `ConnectionRegistry`, it delivers post_to_connection data to
   the socket, and answers "gone" for unknown or closed connections.
@@ -57,7 +57,7 @@ Invoke = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
-class Limits:
+class GatewayLimits:
     max_message: int = MAX_MESSAGE_BYTES
     max_frame: int = MAX_CLIENT_FRAME_BYTES
     idle_timeout: float = 600.0
@@ -102,7 +102,9 @@ def _now_strings() -> tuple[int, str]:
 class Gateway:
     """The WebSocket side of the emulated API; `serve()` starts it on loopback."""
 
-    def __init__(self, api: WebSocketApi, invoke: Invoke, *, limits: Limits = Limits(), api_id: str = "local") -> None:
+    def __init__(
+        self, api: WebSocketApi, invoke: Invoke, *, limits: GatewayLimits = GatewayLimits(), api_id: str = "local"
+    ) -> None:
         self.api = api
         self.invoke = invoke
         self.limits = limits

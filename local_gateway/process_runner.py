@@ -226,7 +226,7 @@ def _worker(spec: WorkerSpec, pipe: Connection) -> None:
 
     store = None
     if spec.sqlite_path is not None:
-        from .sqlite_store import SqliteStore
+        from ws_handlers.adapters.sqlite import SqliteStore
 
         store = SqliteStore(spec.sqlite_path, same_as=spec.sqlite_identity)
     services = runtime.from_settings(Settings.from_env(spec.environment), store=store)

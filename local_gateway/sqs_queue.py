@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from ws_handlers.chat import ReplyJob
+from ws_handlers.jobs import ReplyJob
 
 from .thread_runner import Done
 

@@ -25,20 +25,21 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ws_handlers import runtime
-from ws_handlers.chat import JobQueue
+from ws_handlers.adapters.apigateway import ManagementApiPusher
+from ws_handlers.adapters.sqlite import SqliteStore, StoreFileLost
 from ws_handlers.config import Settings
-from ws_handlers.push import ManagementApiPusher, Pusher
+from ws_handlers.jobs import JobQueue
+from ws_handlers.push import Pusher
 from ws_handlers.reply import invocation_died
 from ws_handlers.store import Store
 
 from . import model_process
 from .direct_push import DirectPusher
-from .gateway import Gateway, Limits
+from .gateway import Gateway, GatewayLimits
 from .lambda_context import LambdaContext
 from .management_api import management_app
 from .offline_model import OfflineModel
 from .process_runner import ProcessRunner, WorkerSpec
-from .sqlite_store import SqliteStore, StoreFileLost
 from .sqs_queue import LocalQueue
 from .template import Function, QueueSource, Template, load
 from .thread_runner import ThreadRunner
@@ -78,6 +79,13 @@ def dev_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def default_function_processes() -> int:
+    """Worker processes for the reply function when nobody says: what `make dev` runs
+    (`python -m local_gateway serve`) and the classroom benchmark measures. 0: threads of the
+    stack's process."""
+    return 0
+
+
 @dataclass
 class StackConfig:
     host: str = "127.0.0.1"
@@ -91,7 +99,7 @@ class StackConfig:
     #: "management_api" (boto3 over HTTP to the emulator, exactly as on AWS)
     push: str = "direct"
     stage: str = "local"
-    limits: Limits = field(default_factory=Limits)
+    limits: GatewayLimits = field(default_factory=GatewayLimits)
     secret: str | None = None  #: None: the dev secret file in data_dir
     openai_api_key: str | None = None  #: None: the offline model (unless openai_base_url is set)
     openai_base_url: str | None = None
@@ -164,7 +172,7 @@ class Stack:
             import boto3
             from moto.server import ThreadedMotoServer
 
-            from ws_handlers.dynamo_store import DynamoStore
+            from ws_handlers.adapters.dynamodb import DynamoStore
 
             from . import moto_process, strict_dynamodb
             from .template import create_tables

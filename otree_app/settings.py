@@ -5,7 +5,7 @@ import sys
 from os import environ
 from pathlib import Path
 
-# ws_handlers (minting tickets: cryptography + pyjwt only) and local_gateway.sqlite_store (the bots'
+# ws_handlers (minting tickets: cryptography + pyjwt only) and ws_handlers.adapters.sqlite (the bots'
 # tests) live at the repository root; they import nothing of the service's other dependencies.
 # the repository, for ws_handlers; LLM_CHAT_ROOT when the project runs from a copy (tests:
 # oTree keeps its SQLite database in db.sqlite3 of the working directory, whatever DATABASE_URL says)

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from local_gateway.template import (  # !Ref, !Sub, !GetAtt ... as {"Ref": ...} etc.
+from local_gateway.template import load
+from ws_handlers.config import NAMES
+from ws_handlers.ops.template import (  # !Ref, !Sub, !GetAtt ... as {"Ref": ...} etc.
     Resolver,
     TemplateError,
-    load,
     read_template,
 )
-from ws_handlers.config import NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_PATH = ROOT / "template.yaml"

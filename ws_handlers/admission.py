@@ -6,8 +6,9 @@ from collections.abc import Callable, Mapping
 
 from .config import Settings
 from .controls import obeyed
+from .identity import CredentialError, Identity
 from .store import ControlItems
-from .tickets import CredentialError, Identity, verify_token
+from .tickets import verify_token
 
 
 class Refused(Exception):

@@ -31,6 +31,24 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Pace:
+    """How fast the widget shows a reply: a reading or typing pace, applied to the displayed
+    text only (storage and the transcript never wait for it). Each word waits 60/words_per_minute
+    seconds, scaled by a random factor in [1 - jitter, 1 + jitter]."""
+
+    words_per_minute: int = 250
+    jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        wpm = self.words_per_minute
+        if not isinstance(wpm, int) or isinstance(wpm, bool) or not 30 <= wpm <= 3000:
+            raise ValueError("pace.words_per_minute must be an integer from 30 to 3000")
+        jitter = self.jitter
+        if not isinstance(jitter, (int, float)) or isinstance(jitter, bool) or not 0 <= jitter <= 0.9:
+            raise ValueError("pace.jitter must be a number from 0 to 0.9")
+
+
+@dataclass(frozen=True)
 class Bot:
     """The treatment: model, system prompt and sampling parameters, never shown to the browser."""
 
@@ -41,6 +59,8 @@ class Bot:
     max_tokens: int = 400
     opening_message: str | None = None
     limits: Limits = field(default_factory=Limits)
+    #: None: replies show as fast as they stream
+    pace: Pace | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not 0 < len(self.name) <= 64:
@@ -68,6 +88,8 @@ class Bot:
             raise ValueError(f"bot.opening_message must be a string of 1 to {MAX_OPENING_CHARS} characters")
         if not isinstance(self.limits, Limits):
             raise ValueError("bot.limits must be a Limits")
+        if self.pace is not None and not isinstance(self.pace, Pace):
+            raise ValueError("bot.pace must be a Pace")
         for name in ("name", "model", "system_prompt", "opening_message"):
             value = getattr(self, name)
             try:
@@ -85,9 +107,12 @@ class Bot:
             raise ValueError("bot must be an object")
         data = dict(data)
         limits = data.pop("limits", None) or {}
+        pace = data.pop("pace", None)
         if not isinstance(limits, dict):
             raise ValueError("bot.limits must be an object")
+        if pace is not None and not isinstance(pace, dict):
+            raise ValueError("bot.pace must be an object")
         try:
-            return cls(**data, limits=Limits(**limits))
+            return cls(**data, limits=Limits(**limits), pace=None if pace is None else Pace(**pace))
         except TypeError as exc:  # unknown or missing fields
             raise ValueError(f"bot has unknown or missing fields: {exc}") from None

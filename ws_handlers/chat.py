@@ -12,44 +12,20 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import asdict, replace
+from typing import Any
 
 from .config import Settings
 from .controls import obeyed
 from .errors import ChatError
-from .observability import logger, record_budget_use
+from .identity import CredentialError, Ticket, TicketOpener
+from .jobs import JobQueue, ReplyJob
 from .protocol import History, Send, Start, error_frame, history_page, is_blank, message_frame, queued_frame
 from .store import Chat, Conflict, Connection, Lease, Message, Store, chat_id_for, legacy_chat_id_for
-from .tickets import CredentialError, Ticket, open_ticket
+from .telemetry import logger, metrics
 
 Respond = Callable[[dict[str, Any]], None]
 _APPEND_ATTEMPTS = 3
-
-
-@dataclass(frozen=True)
-class ReplyJob:
-    """What the reply function needs to write one reply (the body of its queue message)."""
-
-    chat_id: str
-    user_seq: int
-    turn_id: str
-    connection_id: str
-    endpoint: str  #: Management API endpoint to push through
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": "reply", **self.__dict__}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ReplyJob:
-        return cls(data["chat_id"], int(data["user_seq"]), data["turn_id"], data["connection_id"], data["endpoint"])
-
-
-class JobQueue(Protocol):
-    def enqueue(self, job: ReplyJob) -> None:
-        """Hand the job to the reply function without waiting for it. Delivery is at least once
-        and may wait for a free slot: the reply function claims each turn exactly once."""
-        ...
 
 
 def _belongs(chat: Chat, ticket: Ticket) -> bool:
@@ -63,19 +39,33 @@ def _owned(chat: Chat, ticket: Ticket) -> Chat:
     return chat
 
 
-class Chats:
+def _record_budget_use(tokens_used: int, budget: int) -> None:
+    """BudgetUsedPercent: how much of an experiment's token budget is spent, for the alarm.
+
+    Emitted where the budget is checked anyway (no extra read). The experiment is not a
+    dimension: an alarm needs one fixed set of dimensions, and experiments are created at
+    will, so the metric (service = stack) takes the Maximum across them. Which experiment
+    it is, the operator's status command tells.
+    """
+    if budget > 0:
+        metrics.add_metric(name="BudgetUsedPercent", unit="Percent", value=100 * tokens_used / budget)
+
+
+class ChatService:
+    """The message route's decisions for one invocation (the `Chat` record is the store's)."""
+
     def __init__(
         self,
         settings: Settings,
         store: Store,
         jobs: JobQueue,
-        ticket_secret: Callable[[], str],
+        open_ticket: TicketOpener,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.store = store
         self.jobs = jobs
-        self._secret = ticket_secret
+        self._open_ticket = open_ticket
         self._clock = clock
 
     def admit_frame(self, connection_id: str) -> Connection:
@@ -106,7 +96,7 @@ class Chats:
     # -- start ------------------------------------------------------------------------
     def start(self, connection: Connection, action: Start, respond: Respond) -> None:
         try:
-            ticket = open_ticket(self._secret(), action.ticket, max_age=self.settings.ticket_max_age)
+            ticket = self._open_ticket(action.ticket)
         except CredentialError as exc:
             raise ChatError(exc.code) from None
         if ticket.identity != connection.identity:
@@ -123,6 +113,7 @@ class Chats:
                 "more": more,
                 "replying": self._replying_seq(chat, now),
                 "limits": self._limits(chat),
+                **({"pace": asdict(chat.bot.pace)} if chat.bot.pace else {}),
             }
         )
         self._still_queued(chat, now, respond)
@@ -261,7 +252,7 @@ class Chats:
         if controls.llm_paused_until > self._clock():  # the breaker is open: fail fast, store nothing
             raise ChatError("llm_paused", **context)
         budget = controls.token_budget if controls.token_budget is not None else self.settings.token_budget
-        record_budget_use(controls.tokens_used, budget)
+        _record_budget_use(controls.tokens_used, budget)
         if budget and controls.tokens_used >= budget:
             raise ChatError("budget_exhausted", **context)
         if chat.tokens_used >= chat.bot.limits.max_tokens_per_chat:

@@ -39,6 +39,7 @@ VARIABLES: tuple[Variable, ...] = (
              "a reply whose function died frees the chat within this long, then a retry writes it."),
     Variable("REPLY_QUEUE_WAIT_SECONDS", "300", "Seconds a queued reply holds its chat before it runs; after that a retry may take over."),
     Variable("REPLY_QUEUE_URL", "", "SQS queue of reply jobs, which the reply function consumes (the message function sends)."),
+    Variable("WEBSOCKET_URL", "", "The WebSocket API's URL (wss://{domain}/{stage}) that study entries hand to participants."),
     Variable("WEBSOCKET_ENDPOINT", "", "Management API endpoint override; default https://{domain}/{stage}."),
     Variable("OPENAI_BASE_URL", "", "OpenAI-compatible API base URL; empty means OpenAI itself."),
     Variable("OPENAI_API_KEY_SECRET_ARN", "", "Secrets Manager secret (name or ARN) holding the OpenAI API key."),
@@ -47,7 +48,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LLM_MAX_RETRIES", "2", "Retries with backoff on 429 and 5xx before the first token."),
     Variable("LLM_BREAKER_FAILURES", "5", "Model failures within the window that pause model calls."),
     Variable("LLM_BREAKER_WINDOW_SECONDS", "30", "The window in which model failures are counted."),
-    Variable("LLM_BREAKER_COOLDOWN_SECONDS", "20", "Seconds model calls stay paused before a probe goes through."),
+    Variable("LLM_BREAKER_COOLDOWN_SECONDS", "20", "Seconds sends stay refused (llm_paused) once the breaker opens; then all go through again."),
     Variable("STREAM_FLUSH_MS", "120", "Longest wait before buffered reply text is pushed as a delta."),
     Variable("STREAM_FLUSH_CHARS", "600", "Buffered characters that trigger a delta at once."),
 )
@@ -89,6 +90,7 @@ class Settings:
     reply_lease_seconds: int
     reply_queue_wait_seconds: int
     reply_queue_url: str | None
+    websocket_url: str | None
     websocket_endpoint: str | None
     openai_base_url: str | None
     openai_api_key_secret_arn: str | None
@@ -140,6 +142,7 @@ class Settings:
             reply_lease_seconds=integer("REPLY_LEASE_SECONDS", 5),
             reply_queue_wait_seconds=integer("REPLY_QUEUE_WAIT_SECONDS", 5),
             reply_queue_url=optional("REPLY_QUEUE_URL"),
+            websocket_url=optional("WEBSOCKET_URL"),
             websocket_endpoint=optional("WEBSOCKET_ENDPOINT"),
             openai_base_url=optional("OPENAI_BASE_URL"),
             openai_api_key_secret_arn=optional("OPENAI_API_KEY_SECRET_ARN"),

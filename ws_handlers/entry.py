@@ -21,13 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import observability
+from .adapters.apigateway import endpoint_from_event
 from .admission import Refused
 from .errors import ChatError
 from .observability import logger, metrics
 from .protocol import error_frame
-from .push import ConnectionGone, Pusher, PushFailed, endpoint_from_event
+from .push import ConnectionGone, Pusher, PushFailed
 from .runtime import services
 from .store import Store, StoreThrottled
+
+observability.install()  # the domain's metrics (telemetry.metrics) go to Powertools from here on
 
 Event = dict[str, Any]
 Handler = Callable[[Event, Any], Any]

@@ -1,8 +1,7 @@
 """API Gateway's WebSocket size limits, in bytes: the facts the service and its emulation design around.
 
 A module of its own, importing nothing, because `tickets` (which the experiment server
-imports to mint) and `protocol` (which imports `tickets` through `store`) both need them,
-and so do the local gateway's emulators.
+imports to mint) and `protocol` both need them, and so do the local gateway's emulators.
 """
 
 #: API Gateway closes the socket (1009) on a client frame larger than this. Browsers send

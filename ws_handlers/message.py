@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .chat import Chats
+from .chat import ChatService
 from .entry import Caller, lambda_entry, on_socket
 from .observability import logger, metrics
 from .protocol import parse
@@ -22,10 +22,10 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     svc = services()
     caller = Caller.of(event)
     logger.append_keys(connection_id=caller.connection_id)
-    chats = Chats(svc.settings, svc.store, svc.jobs, svc.ticket_secret, clock=svc.clock)
-    connection = chats.admit_frame(caller.connection_id)  # counted before it is even parsed
+    service = ChatService(svc.settings, svc.store, svc.jobs, svc.open_ticket, clock=svc.clock)
+    connection = service.admit_frame(caller.connection_id)  # counted before it is even parsed
     logger.append_keys(participant=connection.identity.participant)
     action = parse(event.get("body"))
     logger.append_keys(action=type(action).__name__.lower())
-    chats.handle(connection, action, caller.endpoint, caller.respond)
+    service.handle(connection, action, caller.endpoint, caller.respond)
     return {"statusCode": 200}

@@ -1,5 +1,8 @@
 """Structured logs and metrics with Powertools, configured by its own environment variables.
 
+The Lambda entry points' side of the domain's telemetry port (`telemetry`): `entry` installs it,
+and decorates every handler with its `logger` and `metrics` (`lambda_entry`). It is no adapter of
+the domain's: the domain logs and counts through `telemetry`, and would run without Powertools.
 Logs carry ids, codes, sizes and timings: never message text, prompts, tickets or keys.
 """
 
@@ -10,8 +13,10 @@ import threading
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
+
+from . import telemetry
+from .telemetry import SERVICE
 
 
 class _OneBufferAtATime(AmazonCloudWatchEMFProvider):
@@ -34,9 +39,8 @@ class _OneBufferAtATime(AmazonCloudWatchEMFProvider):
             super().flush_metrics(raise_on_empty_metrics)
 
 
-SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "llm-chat")
 NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "LLMChat")
-logger = Logger(service=SERVICE)
+logger = Logger(service=SERVICE)  # wraps logging.getLogger(SERVICE), which is telemetry.logger
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 metrics.provider = _OneBufferAtATime(
     namespace=NAMESPACE, service=SERVICE, metric_set=metrics.metric_set, dimension_set=metrics.dimension_set,
@@ -44,13 +48,7 @@ metrics.provider = _OneBufferAtATime(
 )
 
 
-def record_budget_use(tokens_used: int, budget: int) -> None:
-    """BudgetUsedPercent: how much of an experiment's token budget is spent, for the alarm.
-
-    Emitted where the budget is checked anyway (no extra read). The experiment is not a
-    dimension: an alarm needs one fixed set of dimensions, and experiments are created at
-    will, so the metric (service = stack) takes the Maximum across them. Which experiment
-    it is, the operator's status command tells.
-    """
-    if budget > 0:
-        metrics.add_metric(name="BudgetUsedPercent", unit=MetricUnit.Percent, value=100 * tokens_used / budget)
+def install() -> None:
+    """Send the domain's metrics (`telemetry.metrics`) to Powertools' `metrics`. Its logs need
+    nothing: `telemetry.logger` is the standard library logger that `logger` wraps."""
+    telemetry.install(metrics)

@@ -1,14 +1,9 @@
-"""The push port: frames to a participant's socket through API Gateway's Management API."""
+"""The push port: frames to a participant's socket. No I/O here: the Management API adapter
+is `adapters.apigateway`; the local stack has its own (local_gateway/direct_push.py, http_push.py)."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
-
-import boto3
-from botocore.config import Config
-from botocore.exceptions import ClientError
-
-from .protocol import encode
 
 
 class ConnectionGone(Exception):
@@ -23,32 +18,3 @@ class Pusher(Protocol):
     def send(self, connection_id: str, frame: dict[str, Any]) -> None:
         """Deliver one frame; raises ConnectionGone or PushFailed."""
         ...
-
-
-class ManagementApiPusher:
-    """`Pusher` on boto3's apigatewaymanagementapi client (AWS, moto or the local emulator)."""
-
-    def __init__(self, endpoint_url: str, client: Any | None = None, **client_args: Any) -> None:
-        config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5)
-        self.endpoint_url = endpoint_url
-        self._client = client or boto3.client(
-            "apigatewaymanagementapi", endpoint_url=endpoint_url, config=config, **client_args
-        )
-
-    def send(self, connection_id: str, frame: dict[str, Any]) -> None:
-        try:
-            self._client.post_to_connection(ConnectionId=connection_id, Data=encode(frame))
-        except ClientError as exc:
-            # boto3 maps GoneException only when x-amzn-ErrorType says so; the status is the truth.
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status == 410 or exc.response.get("Error", {}).get("Code") == "GoneException":
-                raise ConnectionGone(connection_id) from None
-            raise PushFailed(f"{exc.response.get('Error', {}).get('Code')} ({status})") from exc
-
-
-def endpoint_from_event(event: dict[str, Any], override: str | None = None) -> str:
-    """The Management API endpoint of the API that sent `event`."""
-    if override:
-        return override.rstrip("/")
-    context = event.get("requestContext", {})
-    return f"https://{context['domainName']}/{context['stage']}"

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .chat import ReplyJob
+from .adapters import openai_model  # noqa: F401  (openai loads in Lambda's init phase, not in the first reply)
 from .entry import lambda_entry
+from .jobs import ReplyJob
 from .observability import logger, metrics
 from .runtime import services
 from .turn import Turn, report_dead_turn

@@ -1,15 +1,19 @@
-"""Builds the adapters once per Lambda container (or once per local stack) from Settings.
+"""The composition root: builds the adapters from Settings, once per Lambda container.
 
-Handlers call `services()`; the local gateway and the tests call `install()` with the
-same adapters pointed at loopback, so only the edges differ from AWS. Imports of the
-LLM adapter stay inside `model()`: the connect and message functions never load openai.
+Handlers call `services()`: the process's services, built from the environment on first use,
+unless `install()` replaced them (the tests; each reply worker process of the local stack,
+local_gateway/process_runner.py) or `using()` scoped others to the running context (the local
+stack runs its other functions side by side in its own process, each with its own settings, as
+separate Lambdas would: local_gateway/stack.py). Only the edges differ from AWS: the same
+adapters pointed at loopback, or the local stack's own store and push. The model adapter is
+built by `Services.model()` on first use, which only the reply function makes: the connect and
+message functions never load openai.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,10 +21,15 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from .chat import JobQueue, ReplyJob
+from . import tickets
+from .adapters.apigateway import ManagementApiPusher
+from .adapters.dynamodb import DynamoStore
+from .adapters.sqs import SqsJobQueue
 from .config import Settings
-from .dynamo_store import DynamoStore
-from .push import ManagementApiPusher, Pusher
+from .identity import Ticket
+from .jobs import JobQueue, ReplyJob
+from .model import ChatModel
+from .push import Pusher
 from .store import Store
 
 
@@ -38,20 +47,6 @@ def _secret(arn: str | None, plain: str | None, what: str) -> str:
     raise ConfigurationError(f"no {what}: set {what}_ARN (AWS) or {what} (local development)")
 
 
-class SqsJobQueue:
-    """Reply jobs on SQS, which the reply function's event source mapping consumes with at most
-    LlmConcurrency at once: a burst waits in the queue, in about arrival order (docs/architecture.md)."""
-
-    def __init__(self, queue_url: str, client: Any | None = None) -> None:
-        import boto3
-
-        self.queue_url = queue_url
-        self._client = client or boto3.client("sqs")
-
-    def enqueue(self, job: ReplyJob) -> None:
-        self._client.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(job.to_dict()))
-
-
 @dataclass
 class Services:
     settings: Settings
@@ -59,13 +54,13 @@ class Services:
     jobs: JobQueue
     pusher_for: Callable[[str], Pusher]
     ticket_secret: Callable[[], str]
-    model_factory: Callable[[], Any] | None = None
+    model_factory: Callable[[], ChatModel] | None = None
     #: the handlers' "now" (epoch seconds): leases, the breaker's cooldown, rate windows; tests move it
     clock: Callable[[], float] = time.time
     _model: Any = field(default=None, repr=False)
     _model_key: str | None = field(default=None, repr=False)
 
-    def model(self) -> Any:
+    def model(self) -> ChatModel:
         """The ChatModel, built on first use (only the reply function needs it), and again
         when the key has changed: a warm container follows a rotated key within the secret
         cache's 5 minutes instead of failing with the old one until Lambda recycles it."""
@@ -76,11 +71,15 @@ class Services:
         s = self.settings
         key = _secret(s.openai_api_key_secret_arn, s.openai_api_key, "OPENAI_API_KEY")
         if self._model is None or self._model_key != key:
-            from .llm import OpenAIChatModel
+            from .adapters.openai_model import OpenAIChatModel
 
             self._model = OpenAIChatModel(key, s.openai_base_url, s.llm_timeout, s.llm_max_retries)
             self._model_key = key
         return self._model
+
+    def open_ticket(self, ticket: str) -> Ticket:
+        """A `start` frame's chat ticket, opened with the deployment's secret (`identity.TicketOpener`)."""
+        return tickets.open_ticket(self.ticket_secret(), ticket, max_age=self.settings.ticket_max_age)
 
 
 def from_settings(settings: Settings, jobs: JobQueue | None = None, store: Store | None = None) -> Services:
@@ -122,7 +121,8 @@ def services() -> Services:
 
 
 def install(new: Services | None) -> None:
-    """Replace the process's services (local gateway, tests); None rebuilds from the environment."""
+    """Replace the process's services (tests; a local reply worker process); None rebuilds from
+    the environment on next use."""
     global _services
     with _lock:
         _services = new

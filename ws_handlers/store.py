@@ -6,8 +6,8 @@ around it. A conditional write whose condition no longer holds writes nothing an
 whose callers simply stop return False, the others raise `Conflict`, the one error the domain
 handles by reading again and deciding afresh (why a message was refused, whether the breaker
 opens). The policy itself lives in the domain: `chat` (refusals), `controls` (what the request
-paths obey), `breaker` (the model's circuit breaker). Adapters: `dynamo_store.DynamoStore`
-(production, moto in tests) and, for the local stack, an embedded one; both are held to the
+paths obey), `breaker` (the model's circuit breaker). Adapters: `adapters.dynamodb.DynamoStore`
+(production, moto in tests) and, for the local stack, `adapters.sqlite.SqliteStore`; both are held to the
 contract tests in tests/ws_handlers/test_store_contract.py. `AdminStore`, at the end, is the
 operator's port (controls, allowlists, export, deletion), which the same adapters implement.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .bot import Bot
-from .tickets import Identity, valid_code
+from .identity import Identity, valid_code
 
 
 def chat_id_for(identity: Identity, chat_key: str) -> str:
@@ -32,7 +32,7 @@ def chat_id_for(identity: Identity, chat_key: str) -> str:
 
 def legacy_chat_id_for(identity: Identity, chat_key: str) -> str:
     """The id chats were stored under before ids named the session. Such a chat still resumes,
-    but only for the session its stored identity names (`chat.Chats.start`)."""
+    but only for the session its stored identity names (`chat.ChatService.start`)."""
     return _hashed(identity.experiment, identity.participant, chat_key)
 
 

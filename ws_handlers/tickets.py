@@ -11,7 +11,8 @@ The experiment server and the service share one secret. From it two keys are der
   script still fits in the one WebSocket frame that carries the ticket (`start`).
 
 This module imports only the standard library, `cryptography` and `jwt`, because the
-experiment server (oTree) imports it to mint.
+experiment server (oTree) imports it to mint. The records it mints and opens (`Identity`,
+`Ticket`) are the core's, in `identity`, and are imported from here too.
 """
 
 from __future__ import annotations
@@ -31,12 +32,17 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .bot import Bot
 from .gateway_limits import MAX_CLIENT_FRAME_BYTES
+from .identity import CredentialError, Identity, Ticket, valid_code
+
+__all__ = [  # the records are the core's (identity.py); minting and opening them is this module's
+    "CredentialError", "Identity", "Ticket", "TicketExpired", "TicketInvalid", "TicketTooLarge", "TokenExpired",
+    "TokenInvalid", "mint_ticket", "mint_token", "open_ticket", "start_frame", "valid_code", "verify_token",
+]
 
 TOKEN_AUDIENCE = "llm-chat:connect"
 DEFAULT_TOKEN_TTL = 6 * 3600  #: seconds a connect token stays valid
 DEFAULT_TICKET_MAX_AGE = 24 * 3600  #: seconds a ticket is accepted after minting
 MIN_SECRET_BYTES = 32
-_CODE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 _MAX_TOKEN_CHARS = 2048
 _MAX_TICKET_CHARS = MAX_CLIENT_FRAME_BYTES  #: a longer ticket could never have been sent
 #: What a ticket's plaintext starts with. Tickets minted first held the JSON itself, which
@@ -59,12 +65,6 @@ _TICKET_SHAPE = re.compile(r"[A-Za-z0-9_\-]+=*")
 CLOCK_SKEW_SECONDS = 60
 
 
-class CredentialError(Exception):
-    """A token or ticket was refused. `code` is the protocol's error code."""
-
-    code = "invalid_token"
-
-
 class TokenInvalid(CredentialError):
     code = "invalid_token"
 
@@ -84,34 +84,6 @@ class TicketExpired(CredentialError):
 class TicketTooLarge(ValueError):
     """Minting refused: the ticket's `start` frame would exceed API Gateway's frame limit,
     which closes the participant's socket instead of delivering it."""
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who is connected: a participant in one session of one experiment."""
-
-    participant: str
-    experiment: str
-    session: str
-
-    def __post_init__(self) -> None:
-        for name in ("participant", "experiment", "session"):
-            if not valid_code(getattr(self, name)):
-                raise ValueError(f"{name} must be 1 to 64 characters of A-Z a-z 0-9 _ . : -")
-
-
-@dataclass(frozen=True)
-class Ticket:
-    """An opened chat ticket: whose chat, which chat, and the bot that answers in it."""
-
-    identity: Identity
-    chat_key: str
-    bot: Bot
-
-
-def valid_code(value: object) -> bool:
-    """Whether `value` can be a participant code, experiment or session name in a token."""
-    return isinstance(value, str) and _CODE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -193,7 +165,7 @@ def mint_ticket(
     Raises TicketTooLarge (a ValueError naming the system prompt's size) when the ticket's
     `start` frame would not fit in one API Gateway frame.
     """
-    if not isinstance(chat_key, str) or not _CODE.fullmatch(chat_key):
+    if not valid_code(chat_key):
         raise ValueError("chat_key must be 1 to 64 characters of A-Z a-z 0-9 _ . : -")
     payload = {
         "v": 1,
@@ -245,7 +217,7 @@ def open_ticket(
             raise ValueError("unknown ticket version")
         identity = Identity(payload["p"], payload["x"], payload["s"])
         chat_key = payload["k"]
-        if not isinstance(chat_key, str) or not _CODE.fullmatch(chat_key):
+        if not valid_code(chat_key):
             raise ValueError("bad chat key")
         return Ticket(identity, chat_key, Bot.from_dict(payload["b"]))
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError, zlib.error):

@@ -15,15 +15,15 @@ from collections.abc import Callable
 from typing import Any
 
 from . import breaker
-from .chat import ReplyJob
 from .config import Settings
 from .errors import ChatError
-from .llm import ChatModel, LLMError, Usage
-from .observability import logger, metrics
+from .jobs import ReplyJob
+from .model import ChatModel, LLMError, Usage
 from .protocol import MAX_DELTA_BYTES, MAX_REPLY_BYTES, error_frame, fitting, message_frame, split_text, text_bytes
 from .push import ConnectionGone, PushFailed, Pusher
 from .store import Chat, Message, Store, StoreThrottled
 from .stream import Coalescer
+from .telemetry import logger, metrics
 
 #: While the participant has no live socket, look for a new one this often (seconds).
 REBIND_INTERVAL = 1.0

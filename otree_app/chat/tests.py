@@ -16,7 +16,7 @@ from .bots import BOTS
 
 
 def _bot_store():
-    from local_gateway.sqlite_store import SqliteStore  # stdlib sqlite3 + ws_handlers only
+    from ws_handlers.adapters.sqlite import SqliteStore  # stdlib sqlite3 + ws_handlers only
 
     path = os.environ.get("CHAT_STORE", "")
     if not path or path.startswith("dynamodb:") or os.path.abspath(path) == str(service.DEFAULT_STORE):
@@ -36,8 +36,8 @@ def stored_chat_id(player):
 def earlier_session(player):
     """The identity and old-style id of a chat the same participant code left in an earlier session:
     the server must neither count it for this player nor export it."""
+    from ws_handlers.identity import Identity
     from ws_handlers.store import legacy_chat_id_for
-    from ws_handlers.tickets import Identity
 
     earlier = Identity(player.participant.code, player.chat_experiment, "earlier-session")
     return earlier, legacy_chat_id_for(earlier, player.chat_key)

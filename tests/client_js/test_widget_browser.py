@@ -24,7 +24,7 @@ from local_gateway.demo_bots import BOTS
 from local_gateway.stack import StackConfig, running
 from local_gateway.threaded import serve_in_thread
 from waiting import Hold, wait_for
-from ws_handlers.bot import Bot, Limits
+from ws_handlers.bot import Bot, Limits, Pace
 from ws_handlers.tickets import Identity, mint_ticket, mint_token
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: make venv")
@@ -359,6 +359,33 @@ def test_a_failed_reply_offers_retry_and_retry_completes_it(site, stack, page):
     messages = stored(stack, page)
     assert [role for _, role, _ in messages] == ["assistant", "user", "assistant"]
     assert shown(page) == messages
+    assert page.errors == []
+
+
+def test_a_paced_reply_is_stored_at_once_and_shown_a_word_at_a_time(site, stack, page):
+    """A bot's pace is for the eyes only: the reply is stored as fast as the model writes it,
+    the page shows it word by word (holding the composer meanwhile), and a reload shows it whole."""
+    from dataclasses import replace
+
+    page.clock.install()  # the words' waits pass when the test says, not before
+    open_chat(page, site, stack, "P9", replace(BOTS["tutor"], pace=Pace(words_per_minute=30)))  # 2 s a word
+    expect(page.locator(".lc-msg--assistant").first).to_be_visible()
+    page.locator(".lc-input").fill("Tell me about primes")
+    page.locator(".lc-input").press("Enter")
+    assert wait_for(lambda: len(stored(stack, page)) == 3)
+    full = stored(stack, page)[-1][2]
+    assert len(full.split()) >= 5, full
+    last = page.locator(".lc-msg--assistant").last.locator(".lc-text")
+    expect(last).not_to_have_text("")
+    partial = last.text_content()
+    assert full.startswith(partial) and len(partial) < len(full)  # a few words of dozens, 2 s each
+    expect(page.locator(".lc-input")).not_to_be_editable()
+    page.clock.run_for(2_000 * len(full.split()) + 2_000)
+    expect(last).to_have_text(full)
+    expect(page.locator(".lc-input")).to_be_editable()
+    page.reload()
+    page.evaluate("() => window.chat.ready")
+    assert shown(page)[-1] == stored(stack, page)[-1]  # the history at once, not paced again
     assert page.errors == []
 
 

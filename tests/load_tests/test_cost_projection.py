@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from load_tests import cost, prices
+from load_tests import cost
+from ws_handlers.ops import prices
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -47,7 +47,7 @@ def test_a_burst_on_dynamodb_with_conflicts_and_every_job_twice(monkeypatch):
     assert queue["sent"] == sent and queue["delivered"] == 2 * sent and queue["dead_letters"] == 0
     assert queue["max_waiting"] > SLOTS  # the burst really queued
     # Conflicts on: overlapping transactions and writes are cancelled as DynamoDB's are. Whether this
-    # run's timing made any overlap is chance (tests/ws_handlers/test_store_conflicts.py forces them).
+    # run's timing made any overlap is chance (tests/ws_handlers/adapters/test_dynamodb_conflicts.py forces them).
     assert emulation["strict_dynamodb"]["conflicts"] is True
 
     ranks = result["by_rank"]

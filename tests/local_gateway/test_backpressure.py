@@ -2,8 +2,8 @@
 
 A page whose tab froze, a laptop that slept with its socket half open, or a hostile client keeps
 its socket open and reads nothing. Every frame pushed to it piles up in the gateway. The gateway
-bounds each connection's outgoing buffer (`Limits.max_buffered`) and closes a socket whose buffer
-stays full for `Limits.stall_timeout`; pushes to it are answered 410 from then on, as API
+bounds each connection's outgoing buffer (`GatewayLimits.max_buffered`) and closes a socket whose buffer
+stays full for `GatewayLimits.stall_timeout`; pushes to it are answered 410 from then on, as API
 Gateway's Management API answers for a connection it dropped. Real sockets on loopback: the
 clients that stop reading are raw TCP sockets with a small receive buffer, speaking WebSocket
 through websockets' Sans-I/O protocol, so nothing reads on their behalf.
@@ -27,21 +27,21 @@ from websockets.http11 import Response
 from websockets.typing import Origin
 from websockets.uri import parse_uri
 
-from local_gateway.gateway import Limits
+from local_gateway.gateway import GatewayLimits
 from local_gateway.stack import FUNCTION_THREADS, Stack, StackConfig, running
 from ws_handlers.bot import Bot
-from ws_handlers.bot import Limits as ChatLimits
+from ws_handlers.bot import Limits
 from ws_handlers.tickets import Identity, mint_ticket, mint_token
 
 ORIGIN = "http://localhost:8000"
 #: A bot whose chat frames are large (4,000-character opening message and participant messages),
 #: so that a few dozen `history` frames fill a socket that is not read.
 WORDY = Bot(name="wordy", model="offline", system_prompt="Answer briefly.", max_tokens=60,
-            opening_message="Welcome. " * 444, limits=ChatLimits(max_chars=4000))
+            opening_message="Welcome. " * 444, limits=Limits(max_chars=4000))
 LONG_TEXT = "Tell me about the weather in spring. " * 108  # 3,996 characters
 
 
-def _stack_config(tmp_path, push: str, limits: Limits) -> StackConfig:
+def _stack_config(tmp_path, push: str, limits: GatewayLimits) -> StackConfig:
     return StackConfig(port=0, management_port=0, model_port=0, demo_port=None, data_dir=tmp_path, push=push,
                        model_ttft=0.0, model_tokens_per_second=0.0, limits=limits,
                        environment={"RATE_LIMIT_FRAMES": "10000", "MAX_MESSAGE_CHARS": "4000"})
@@ -142,7 +142,7 @@ def _stored(stack: Stack, chat_id: str) -> list[tuple[int, str]]:
 
 @pytest.mark.parametrize("push", ["direct", "management_api"])
 def test_ten_sockets_that_never_read_are_closed_and_the_others_chat_normally(tmp_path, push):
-    limits = Limits(max_buffered=64 * 1024, stall_timeout=2.0)
+    limits = GatewayLimits(max_buffered=64 * 1024, stall_timeout=2.0)
     with running(_stack_config(tmp_path, push, limits)) as stack:
         stalled = [NonReader(*_credentials(stack, f"S{n}")) for n in range(10)]
         for client in stalled:  # each `history` answer holds both 4,000-character messages
@@ -170,7 +170,7 @@ def test_ten_sockets_that_never_read_are_closed_and_the_others_chat_normally(tmp
 
 def test_connect_is_served_while_every_message_thread_waits_on_a_full_socket(tmp_path):
     """$connect runs on its own functions' threads: pushes waiting for room cannot starve it."""
-    limits = Limits(max_buffered=64 * 1024, stall_timeout=60.0)  # pushes wait as long as a handshake may
+    limits = GatewayLimits(max_buffered=64 * 1024, stall_timeout=60.0)  # pushes wait as long as a handshake may
     with running(_stack_config(tmp_path, "direct", limits)) as stack:
         stalled = [NonReader(*_credentials(stack, f"S{n}")) for n in range(4)]
         for client in stalled:
@@ -192,7 +192,7 @@ def test_connect_is_served_while_every_message_thread_waits_on_a_full_socket(tmp
 
 def test_a_client_that_sends_protocol_pings_and_never_reads_is_closed(tmp_path):
     """Pongs are written by websockets itself, outside the gated pushes; the bound holds for them too."""
-    limits = Limits(max_buffered=64 * 1024, stall_timeout=1.0)
+    limits = GatewayLimits(max_buffered=64 * 1024, stall_timeout=1.0)
     with running(_stack_config(tmp_path, "direct", limits)) as stack:
         client = NonReader(*_credentials(stack, "S1"))
         try:

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from local_gateway.demo_bots import BOTS
-from local_gateway.gateway import Limits
+from local_gateway.gateway import GatewayLimits
 from local_gateway.stack import StackConfig, running
 from waiting import PATIENCE, Hold, wait_for
 from ws_handlers.tickets import Identity, mint_ticket, mint_token
@@ -395,7 +395,7 @@ def test_a_ticket_for_a_long_cjk_prompt_fits_in_one_frame_and_the_socket_stays_o
 
 
 def test_idle_timeout_and_heartbeat(tmp_path):
-    with running(_config(tmp_path, limits=Limits(idle_timeout=3.0))) as stack:
+    with running(_config(tmp_path, limits=GatewayLimits(idle_timeout=3.0))) as stack:
         url, _ = credentials(stack)
         idle, busy = Client(url), Client(url)  # opened together
         deadline = time.monotonic() + PATIENCE
@@ -488,7 +488,7 @@ async def _await_type(ws, kind: str) -> dict:
 
 
 def test_the_maximum_connection_duration_closes_even_a_busy_socket(tmp_path):
-    with running(_config(tmp_path, limits=Limits(idle_timeout=60, max_lifetime=0.8))) as stack:
+    with running(_config(tmp_path, limits=GatewayLimits(idle_timeout=60, max_lifetime=0.8))) as stack:
         url, _ = credentials(stack)
         client = Client(url)
         deadline = time.monotonic() + PATIENCE

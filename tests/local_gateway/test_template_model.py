@@ -13,12 +13,12 @@ import pytest
 from local_gateway.template import (
     NoRoute,
     QueueSource,
-    TemplateError,
     WebSocketApi,
     create_tables,
     load,
     route_for,
 )
+from ws_handlers.ops.template import TemplateError
 
 TEMPLATE = load()
 

@@ -68,8 +68,8 @@ def stack_and_otree(tmp_path_factory):
     origin = f"http://127.0.0.1:{port}"
     static = APP / "_static" / "llm_chat"  # what `make otree` copies; kept in step here too
     static.mkdir(parents=True, exist_ok=True)
-    for name in ("chat-client.js", "chat-widget.js", "chat-widget.css"):
-        shutil.copyfile(ROOT / "client_js" / name, static / name)
+    for asset in [*(ROOT / "client_js").glob("*.js"), *(ROOT / "client_js").glob("*.css")]:
+        shutil.copyfile(asset, static / asset.name)
     config = StackConfig(
         port=0, management_port=0, model_port=0, demo_port=None, data_dir=tmp / "stack",
         model_ttft=0.5, model_tokens_per_second=30,  # a reply streams for about two seconds

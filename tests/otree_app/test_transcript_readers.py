@@ -14,11 +14,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from local_gateway.sqlite_store import SqliteStore
+from ws_handlers.adapters.dynamodb import DynamoStore
+from ws_handlers.adapters.sqlite import SqliteStore
 from ws_handlers.bot import Bot
-from ws_handlers.dynamo_store import DynamoStore
+from ws_handlers.identity import Identity
 from ws_handlers.store import Chat, Lease, Message, chat_id_for, legacy_chat_id_for
-from ws_handlers.tickets import Identity
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("otree_chat_service", ROOT / "otree_app" / "chat" / "service.py")

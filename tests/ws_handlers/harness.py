@@ -17,14 +17,14 @@ from typing import Any
 import boto3
 from moto.apigatewaymanagementapi.models import apigatewaymanagementapi_backends
 
-from local_gateway.sqs_queue import LocalQueue
-from local_gateway.thread_runner import ThreadRunner
 from local_gateway.lambda_context import LambdaContext
 from local_gateway.management_api import RecordingRegistry
+from local_gateway.sqs_queue import LocalQueue
+from local_gateway.thread_runner import ThreadRunner
 from ws_handlers import connect, disconnect, message, reply, runtime
+from ws_handlers.adapters.dynamodb import DynamoStore
 from ws_handlers.bot import Bot, Limits
 from ws_handlers.config import Settings
-from ws_handlers.dynamo_store import DynamoStore
 from ws_handlers.tickets import Identity, mint_ticket, mint_token
 from waiting import Clock
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from local_gateway.template import read_template
 from ws_handlers import observability
+from ws_handlers.ops.template import read_template
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "template.yaml"
 

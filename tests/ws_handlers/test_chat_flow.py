@@ -114,3 +114,13 @@ def test_disconnect_removes_the_connection(harness):
 def test_origin_header_is_case_insensitive(harness):
     event_origin = ORIGIN
     assert harness.connect("c1", origin=event_origin)["statusCode"] == 200
+
+
+def test_a_paced_bot_tells_the_page_its_pace_and_nothing_else_of_the_bot(harness):
+    from ws_handlers.bot import Pace
+
+    harness.connect("c1")
+    assert "pace" not in harness.start("c1", chat_key="plain")
+    chat = harness.start("c1", chat_key="paced", pace=Pace(words_per_minute=180, jitter=0.25))
+    assert chat["pace"] == {"words_per_minute": 180, "jitter": 0.25}
+    assert "SECRET-TREATMENT-MARKER" not in str(chat) and "offline-tutor" not in str(chat)

@@ -16,7 +16,7 @@ import pytest
 
 from ws_handlers import protocol, runtime
 from ws_handlers.errors import ChatError
-from ws_handlers.llm import Usage
+from ws_handlers.model import Usage
 from ws_handlers.protocol import History
 from ws_handlers.store import Message
 

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from ws_handlers import protocol
 from ws_handlers.errors import CODES, ChatError
+from ws_handlers.identity import Identity
 from ws_handlers.protocol import History, Send, Start
 from ws_handlers.store import chat_id_for
-from ws_handlers.tickets import Identity
 
 from harness import EXPERIMENT, SESSION
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from local_gateway.sqlite_store import SqliteStore
+from ws_handlers.adapters.sqlite import SqliteStore
 from ws_handlers.bot import Limits
-from ws_handlers.chat import Chats
+from ws_handlers.chat import ChatService
 from ws_handlers.config import Settings
 from ws_handlers.errors import ChatError
+from ws_handlers.identity import Identity, Ticket
 from ws_handlers.protocol import is_blank
 from ws_handlers.runtime import NoJobQueue
 from ws_handlers.store import Connection
-from ws_handlers.tickets import Identity
 
 
 def _send(harness, chat_id, client_msg_id, text="hello there"):
@@ -253,12 +253,16 @@ def test_many_sockets_of_one_participant_buy_no_extra_replies(harness, model):
     assert [m.role for m in harness.store.messages(chat)] == ["user", "assistant"]
 
 
+def _no_ticket(ticket: str) -> Ticket:
+    raise AssertionError("no start frame in this test")
+
+
 def test_the_frame_allowance_starts_again_with_each_window(tmp_path):
-    """The domain's count (Chats.admit_frame), on a clock of the test's: windows follow the clock."""
+    """The domain's count (ChatService.admit_frame), on a clock of the test's: windows follow the clock."""
     store = SqliteStore(str(tmp_path / "chat.sqlite3"))
     now = [1_700_000_000.0]
     settings = Settings.from_env({"RATE_LIMIT_FRAMES": "2", "RATE_LIMIT_WINDOW_SECONDS": "10"})
-    chats = Chats(settings, store, NoJobQueue(), lambda: "unused", clock=lambda: now[0])
+    chats = ChatService(settings, store, NoJobQueue(), open_ticket=_no_ticket, clock=lambda: now[0])
     with pytest.raises(ChatError, match="not_connected"):
         chats.admit_frame("c1")
     who = Identity("P1", "exp1", "sess1")

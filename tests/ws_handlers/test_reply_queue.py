@@ -11,6 +11,7 @@ import pytest
 
 from local_gateway.lambda_context import LambdaContext
 from ws_handlers import reply, runtime
+from ws_handlers.adapters.sqs import SqsJobQueue
 
 
 def _send(cid: str, chat_id: str, cmid: str, text: str = "What is a prime?") -> dict:
@@ -23,7 +24,7 @@ def sqs_jobs(harness):
     adapter; the test then plays the event source mapping (`_sqs_records`)."""
     sqs = boto3.client("sqs")
     url = sqs.create_queue(QueueName="replies")["QueueUrl"]
-    runtime.services().jobs = runtime.SqsJobQueue(url, client=sqs)
+    runtime.services().jobs = SqsJobQueue(url, client=sqs)
     return sqs, url
 
 
@@ -65,7 +66,7 @@ def test_a_queue_that_refuses_the_job_frees_the_chat_and_the_retry_works(harness
     harness.connect("c1")
     chat_id = harness.start("c1")["chat_id"]
     services = runtime.services()
-    services.jobs = runtime.SqsJobQueue("https://sqs.us-east-1.amazonaws.com/123456789012/no-such-queue")
+    services.jobs = SqsJobQueue("https://sqs.us-east-1.amazonaws.com/123456789012/no-such-queue")
     frames = harness.send("c1", _send("c1", chat_id, "m1"))
     assert [f["type"] for f in frames] == ["ack", "error"]
     error = frames[-1]
@@ -102,7 +103,7 @@ def test_a_malformed_job_fails_the_invocation_so_sqs_keeps_it_for_the_dead_lette
 def test_a_reply_the_store_refuses_is_reported_alarmed_and_regenerated_on_retry(
         harness, model, strict_dynamodb, monkeypatch, capsys, sqs_jobs):
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
-    monkeypatch.setattr("ws_handlers.dynamo_store.time.sleep", lambda _s: None)  # the backoff, not its length
+    monkeypatch.setattr("ws_handlers.adapters.dynamodb.time.sleep", lambda _s: None)  # the backoff, not its length
     sqs, url = sqs_jobs
     harness.connect("c1")
     chat_id = harness.start("c1")["chat_id"]

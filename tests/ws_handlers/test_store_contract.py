@@ -9,12 +9,12 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from local_gateway.sqlite_store import SqliteStore
-
 from ws_handlers import breaker
+from ws_handlers.adapters.dynamodb import DynamoStore
+from ws_handlers.adapters.sqlite import SqliteStore
 from ws_handlers.bot import Bot, Limits
 from ws_handlers.controls import obeyed
-from ws_handlers.dynamo_store import DynamoStore
+from ws_handlers.identity import Identity
 from ws_handlers.store import (
     BreakerState,
     Chat,
@@ -29,7 +29,6 @@ from ws_handlers.store import (
     legacy_chat_id_for,
     message_pages,
 )
-from ws_handlers.tickets import Identity
 
 WHO = Identity("P1", "exp1", "sess1")
 BOT = Bot("tutor", "m", "prompt", limits=Limits(max_user_messages=3))

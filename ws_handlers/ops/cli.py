@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("status", cmd_status, "connections, chats, messages, tokens and spend",
                   "Live status of the service, or of one experiment: its switch and budget, open connections, "
                   "chats (active: a message within --active-minutes, or a reply being written), messages, tokens "
-                  "and the LLM spend at list prices (load_tests/prices.py).")
+                  "and the LLM spend at list prices (ws_handlers/ops/prices.py).")
     sub.add_argument("--experiment", **experiment | {"help": "this experiment (without: the service and connections)"})
     sub.add_argument("--session", type=_name("--session"), help="only this session of the experiment")
     sub.add_argument("--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C")

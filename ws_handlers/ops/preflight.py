@@ -8,7 +8,7 @@ reads the account's quota (lambda:GetAccountSettings), what the deploy will rese
 stack reserves today, which an update gives back, and stops with the numbers and the quota to
 request.
 
-Both reservations are read off templates by `local_gateway.template.reservations`: template.yaml
+Both reservations are read off templates by `template.reservations`: template.yaml
 with the parameters sam will pass (the template's defaults, then the stack's current values,
 which sam keeps for parameters it is not given, then the overrides saved in samconfig), and the
 stack's own deployed template with its current parameters. So when a template stops reserving
@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from local_gateway.template import Reservation, Resolver, TemplateError, parse_template, read_template, reservations
-
 from . import OpsError
 from .aws_errors import aws_errors
+from .template import Reservation, Resolver, TemplateError, parse_template, read_template, reservations
 
 UNRESERVED_MINIMUM = 100  #: executions Lambda never lets reservations take
 #: Executions the connect, message and disconnect functions need beside the replies at peak: the

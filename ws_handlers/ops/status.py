@@ -3,7 +3,7 @@
 An experiment's status reads its chats' metadata (one index query) and each chat's
 messages once: a `Watch` keeps a small tally per chat and on the next refresh reads only
 the messages written since, so `status --watch` stays cheap as the session grows. The
-spend estimate prices each reply's prompt and completion tokens with load_tests/prices.py.
+spend estimate prices each reply's prompt and completion tokens with `prices` (ws_handlers/ops/prices.py).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..store import AdminStore, Chat, message_pages
+from .prices import DATE, llm_usd
 
 
 @dataclass
@@ -124,11 +125,7 @@ class Watch:
         return tally
 
 
-def _price(tokens: dict[str, list[int]]) -> tuple[float | None, dict[str, int], str | None]:
-    try:
-        from load_tests.prices import DATE, llm_usd
-    except ImportError:  # installed without the repository's load_tests: say so rather than guess
-        return None, {m: p + c for m, (p, c) in tokens.items()}, None
+def _price(tokens: dict[str, list[int]]) -> tuple[float, dict[str, int], str]:
     usd, unpriced = 0.0, {}
     for model, (prompt, completion) in tokens.items():
         cost = llm_usd(model, prompt, completion)
@@ -189,8 +186,6 @@ def describe_budget(tokens_used: int, token_budget: int | None, default_budget: 
 
 
 def _spend(s: Snapshot) -> str:
-    if s.llm_usd is None:
-        return "unknown (load_tests.prices is not importable here)"
     text = f"${s.llm_usd:,.4f} at the list prices of {s.prices_of}"
     if s.unpriced_tokens:
         text += "; not priced: " + ", ".join(f"{m} ({n:,} tokens)" for m, n in sorted(s.unpriced_tokens.items()))

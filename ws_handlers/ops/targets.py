@@ -68,7 +68,7 @@ def _open(args: argparse.Namespace) -> Target:
 
 
 def _local(data_dir: Path) -> Target:
-    from local_gateway.sqlite_store import SqliteStore
+    from ..adapters.sqlite import SqliteStore
 
     path = data_dir / "chat.sqlite3"
     if not path.is_file():  # opening would create an empty store, and every answer would be "nothing"
@@ -92,7 +92,7 @@ def _client(service: str, **kwargs: Any) -> Any:
 def _endpoint(url: str, connections_table: str, chats_table: str, region: str | None) -> Target:
     import boto3
 
-    from ..dynamo_store import DynamoStore
+    from ..adapters.dynamodb import DynamoStore
 
     if not url.startswith(("http://", "https://")):
         raise OpsError(f"--dynamodb-endpoint must be an http(s) URL, not {url!r}", 2)
@@ -108,7 +108,7 @@ def _endpoint(url: str, connections_table: str, chats_table: str, region: str | 
 
 
 def _stack(name: str, region: str | None) -> Target:
-    from ..dynamo_store import DynamoStore
+    from ..adapters.dynamodb import DynamoStore
 
     with aws_errors(f"stack {name}"):
         cloudformation = _client("cloudformation", region_name=region)

@@ -82,7 +82,7 @@ def server(moto_url, dynamodb_tables):
     """moto's server, emptied, with the tables under the functions' default names."""
     import boto3
 
-    from ws_handlers.dynamo_store import DynamoStore
+    from ws_handlers.adapters.dynamodb import DynamoStore
 
     reset_moto(moto_url)
     client = boto3.client("dynamodb", endpoint_url=moto_url, region_name="us-east-1")

@@ -21,8 +21,8 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from local_gateway.template import read_template
 from ws_handlers.ops import deploy
+from ws_handlers.ops.template import read_template
 
 ROOT = Path(__file__).resolve().parents[3]
 KEY = "sk-test-0123456789abcdefDEADBEEF"

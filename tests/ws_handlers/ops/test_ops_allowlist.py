@@ -8,9 +8,9 @@ import pytest
 from conftest import Participant, cli, one_line_error
 from websockets.exceptions import InvalidStatus
 
-from local_gateway.sqlite_store import SqliteStore
+from ws_handlers.adapters.sqlite import SqliteStore
+from ws_handlers.identity import Identity
 from ws_handlers.store import Controls
-from ws_handlers.tickets import Identity
 
 
 def _refused(stack, who: Identity) -> int:

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import ROOT, cli, one_line_error, seed_store
 
-from local_gateway.sqlite_store import SqliteStore
+from ws_handlers.adapters.sqlite import SqliteStore
 from ws_handlers.ops import export
 from ws_handlers.ops.cli import build_parser
 
@@ -139,5 +139,7 @@ def test_the_operator_package_stays_out_of_the_lambda_zips(tmp_path):
     subprocess.run(["make", "-s", "-C", str(ROOT / "ws_handlers"), "build-MessageFunction",
                     f"ARTIFACTS_DIR={tmp_path}", f"PYTHON={sys.executable}"], check=True, timeout=120,
                    capture_output=True, env={**os.environ, "MAKEFLAGS": ""})
-    packaged = {p.name for p in (tmp_path / "ws_handlers").iterdir()}
-    assert {"message.py", "store.py", "dynamo_store.py"} <= packaged and "ops" not in packaged
+    packaged = {p.relative_to(tmp_path / "ws_handlers").as_posix() for p in (tmp_path / "ws_handlers").rglob("*.py")}
+    assert {"message.py", "store.py", "adapters/dynamodb.py", "adapters/openai_model.py"} <= packaged
+    assert not any(p.startswith("ops/") for p in packaged)
+    assert "adapters/sqlite.py" not in packaged  # the local stack's store: Lambda never runs it

@@ -9,9 +9,9 @@ import pytest
 from conftest import cli, one_line_error, reset_moto, seed_store, stored_rows
 from moto import mock_aws
 
-from local_gateway.template import read_template
+from ws_handlers.adapters.dynamodb import DynamoStore
 from ws_handlers.controls import obeyed
-from ws_handlers.dynamo_store import DynamoStore
+from ws_handlers.ops.template import read_template
 from ws_handlers.store import Connection, StoreThrottled
 
 PEOPLE = [("P1", "s1"), ("P2", "s1"), ("P3", "s2")]
@@ -160,7 +160,7 @@ class _Stingy:
 
 
 def test_deletion_retries_unprocessed_items_and_gives_up_boundedly(monkeypatch, dynamodb_tables):
-    monkeypatch.setattr("ws_handlers.dynamo_store.time.sleep", lambda _s: None)
+    monkeypatch.setattr("ws_handlers.adapters.dynamodb.time.sleep", lambda _s: None)
     with mock_aws():
         client = boto3.client("dynamodb")
         dynamodb_tables(client, "conns", "chats")

@@ -9,7 +9,7 @@ import tracemalloc
 import pytest
 from conftest import seed_store, stored_rows
 
-from local_gateway.sqlite_store import SqliteStore
+from ws_handlers.adapters.sqlite import SqliteStore
 from ws_handlers.ops import export
 from ws_handlers.ops.cli import main
 

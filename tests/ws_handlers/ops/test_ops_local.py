@@ -10,9 +10,9 @@ import pytest
 from conftest import Participant, cli, model_requests, stored_rows
 from websockets.exceptions import InvalidStatus
 
+from ws_handlers.identity import Identity
 from ws_handlers.ops.export import COLUMNS
 from ws_handlers.store import chat_id_for
-from ws_handlers.tickets import Identity
 
 
 def stored(stack, experiment: str, who: list[tuple[str, str]]) -> list[dict]:

@@ -16,10 +16,10 @@ from waiting import wait_for
 from moto import mock_aws
 
 from local_gateway.strict_dynamodb import StrictDynamoDB
+from ws_handlers.adapters.dynamodb import DynamoStore
 from ws_handlers.bot import Bot
-from ws_handlers.dynamo_store import DynamoStore
+from ws_handlers.identity import Identity
 from ws_handlers.store import Chat, Lease, Message, StoreThrottled, chat_id_for
-from ws_handlers.tickets import Identity
 
 BOT = Bot("tutor", "m", "prompt")
 NOW = 1_800_000_000.0
@@ -95,7 +95,7 @@ def test_controls_read_while_dynamodb_leaves_keys_unprocessed_still_see_the_paus
 
 
 def test_controls_that_stay_unprocessed_fail_closed(strict_dynamodb: StrictDynamoDB, monkeypatch, new_store):
-    monkeypatch.setattr("ws_handlers.dynamo_store.time.sleep", lambda _s: None)  # the backoffs, not their length
+    monkeypatch.setattr("ws_handlers.adapters.dynamodb.time.sleep", lambda _s: None)  # the backoffs, not their length
     with mock_aws():
         store = new_store()
         store.set_controls("exp1", paused=True)
@@ -118,7 +118,7 @@ def test_a_reply_cancelled_for_capacity_is_retried_and_stored(strict_dynamodb: S
 
 def test_a_reply_throttled_past_the_retries_raises_and_writes_nothing(strict_dynamodb: StrictDynamoDB, monkeypatch,
                                                                       new_store):
-    monkeypatch.setattr("ws_handlers.dynamo_store.time.sleep", lambda _s: None)
+    monkeypatch.setattr("ws_handlers.adapters.dynamodb.time.sleep", lambda _s: None)
     with mock_aws():
         store = new_store()
         chat, reply = _replying_chat(store, "P1")

@@ -6,7 +6,7 @@ import boto3
 from moto import mock_aws
 
 from ws_handlers import breaker
-from ws_handlers.dynamo_store import DynamoStore
+from ws_handlers.adapters.dynamodb import DynamoStore
 from ws_handlers.store import BreakerState
 
 NOW = 1_800_000_000.0

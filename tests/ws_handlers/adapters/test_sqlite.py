@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from local_gateway.sqlite_store import SCHEMA_VERSION, SqliteStore, StoreFileLost
+from ws_handlers.adapters.sqlite import SCHEMA_VERSION, SqliteStore, StoreFileLost
 from ws_handlers.bot import Bot, Limits
 from ws_handlers.controls import obeyed
+from ws_handlers.identity import Identity
 from ws_handlers.store import (
     Chat,
     Conflict,
@@ -33,9 +34,8 @@ from ws_handlers.store import (
     StoreThrottled,
     chat_id_for,
 )
-from ws_handlers.tickets import Identity
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BOT = Bot("tutor", "m", "prompt", limits=Limits(max_user_messages=1000))
 NOW = 1_800_000_000.0
 
@@ -208,10 +208,10 @@ def test_a_writer_from_another_process_past_the_busy_timeout_is_throttling(tmp_p
 _WRITER = textwrap.dedent(
     """
     import sys, threading
-    from local_gateway.sqlite_store import SqliteStore
+    from ws_handlers.adapters.sqlite import SqliteStore
     from ws_handlers.bot import Bot
+    from ws_handlers.identity import Identity
     from ws_handlers.store import Chat, Lease, Message, chat_id_for
-    from ws_handlers.tickets import Identity
 
     store = SqliteStore(sys.argv[1])
     bot = Bot("tutor", "m", "prompt")
@@ -321,8 +321,8 @@ def _migrated(tmp_path, version: int, statements: tuple[str, ...]):
 
 
 def test_a_version_1_file_is_migrated_and_keeps_its_data(tmp_path):
+    from ws_handlers.identity import Identity
     from ws_handlers.store import Connection
-    from ws_handlers.tickets import Identity
 
     with _migrated(tmp_path, 1, (
         "CREATE TABLE connections (connection_id TEXT PRIMARY KEY, participant TEXT NOT NULL, experiment TEXT NOT NULL, "

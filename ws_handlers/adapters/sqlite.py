@@ -4,7 +4,7 @@ Why SQLite: the local stack must run on one laptop without AWS, keep its data ac
 restarts and stay fast as transcripts pile up. moto's DynamoDB sorts the whole table on
 every Query (320 queries/s at 100 items, 26/s at 4,000); SQLite, in the standard library,
 answers the same reads through a primary key in microseconds whatever the file's size, and
-its transactions give the conditional writes of `dynamo_store.DynamoStore` exactly: each
+its transactions give the conditional writes of `dynamodb.DynamoStore` exactly: each
 operation checks its conditions and writes inside one `BEGIN IMMEDIATE` transaction, so
 a refused condition writes nothing and no concurrent writer can interleave.
 
@@ -59,8 +59,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ws_handlers.bot import Bot
-from ws_handlers.store import (
+from ..bot import Bot
+from ..identity import Identity
+from ..store import (
     BreakerState,
     Chat,
     Codes,
@@ -76,7 +77,6 @@ from ws_handlers.store import (
     check_allowlist_change,
     check_controls_change,
 )
-from ws_handlers.tickets import Identity
 
 SCHEMA_VERSION = 4  #: PRAGMA user_version; each migration bumps it
 _SERVICE = ""  #: the `controls` row of the service as a whole (no experiment is named '')

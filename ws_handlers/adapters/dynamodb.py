@@ -13,7 +13,7 @@ conditional; no request path scans. This module stores and reads; what a refusal
 controls combine and when the breaker opens are the domain's (`store` says how a failed condition
 is reported). The operator's methods at the end of `DynamoStore` (`store.AdminStore`) list an
 experiment's chats through the `by_experiment` index and delete with BatchWriteItem. The tables
-are template.yaml's (tests and the local stack create them from it: `local_gateway.template`).
+are template.yaml's (tests and the local stack create them from it: `local_gateway.template.create_tables`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from .bot import Bot
-from .store import (
+from ..bot import Bot
+from ..identity import Identity
+from ..store import (
     BreakerState,
     Chat,
     Codes,
@@ -47,7 +48,6 @@ from .store import (
     check_allowlist_change,
     check_controls_change,
 )
-from .tickets import Identity
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()

@@ -1,0 +1,33 @@
+"""The classroom benchmark's options (issue 15): every reply exactly --max-tokens long, and the
+stack's CPU accounted by process role with the model's process left out of the CPU per reply.
+
+A real run of `python -m load_tests --local` (the stack in a child process, one reply worker, the
+model in its own process); it asserts what was counted, never how fast.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from load_tests import classroom
+from load_tests.__main__ import main
+
+
+def test_classroom_run_counts_cpu_by_role_and_caps_replies(tmp_path):
+    out = tmp_path / "classroom-3"
+    status = main(["--local", "--ttft-ms", "20", "--tokens-per-second", "0", "--max-tokens", "5", "--messages", "2",
+                   "--burst", "--ramp", "1", "--participants", "3", "--llm-concurrency", "3",
+                   "--function-processes", "1", "--warmup", "1", "--no-progress", "--out", str(out)])
+    result = json.loads((out / "result.json").read_text())
+    assert status == 0, result["verification"]["failures"]
+    assert [s["completion_tokens"] for s in result["samples"]] == [5] * 6
+    local = result["local_stack"]
+    roles = local["cpu_s_by_role"]
+    assert {"gateway", "workers", "model"} <= set(roles), roles
+    # the model's process is left out: the stack's CPU is the gateway's and the workers' (rounded apart)
+    assert local["stack_cpu_s"] == pytest.approx(roles["gateway"] + roles["workers"] + roles.get("other", 0.0), abs=0.03)
+    assert local["cpu_ms_per_reply"] == pytest.approx(1000 * local["stack_cpu_s"] / 6, abs=5)
+    assert "CPU per reply" in (out / "report.md").read_text()
+    assert classroom.row(result).startswith("| 3 | ")
