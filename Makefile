@@ -39,7 +39,7 @@ unexport PYTHONDONTWRITEBYTECODE
 
 help:
 	@echo "make dev             set up what is missing and run the whole service on loopback (ports: PORT=8787 OTREE_PORT=8000)"
-	@echo "make test            set up what is missing and run every test"
+	@echo "make test            set up what is missing, run every test, and say where the time went"
 	@echo "make check-js        tsc on client_js's JSDoc types (// @ts-check; also run by make test-js)"
 	@echo "make check-template  cfn-lint, sam validate --lint and sam build on template.yaml"
 	@echo "make deploy          check AWS credentials, region and Lambda concurrency, sam build + deploy (guided the first time), OpenAI key, oTree settings"
