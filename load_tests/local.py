@@ -60,7 +60,7 @@ def stack_config(config: LocalConfig, secret: str, data_dir: Path) -> Any:
     if config.llm_concurrency is not None:
         parameters["LlmConcurrency"] = str(config.llm_concurrency)
     return StackConfig(
-        port=0, management_port=0, model_port=0, demo_port=None, data_dir=data_dir, store=config.store,
+        port=0, management_port=0, model_port=0, entry_port=0, demo_port=None, data_dir=data_dir, store=config.store,
         secret=secret, model_ttft=config.ttft, model_tokens_per_second=config.tokens_per_second,
         parameters=parameters, environment=dict(config.environment), model_process=config.model_process,
         moto_process=config.moto_process,

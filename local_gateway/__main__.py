@@ -58,6 +58,7 @@ def serve(args: argparse.Namespace) -> None:
         management_port=args.management_port,
         model_port=args.model_port,
         demo_port=args.demo_port,
+        entry_port=args.entry_port,
         data_dir=args.data_dir,
         store=args.store,
         limits=GatewayLimits(idle_timeout=args.idle_timeout),
@@ -76,6 +77,7 @@ def serve(args: argparse.Namespace) -> None:
         (args.management_port, "the Management API", "--management-port"),
         *([(args.model_port, "the offline model", "--model-port")] if offline else []),
         (args.demo_port, "the demo page", "--demo-port"),
+        (args.entry_port, "the study entry", "--entry-port"),
     ])
     if busy:
         sys.exit(f"python -m local_gateway serve: {busy}")
@@ -99,6 +101,7 @@ async def _serve(stack: Stack) -> str | None:
         f"Local chat service ready (store: {stack.config.store}, data: {stack.config.data_dir}, model: {model})",
         f"  WebSocket       {urls['websocket']}?token=...",
         f"  Management API  {urls['management']}",
+        *([f"  Study entry     POST {urls['entry']}/studies/STUDY/entry"] if "entry" in urls else []),
         "  Credentials:    .venv/bin/python -m local_gateway mint --participant P1",
     ]
     if "demo" in urls:
@@ -132,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--management-port", type=int, default=8788)
     run.add_argument("--model-port", type=int, default=8789, help="offline model port, when it runs")
     run.add_argument("--demo-port", type=int, default=8790, help="serves the demo chat page (client_js/)")
+    run.add_argument("--entry-port", type=int, default=8791,
+                     help="the study entry, POST /studies/{study}/entry (template.yaml's HTTP API)")
     run.add_argument("--store", choices=("sqlite", "dynamodb"), default="sqlite",
                      help="sqlite: durable, the default; dynamodb: moto's DynamoDB server, in memory, "
                           "with DynamoDB's conflicts (LOCAL_DYNAMODB_* variables: docs/local.md)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import secrets
@@ -36,6 +37,7 @@ from ws_handlers.store import Store
 from . import model_process
 from .direct_push import DirectPusher
 from .gateway import Gateway, GatewayLimits
+from .http_api import http_api_app
 from .lambda_context import LambdaContext
 from .management_api import management_app
 from .offline_model import OfflineModel
@@ -53,7 +55,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Origins of the local pages that embed the chat (oTree's devserver, the demo page).
 DEFAULT_ORIGINS = "http://localhost:8000,http://127.0.0.1:8000,http://localhost:8790,http://127.0.0.1:8790"
 #: Variables that point at AWS-only resources; locally their plain counterparts are used.
-_AWS_ONLY = ("TICKET_SECRET_ARN", "OPENAI_API_KEY_SECRET_ARN")
+#: Variables that name AWS resources; the stack sets its own (WEBSOCKET_URL: the gateway's, once it listens)
+_AWS_ONLY = ("TICKET_SECRET_ARN", "OPENAI_API_KEY_SECRET_ARN", "WEBSOCKET_URL")
 #: Threads of each function the gateway invokes ($connect, $disconnect, the message routes).
 #: Each function has threads of its own, as each Lambda function has its own execution
 #: environments: message invocations held by pushes to a full socket never delay a $connect.
@@ -93,6 +96,7 @@ class StackConfig:
     management_port: int = 8788
     model_port: int = 8789
     demo_port: int | None = 8790  #: serves client_js/ (the demo page); None: not served
+    entry_port: int = 8791  #: the template's HTTP API (the study entry, POST /studies/{study}/entry)
     data_dir: Path = ROOT / ".local"
     store: str = "sqlite"  #: "sqlite" or "dynamodb" (moto's server, in memory)
     #: How functions push frames: "direct" (straight to the gateway, see direct_push) or
@@ -329,6 +333,12 @@ class Stack:
             self.urls["demo"] = await self._serve_app(static, config.demo_port) + "/demo.html"
         port = await self.gateway.start(config.host, config.port)
         self.urls["websocket"] = f"ws://{config.host}:{port}/{template.api.stage}"
+        if template.http_routes:  # after the gateway: the entry hands out its URL, known from now on
+            for logical_id in {route.function for route in template.http_routes}:
+                services = self._services[logical_id]
+                if not services.settings.websocket_url:
+                    services.settings = dataclasses.replace(services.settings, websocket_url=self.urls["websocket"])
+            self.urls["entry"] = await self._serve_app(http_api_app(template.http_routes, self._invoke), config.entry_port)
         return self.urls
 
     def stats(self) -> dict[str, Any]:

@@ -96,11 +96,21 @@ class WebSocketApi:
 
 
 @dataclass(frozen=True)
+class HttpRoute:
+    """A route of an HTTP API (a function's `Type: HttpApi` event): payload 2.0 events to `function`."""
+
+    method: str  #: POST, GET ... (upper case)
+    path: str  #: "/studies/{study}/entry": API Gateway's path parameters, which aiohttp reads alike
+    function: str  #: the function's logical id
+
+
+@dataclass(frozen=True)
 class Template:
     api: WebSocketApi
     functions: dict[str, Function]
     tables: dict[str, dict[str, Any]]  #: logical id -> boto3 create_table kwargs
     ttl: dict[str, str] = field(default_factory=dict)  #: logical id -> TTL attribute (enabled ones)
+    http_routes: tuple[HttpRoute, ...] = ()  #: the HTTP APIs' routes (the study entry)
 
 
 # ------------------------------------------------------------------------------ reading
@@ -128,7 +138,26 @@ def load(
         },
         tables={logical_id: _table(resolver, logical_id) for logical_id in tables},
         ttl={logical_id: name for logical_id in tables if (name := _ttl(resolver, logical_id))},
+        http_routes=tuple(
+            route for logical_id, properties in of_type(resolver, "AWS::Serverless::Function").items()
+            for route in _http_routes(resolver, logical_id, properties)
+        ),
     )
+
+
+def _http_routes(resolver: Resolver, logical_id: str, own: dict) -> list[HttpRoute]:
+    """The function's HttpApi events. Payload 2.0 only (the HTTP API's default): that is what the handlers read."""
+    routes = []
+    for name, event in (own.get("Events") or {}).items():
+        if event.get("Type") != "HttpApi":
+            continue
+        where = f"Resources.{logical_id}.Properties.Events.{name}.Properties"
+        properties = resolver.resolve(event.get("Properties") or {}, where)
+        if str(properties.get("PayloadFormatVersion", "2.0")) != "2.0":
+            raise TemplateError(f"{where}.PayloadFormatVersion: the local stack serves payload 2.0 only")
+        routes.append(HttpRoute(as_text(properties["Method"], f"{where}.Method").upper(),
+                                as_text(properties["Path"], f"{where}.Path"), logical_id))
+    return routes
 
 
 def _only(found: set[str], path: str, what: str) -> str:

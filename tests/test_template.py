@@ -50,8 +50,8 @@ def actions(statement: dict) -> list[str]:
     return [action] if isinstance(action, str) else list(action)
 
 
-def test_template_loads_with_four_functions():
-    assert set(FUNCTIONS) == {"ConnectFunction", "DisconnectFunction", "MessageFunction", "ReplyFunction"}
+def test_template_loads_with_five_functions():
+    assert set(FUNCTIONS) == {"ConnectFunction", "DisconnectFunction", "MessageFunction", "ReplyFunction", "EnrolFunction"}
 
 
 @pytest.mark.parametrize("name", sorted(FUNCTIONS))
@@ -290,6 +290,7 @@ NAME_PROPERTY = {
     "AWS::SecretsManager::Secret": "Name",
     "AWS::SSM::Parameter": "Name",
     "AWS::ApiGatewayV2::Api": "Name",
+    "AWS::Serverless::HttpApi": "Name",
     "AWS::IAM::Role": "RoleName",
     "AWS::IAM::ManagedPolicy": "ManagedPolicyName",
     "AWS::S3::Bucket": "BucketName",
@@ -401,6 +402,7 @@ LONGEST_REFS = {
         lid: f"https://sqs.{LONGEST['AWS::Region']}.{LONGEST['AWS::URLSuffix']}/{LONGEST['AWS::AccountId']}/{'q' * 80}",
         f"{lid}.Arn": _arn("sqs", "q" * 80), f"{lid}.QueueName": "q" * 80},
     "AWS::ApiGatewayV2::Api": lambda lid: {lid: "a" * 10},  # API ids have 10 characters
+    "AWS::Serverless::HttpApi": lambda lid: {lid: "a" * 10},
 }
 
 

@@ -3,7 +3,8 @@
 `Clock` is a clock the code under test reads and a test moves on instead of sleeping through a
 cooldown, a lease or a retention period. `Hold` is the offline model's sleep in tests: a stall or
 delay fault of `Hold.SECONDS` lasts until the test releases it, so the test, not a timer, decides
-when a stalled reply goes on. `wait_for` polls a condition with a bound that only ends failures.
+when a stalled reply goes on. `wait_for` polls a condition with a bound that only ends failures. `at_once` starts threads together
+(a barrier, not a sleep) for tests of concurrent writers.
 """
 
 from __future__ import annotations
@@ -63,3 +64,23 @@ class Hold:
 
     def close(self) -> None:
         self._released.clear()
+
+
+def at_once(count: int, target: Callable[[int], Any]) -> list:
+    """Run target(i) on `count` threads released together; their results (or exceptions) in order."""
+    start = threading.Barrier(count)
+    results: list = [None] * count
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = target(i)
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(PATIENCE)
+    return results

@@ -19,9 +19,10 @@ from urllib.parse import parse_qsl
 from .admission import header
 from .enrolment import Enrolment, Entry, EntryRefused
 from .entry import lambda_entry
+from .identity import Identity
 from .observability import logger, metrics
 from .runtime import ConfigurationError, services
-from .identity import Identity
+from .store import StoreThrottled
 from .tickets import mint_ticket, mint_token
 
 #: the chat key of a study's chat: one chat per participant and study
@@ -45,12 +46,15 @@ def _body(event: dict[str, Any]) -> dict[str, Any]:
     if content_type == "application/json":
         try:
             data = json.loads(raw or "{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # 4 KB of '[' nests deeper than the decoder goes
             raise EntryRefused(400, "body_invalid") from None
         if not isinstance(data, dict):
             raise EntryRefused(400, "body_invalid")
         return data
-    return dict(parse_qsl(raw, keep_blank_values=True, max_num_fields=16))
+    try:
+        return dict(parse_qsl(raw, keep_blank_values=True, max_num_fields=16))
+    except ValueError:  # more fields than a participant id and MAX_PLATFORM_IDS others
+        raise EntryRefused(400, "platform_ids_invalid") from None
 
 
 def read_entry(event: dict[str, Any]) -> Entry:
@@ -79,7 +83,11 @@ def _answer(status: int, body: dict[str, Any], origin: str | None) -> dict[str, 
 
 
 def refused(event: dict[str, Any], exc: Exception) -> dict[str, Any] | None:
-    """A refusal as its status and code; anything else raises (a Lambda error, 500 without detail)."""
+    """A refusal as its status and code, a store that stayed throttled as a retryable 503; anything
+    else raises (a Lambda error, which API Gateway answers 500 without detail)."""
+    if isinstance(exc, StoreThrottled):
+        logger.warning("store throttled")
+        return _answer(503, {"error": "throttled"}, None)
     if not isinstance(exc, EntryRefused):
         return None
     logger.info("entry refused", extra={"status": exc.status, "code": exc.code})
@@ -94,6 +102,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     entry = read_entry(event)
     if svc.settings.paused:
         raise EntryRefused(403, "paused")
+    if not svc.settings.websocket_url:  # before anything is assigned
+        raise ConfigurationError("WEBSOCKET_URL is not set")
     enrolment = Enrolment(store, controls_for=store.get_controls, on_allowlist=store.on_allowlist, clock=svc.clock)
     study, assignment = enrolment.enter(entry)
     identity = Identity(participant=assignment.participant, experiment=study.id, session=SESSION)
@@ -102,8 +112,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     logger.info("entered", extra={"study": study.id, "index": assignment.index})
     metrics.add_metric(name="Entries", unit="Count", value=1)
     origin = entry.origin if entry.origin and study.accepts_origin(entry.origin) else None
-    if not svc.settings.websocket_url:
-        raise ConfigurationError("WEBSOCKET_URL is not set")
     return _answer(200, {
         "url": svc.settings.websocket_url,
         "token": mint_token(secret, identity),

@@ -18,11 +18,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .controls import obeyed
+from .identity import valid_code
 from .store import Conflict, ControlItems
 from .study import EntryMode, Study, arm_for
 
@@ -51,6 +52,8 @@ class StudyRecord:
     seed: bytes
     #: SHA-256 of the study key that server-to-server entries present (the key itself is shown once)
     key_sha256: str
+    #: places taken so far (`StudyStore.take_place`): entries, made-up ids and refused ones past the cap included
+    entries: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,27 @@ class StudyStore(Protocol):
 
     def put_assignment(self, assignment: Assignment) -> None:
         """Record it unless the participant has one (`Conflict`): a conditional write."""
+        ...
+
+
+class StudyAdmin(StudyStore, Protocol):
+    """The operator's side of the study store (`chat-ops study`); never on a request path."""
+
+    def put_study(self, record: StudyRecord) -> None:
+        """Register a new study (its entries start at 0); `Conflict` when its id is taken."""
+        ...
+
+    def replace_study_definition(self, study: Study) -> None:
+        """Replace the definition, keeping the seed, the key, the entries and the assignments;
+        `Conflict` when there is no such study."""
+        ...
+
+    def set_study_key(self, study_id: str, key_sha256: str) -> None:
+        """Replace the key's hash (the old key stops working at once); `Conflict` when there is no such study."""
+        ...
+
+    def assignments(self, study_id: str, page_size: int = 500) -> Iterator[Assignment]:
+        """The study's assignments, in participant order, read `page_size` at a time."""
         ...
 
 
@@ -149,7 +173,7 @@ class Enrolment:
                 raise EntryRefused(401, "study_key_invalid")
         elif not study.accepts_origin(entry.origin):
             raise EntryRefused(403, "origin_not_allowed")
-        if not study.accepts_participant(entry.participant):
+        if not (study.accepts_participant(entry.participant) and valid_code(entry.participant)):  # a token carries it
             raise EntryRefused(400, "participant_invalid")
         if len(entry.platform_ids) > MAX_PLATFORM_IDS or not all(
             isinstance(k, str) and isinstance(v, str) and _ID_NAME.fullmatch(k) and _ID_VALUE.fullmatch(v)

@@ -90,7 +90,7 @@ def site():
 def stack_config(site, tmp_path, tokens_per_second: float, **parameters: str) -> StackConfig:
     """The local stack on free loopback ports, every reply job delivered twice (as SQS may)."""
     return StackConfig(
-        port=0, management_port=0, model_port=0, demo_port=None, data_dir=tmp_path / "stack",
+        port=0, management_port=0, model_port=0, entry_port=0, demo_port=None, data_dir=tmp_path / "stack",
         model_ttft=0.5, model_tokens_per_second=tokens_per_second, duplicate_deliveries=1.0,
         parameters={"AllowedOrigins": site.url, **parameters},
     )

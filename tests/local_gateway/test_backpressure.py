@@ -42,7 +42,7 @@ LONG_TEXT = "Tell me about the weather in spring. " * 108  # 3,996 characters
 
 
 def _stack_config(tmp_path, push: str, limits: GatewayLimits) -> StackConfig:
-    return StackConfig(port=0, management_port=0, model_port=0, demo_port=None, data_dir=tmp_path, push=push,
+    return StackConfig(port=0, management_port=0, model_port=0, entry_port=0, demo_port=None, data_dir=tmp_path, push=push,
                        model_ttft=0.0, model_tokens_per_second=0.0, limits=limits,
                        environment={"RATE_LIMIT_FRAMES": "10000", "MAX_MESSAGE_CHARS": "4000"})
 

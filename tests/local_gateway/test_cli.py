@@ -25,7 +25,7 @@ def _cli(*args: str, data_dir: Path) -> list[str]:
     return [sys.executable, "-m", "local_gateway", "--data-dir", str(data_dir), *args]
 
 
-FREE_PORTS = ("--port", "0", "--management-port", "0", "--model-port", "0", "--demo-port", "0")
+FREE_PORTS = ("--port", "0", "--management-port", "0", "--model-port", "0", "--demo-port", "0", "--entry-port", "0")
 
 
 class Served:
@@ -94,6 +94,7 @@ def test_serve_mint_chat_sigterm_and_serve_again(tmp_path):
         assert served.stop() == 0
     assert "Stopped." in "".join(served.output)
     assert "demo.html?url=" in "".join(served.output)  # a link a researcher can open
+    assert re.search(r"Study entry\s+POST http://127\.0\.0\.1:\d+/studies/STUDY/entry", "".join(served.output))
     assert "connected" not in "".join(served.output)  # serve's default level: warnings and errors only
     assert (tmp_path / "ticket-secret").stat().st_mode & 0o077 == 0  # the dev secret is private
 

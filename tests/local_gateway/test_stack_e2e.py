@@ -31,7 +31,7 @@ ORIGIN = "http://localhost:8000"
 def _config(tmp_path, store="sqlite", **kw) -> StackConfig:
     """A stack on free ports whose reply queue delivers every job twice, as SQS may."""
     return StackConfig(
-        port=0, management_port=0, model_port=0, demo_port=0, data_dir=tmp_path, store=store,
+        port=0, management_port=0, model_port=0, entry_port=0, demo_port=0, data_dir=tmp_path, store=store,
         model_ttft=kw.pop("ttft", 0.0), model_tokens_per_second=kw.pop("tps", 0.0),
         duplicate_deliveries=kw.pop("duplicate_deliveries", 1.0), **kw,
     )
@@ -533,7 +533,7 @@ def test_a_failed_start_leaves_no_process_behind(tmp_path):
         port = taken.getsockname()[1]
         before = set(processes(os.getpid()))
         with pytest.raises(OSError):
-            config = StackConfig(port=port, management_port=0, model_port=0, demo_port=None, data_dir=tmp_path,
+            config = StackConfig(port=port, management_port=0, model_port=0, entry_port=0, demo_port=None, data_dir=tmp_path,
                                  model_process=True, function_processes=1)
             with running(config):
                 pass

@@ -385,7 +385,7 @@ def test_the_local_stack_installs_the_emulation_from_its_environment(_strict_mot
     """`--store dynamodb` outside tests: the stack installs its own, from LOCAL_DYNAMODB_*, and
     takes it away at stop; the moto server it starts answers through it."""
     monkeypatch.setenv("LOCAL_DYNAMODB_HOLD_MS", "7")
-    config = StackConfig(port=0, management_port=0, model_port=0, demo_port=None, data_dir=tmp_path, store="dynamodb")
+    config = StackConfig(port=0, management_port=0, model_port=0, entry_port=0, demo_port=None, data_dir=tmp_path, store="dynamodb")
     _strict_moto_dynamodb.uninstall()  # as if no test session were running
     try:
         with running(config) as stack:

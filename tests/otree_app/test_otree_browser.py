@@ -71,7 +71,7 @@ def stack_and_otree(tmp_path_factory):
     for asset in [*(ROOT / "client_js").glob("*.js"), *(ROOT / "client_js").glob("*.css")]:
         shutil.copyfile(asset, static / asset.name)
     config = StackConfig(
-        port=0, management_port=0, model_port=0, demo_port=None, data_dir=tmp / "stack",
+        port=0, management_port=0, model_port=0, entry_port=0, demo_port=None, data_dir=tmp / "stack",
         model_ttft=0.5, model_tokens_per_second=30,  # a reply streams for about two seconds
         parameters={"AllowedOrigins": origin},
     )

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 from moto import mock_aws
 
@@ -17,6 +18,23 @@ from harness import Harness  # noqa: E402
 from local_gateway.management_api import RecordingRegistry, management_app  # noqa: E402
 from local_gateway.threaded import serve_in_thread  # noqa: E402
 from ws_handlers import observability  # noqa: E402
+from ws_handlers.adapters.dynamodb import DynamoStore  # noqa: E402
+from ws_handlers.adapters.sqlite import SqliteStore  # noqa: E402
+
+
+@pytest.fixture(params=["dynamodb", "sqlite"])
+def store(request, tmp_path, dynamodb_tables):
+    """Each store adapter in turn, empty: DynamoStore on moto (through the strict emulation), SqliteStore
+    on a file; the contract tests run every test on both."""
+    if request.param == "dynamodb":
+        with mock_aws():
+            client = boto3.client("dynamodb")
+            dynamodb_tables(client, "conns", "chats")
+            yield DynamoStore("conns", "chats", client=client)
+    else:
+        sqlite = SqliteStore(tmp_path / "store.sqlite3")
+        yield sqlite
+        sqlite.close()
 
 
 @pytest.fixture

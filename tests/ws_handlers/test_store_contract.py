@@ -1,17 +1,15 @@
-"""The contract every Store adapter keeps: each test runs on DynamoDB (moto) and on SQLite."""
+"""The contract every Store adapter keeps: each test runs on DynamoDB (moto) and on SQLite (the
+`store` fixture, tests/ws_handlers/conftest.py)."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import replace
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from ws_handlers import breaker
 from ws_handlers.adapters.dynamodb import DynamoStore
-from ws_handlers.adapters.sqlite import SqliteStore
 from ws_handlers.bot import Bot, Limits
 from ws_handlers.controls import obeyed
 from ws_handlers.identity import Identity
@@ -33,19 +31,6 @@ from ws_handlers.store import (
 WHO = Identity("P1", "exp1", "sess1")
 BOT = Bot("tutor", "m", "prompt", limits=Limits(max_user_messages=3))
 NOW = 1_800_000_000.0
-
-
-@pytest.fixture(params=["dynamodb", "sqlite"])
-def store(request, tmp_path, dynamodb_tables):
-    if request.param == "dynamodb":
-        with mock_aws():
-            client = boto3.client("dynamodb")
-            dynamodb_tables(client, "conns", "chats")
-            yield DynamoStore("conns", "chats", client=client)
-    else:
-        sqlite = SqliteStore(tmp_path / "store.sqlite3")
-        yield sqlite
-        sqlite.close()
 
 
 def _chat(store, key="main", opening=True, max_chats=5) -> Chat:

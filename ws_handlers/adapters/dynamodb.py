@@ -8,7 +8,9 @@ metadata item `META` with counters and the reply lease, one item per message
 (chats opened in a session; the `PART#exp#participant` counters of old are only deleted) and
 `EXP#exp` / `SERVICE` (`CONTROL`: pause switch, token budget, tokens used,
 the allowlist flag); the model's circuit breaker is `SERVICE` / `LLM`; an experiment's allowlist
-is one item per code, `ALLOW#exp` / participant. Every write that must not happen twice is
+is one item per code, `ALLOW#exp` / participant; a study (`enrolment.StudyStore`) is `STUDY#id` / `DEF`
+(the definition as JSON, the seed, the key's hash, the entries counter) with one item per
+assignment, `STUDY#id` / `P#participant`. Every write that must not happen twice is
 conditional; no request path scans. This module stores and reads; what a refusal means, how
 controls combine and when the breaker opens are the domain's (`store` says how a failed condition
 is reported). The operator's methods at the end of `DynamoStore` (`store.AdminStore`) list an
@@ -32,6 +34,7 @@ from botocore.exceptions import ClientError
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from ..bot import Bot
+from ..enrolment import Assignment, StudyRecord
 from ..identity import Identity
 from ..store import (
     BreakerState,
@@ -48,6 +51,7 @@ from ..store import (
     check_allowlist_change,
     check_controls_change,
 )
+from ..study import Study, study_from_dict, study_to_dict
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()
@@ -124,6 +128,14 @@ def _control_key(experiment: str) -> dict[str, str]:
 
 def _allow_pk(experiment: str) -> str:
     return f"ALLOW#{experiment}"
+
+
+def _study_key(study_id: str) -> dict[str, Any]:
+    return _key(f"STUDY#{study_id}", "DEF")
+
+
+def _assignment_key(study_id: str, participant: str) -> dict[str, Any]:
+    return _key(f"STUDY#{study_id}", f"P#{participant}")
 
 
 def _reasons(exc: ClientError) -> list[str]:
@@ -510,6 +522,77 @@ class DynamoStore:
         )
         return "Item" in got
 
+    # -- studies (enrolment.StudyStore, and StudyAdmin for the operator) ----------------------
+    def get_study(self, study_id: str) -> StudyRecord | None:
+        got = self._call("get_item", TableName=self.chats_table, Key=_study_key(study_id), ConsistentRead=True)
+        if "Item" not in got:
+            return None
+        item = _plain(got["Item"])
+        return StudyRecord(study_from_dict(json.loads(item["definition"])), bytes(item["seed"]),
+                           item["key_sha256"], int(item.get("entries", 0)))
+
+    def take_place(self, study_id: str) -> int:
+        """One atomic ADD: concurrent entries never meet on a condition, each gets its own number."""
+        got = self._update_if(_study_key(study_id), "ADD entries :one", "attribute_exists(pk)",
+                              {":one": {"N": "1"}}, returns=True)
+        if got is None:
+            raise Conflict(f"no study {study_id}")
+        return int(got["entries"]) - 1
+
+    def get_assignment(self, study_id: str, participant: str) -> Assignment | None:
+        got = self._call("get_item", TableName=self.chats_table, Key=_assignment_key(study_id, participant),
+                         ConsistentRead=True)  # the other tab's assignment, written a moment ago, counts
+        return _assignment(_plain(got["Item"])) if "Item" in got else None
+
+    def put_assignment(self, assignment: Assignment) -> None:
+        item = _assignment_key(assignment.study, assignment.participant) | _item({
+            "study": assignment.study, "participant": assignment.participant, "arm": assignment.arm,
+            "index": assignment.index, "entered_at": assignment.entered_at,
+            "platform_ids": dict(assignment.platform_ids),
+        })
+        self._put_new(item, f"{assignment.participant} has an assignment")
+
+    def put_study(self, record: StudyRecord) -> None:
+        item = _study_key(record.study.id) | _item({
+            "definition": json.dumps(study_to_dict(record.study)), "seed": record.seed,
+            "key_sha256": record.key_sha256, "entries": 0,
+        })
+        self._put_new(item, f"study {record.study.id} exists")
+
+    def _put_new(self, item: dict[str, Any], taken: str) -> None:
+        """PutItem unless an item has its key: Conflict(`taken`) then, writing nothing."""
+        try:
+            self._call("put_item", TableName=self.chats_table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise Conflict(taken) from None
+            raise
+
+    def replace_study_definition(self, study: Study) -> None:
+        self._set_study(study.id, "definition", {"S": json.dumps(study_to_dict(study))})
+
+    def set_study_key(self, study_id: str, key_sha256: str) -> None:
+        self._set_study(study_id, "key_sha256", {"S": key_sha256})
+
+    def _set_study(self, study_id: str, attribute: str, value: dict[str, Any]) -> None:
+        try:
+            self._call("update_item", TableName=self.chats_table, Key=_study_key(study_id),
+                       UpdateExpression="SET #a = :v", ConditionExpression="attribute_exists(pk)",
+                       ExpressionAttributeNames={"#a": attribute}, ExpressionAttributeValues={":v": value})
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise Conflict(f"no study {study_id}") from None
+            raise
+
+    def assignments(self, study_id: str, page_size: int = 500) -> Iterator[Assignment]:
+        kwargs = {
+            "TableName": self.chats_table, "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
+            "ExpressionAttributeValues": {":pk": {"S": f"STUDY#{study_id}"}, ":p": {"S": "P#"}},
+            "ConsistentRead": True, "Limit": page_size,
+        }
+        for page in self._pages("query", kwargs):
+            yield from (_assignment(_plain(item)) for item in page)
+
     # -- the operator's port (store.AdminStore): never on a request path ------------------
     def read_controls(self, experiment: str | None) -> Controls:
         key = _SERVICE_CONTROL if experiment is None else _control_key(experiment)
@@ -626,6 +709,7 @@ class DynamoStore:
         if session is None:  # the participant is gone from the experiment: their code and old counter with them
             records += self._delete_item(_counter(experiment, participant))
             records += self._delete_item(_key(_allow_pk(experiment), participant))
+            records += self._delete_item(_assignment_key(experiment, participant))  # a study's: the platform ids
         deleted = Deleted(records=records)
         for chat in doomed:
             deleted += self._delete_chat(chat.chat_id)
@@ -640,6 +724,9 @@ class DynamoStore:
                 deleted += Deleted(records=self._delete_item(_counter(experiment, *counted)))
             deleted += self._delete_chat(chat.chat_id)
         deleted += self._delete_connections(experiment) + Deleted(records=self._delete_allowlist(experiment))
+        assigned = [_assignment_key(experiment, a.participant) for a in self.assignments(experiment)]
+        self._batch_delete(self.chats_table, assigned)  # a study's assignments; its definition stays
+        deleted += Deleted(records=len(assigned))
         return deleted + Deleted(records=self._delete_item(_key(f"EXP#{experiment}", "CONTROL")))
 
     def _pages(self, operation: str, kwargs: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
@@ -723,6 +810,11 @@ def _chat(item: dict[str, Any]) -> Chat:
         connection_id=item.get("connection_id"),
         lease=lease,
     )
+
+
+def _assignment(item: dict[str, Any]) -> Assignment:
+    return Assignment(item["study"], item["participant"], item["arm"], int(item["index"]),
+                      float(item["entered_at"]), dict(item.get("platform_ids", {})))
 
 
 def _controls(item: dict[str, Any]) -> Controls:

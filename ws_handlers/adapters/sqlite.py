@@ -14,7 +14,8 @@ Tables mirror the DynamoDB items: `chats` (the META item: counters, binding, lea
 `participants` (chats opened per session), `controls` (pause switch, token budget and tokens used per
 experiment; the row with experiment '' is the service-wide `SERVICE` item), `allowlists` (the
 experiments whose allowlist is on: the CONTROL item's flag), `allowlist` ((experiment,
-participant): the `ALLOW#` items) and
+participant): the `ALLOW#` items), `studies` and `assignments` (a study's `STUDY#` items:
+definition, seed, key hash and entries counter; one row per participant's arm) and
 `connections` (a row past `expires_at` reads as absent, as on DynamoDB before TTL deletes
 it; nothing deletes it here: a row per connect is negligible on one laptop). The operator's
 methods at the end (`store.AdminStore`, for `python -m ws_handlers.ops`) page through an
@@ -60,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bot import Bot
+from ..enrolment import Assignment, StudyRecord
 from ..identity import Identity
 from ..store import (
     BreakerState,
@@ -77,6 +79,7 @@ from ..store import (
     check_allowlist_change,
     check_controls_change,
 )
+from ..study import Study, study_from_dict, study_to_dict
 
 SCHEMA_VERSION = 4  #: PRAGMA user_version; each migration bumps it
 _SERVICE = ""  #: the `controls` row of the service as a whole (no experiment is named '')
@@ -116,6 +119,13 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS llm_breaker (
         id INTEGER PRIMARY KEY CHECK (id = 1), failures INTEGER NOT NULL, window_start REAL NOT NULL,
         open_until REAL NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS studies (
+        study TEXT PRIMARY KEY, definition TEXT NOT NULL, seed BLOB NOT NULL, key_sha256 TEXT NOT NULL,
+        entries INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS assignments (
+        study TEXT NOT NULL, participant TEXT NOT NULL, arm TEXT NOT NULL, place INTEGER NOT NULL,
+        entered_at REAL NOT NULL, platform_ids TEXT NOT NULL,
+        PRIMARY KEY (study, participant)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS controls (
         experiment TEXT PRIMARY KEY, paused INTEGER, token_budget INTEGER,
         tokens_used INTEGER NOT NULL DEFAULT 0)""",
@@ -145,6 +155,7 @@ _CHAT_COLUMNS = (
 _MESSAGE_COLUMNS = (
     "chat_id, seq, role, text, created_at, client_msg_id, prompt_tokens, completion_tokens, model, latency_ms"
 )
+_ASSIGNMENT_COLUMNS = "study, participant, arm, place, entered_at, platform_ids"
 _BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 
 #: Which file a path names: (device, inode); None when nothing is there.
@@ -499,6 +510,67 @@ class SqliteStore:
                 "WHERE lease_turn IS NOT NULL"
             ).rowcount
 
+    # -- studies (enrolment.StudyStore, and StudyAdmin for the operator) ----------------------
+    def get_study(self, study_id: str) -> StudyRecord | None:
+        rows = self._read("SELECT definition, seed, key_sha256, entries FROM studies WHERE study = ?", (study_id,))
+        if not rows:
+            return None
+        definition, seed, key_sha256, entries = rows[0]
+        return StudyRecord(study_from_dict(json.loads(definition)), bytes(seed), key_sha256, entries)
+
+    def take_place(self, study_id: str) -> int:
+        with self._write() as db:
+            row = db.execute("UPDATE studies SET entries = entries + 1 WHERE study = ? RETURNING entries",
+                             (study_id,)).fetchone()
+        if row is None:
+            raise Conflict(f"no study {study_id}")
+        return row[0] - 1
+
+    def get_assignment(self, study_id: str, participant: str) -> Assignment | None:
+        rows = self._read(f"SELECT {_ASSIGNMENT_COLUMNS} FROM assignments WHERE study = ? AND participant = ?",
+                          (study_id, participant))
+        return _assignment(rows[0]) if rows else None
+
+    def put_assignment(self, assignment: Assignment) -> None:
+        with self._write() as db:
+            inserted = db.execute(
+                f"INSERT OR IGNORE INTO assignments ({_ASSIGNMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (assignment.study, assignment.participant, assignment.arm, assignment.index, assignment.entered_at,
+                 json.dumps(dict(assignment.platform_ids))),
+            ).rowcount
+        if not inserted:
+            raise Conflict(f"{assignment.participant} has an assignment")
+
+    def put_study(self, record: StudyRecord) -> None:
+        with self._write() as db:
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO studies (study, definition, seed, key_sha256) VALUES (?, ?, ?, ?)",
+                (record.study.id, json.dumps(study_to_dict(record.study)), record.seed, record.key_sha256),
+            ).rowcount
+        if not inserted:
+            raise Conflict(f"study {record.study.id} exists")
+
+    def replace_study_definition(self, study: Study) -> None:
+        self._set_study(study.id, "definition", json.dumps(study_to_dict(study)))
+
+    def set_study_key(self, study_id: str, key_sha256: str) -> None:
+        self._set_study(study_id, "key_sha256", key_sha256)
+
+    def _set_study(self, study_id: str, column: str, value: str) -> None:
+        with self._write() as db:
+            if not db.execute(f"UPDATE studies SET {column} = ? WHERE study = ?", (value, study_id)).rowcount:
+                raise Conflict(f"no study {study_id}")
+
+    def assignments(self, study_id: str, page_size: int = 500) -> Iterator[Assignment]:
+        after = ""
+        while True:  # keyset pages along the primary key
+            rows = self._read(f"SELECT {_ASSIGNMENT_COLUMNS} FROM assignments WHERE study = ? AND participant > ? "
+                              "ORDER BY participant LIMIT ?", (study_id, after, page_size))
+            yield from map(_assignment, rows)
+            if len(rows) < page_size:
+                return
+            after = rows[-1][1]
+
     # -- the operator's port (store.AdminStore): a process beside the stack, on the same file ------
     def read_controls(self, experiment: str | None) -> Controls:
         rows = self._read(
@@ -576,8 +648,10 @@ class SqliteStore:
             deleted = _delete_chats(db, where, params)
             counters = db.execute(f"DELETE FROM participants WHERE {where}", params).rowcount  # other sessions' stay
             connections = db.execute(f"DELETE FROM connections WHERE {where}", params).rowcount
-            if session is None:  # the participant is gone from the experiment: their code with them
+            if session is None:  # the participant is gone from the experiment: their code (and study arm) with them
                 counters += db.execute("DELETE FROM allowlist WHERE experiment = ? AND participant = ?",
+                                       (experiment, participant)).rowcount
+                counters += db.execute("DELETE FROM assignments WHERE study = ? AND participant = ?",
                                        (experiment, participant)).rowcount
         return deleted + Deleted(connections=connections, records=counters)
 
@@ -591,6 +665,7 @@ class SqliteStore:
             controls, flag = (db.execute(f"DELETE FROM {table} WHERE experiment = ?", (experiment,)).rowcount
                               for table in ("controls", "allowlists"))
             records += max(controls, flag)  # on DynamoDB both are the one CONTROL item
+            records += db.execute("DELETE FROM assignments WHERE study = ?", (experiment,)).rowcount  # definition stays
             connections = db.execute("DELETE FROM connections WHERE experiment = ?", (experiment,)).rowcount
         return deleted + Deleted(connections=connections, records=records)
 
@@ -635,6 +710,11 @@ def _insert_message(db: sqlite3.Connection, chat: Chat, message: Message) -> Non
          message.prompt_tokens, message.completion_tokens, message.model, message.latency_ms,
          who.experiment, who.session, who.participant, chat.chat_key, chat.bot.name),
     )
+
+
+def _assignment(row: tuple[Any, ...]) -> Assignment:
+    study, participant, arm, place, entered_at, platform_ids = row
+    return Assignment(study, participant, arm, place, entered_at, json.loads(platform_ids))
 
 
 def _chat(row: tuple[Any, ...]) -> Chat:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..store import Deleted, StoreThrottled
-from . import OpsError, allowlist, export, settings
+from . import OpsError, allowlist, export, settings, studies
 from .status import Watch, describe_budget, render
 from .targets import Target, add_arguments, aws_errors, opened
 
@@ -270,10 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     change.add_argument("--clear", action="store_true", help="remove the experiment's budget: the deployment's "
                         "TOKEN_BUDGET applies again")
 
-    group = commands.add_parser("allowlist", help="the participant codes an experiment admits",
-                                description="Restrict an experiment to invited participant codes: add, remove, "
-                                "list or clear its allowlist (ACTION --help for each).", formatter_class=_Help)
-    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+    def actions_of(name: str, help_: str, description: str) -> Any:
+        """A command of several actions (`chat-ops allowlist add ...`): the actions' subparsers."""
+        group = commands.add_parser(name, help=help_, description=description, formatter_class=_Help)
+        return group.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+
+    actions = actions_of("allowlist", "the participant codes an experiment admits",
+                         "Restrict an experiment to invited participant codes: add, remove, list or clear its "
+                         "allowlist (ACTION --help for each).")
     for name, run, help_, description in allowlist.ACTIONS:
         sub = command(name, run, help_, description, within=actions)
         sub.add_argument("--experiment", type=allowlist.experiment_name, metavar="NAME", required=True,
@@ -281,6 +285,22 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("add", "remove"):
             sub.add_argument("codes", nargs="*", metavar="CODE", help="participant codes")
             sub.add_argument("--file", type=Path, metavar="PATH", help="a file of codes, one a line (# comments)")
+
+    actions = actions_of("study", "studies for survey platforms: create, show, pause, export ...",
+                         "Register and run a study for Qualtrics, LimeSurvey or Prolific (docs/surveys.md): "
+                         "ACTION --help for each.")
+    for name, run, help_, description in studies.ACTIONS:
+        sub = command(name, run, help_, description, within=actions)
+        if name == "create":
+            sub.add_argument("file", type=Path, metavar="FILE", help="the study's TOML file")
+            sub.add_argument("--replace-definition", action="store_true",
+                             help="the study exists: replace its definition, keeping its seed, key and assignments")
+            continue
+        sub.add_argument("study", type=_name("the study id"), metavar="ID", help="the study's id")
+        if name == "export":
+            sub.add_argument("--out", type=Path, required=True, metavar="DIR", help="the directory for the two files")
+            sub.add_argument("--force", action="store_true", help="replace the files if they exist")
+            sub.add_argument("--raw-csv", action="store_true", help="CSV text exactly as stored, formulas and all")
 
     sub = command("status", cmd_status, "connections, chats, messages, tokens and spend",
                   "Live status of the service, or of one experiment: its switch and budget, open connections, "

@@ -74,8 +74,9 @@ def excel_safe(value: Any) -> Any:
     return value
 
 
-def write_csv(records: Iterable[dict[str, Any]], out: TextIO, *, raw: bool = False) -> int:
-    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\r\n")  # RFC 4180
+def write_csv(records: Iterable[dict[str, Any]], out: TextIO, *, raw: bool = False,
+              columns: Iterable[str] = COLUMNS) -> int:
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\r\n")  # RFC 4180
     writer.writeheader()
     written = 0
     for record in records:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from waiting import at_once
 
 from ws_handlers.adapters.sqlite import SCHEMA_VERSION, SqliteStore, StoreFileLost
 from ws_handlers.bot import Bot, Limits
@@ -57,26 +58,6 @@ def _append(store: SqliteStore, chat: Chat, cmid: str) -> int:
             return seq
         except Conflict:
             chat = store.get_chat(chat.chat_id)
-
-
-def _run_threads(count: int, target) -> list:
-    """Run target(i) on `count` threads released together; their results (or exceptions) in order."""
-    start = threading.Barrier(count)
-    results: list = [None] * count
-
-    def run(i: int) -> None:
-        start.wait()
-        try:
-            results[i] = target(i)
-        except Exception as exc:  # noqa: BLE001 - the test inspects it
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return results
 
 
 def test_everything_survives_closing_and_reopening(tmp_path):
@@ -147,7 +128,7 @@ def test_concurrent_appends_to_distinct_chats(tmp_path):
     def append_20(i: int) -> list[int]:
         return [_append(store, store.get_chat(chats[i].chat_id), f"m{i}-{k}") for k in range(20)]
 
-    assert _run_threads(16, append_20) == [list(range(2, 22))] * 16
+    assert at_once(16, append_20) == [list(range(2, 22))] * 16
     for chat in chats:
         messages = store.messages(chat.chat_id)
         assert [m.seq for m in messages] == list(range(1, 22))
@@ -162,7 +143,7 @@ def test_concurrent_appends_to_one_chat_win_one_seq_each(tmp_path):
     def append_10(i: int) -> list[int]:
         return [_append(store, store.get_chat(chat.chat_id), f"m{i}-{k}") for k in range(10)]
 
-    won = [seq for seqs in _run_threads(16, append_10) for seq in seqs]
+    won = [seq for seqs in at_once(16, append_10) for seq in seqs]
     assert sorted(won) == list(range(2, 162))  # one winner per seq
     messages = store.messages(chat.chat_id)
     assert [m.seq for m in messages] == list(range(1, 162))  # no gaps, no duplicates
@@ -182,7 +163,7 @@ def test_one_client_message_id_from_8_threads_is_stored_once(tmp_path):
         message = Message(chat.chat_id, 2, "user", f"try {i}", NOW, client_msg_id="same")
         store.append_user_message(chat, message, Lease(f"t{i}", NOW + 60, 2), "c1", 1000, NOW)
 
-    results = _run_threads(8, send)
+    results = at_once(8, send)
     assert results.count(None) == 1
     assert all(isinstance(r, Conflict) for r in results if r is not None)
     assert store.find_client_message(chat.chat_id, "same") == 2

@@ -28,7 +28,7 @@ ORIGIN = "http://localhost:8000"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """The local stack on SQLite, shared by a module's tests; each test seeds its own experiment."""
-    config = StackConfig(port=0, management_port=0, model_port=0, demo_port=None, store="sqlite",
+    config = StackConfig(port=0, management_port=0, model_port=0, entry_port=0, demo_port=None, store="sqlite",
                          data_dir=tmp_path_factory.mktemp("stack"), model_ttft=0.0, model_tokens_per_second=0.0)
     with running(config) as s:
         yield s

@@ -14,8 +14,10 @@ from ws_handlers.adapters.sqlite import SqliteStore
 from ws_handlers.ops import export
 from ws_handlers.ops.cli import build_parser
 
-COMMANDS = ("pause", "resume", "budget", "allowlist", "status", "export", "delete-participant", "delete-experiment")
+COMMANDS = ("pause", "resume", "budget", "allowlist", "study", "status", "export", "delete-participant",
+            "delete-experiment")
 ALLOWLIST_ACTIONS = ("add", "remove", "list", "clear")
+STUDY_ACTIONS = ("create", "show", "pause", "resume", "rotate-key", "export")
 
 
 @pytest.fixture
@@ -30,12 +32,15 @@ def local(tmp_path):
 def test_every_subcommand_has_help(ops):
     code, out, _ = ops("--help")
     assert code == 0 and all(c in out for c in COMMANDS) and "CHAT_OPS_STACK" in out
-    leaves = [c for c in COMMANDS if c != "allowlist"] + [f"allowlist {a}" for a in ALLOWLIST_ACTIONS]
+    leaves = ([c for c in COMMANDS if c not in ("allowlist", "study")] + [f"allowlist {a}" for a in ALLOWLIST_ACTIONS]
+              + [f"study {a}" for a in STUDY_ACTIONS])
     for command in leaves:
         code, out, _ = ops(*command.split(), "--help")
         assert code == 0 and out.startswith(f"usage: chat-ops {command}") and "--stack NAME" in out
     code, out, _ = ops("allowlist", "--help")
     assert code == 0 and all(action in out for action in ALLOWLIST_ACTIONS)
+    code, out, _ = ops("study", "--help")
+    assert code == 0 and all(action in out for action in STUDY_ACTIONS)
     assert set(build_parser()._subparsers._group_actions[0].choices) == set(COMMANDS)
 
 

@@ -3,7 +3,7 @@ pydantic objects): what a compatible server may send is parsed as the SDK would.
 
 from __future__ import annotations
 
-from ws_handlers.llm import _chunks
+from ws_handlers.adapters.openai_model import _chunks
 
 
 def test_events_split_on_blank_lines_with_comments_fields_and_done_skipped():
