@@ -22,6 +22,7 @@ from ws_handlers.tickets import Identity, mint_ticket, mint_token
 
 from . import ports
 from .demo_bots import BOTS
+from .demo_study import demo_survey_url, ensure_demo_study
 from .gateway import GatewayLimits
 from .stack import ROOT, Stack, StackConfig, default_function_processes, dev_secret
 
@@ -112,6 +113,10 @@ async def _serve(stack: Stack) -> str | None:
             "ticket": mint_ticket(stack.secret, identity, "main", BOTS["tutor"]),
         })
         lines.append(f"  Chat in a browser, as participant 'demo':\n    {urls['demo']}?{query}")
+        if "entry" in urls:
+            study = ensure_demo_study(stack.store, urls["demo"])
+            lines.append(f"  A survey with the chat (a Qualtrics stand-in, study {study.id!r}; each new browser is a new "
+                         f"participant):\n    {demo_survey_url(urls['demo'], urls['entry'], study)}")
     print("\n".join(lines) + "\nStop with Ctrl-C.", flush=True)
     waits = [asyncio.create_task(event.wait()) for event in (stopping, stack.failed)]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

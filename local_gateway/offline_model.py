@@ -4,7 +4,9 @@
 `POST /v1/chat/completions` (plain JSON or OpenAI's SSE stream) and `GET /v1/models` with
 deterministic replies written by `offline_replies`, paced by a time to first token and a
 token rate. Tests inject failures through `POST /_faults` (a FIFO queue: each valid
-completion request consumes the next fault) and read counters from `GET /_stats`.
+completion request consumes the next fault), end the stalls under way early with
+`POST /_faults/release` (a test that has seen what it waited for) and read counters from
+`GET /_stats`.
 
 Run it alone with `python -m local_gateway.offline_model --port 8011`; in tests host it
 with `local_gateway.threaded.serve_in_thread(OfflineModel(...).app())`.
@@ -75,6 +77,20 @@ class Fault:
     echo: bool = False
     seconds: float = 0.0  #: delay / stall: how long to sleep
     after_tokens: int = 0  #: cut / stall: content tokens streamed first
+    #: cut / stall: count `after_tokens` from the token that completes this text's first
+    #: occurrence (a fault placed after what a test watches for); "" counts from the start
+    after_text: str = ""
+
+    def position(self, reply: list[str]) -> int | None:
+        """The token index where a cut or stall happens in `reply`; None: past its end."""
+        if not self.after_text:
+            return self.after_tokens
+        said = ""
+        for i, token in enumerate(reply):
+            said += token
+            if self.after_text in said:
+                return i + 1 + self.after_tokens
+        return None
 
 
 def parse_fault(raw: Any) -> Fault:
@@ -98,9 +114,13 @@ def parse_fault(raw: Any) -> Fault:
         return Fault(kind, status=number("status", 500, int, 400), times=number("times", 1, int, 1), echo=echo)
     if kind == "delay":
         return Fault(kind, seconds=number("seconds", 0.0))
+    after_text = raw.get("after_text", "")
+    if not isinstance(after_text, str):
+        raise BadRequest(f"fault {kind!r}: after_text must be a string", "faults")
     if kind == "cut":
-        return Fault(kind, after_tokens=number("after_tokens", 0, int))
-    return Fault(kind, after_tokens=number("after_tokens", 0, int), seconds=number("seconds", 0.0))
+        return Fault(kind, after_tokens=number("after_tokens", 0, int), after_text=after_text)
+    return Fault(kind, after_tokens=number("after_tokens", 0, int), seconds=number("seconds", 0.0),
+                 after_text=after_text)
 
 
 _STATUS_ERRORS = {
@@ -140,6 +160,7 @@ class OfflineModel:
         self.stats: dict[str, Any] = {}
         self.reset_stats()
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._stalls: set[asyncio.Event] = set()  #: one per stall under way; set by release_stalls
         self.clock, self.sleep = clock, sleep
 
     # -- state (the HTTP control endpoints call these; tests may call them too)
@@ -158,6 +179,25 @@ class OfflineModel:
             return Fault("status", status=fault.status, echo=fault.echo)
         return self.faults.popleft()
 
+    def release_stalls(self) -> int:
+        """End the stalls under way now (call on the server's loop); how many there were."""
+        stalls, self._stalls = self._stalls, set()
+        for stall in stalls:
+            stall.set()
+        return len(stalls)
+
+    async def _stall(self, seconds: float) -> None:
+        """A stall: `seconds` of `self.sleep`, or less if `release_stalls` ends it."""
+        released = asyncio.Event()
+        self._stalls.add(released)
+        waits = {asyncio.ensure_future(self.sleep(seconds)), asyncio.ensure_future(released.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            self._stalls.discard(released)
+
     def reset_stats(self) -> None:
         self.stats = {"requests": 0, "completions_started": 0, "completions_finished": 0,
                       "aborted": 0, "disconnected": 0, "by_status": {}}
@@ -175,6 +215,7 @@ class OfflineModel:
         app.router.add_get("/v1/models/{model}", self._model)
         app.router.add_post("/_faults", self._post_faults)
         app.router.add_delete("/_faults", self._delete_faults)
+        app.router.add_post("/_faults/release", self._release_stalls)
         app.router.add_get("/_stats", self._get_stats)
         app.on_shutdown.append(self._cancel_inflight)
         return app
@@ -233,6 +274,9 @@ class OfflineModel:
     async def _delete_faults(self, request: web.Request) -> web.Response:
         self.faults.clear()
         return web.json_response({"pending": 0})
+
+    async def _release_stalls(self, request: web.Request) -> web.Response:
+        return web.json_response({"released": self.release_stalls()})
 
     async def _get_stats(self, request: web.Request) -> web.Response:
         return web.json_response({**self.stats, "faults_pending": len(self.faults)})
@@ -333,12 +377,13 @@ class OfflineModel:
         self._count_status(response.status)
         await response.write(chunk({"role": "assistant", "content": "", "refusal": None}))
         start = self.clock()
+        at = fault.position(reply) if fault and fault.kind in ("cut", "stall") else None
         for i, token in enumerate(reply):
-            if fault and i == fault.after_tokens and fault.kind in ("cut", "stall"):
+            if fault and i == at:
                 if fault.kind == "cut":
                     return await self._cut(request, response)
                 stalled_at = self.clock()
-                await self.sleep(fault.seconds)
+                await self._stall(fault.seconds)
                 start += self.clock() - stalled_at  # the pace goes on from where it stopped
             wait = start + self._pace(i) - self.clock()
             if wait > 0:

@@ -6,7 +6,8 @@ and a chat ticket, three opaque strings that name neither the arm nor the bot.
 
 The body is JSON or a form (`participant=...&ResponseID=...`): a page posts a form, which is a
 CORS "simple request" (no preflight), and the answer carries Access-Control-Allow-Origin only
-for the study's own origins. Qualtrics' Web Service element sends either.
+for the study's own origins, a refusal decided against the study too (so the survey page can say
+why: `study_full`, `paused`, ...). Qualtrics' Web Service element sends either.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .identity import Identity
 from .observability import logger, metrics
 from .runtime import ConfigurationError, services
 from .store import StoreThrottled
+from .study import Study
 from .tickets import mint_ticket, mint_token
 
 #: the chat key of a study's chat: one chat per participant and study
@@ -92,7 +94,12 @@ def refused(event: dict[str, Any], exc: Exception) -> dict[str, Any] | None:
         return None
     logger.info("entry refused", extra={"status": exc.status, "code": exc.code})
     metrics.add_metric(name="EntriesRefused", unit="Count", value=1)
-    return _answer(exc.status, {"error": exc.code}, None)
+    return _answer(exc.status, {"error": exc.code}, _readable_by(exc.study, header(event.get("headers"), "origin")))
+
+
+def _readable_by(study: Study | None, origin: str | None) -> str | None:
+    """The origin that may read the answer (Access-Control-Allow-Origin): one of the study's own, else none."""
+    return origin if study is not None and origin and study.accepts_origin(origin) else None
 
 
 @lambda_entry(answer=refused)
@@ -111,10 +118,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     bot = study.arm(assignment.arm).bot
     logger.info("entered", extra={"study": study.id, "index": assignment.index})
     metrics.add_metric(name="Entries", unit="Count", value=1)
-    origin = entry.origin if entry.origin and study.accepts_origin(entry.origin) else None
     return _answer(200, {
         "url": svc.settings.websocket_url,
         "token": mint_token(secret, identity),
         "ticket": mint_ticket(secret, identity, CHAT_KEY, bot),
         "min_messages": study.min_messages,
-    }, origin)
+    }, _readable_by(study, entry.origin))

@@ -35,12 +35,15 @@ MAX_PLATFORM_IDS = 8
 
 
 class EntryRefused(Exception):
-    """The entry is refused; `code` goes to the caller (docs/surveys.md lists them), `status` is HTTP's."""
+    """The entry is refused; `code` goes to the caller (docs/surveys.md lists them), `status` is HTTP's.
+    `study` is the study the refusal was decided against (None before it was read): the endpoint
+    lets that study's own pages read the code."""
 
-    def __init__(self, status: int, code: str) -> None:
+    def __init__(self, status: int, code: str, study: Study | None = None) -> None:
         super().__init__(f"{status} {code}")
         self.status = status
         self.code = code
+        self.study = study
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,14 @@ class Enrolment:
         record = self.store.get_study(entry.study)
         if record is None:
             raise EntryRefused(404, "study_unknown")
+        study = record.study
+        try:
+            return self._enter(record, entry)
+        except EntryRefused as exc:
+            exc.study = study
+            raise
+
+    def _enter(self, record: StudyRecord, entry: Entry) -> tuple[Study, Assignment]:
         study = record.study
         self._check(record, entry)
         existing = self.store.get_assignment(study.id, entry.participant)

@@ -169,7 +169,16 @@ export async function startStack({ tps = 400, ttftMs = 30, idleTimeout = 2, llmC
     return (name) => within(waiting.get(name)?.promise ?? mint(name), `credentials for ${name}`, CHILD_PATIENCE_MS);
   }
 
-  return { url, port: Number(new URL(url).port), dataDir, mint, prefetch, faults, stop, output: () => output };
+  /** End the offline model's stalls under way (POST /_faults/release): a test that has seen what it waited for. */
+  async function release() {
+    const response = await fetch(`http://127.0.0.1:${modelPort}/_faults/release`, {
+      method: "POST", signal: AbortSignal.timeout(PATIENCE_MS),
+    });
+    if (!response.ok) throw new Error(`release refused: ${response.status} ${await response.text()}`);
+    return (await response.json()).released;
+  }
+
+  return { url, port: Number(new URL(url).port), dataDir, mint, prefetch, faults, release, stop, output: () => output };
 }
 
 async function freePort() {

@@ -79,9 +79,14 @@ test("a socket dropped in the middle of a reply resumes on a new one: every mess
   });
   await within(client.start(), "start()");
 
+  // The model holds the reply after three tokens until the client is back on a new socket.
+  await stack.faults([{ kind: "stall", after_tokens: 3, seconds: 3600 }]);
   client.send("Tell me about primes");
-  await until(() => of(events, "delta").length >= 2, { what: "the reply to start streaming" });
+  await until(() => of(events, "delta").length >= 1, { what: "the reply to start streaming" });
   proxy.drop(); // Wi-Fi gone: no close frame
+  await until(() => log.some((l) => l.socket === 2 && l.dir === "in" && l.frame.type === "chat"),
+    { what: "the client back, its chat started again" });
+  await stack.release();
   const final = await until(() => of(events, "message")[0]?.message, { what: "the reply" });
 
   const states = of(events, "state").map((e) => e.state);
@@ -180,12 +185,16 @@ test("a reply with emoji streams without losing or repeating a character, across
     return chars.length < 3 ? null : [f, { ...f, offset: f.offset + 1, text: chars.slice(1, -1).join("") }];
   });
   const family = "👩\u200d👩\u200d👧";
+  // The model holds the reply two tokens after the emoji until the client is back: the rest
+  // then streams on the new socket, however long the reconnection took.
+  await stack.faults([{ kind: "stall", after_text: family, after_tokens: 2, seconds: 3600 }]);
   client.send(`Pizza 🍕 party 🎉 tonight ${family} yes`); // the offline model quotes it
   const pieces = () => of(events, "delta").map((d) => d.piece);
   await until(() => pieces().some((p) => p.includes("👧")), { what: "the emoji to stream" });
-  const streamed = pieces().length;
-  await until(() => pieces().length >= streamed + 2, { what: "text after the emoji" });
   proxy.drop(); // the stream resumes on a new socket, from offset 0
+  await until(() => log.some((l) => l.socket === 2 && l.dir === "in" && l.frame.type === "chat"),
+    { what: "the client back, its chat started again" });
+  await stack.release();
   const final = await until(() => of(events, "message")[0]?.message, { what: "the reply" });
 
   assert.ok(final.text.includes(`"Pizza 🍕 party 🎉 tonight ${family} yes"`), final.text);

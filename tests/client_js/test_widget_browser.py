@@ -117,14 +117,6 @@ def hold(stack) -> Hold:
 
 
 @pytest.fixture
-def context(browser):
-    context = browser.new_context(viewport=VIEWPORT, reduced_motion="reduce")
-    context.set_default_timeout(60_000)
-    yield context
-    context.close()
-
-
-@pytest.fixture
 def page(context):
     page = context.new_page()
     page.errors = []  # uncaught exceptions and console errors, checked by each test

@@ -94,6 +94,7 @@ def test_serve_mint_chat_sigterm_and_serve_again(tmp_path):
         assert served.stop() == 0
     assert "Stopped." in "".join(served.output)
     assert "demo.html?url=" in "".join(served.output)  # a link a researcher can open
+    assert "demo-survey.html?chat_entry=http" in "".join(served.output)  # the demo survey, its study registered
     assert re.search(r"Study entry\s+POST http://127\.0\.0\.1:\d+/studies/STUDY/entry", "".join(served.output))
     assert "connected" not in "".join(served.output)  # serve's default level: warnings and errors only
     assert (tmp_path / "ticket-secret").stat().st_mode & 0o077 == 0  # the dev secret is private

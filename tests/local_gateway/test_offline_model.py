@@ -17,6 +17,7 @@ import pytest
 from local_gateway.offline_model import OfflineModel, main
 from local_gateway.offline_replies import count_tokens, persona_from, salient_words, tokenize
 from local_gateway.threaded import ServedApp, serve_in_thread
+from waiting import wait_for
 
 ADA = [
     {"role": "system", "content": "You are Ada, a friendly tutor who helps students with maths."},
@@ -388,6 +389,28 @@ def test_stall_mid_stream(served: ServedApp) -> None:
         for chunk in stream:
             received.append(chunk)
     assert len(received) == 1 + 2
+
+
+def test_a_stall_placed_after_a_text_lasts_until_released(served: ServedApp) -> None:
+    """`after_text` puts the stall after what a test watches for; POST /_faults/release ends it
+    as soon as the test has seen what it waited for, instead of after its seconds."""
+    whole = "".join(c.choices[0].delta.content or "" for c in
+                    client(served).chat.completions.create(model="m", messages=ADA, stream=True))
+    marker = whole.split()[3]
+    add_faults(served, {"kind": "stall", "after_text": marker, "after_tokens": 1, "seconds": 3600})
+    stream = client(served).chat.completions.create(model="m", messages=ADA, stream=True)
+    said = ""
+    for chunk in stream:
+        said += chunk.choices[0].delta.content or "" if chunk.choices else ""
+        if marker in said:
+            break
+    next_piece = next(stream).choices[0].delta.content  # the token after the marker comes; then it stalls
+    assert marker in said and next_piece
+    assert wait_for(lambda: json.loads(http(served, "POST", "/_faults/release")[2])["released"] == 1)
+    rest = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert said + next_piece + rest == whole
+    assert json.loads(http(served, "POST", "/_faults/release")[2]) == {"released": 0}
+    assert http(served, "POST", "/_faults", {"faults": [{"kind": "stall", "after_text": 3}]})[0] == 400
 
 
 def test_client_going_away_mid_stream_is_counted_not_fatal() -> None:

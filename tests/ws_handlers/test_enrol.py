@@ -163,3 +163,25 @@ def test_without_websocket_url_nothing_is_assigned(make_harness):
     with pytest.raises(Exception, match="WEBSOCKET_URL"):
         enrol.handler(event(_json()), LambdaContext("enrol"))
     assert h.store.get_study("tutor").entries == 0
+
+
+def test_the_studys_own_pages_can_read_why_they_were_refused_others_cannot(h):
+    """A refusal decided against the study carries Access-Control-Allow-Origin for the study's
+    origins, so its survey page can show why (survey.js); never for another origin."""
+    register(h.store, entry="link", max_entries=1)
+    form = "application/x-www-form-urlencoded"
+
+    def link(participant: str, origin: str | None) -> tuple[int, dict[str, str], dict[str, Any]]:
+        return enter(event(f"participant={participant}", key=None, origin=origin, content_type=form))
+
+    assert link("P1", ORIGIN)[0] == 200
+    status, headers, body = link("P2", ORIGIN)
+    assert (status, body) == (403, {"error": "study_full"})
+    assert headers["access-control-allow-origin"] == ORIGIN and headers["vary"] == "Origin"
+    status, headers, body = link("P 3", ORIGIN)
+    assert (status, body) == (400, {"error": "participant_invalid"}) and headers["access-control-allow-origin"] == ORIGIN
+    for origin in ("https://evil.example", None):
+        status, headers, body = link("P2", origin)
+        assert (status, body) == (403, {"error": "origin_not_allowed"}) and "access-control-allow-origin" not in headers
+    status, headers, body = enter(event("participant=P2", study="nope", key=None, origin=ORIGIN, content_type=form))
+    assert (status, body) == (404, {"error": "study_unknown"}) and "access-control-allow-origin" not in headers

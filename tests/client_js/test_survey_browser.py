@@ -1,0 +1,326 @@
+"""The chat in a survey, in Chromium, through the Qualtrics stand-in (client_js/demo-survey.html).
+
+Three loopback origins, as in a real study: the survey platform (the stand-in page, the question's
+JavaScript exactly as researchers paste it from client_js/snippets/qualtrics.js, and the survey
+flow's Web Service step made by this test's server with the study key), the researcher's static
+host (client_js/, with CORS, where the snippet imports survey.js from), and the local stack (the
+study entry and the WebSocket). The study's origins and the stack's AllowedOrigins are the
+platform's. Every wait is for something the page shows.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from local_gateway.stack import StackConfig, running
+from local_gateway.threaded import serve_in_thread
+from ws_handlers.enrolment import StudyRecord, key_sha256
+from ws_handlers.study import study_from_dict
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: make venv")
+expect = sync_api.expect
+expect.set_options(timeout=60_000)  # a bound for failures only
+
+CLIENT_JS = Path(__file__).resolve().parents[2] / "client_js"
+VIEWPORT = {"width": 900, "height": 1000}
+KEY = "survey-study-key-for-tests"
+STUDY = "tutor-survey"
+PID = "5f0c1d2e3a4b5c6d7e8f9a0b"  # a Prolific PID's shape
+#: what the browser must never see: arm and bot names, and markers inside the prompts
+ARMS = {"armzeta7": "botzeta7", "armomega7": "botomega7"}
+PROMPT_MARKERS = {"botzeta7": "PROMPTZETA7", "botomega7": "PROMPTOMEGA7"}
+SECRETS = (*ARMS, *ARMS.values(), *PROMPT_MARKERS.values(), KEY)
+OPENING = "Hi, I'm Ada. Which maths topic shall we talk about?"  # the same in both arms
+FULL = "This study is full: no more participants can take part in the chat. Thank you for your interest."
+
+
+def study_record(entry: str, origin: str, **fields: Any) -> StudyRecord:
+    study = study_from_dict({
+        "id": STUDY, "entry": entry, "origins": [origin], "min_messages": 2, "max_entries": 50,
+        "participant_pattern": "[A-Za-z0-9_]{1,64}",
+        "arms": [{"name": arm, "bot": bot} for arm, bot in ARMS.items()],
+        "bots": {bot: {"model": "gpt-4o-mini", "opening_message": OPENING,
+                       "system_prompt": f"You are Ada, a maths tutor. Keep to {marker}."}
+                 for bot, marker in PROMPT_MARKERS.items()},
+    } | fields)
+    return StudyRecord(study, seed=b"survey-seed", key_sha256=key_sha256(KEY))
+
+
+# ---------------------------------------------------------------- the three origins
+
+
+@dataclass
+class Platform:
+    """The survey platform's server: serves the survey, and makes the survey flow's Web Service
+    call as Qualtrics' servers do (URL, custom header, body from embedded data, response mapping)."""
+
+    entry_url: str = ""
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    async def web_service(self, request: web.Request) -> web.Response:
+        embedded = await request.json()
+        body = {"participant": embedded["ResponseID"], "ResponseID": embedded["ResponseID"],
+                **{name: embedded[name] for name in ("PROLIFIC_PID", "STUDY_ID") if name in embedded}}
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{self.entry_url}/studies/{STUDY}/entry", json=body, headers={"Authorization": f"Bearer {KEY}"}) as answer:
+            data = await answer.json()
+        self.calls.append({"status": answer.status, "body": body})
+        mapping = {"url": "chat_url", "token": "chat_token", "ticket": "chat_ticket", "min_messages": "chat_min_messages"}
+        return web.json_response({field_: str(data[name]) for name, field_ in mapping.items() if name in data})
+
+    async def parent_page(self, request: web.Request) -> web.Response:
+        """A survey page that embeds the chat in an iframe (the LimeSurvey route) and records the
+        messages it receives."""
+        return web.Response(content_type="text/html", text=(
+            '<!doctype html><html><body><script>window.__progress = [];'
+            'addEventListener("message", (e) => window.__progress.push({origin: e.origin, data: e.data}));</script>'
+            f'<iframe id="chat" style="width: 820px; height: 600px" src="{html.escape(request.query["src"])}"></iframe>'
+            '</body></html>'))
+
+
+@pytest.fixture(scope="module")
+def platform():
+    served_platform = Platform()
+    app = web.Application()
+    app.router.add_post("/flow/webservice", served_platform.web_service)
+    app.router.add_get("/parent.html", served_platform.parent_page)
+    app.router.add_static("/", CLIENT_JS)
+    with serve_in_thread(app) as served:
+        served_platform.url = served.url
+        yield served_platform
+
+
+@pytest.fixture(scope="module")
+def static_host():
+    """The researcher's static host for client_js/, which sends CORS headers (a module imported
+    from another origin needs them)."""
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Any) -> web.StreamResponse:
+        response = await handler(request)
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
+
+    app = web.Application(middlewares=[cors])
+    app.router.add_static("/", CLIENT_JS)
+    with serve_in_thread(app) as served:
+        yield served
+
+
+@pytest.fixture
+def stack(platform, static_host, tmp_path):
+    config = StackConfig(port=0, management_port=0, model_port=0, entry_port=0, demo_port=None,
+                         data_dir=tmp_path / "stack", model_ttft=0.0, model_tokens_per_second=0.0,
+                         parameters={"AllowedOrigins": f"{platform.url},{static_host.url}"})  # the iframe's
+    with running(config) as s:
+        platform.entry_url = s.urls["entry"]
+        platform.calls.clear()
+        yield s
+
+
+class Seen:
+    """Everything the browser received that could name an arm: entry answers, socket frames, pages."""
+
+    def __init__(self, context, entry_url: str) -> None:
+        self.texts: list[str] = []
+        self.entries: list[dict[str, Any]] = []
+
+        def record_entry(route) -> None:  # the entry's answer as the page receives it
+            answer = route.fetch()
+            self.entries.append({"status": answer.status, "headers": answer.headers, "body": answer.text()})
+            self.texts.append(answer.text())
+            route.fulfill(response=answer)
+
+        context.route(f"{entry_url}/**", record_entry)
+        context.on("page", self.watch)
+
+    def watch(self, page) -> None:
+        page.errors = []
+        page.on("pageerror", lambda exc: page.errors.append(f"pageerror: {exc}"))
+        page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: self.texts.append(str(payload))))
+
+    def look(self, page) -> None:
+        self.texts.append(page.content())
+        self.texts.append(page.evaluate("() => JSON.stringify(localStorage)"))
+
+    def leaks(self) -> list[str]:
+        return [s for s in SECRETS if any(s in text for text in self.texts)]
+
+
+def survey_url(platform, static_host, stack, **query: str) -> str:
+    params = {"chat_js": f"{static_host.url}/", "chat_entry": stack.urls["entry"], "chat_study": STUDY, **query}
+    return f"{platform.url}/demo-survey.html?{urlencode(params)}"
+
+
+def embedded(page) -> dict[str, str]:
+    return page.evaluate("() => window.standin.response.embedded")
+
+
+def chat(page, text: str, replies: int) -> None:
+    """Send `text` in the chat of `page` (a page or a frame) and wait for the `replies`-th stored reply."""
+    page.locator(".lc-input").fill(text)
+    page.locator(".lc-input").press("Enter")
+    expect(page.locator(".lc-msg--assistant[data-status=stored]")).to_have_count(replies)
+
+
+def shown_texts(page) -> list[str]:
+    return page.locator(".lc-msg .lc-text").all_text_contents()
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_link_entry_holds_next_until_the_minimum_and_keeps_the_chat(platform, static_host, stack, context,
+                                                                   readme_screenshot):
+    stack.store.put_study(study_record("link", platform.url))
+    seen = Seen(context, stack.urls["entry"])
+    page = context.new_page()
+    page.goto(survey_url(platform, static_host, stack, PROLIFIC_PID=PID, STUDY_ID="study1", SESSION_ID="sess1"))
+    next_button = page.locator("#NextButton")
+    next_button.click()  # the intro page
+
+    expect(page.locator(".lc-msg--assistant .lc-text").first).to_have_text(OPENING)
+    expect(next_button).to_be_hidden()
+    chat(page, "Can you explain fractions?", 2)
+    expect(page.locator("#embedded")).to_contain_text('"chat_messages": "1"')
+    expect(next_button).to_be_hidden()
+    assert embedded(page)["chat_done"] == "0"
+    chat(page, "And decimals?", 3)
+    expect(next_button).to_be_visible()
+    data = embedded(page)
+    assert (data["chat_messages"], data["chat_done"]) == ("2", "1")
+    [assignment] = list(stack.store.assignments(STUDY))
+    assert assignment.participant == PID
+    assert dict(assignment.platform_ids) == {"PROLIFIC_PID": PID, "STUDY_ID": "study1", "SESSION_ID": "sess1",
+                                             "ResponseID": data["ResponseID"]}
+    chat_id, transcript = data["chat_id"], shown_texts(page)
+    assert [m.seq for m in stack.store.messages(chat_id)] == [1, 2, 3, 4, 5]
+    seen.look(page)
+    page.locator(".lc-input").fill("Could we try an example?")
+    readme_screenshot(page, "survey-chat.png")
+
+    # A refresh: the response resumes on the chat page, the page enters again, same arm and chat.
+    page.reload()
+    expect(page.locator(".lc-msg--assistant[data-status=stored]")).to_have_count(3)
+    expect(next_button).to_be_visible()  # done, from the service's count
+    assert shown_texts(page) == transcript and embedded(page)["chat_id"] == chat_id
+    # A second tab: the same response (Qualtrics resumes it in the same browser), entered again.
+    other = context.new_page()
+    other.goto(page.url)
+    expect(other.locator(".lc-msg--assistant[data-status=stored]")).to_have_count(3)
+    assert shown_texts(other) == transcript and embedded(other)["chat_id"] == chat_id
+    seen.look(other)
+    other.close()
+    # Back and Next again: the question's JavaScript runs again, same chat.
+    page.locator("#BackButton").click()
+    expect(page.locator(".lc-chat")).to_have_count(0)
+    next_button.click()
+    expect(page.locator(".lc-msg--assistant[data-status=stored]")).to_have_count(3)
+    assert shown_texts(page) == transcript
+    assert len(seen.entries) == 4 and all(e["status"] == 200 for e in seen.entries)
+    assert [a.arm for a in stack.store.assignments(STUDY)] == [assignment.arm]
+    assert stack.store.get_study(STUDY).entries == 1
+
+    next_button.click()  # the end of the survey: what the response records
+    response = json.loads(page.locator("#response").text_content())
+    assert {k: response[k] for k in ("chat_id", "chat_messages", "chat_done", "PROLIFIC_PID")} == {
+        "chat_id": chat_id, "chat_messages": "2", "chat_done": "1", "PROLIFIC_PID": PID}
+    seen.look(page)
+    assert any(OPENING in text for text in seen.texts if text.startswith("{"))  # the frames were watched
+    assert seen.leaks() == []
+    assert page.errors == []
+
+
+def test_server_entry_through_the_survey_flows_web_service(platform, static_host, stack, context):
+    stack.store.put_study(study_record("server", platform.url))
+    seen = Seen(context, stack.urls["entry"])
+    page = context.new_page()
+    page.goto(survey_url(platform, static_host, stack, webservice="/flow/webservice", PROLIFIC_PID=PID))
+    page.locator("#NextButton").click()
+    expect(page.locator(".lc-msg--assistant .lc-text").first).to_have_text(OPENING)
+    data = embedded(page)
+    assert data["chat_token"] and data["chat_ticket"] and data["chat_min_messages"] == "2"
+    assert seen.entries == []  # the page never called the entry: the platform's server did, with the key
+    assert [c["status"] for c in platform.calls] == [200]
+    [assignment] = list(stack.store.assignments(STUDY))
+    assert assignment.participant == data["ResponseID"]
+    assert dict(assignment.platform_ids) == {"ResponseID": data["ResponseID"], "PROLIFIC_PID": PID}
+
+    chat(page, "Hello there", 2)
+    expect(page.locator("#NextButton")).to_be_hidden()
+    chat(page, "Tell me about primes", 3)
+    expect(page.locator("#NextButton")).to_be_visible()
+    page.reload()  # the flow's web service ran once; the page resumes with its credentials
+    expect(page.locator(".lc-msg--assistant[data-status=stored]")).to_have_count(3)
+    assert embedded(page)["chat_id"] == data["chat_id"] and len(platform.calls) == 1
+    seen.look(page)
+    assert seen.leaks() == []
+    assert page.errors == []
+
+
+def test_a_made_up_id_beyond_max_entries_is_told_the_study_is_full(platform, static_host, stack, context):
+    stack.store.put_study(study_record("link", platform.url, max_entries=1))
+    seen = Seen(context, stack.urls["entry"])
+    first = context.new_page()
+    first.goto(survey_url(platform, static_host, stack, PROLIFIC_PID=PID))
+    first.locator("#NextButton").click()
+    expect(first.locator(".lc-msg--assistant .lc-text").first).to_have_text(OPENING)
+    first.close()
+
+    made_up = context.new_page()
+    made_up.goto(survey_url(platform, static_host, stack, PROLIFIC_PID="madeup000000000000000001", new="1"))
+    made_up.locator("#NextButton").click()
+    notice = made_up.locator(".lc-survey-notice")
+    expect(notice).to_have_text(FULL)
+    expect(notice).to_have_attribute("role", "alert")
+    expect(made_up.locator("#NextButton")).to_be_hidden()
+    expect(made_up.locator(".lc-chat")).to_have_count(0)
+    expect(made_up.locator("#embedded")).to_contain_text('"chat_error": "study_full"')
+    assert [e["status"] for e in seen.entries] == [200, 403]
+    assert seen.entries[1]["headers"]["access-control-allow-origin"] == platform.url
+    assert [a.participant for a in stack.store.assignments(STUDY)] == [PID]
+    assert made_up.errors == []
+
+
+def test_in_an_iframe_progress_goes_to_the_parent_origin_only(platform, static_host, stack, context):
+    stack.store.put_study(study_record("link", static_host.url))  # the frame's page enters
+
+    def frame_src(parent: str, participant: str) -> str:
+        return f"{static_host.url}/survey-frame.html?" + urlencode({
+            "entry": stack.urls["entry"], "study": STUDY, "participant": participant, "parent": parent,
+            "id.PROLIFIC_PID": participant})
+
+    page = context.new_page()
+    page.goto(f"{platform.url}/parent.html?{urlencode({'src': frame_src(platform.url, PID)})}")
+    frame = page.frame_locator("#chat")
+    expect(frame.locator(".lc-msg--assistant .lc-text").first).to_have_text(OPENING)
+    chat(frame, "Can you explain fractions?", 2)
+    chat(frame, "And decimals?", 3)
+    page.wait_for_function("() => window.__progress.some(p => p.data.done)")
+    progress = page.evaluate("() => window.__progress")
+    assert {p["origin"] for p in progress} == {static_host.url}
+    assert [a.participant for a in stack.store.assignments(STUDY)] == [PID]
+    chat_id = progress[-1]["data"]["chatId"]
+    assert [p["data"] for p in progress] == [
+        {"type": "llm-chat:progress", "chatId": chat_id, "messages": n, "minMessages": 2, "done": n >= 2} for n in (0, 1, 2)]
+    assert [m.seq for m in stack.store.messages(chat_id)] == [1, 2, 3, 4, 5]
+
+    # A frame told another parent origin posts nothing this page can receive: a message the frame
+    # posts last (in order, from the same source) arrives alone.
+    page.goto(f"{platform.url}/parent.html?{urlencode({'src': frame_src('http://127.0.0.1:9', 'P2')})}")
+    frame = page.frame_locator("#chat")
+    expect(frame.locator(".lc-msg--assistant .lc-text").first).to_have_text(OPENING)
+    chat(frame, "Hello", 2)
+    inner = next(f for f in page.frames if f.url.startswith(static_host.url))
+    inner.evaluate(f"() => window.parent.postMessage('last', {json.dumps(platform.url)})")
+    page.wait_for_function("() => window.__progress.length > 0")
+    assert page.evaluate("() => window.__progress.map(p => p.data)") == ["last"]
