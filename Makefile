@@ -31,11 +31,15 @@ CHROMIUM := /usr/bin/chromium
 # package-lock.json changes.
 NODE_STAMP := client_js/node_modules/.installed
 
-.PHONY: help venv dev test test-python test-js check-js check-template chromium clean bench bench-burst bench-classroom
+.PHONY: help venv sam-venv dev test test-python test-js check-js check-template chromium clean bench bench-burst bench-classroom
+
+# The suite starts hundreds of Python processes (stacks, workers, CLIs): they reuse the project's
+# bytecode (__pycache__, git-ignored) even where the environment turns its writing off.
+unexport PYTHONDONTWRITEBYTECODE
 
 help:
 	@echo "make dev             set up what is missing and run the whole service on loopback (ports: PORT=8787 OTREE_PORT=8000)"
-	@echo "make test            set up what is missing and run every test"
+	@echo "make test            set up what is missing, run every test, and say where the time went"
 	@echo "make check-js        tsc on client_js's JSDoc types (// @ts-check; also run by make test-js)"
 	@echo "make check-template  cfn-lint, sam validate --lint and sam build on template.yaml"
 	@echo "make deploy          check AWS credentials, region and Lambda concurrency, sam build + deploy (guided the first time), OpenAI key, oTree settings"
@@ -68,7 +72,9 @@ $(RUN_STAMP): pyproject.toml | $(PY)
 dev: $(RUN_STAMP) otree
 	$(PY) otree_app/run_dev.py --port $(PORT) --otree-port $(OTREE_PORT)
 
-test: venv test-js chromium check-template test-python
+# .ci/test runs the phases below (the independent ones side by side) and ends with where the time went.
+test:
+	@MAKE="$(MAKE)" bash .ci/test
 
 # Tests run on PYTEST_WORKERS processes (pytest-xdist; a worker takes the next test when free).
 # Most tests wait on sockets, model pacing and child processes, so two workers halve the wall time
@@ -133,6 +139,8 @@ $(CHROMIUM):
 			"or 'sudo apt-get install chromium'" >&2; exit 1; fi; \
 	set -x; $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+sam-venv: $(SAM_STAMP)
 
 $(SAM_STAMP):
 	$(PYTHON) -m venv $(SAM_VENV)
@@ -219,5 +227,4 @@ test-otree: otree
 		CHAT_TICKET_SECRET="bots-only-secret-0123456789abcdef0123456789" \
 		PATH="$(CURDIR)/$(OTREE_VENV)/bin:$$PATH" otree test chat_demo
 
-test: test-otree
 test-python: otree

@@ -434,7 +434,7 @@ def test_a_restart_loses_no_chat_or_message(tmp_path):
         client.close()
 
 
-# On DynamoDB (strict emulation, every job delivered twice) the same holds for a hundred participants
+# On DynamoDB (strict emulation, every job delivered twice) the same holds for forty participants
 # sending at once: tests/load_tests/test_load_burst.py.
 @pytest.fixture(params=[("sqlite", "direct", 0), ("sqlite", "direct", 2)], ids=["sqlite", "worker_processes"])
 def busy_stack(request, tmp_path):
