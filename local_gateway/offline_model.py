@@ -279,7 +279,7 @@ class OfflineModel:
         return web.json_response({"released": self.release_stalls()})
 
     async def _get_stats(self, request: web.Request) -> web.Response:
-        return web.json_response({**self.stats, "faults_pending": len(self.faults)})
+        return web.json_response({**self.stats, "faults_pending": len(self.faults), "stalled": len(self._stalls)})
 
     # -- chat completions
 

@@ -5,8 +5,8 @@ Run with the service's venv (standard library and local_gateway.ports only here)
     .venv/bin/python otree_app/run_dev.py [--port 8787] [--otree-port 8000] [-- serve options...]
 
 `make dev PORT=9787 OTREE_PORT=9000` passes its variables as these options. The stack takes
-PORT (the WebSocket API) and the next three ports (Management API, offline model, demo
-page); every port is checked before anything starts, and a busy one is named with the
+PORT (the WebSocket API) and the next four ports (Management API, offline model, demo
+pages, study entry); every port is checked before anything starts, and a busy one is named with the
 variable that moves it. oTree is told the WebSocket URL, and the stack allows oTree's and
 the demo page's origins, on whatever ports they have.
 
@@ -91,8 +91,8 @@ def busy_port(port: int, otree_port: int) -> str | None:
     """A message about the first of these ports in use, naming the `make dev` variable that moves it
     (or this script's option, when it is run by hand); None when all are free."""
     by_make = "MAKELEVEL" in os.environ
-    stack = ("make dev PORT=<port> (the chat service uses PORT to PORT+3)" if by_make
-             else "--port <port> (the chat service uses it and the next three)")
+    stack = ("make dev PORT=<port> (the chat service uses PORT to PORT+4)" if by_make
+             else "--port <port> (the chat service uses it and the next four)")
     otree = "make dev OTREE_PORT=<port>" if by_make else "--otree-port <port>"
     return ports.first_busy("127.0.0.1", [
         (otree_port, "oTree", otree),
@@ -100,13 +100,14 @@ def busy_port(port: int, otree_port: int) -> str | None:
         (port + 1, "the chat service's Management API", stack),
         (port + 2, "the chat service's offline model", stack),
         (port + 3, "the chat service's demo page", stack),
+        (port + 4, "the chat service's study entry", stack),
     ])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8787,
-                        help="the chat service's WebSocket port; it takes the next three too (default 8787)")
+                        help="the chat service's WebSocket port; it takes the next four too (default 8787)")
     parser.add_argument("--otree-port", type=int, default=8000, help="oTree's devserver (default 8000)")
     parser.add_argument("serve_args", nargs="*", help="passed to `python -m local_gateway serve`")
     args = parser.parse_args(argv)
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     port = args.port
     origins = ",".join(f"http://{host}:{p}" for p in (args.otree_port, port + 3) for host in ("localhost", "127.0.0.1"))
     serve = [f"--port={port}", f"--management-port={port + 1}", f"--model-port={port + 2}",
-             f"--demo-port={port + 3}", f"--origins={origins}", *args.serve_args]
+             f"--demo-port={port + 3}", f"--entry-port={port + 4}", f"--origins={origins}", *args.serve_args]
     try:
         print("Starting the chat service...", flush=True)
         stack = subprocess.Popen([sys.executable, "-m", "local_gateway", "serve", *serve],

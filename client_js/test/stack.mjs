@@ -79,7 +79,7 @@ export async function startStack({ tps = 400, ttftMs = 30, idleTimeout = 2, llmC
   const dataDir = await mkdtemp(path.join(os.tmpdir(), "chat-client-test-"));
   const modelPort = await freePort(); // known, for fault injection (the ready line does not print it)
   const args = ["-m", "local_gateway", "--data-dir", dataDir, "serve", "--port", "0", "--management-port", "0",
-    "--model-port", String(modelPort), "--demo-port", "0", "--idle-timeout", String(idleTimeout),
+    "--model-port", String(modelPort), "--demo-port", "0", "--entry-port", "0", "--idle-timeout", String(idleTimeout),
     "--duplicate-deliveries", String(duplicateDeliveries),
     ...(llmConcurrency != null ? ["--llm-concurrency", String(llmConcurrency)] : [])];
   const env = { ...process.env, OFFLINE_MODEL_TTFT_MS: String(ttftMs), OFFLINE_MODEL_TOKENS_PER_SECOND: String(tps),
@@ -169,6 +169,13 @@ export async function startStack({ tps = 400, ttftMs = 30, idleTimeout = 2, llmC
     return (name) => within(waiting.get(name)?.promise ?? mint(name), `credentials for ${name}`, CHILD_PATIENCE_MS);
   }
 
+  /** How many replies the offline model holds in a stall now (GET /_stats). */
+  async function stalled() {
+    const response = await fetch(`http://127.0.0.1:${modelPort}/_stats`, { signal: AbortSignal.timeout(PATIENCE_MS) });
+    if (!response.ok) throw new Error(`stats refused: ${response.status} ${await response.text()}`);
+    return (await response.json()).stalled;
+  }
+
   /** End the offline model's stalls under way (POST /_faults/release): a test that has seen what it waited for. */
   async function release() {
     const response = await fetch(`http://127.0.0.1:${modelPort}/_faults/release`, {
@@ -178,7 +185,7 @@ export async function startStack({ tps = 400, ttftMs = 30, idleTimeout = 2, llmC
     return (await response.json()).released;
   }
 
-  return { url, port: Number(new URL(url).port), dataDir, mint, prefetch, faults, release, stop, output: () => output };
+  return { url, port: Number(new URL(url).port), dataDir, mint, prefetch, faults, stalled, release, stop, output: () => output };
 }
 
 async function freePort() {

@@ -49,5 +49,5 @@ def test_a_busy_chat_service_port_names_make_devs_port(busy):
     out = run_dev("--port", str(busy), "--otree-port", str(free_port()), by_make=True)
     assert out.returncode == 1, out
     assert f"Port {busy} is already in use" in out.stderr and "WebSocket API" in out.stderr, out.stderr
-    assert "choose another port with make dev PORT=<port> (the chat service uses PORT to PORT+3)." in out.stderr
+    assert "choose another port with make dev PORT=<port> (the chat service uses PORT to PORT+4)." in out.stderr
     assert "Traceback" not in out.stderr and "Starting" not in out.stdout
