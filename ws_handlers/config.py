@@ -49,7 +49,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LLM_BREAKER_FAILURES", "5", "Model failures within the window that pause model calls."),
     Variable("LLM_BREAKER_WINDOW_SECONDS", "30", "The window in which model failures are counted."),
     Variable("LLM_BREAKER_COOLDOWN_SECONDS", "20", "Seconds sends stay refused (llm_paused) once the breaker opens; then all go through again."),
-    Variable("STREAM_FLUSH_MS", "120", "Longest wait before buffered reply text is pushed as a delta."),
+    Variable("STREAM_FLUSH_MS", "120", "Buffered reply text is pushed as a delta once this long has passed since the last one "
+             "(checked as tokens arrive: while the model pauses, the text waits for its next token)."),
     Variable("STREAM_FLUSH_CHARS", "600", "Buffered characters that trigger a delta at once."),
 )
 
