@@ -38,12 +38,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .bot import Bot
+from .identity import valid_code
 
 _ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 #: What a participant id from a platform may look like unless the study says more: Prolific's
 #: PID (24 hex digits), Qualtrics' ResponseID (R_ and 15 characters), a lab's own codes.
 DEFAULT_PARTICIPANT_PATTERN = r"[A-Za-z0-9_\-]{1,64}"
-MAX_PARTICIPANT_CHARS = 128
 MAX_ARMS = 32
 MAX_WEIGHT = 100
 MAX_ENTRIES = 1_000_000
@@ -91,13 +91,10 @@ class Study:
         raise StudyError(f"study {self.id} has no arm {name!r}")
 
     def accepts_participant(self, participant: str) -> bool:
-        """Whether an id from the platform has the study's shape (bounded first: the pattern is the
-        researcher's, the id may be anyone's)."""
-        return (
-            isinstance(participant, str)
-            and len(participant) <= MAX_PARTICIPANT_CHARS
-            and re.fullmatch(self.participant_pattern, participant) is not None
-        )
+        """Whether an id from the platform has the study's shape and can be a token's participant
+        code (checked first: it bounds the length before the researcher's pattern runs on an id
+        that may be anyone's)."""
+        return valid_code(participant) and re.fullmatch(self.participant_pattern, participant) is not None
 
     def accepts_origin(self, origin: str | None) -> bool:
         return origin is not None and origin in self.origins

@@ -59,6 +59,8 @@ def test_a_study_file_reads_back_as_written(tmp_path: Path):
     assert study_from_dict(study_to_dict(study)) == study
     assert study.accepts_participant("5f0c" * 6) and not study.accepts_participant("not-a-pid")
     assert not study.accepts_participant("a" * 10_000)
+    anything = study_from_dict({**_valid(), "participant_pattern": ".+"})
+    assert not anything.accepts_participant("has space")  # whatever the pattern: a token must carry it
     assert study.accepts_origin("https://yourlab.eu.qualtrics.com") and not study.accepts_origin("https://evil.example")
 
 
