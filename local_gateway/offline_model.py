@@ -3,7 +3,9 @@
 `OfflineModel(...).app()` builds an aiohttp application that answers
 `POST /v1/chat/completions` (plain JSON or OpenAI's SSE stream) and `GET /v1/models` with
 deterministic replies written by `offline_replies`, paced by a time to first token and a
-token rate. Tests inject failures through `POST /_faults` (a FIFO queue: each valid
+token rate. As OpenAI does, it answers a model alias with a dated snapshot (`snapshot_of`:
+"gpt-4o-mini" is answered as "gpt-4o-mini-2025-01-01") and a `system_fingerprint`, which the
+service records as a reply's provenance. Tests inject failures through `POST /_faults` (a FIFO queue: each valid
 completion request consumes the next fault), end the stalls under way early with
 `POST /_faults/release` (a test that has seen what it waited for) and read counters from
 `GET /_stats`.
@@ -20,6 +22,7 @@ import collections
 import json
 import math
 import os
+import re
 import signal
 import time
 import uuid
@@ -32,6 +35,10 @@ from aiohttp import web
 from local_gateway.offline_replies import content_text, count_tokens, tokenize, write_reply
 
 MODEL_ID = "offline"
+#: The date of the offline model's snapshots, and the fingerprint it answers with.
+SNAPSHOT_DATE = "2025-01-01"
+SYSTEM_FINGERPRINT = "fp_offline"
+_DATED = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
@@ -335,7 +342,7 @@ class OfflineModel:
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return await self._stream(request, reply, finish_reason, usage if include_usage else None,
-                                      fault, reply_id, created, body["model"])
+                                      fault, reply_id, created, snapshot_of(body["model"]))
 
         stall = fault.seconds if fault and fault.kind == "stall" else 0.0
         await self.sleep(self.ttft + self._pace(len(reply)) + stall)
@@ -345,11 +352,11 @@ class OfflineModel:
             return _Aborted()
         self.stats["completions_finished"] += 1
         return web.json_response({
-            "id": reply_id, "object": "chat.completion", "created": created, "model": body["model"],
+            "id": reply_id, "object": "chat.completion", "created": created, "model": snapshot_of(body["model"]),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(reply),
                                                   "refusal": None, "annotations": []},
                          "logprobs": None, "finish_reason": finish_reason}],
-            "usage": usage, "service_tier": "default", "system_fingerprint": "fp_offline",
+            "usage": usage, "service_tier": "default", "system_fingerprint": SYSTEM_FINGERPRINT,
         })
 
     def _pace(self, tokens: int) -> float:
@@ -363,7 +370,7 @@ class OfflineModel:
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
             data: dict[str, Any] = {
                 "id": reply_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "system_fingerprint": "fp_offline",
+                "system_fingerprint": SYSTEM_FINGERPRINT,
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
             }
             if usage is not None:
@@ -395,7 +402,7 @@ class OfflineModel:
         if usage is not None:
             await response.write(b"data: " + json.dumps({
                 "id": reply_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "system_fingerprint": "fp_offline", "choices": [], "usage": usage,
+                "system_fingerprint": SYSTEM_FINGERPRINT, "choices": [], "usage": usage,
             }).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
@@ -421,6 +428,12 @@ class _Aborted(web.StreamResponse):
 def _abort(request: web.Request) -> None:
     if request.transport is not None:
         request.transport.abort()
+
+
+def snapshot_of(model: str) -> str:
+    """The snapshot that answers a request for `model`: an alias gets SNAPSHOT_DATE, as OpenAI
+    answers gpt-4o-mini with gpt-4o-mini-2024-07-18; a dated name is answered as asked."""
+    return model if _DATED.search(model) else f"{model}-{SNAPSHOT_DATE}"
 
 
 def _model_object(model_id: str) -> dict[str, Any]:

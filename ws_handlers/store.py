@@ -21,6 +21,7 @@ from typing import Protocol
 
 from .bot import Bot
 from .identity import Identity, valid_code
+from .model import Provenance
 
 
 def chat_id_for(identity: Identity, chat_key: str) -> str:
@@ -93,8 +94,11 @@ class Message:
     client_msg_id: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    model: str | None = None
+    model: str | None = None  #: the model the bot asked for (the alias): `provenance` says what answered
     latency_ms: int | None = None
+    #: A generated reply's provenance, stored in the same write as the reply; None for participants'
+    #: messages, openings, and replies stored before provenance was recorded.
+    provenance: Provenance | None = None
 
 
 @dataclass(frozen=True)

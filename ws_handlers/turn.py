@@ -334,7 +334,7 @@ class Turn:
         reply = Message(
             chat.chat_id, seq, "assistant", delivery.text, self._clock(),
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-            model=chat.bot.model, latency_ms=int((self._clock() - started) * 1000),
+            model=chat.bot.model, latency_ms=int((self._clock() - started) * 1000), provenance=usage.provenance,
         )
         self._count_tokens(chat, usage)
         try:

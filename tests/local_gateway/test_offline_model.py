@@ -75,7 +75,8 @@ def stats(served: ServedApp) -> dict[str, Any]:
 def test_non_stream_reply_and_usage(served: ServedApp) -> None:
     reply = client(served).chat.completions.create(model="gpt-4o-mini", messages=ADA)
     assert reply.object == "chat.completion"
-    assert reply.model == "gpt-4o-mini"
+    assert reply.model == "gpt-4o-mini-2025-01-01"  # the dated snapshot that answered the alias, as OpenAI's
+    assert reply.system_fingerprint == "fp_offline"
     choice = reply.choices[0]
     assert choice.finish_reason == "stop"
     assert choice.message.role == "assistant"
@@ -92,13 +93,24 @@ def test_stream_assembles_to_the_non_stream_reply(served: ServedApp) -> None:
     whole = c.chat.completions.create(model="m", messages=ADA).choices[0].message.content
     chunks = list(c.chat.completions.create(model="m", messages=ADA, stream=True))
     assert len({chunk.id for chunk in chunks}) == 1
-    assert all(chunk.object == "chat.completion.chunk" and chunk.model == "m" for chunk in chunks)
+    assert all(chunk.object == "chat.completion.chunk" and chunk.model == "m-2025-01-01" for chunk in chunks)
+    assert all(chunk.system_fingerprint == "fp_offline" for chunk in chunks)
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].choices[0].delta.content == ""
     assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].choices[0].delta.content is None
     assert all(chunk.choices[0].finish_reason is None for chunk in chunks[:-1])
     pieces = [chunk.choices[0].delta.content or "" for chunk in chunks]
     assert "".join(pieces) == whole
     assert len(chunks) == count_tokens(whole) + 2  # role chunk, one per token, finish chunk
+
+
+def test_an_alias_is_answered_by_its_dated_snapshot_and_a_snapshot_as_asked(served: ServedApp) -> None:
+    c = client(served)
+    for asked, answered in (("gpt-4o-mini", "gpt-4o-mini-2025-01-01"), ("offline", "offline-2025-01-01"),
+                            ("gpt-4o-mini-2024-07-18", "gpt-4o-mini-2024-07-18")):
+        assert c.chat.completions.create(model=asked, messages=ADA).model == answered
+        streamed = c.chat.completions.create(model=asked, messages=ADA, stream=True,
+                                             stream_options={"include_usage": True})
+        assert {chunk.model for chunk in streamed} == {answered}
 
 
 def test_stream_usage_chunk(served: ServedApp) -> None:
@@ -192,7 +204,7 @@ def test_raw_sse_format(served: ServedApp) -> None:
     assert chunks[0]["choices"] == [first_choice]
     for chunk in chunks:
         assert set(chunk) >= {"id", "object", "created", "model", "choices"}
-        assert chunk["object"] == "chat.completion.chunk" and chunk["model"] == "m"
+        assert chunk["object"] == "chat.completion.chunk" and chunk["model"] == "m-2025-01-01"
         assert chunk["id"] == chunks[0]["id"] and isinstance(chunk["created"], int)
     assert chunks[-2]["choices"][0]["delta"] == {} and chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0

@@ -13,6 +13,7 @@ from ws_handlers.adapters.dynamodb import DynamoStore
 from ws_handlers.bot import Bot, Limits
 from ws_handlers.controls import obeyed
 from ws_handlers.identity import Identity
+from ws_handlers.model import Provenance
 from ws_handlers.store import (
     BreakerState,
     Chat,
@@ -174,6 +175,22 @@ def test_finish_reply_counts_tokens_and_frees_the_chat(store):
     store.count_tokens("exp1", 3)
     assert store.read_controls("exp1").tokens_used == 15
     assert store.read_controls("other").tokens_used == 0
+
+
+def test_a_reply_is_stored_with_its_provenance_once_and_a_participant_message_without(store):
+    """The reply's provenance is part of the reply's own write: stored with it, exactly once, read
+    back as written (a system fingerprint may be absent); participants' messages have none."""
+    chat = _chat(store)
+    store.append_user_message(chat, _user(chat, "m1"), _lease(chat), "c1", 3, NOW)
+    provenance = Provenance("m-2024-07-18", None, '{"max_tokens":400,"model":"m","temperature":0.7}', "ab" * 32)
+    reply = Message(chat.chat_id, 3, "assistant", "answer", NOW, None, 7, 5, "m", 80, provenance)
+    assert store.finish_reply(chat, reply, "t1")
+    again = replace(reply, text="again", provenance=replace(provenance, model_snapshot="m-2025-01-01"))
+    assert not store.finish_reply(chat, again, "t1")  # a second delivery's write stores nothing
+    assert store.get_message(chat.chat_id, 3) == reply
+    opening, question, answer = store.messages(chat.chat_id)
+    assert answer.provenance == provenance and opening.provenance is None and question.provenance is None
+    assert next(message_pages(store, chat.chat_id))[-1].provenance == provenance  # as the export reads it
 
 
 def test_a_turn_is_claimed_exactly_once(store):

@@ -4,10 +4,11 @@ Two tables. `connections`: one item per socket, expiring by TTL (`expires_at`), 
 $disconnect is best effort. `chats`: an item collection per chat (pk `CHAT#id`): the
 metadata item `META` with counters and the reply lease, one item per message
 (`MSG#0000000001`, so a Query reads them in order), and one item per client message id
-(`CMID#...`) that makes retries idempotent. Counters live beside them: `PART#exp#session#participant`
-(chats opened in a session; the `PART#exp#participant` counters of old are only deleted) and
-`EXP#exp` / `SERVICE` (`CONTROL`: pause switch, token budget, tokens used,
-the allowlist flag); the model's circuit breaker is `SERVICE` / `LLM`; an experiment's allowlist
+(`CMID#...`) that makes retries idempotent; a reply's item also holds its provenance
+(`model_snapshot`, `system_fingerprint`, `parameters`, `system_prompt_sha256`). Counters live
+beside them: `PART#exp#session#participant` (chats opened in a session; the `PART#exp#participant`
+counters of old are only deleted) and `EXP#exp` / `SERVICE` (`CONTROL`: pause switch, token budget,
+tokens used, the allowlist flag); the model's circuit breaker is `SERVICE` / `LLM`; an experiment's allowlist
 is one item per code, `ALLOW#exp` / participant; a study (`enrolment.StudyStore`) is `STUDY#id` / `DEF`
 (the definition as JSON, the seed, the key's hash, the entries counter) with one item per
 assignment, `STUDY#id` / `P#participant`. Every write that must not happen twice is
@@ -36,6 +37,7 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_a
 from ..bot import Bot
 from ..enrolment import Assignment, StudyRecord
 from ..identity import Identity
+from ..model import PROVENANCE_FIELDS, Provenance
 from ..store import (
     BreakerState,
     Chat,
@@ -345,6 +347,7 @@ class DynamoStore:
             "completion_tokens": message.completion_tokens,
             "model": message.model,
             "latency_ms": message.latency_ms,
+            **_provenance_attributes(message.provenance),
             # denormalised so an export reads one item per row
             "experiment": identity.experiment,
             "session": identity.session,
@@ -847,4 +850,10 @@ def _message(item: dict[str, Any]) -> Message:
         completion_tokens=int(item.get("completion_tokens", 0)),
         model=item.get("model"),
         latency_ms=None if latency is None else int(latency),
+        provenance=Provenance(**found) if (found := {k: item[k] for k in PROVENANCE_FIELDS if k in item}) else None,
     )
+
+
+def _provenance_attributes(provenance: Provenance | None) -> dict[str, Any]:
+    """A reply's provenance as attributes of its item (absent ones are not written)."""
+    return {} if provenance is None else {k: getattr(provenance, k) for k in PROVENANCE_FIELDS}

@@ -17,7 +17,7 @@ from typing import Any
 import openai
 
 from ..bot import Bot
-from ..model import LLMError, Usage
+from ..model import LLMError, Provenance, Usage
 
 #: A provider's error code worth logging: a short identifier ("context_length_exceeded"), not prose.
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -107,6 +107,7 @@ class OpenAIChatModel:
         started = False
         finished = False
         usage: Usage | None = None
+        served: dict[str, Any] = {}  #: the first chunk that names the model: its snapshot (provenance)
         text: list[str] = []
         try:
             # The SDK sends the request (its public `post`, as for any endpoint): auth, retries of 429/5xx
@@ -121,6 +122,8 @@ class OpenAIChatModel:
                     if chunk.get("error"):  # an error event mid-stream, raised as the SDK's iteration does
                         raise openai.APIError("An error occurred during streaming", stream.response.request,
                                               body=chunk["error"])
+                    if not served and chunk.get("model"):
+                        served = chunk
                     if counted := chunk.get("usage"):
                         usage = Usage(counted.get("prompt_tokens") or 0, counted.get("completion_tokens") or 0)
                     for choice in chunk.get("choices") or ():
@@ -147,4 +150,11 @@ class OpenAIChatModel:
         if usage is None:  # some compatible servers ignore include_usage
             prompt = sum(_estimate_tokens(m["content"]) for m in messages)
             usage = Usage(prompt, _estimate_tokens("".join(text)))
-        yield usage
+        yield Usage(usage.prompt_tokens, usage.completion_tokens,
+                    Provenance.of_request(request, _name(served.get("model")), _name(served.get("system_fingerprint"))))
+
+
+def _name(value: Any) -> str | None:
+    """A provider's model or fingerprint name, if it sent a string (some compatible servers send
+    null), at most 256 characters: it is stored with every reply."""
+    return value[:256] if isinstance(value, str) else None

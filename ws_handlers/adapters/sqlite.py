@@ -9,7 +9,8 @@ operation checks its conditions and writes inside one `BEGIN IMMEDIATE` transact
 a refused condition writes nothing and no concurrent writer can interleave.
 
 Tables mirror the DynamoDB items: `chats` (the META item: counters, binding, lease),
-`messages` (one row per message, keyed (chat_id, seq), with the fields an export needs),
+`messages` (one row per message, keyed (chat_id, seq), with the fields an export needs and a
+reply's provenance),
 `client_messages` ((chat_id, client_msg_id) -> seq, for idempotent retries),
 `participants` (chats opened per session), `controls` (pause switch, token budget and tokens used per
 experiment; the row with experiment '' is the service-wide `SERVICE` item), `allowlists` (the
@@ -63,6 +64,7 @@ from typing import Any
 from ..bot import Bot
 from ..enrolment import Assignment, StudyRecord
 from ..identity import Identity
+from ..model import PROVENANCE_FIELDS, Provenance
 from ..store import (
     BreakerState,
     Chat,
@@ -81,7 +83,7 @@ from ..store import (
 )
 from ..study import Study, study_from_dict, study_to_dict
 
-SCHEMA_VERSION = 4  #: PRAGMA user_version; each migration bumps it
+SCHEMA_VERSION = 5  #: PRAGMA user_version; each migration bumps it
 _SERVICE = ""  #: the `controls` row of the service as a whole (no experiment is named '')
 
 _SCHEMA = (
@@ -102,6 +104,7 @@ _SCHEMA = (
         chat_id TEXT NOT NULL, seq INTEGER NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL,
         created_at REAL NOT NULL, client_msg_id TEXT,
         prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, model TEXT, latency_ms INTEGER,
+        model_snapshot TEXT, system_fingerprint TEXT, parameters TEXT, system_prompt_sha256 TEXT,
         experiment TEXT NOT NULL, session TEXT NOT NULL, participant TEXT NOT NULL, chat_key TEXT NOT NULL,
         bot_name TEXT NOT NULL,
         PRIMARY KEY (chat_id, seq))""",
@@ -139,6 +142,8 @@ _MIGRATIONS = {
         ("connections", "rate_count INTEGER NOT NULL DEFAULT 0"),
     ),
     2: (("chats", "lease_claimed INTEGER NOT NULL DEFAULT 0"),),
+    # a reply's provenance; the replies stored before it have none (NULL)
+    4: tuple(("messages", f"{name} TEXT") for name in PROVENANCE_FIELDS),
 }
 #: From each version to the next: tables dropped before _SCHEMA creates them anew, and how they are
 #: filled again. Version 3 counted chats per experiment and participant; every chat is a row of
@@ -153,7 +158,8 @@ _CHAT_COLUMNS = (
     "tokens_used, connection_id, lease_turn, lease_until, lease_seq, lease_claimed"
 )
 _MESSAGE_COLUMNS = (
-    "chat_id, seq, role, text, created_at, client_msg_id, prompt_tokens, completion_tokens, model, latency_ms"
+    "chat_id, seq, role, text, created_at, client_msg_id, prompt_tokens, completion_tokens, model, latency_ms, "
+    + ", ".join(PROVENANCE_FIELDS)
 )
 _ASSIGNMENT_COLUMNS = "study, participant, arm, place, entered_at, platform_ids"
 _BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
@@ -410,11 +416,11 @@ class SqliteStore:
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE chat_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             (chat_id, after_seq, -1 if limit is None else limit),
         )
-        return [Message(*row) for row in rows]
+        return [_message(row) for row in rows]
 
     def get_message(self, chat_id: str, seq: int) -> Message | None:
         rows = self._read(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE chat_id = ? AND seq = ?", (chat_id, seq))
-        return Message(*rows[0]) if rows else None
+        return _message(rows[0]) if rows else None
 
     def find_client_message(self, chat_id: str, client_msg_id: str) -> int | None:
         rows = self._read(
@@ -703,13 +709,24 @@ def _throttled() -> Iterator[None]:
 
 def _insert_message(db: sqlite3.Connection, chat: Chat, message: Message) -> None:
     who = chat.identity
+    provenance = message.provenance or _NO_PROVENANCE
     db.execute(
         f"INSERT INTO messages ({_MESSAGE_COLUMNS}, experiment, session, participant, chat_key, bot_name) "
-        f"VALUES ({', '.join('?' * 15)})",
+        f"VALUES ({', '.join('?' * 19)})",
         (chat.chat_id, message.seq, message.role, message.text, message.created_at, message.client_msg_id,
          message.prompt_tokens, message.completion_tokens, message.model, message.latency_ms,
+         *(getattr(provenance, name) for name in PROVENANCE_FIELDS),
          who.experiment, who.session, who.participant, chat.chat_key, chat.bot.name),
     )
+
+
+_NO_PROVENANCE = Provenance()
+
+
+def _message(row: tuple[Any, ...]) -> Message:
+    """A row of _MESSAGE_COLUMNS: the message's own columns, then its provenance (all NULL: none)."""
+    own, provenance = row[:-len(PROVENANCE_FIELDS)], row[-len(PROVENANCE_FIELDS):]
+    return Message(*own, provenance=Provenance(*provenance) if any(v is not None for v in provenance) else None)
 
 
 def _assignment(row: tuple[Any, ...]) -> Assignment:

@@ -356,6 +356,32 @@ def test_a_version_3_file_counts_the_chats_it_holds_per_session(tmp_path):
         assert store.delete_participant("exp1", "P1").records == 3  # the counters of s0, s1 and s2
 
 
+def test_a_version_4_file_keeps_its_replies_without_provenance_and_stores_it_for_new_ones(tmp_path):
+    """A file the code before provenance wrote (its dump, data/store-v4.sql): its messages read as
+    they were, with no provenance, and the chat goes on with replies that have one."""
+    from ws_handlers.model import Provenance
+
+    dump = (Path(__file__).parent / "data" / "store-v4.sql").read_text()
+    statements = tuple(s for s in dump.split(";\n") if s.strip() and not s.lstrip().startswith(("--", "BEGIN", "COMMIT")))
+    chat_id = chat_id_for(Identity("P1", "exp1", "s1"), "main")
+    with _migrated(tmp_path, 4, statements) as store:
+        old = store.messages(chat_id)
+        assert [(m.seq, m.role, m.text, m.model, m.latency_ms) for m in old] == [
+            (1, "assistant", "Hello.", None, None), (2, "user", "What is a prime?", None, None),
+            (3, "assistant", "A number with two divisors.", "gpt-4o-mini", 850)]
+        assert all(m.provenance is None for m in old) and old[2].prompt_tokens == 12
+        chat = store.get_chat(chat_id)
+        assert chat.next_seq == 4 and chat.tokens_used == 19
+        store.append_user_message(chat, Message(chat_id, 4, "user", "And 9?", NOW, client_msg_id="m2"),
+                                  Lease("t2", NOW + 60, 4), "c1", 30, NOW)
+        provenance = Provenance("gpt-4o-mini-2024-07-18", "fp_1", '{"model":"gpt-4o-mini"}', "0" * 64)
+        reply = Message(chat_id, 5, "assistant", "No: 3 divides it.", NOW, None, 20, 6, "gpt-4o-mini", 700, provenance)
+        assert store.finish_reply(store.get_chat(chat_id), reply, "t2")
+    again = SqliteStore(tmp_path / "v4.sqlite3")  # migrated once: opening again changes nothing
+    assert again.messages(chat_id)[:3] == old and again.get_message(chat_id, 5) == reply
+    again.close()
+
+
 def test_the_store_and_the_secret_are_private_to_their_owner_in_a_private_data_directory(tmp_path):
     """Transcripts are personal data: the data directory is created 0700, the store, its -wal and
     -shm files and the dev secret 0600, whatever the umask; a store file an older version left
