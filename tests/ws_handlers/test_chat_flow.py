@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from harness import ORIGIN
+
+from ws_handlers.model import Provenance
 
 
 def test_a_ping_is_never_answered_by_the_function(harness):
@@ -58,6 +63,30 @@ def test_send_acks_streams_deltas_and_stores_the_reply(harness):
     assert chat.lease is None and chat.next_seq == 3 and chat.user_messages == 1
     assert chat.tokens_used == final["usage"]["prompt_tokens"] + final["usage"]["completion_tokens"]
     assert harness.store.read_controls("exp1").tokens_used == chat.tokens_used
+
+
+def test_each_reply_is_stored_once_with_its_provenance_which_no_frame_carries(harness):
+    """The queue delivers every job twice: one reply is stored, with the snapshot the model
+    answered as, the parameters sent and the system prompt's hash; the browser sees none of it."""
+    harness.connect("c1")
+    chat_id = harness.start("c1")["chat_id"]
+    for cmid, text in (("m1", "What is a prime?"), ("m2", "And 9?")):
+        frames = harness.send("c1", {"action": "send", "chat_id": chat_id, "client_msg_id": cmid, "text": text})
+        assert frames[-1]["type"] == "message"
+    assert harness.queue.wait_idle(60)
+    stored = harness.store.messages(chat_id)
+    assert [(m.seq, m.role) for m in stored] == [(1, "user"), (2, "assistant"), (3, "user"), (4, "assistant")]
+    bot = harness.store.get_chat(chat_id).bot
+    prompt_hash = hashlib.sha256(bot.system_prompt.encode()).hexdigest()
+    for reply in (stored[1], stored[3]):
+        assert reply.provenance == Provenance(
+            "offline-tutor-2025-01-01", "fp_offline", '{"max_tokens":120,"model":"offline-tutor","temperature":0.2}',
+            prompt_hash)
+    assert stored[0].provenance is None and stored[2].provenance is None
+    [history] = harness.send("c1", {"action": "history", "chat_id": chat_id, "after_seq": 0})
+    shown = json.dumps(harness.frames("c1") + [history])
+    for hidden in ("2025-01-01", "fp_offline", "temperature", prompt_hash, "parameters", "snapshot", "sha256"):
+        assert hidden not in shown
 
 
 def test_the_model_sees_the_system_prompt_and_the_conversation(harness, model):

@@ -3,7 +3,8 @@
 Logs carry ids, codes, sizes and timings, never a participant's words, a reply, the
 treatment (system prompt, opening message), a ticket, a token, the ticket secret or the
 API key. Frames carry the conversation, never the treatment: no system prompt, model,
-temperature or bot name, in any frame type.
+temperature or bot name, in any frame type, nor a reply's provenance (the model snapshot, the
+parameters, the system prompt's hash), which only the store and the exports hold.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ FRAME_FIELDS = {
 }
 MESSAGE_FIELDS = {"seq", "role", "text", "created_at", "client_msg_id", "usage"}
 TREATMENT_KEYS = {"system_prompt", "model", "temperature", "bot", "bot_name", "name", "max_tokens", "opening_message",
-                  "prompt", "treatment", "system"}
+                  "prompt", "treatment", "system", "provenance", "model_snapshot", "system_fingerprint", "parameters",
+                  "system_prompt_sha256"}
 
 
 
@@ -175,6 +177,10 @@ def test_a_whole_chat_logs_no_text_or_secret_and_frames_show_no_treatment(emulat
     stored = h.store.messages(chat_id)
     replies = [m.text for m in stored if m.role == "assistant" and m.seq > 1]
     assert len(replies) == 3 and all(len(r) > 40 for r in replies)
+    [provenance] = {m.provenance for m in stored if m.role == "assistant" and m.seq > 1}
+    assert provenance.model_snapshot == f"modelname{tag}-2025-01-01"
+    provenance_shown = {"model snapshot": provenance.model_snapshot, "fingerprint": provenance.system_fingerprint,
+                        "parameters": provenance.parameters, "prompt hash": provenance.system_prompt_sha256}
     pieces = [f["text"] for f in map(json.loads, h.registry.posts("c1") + h.registry.posts("c2")) if f["type"] == "delta"]
     forbidden: dict[str, str] = {
         "system prompt": system_prompt,
@@ -189,6 +195,7 @@ def test_a_whole_chat_logs_no_text_or_secret_and_frames_show_no_treatment(emulat
         forbidden[f"message {name}"] = text
     for marker in ("USERMARKONE", "USERMARKTWO", "USERMARKTHREE", "LONGMARK"):
         forbidden[marker] = marker + tag
+    forbidden |= provenance_shown  # logs say which reply was stored, never what produced it
     for i, piece in enumerate(p for p in pieces if len(p) >= 16):  # streamed pieces, the cut reply's included
         forbidden[f"delta {i}"] = piece
     for i, reply in enumerate(replies):
@@ -215,7 +222,8 @@ def test_a_whole_chat_logs_no_text_or_secret_and_frames_show_no_treatment(emulat
     # every frame type the service sends (`pong` is API Gateway's own, from the template)
     assert {f["type"] for f in frames} == set(FRAME_FIELDS) - {"pong"}, {f["type"] for f in frames}
     hidden = {"system prompt": system_prompt, "treatment marker": f"SYSMARK{tag}", "bot name": bot["name"],
-              "model": bot["model"], "temperature": "1.234567", "treatment words": "Treatment arm B"}
+              "model": bot["model"], "temperature": "1.234567", "treatment words": "Treatment arm B",
+              **provenance_shown}
     for frame in frames:
         assert set(frame) <= FRAME_FIELDS[frame["type"]], frame
         for message in frame.get("messages", []):
