@@ -17,11 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..model import PROVENANCE_FIELDS
 from ..store import AdminStore, Chat, Message, message_pages
 
+#: The reply's provenance comes last (model_snapshot, system_fingerprint, parameters,
+#: system_prompt_sha256): empty for participants' messages, openings and replies stored before it.
 COLUMNS = (
     "experiment", "session", "participant", "chat_key", "chat_id", "bot", "seq", "role", "text",
     "created_at", "created_at_epoch", "latency_ms", "prompt_tokens", "completion_tokens", "model", "client_msg_id",
+    *PROVENANCE_FIELDS,
 )
 PAGE_SIZE = 500
 #: What spreadsheet programs take for the start of a formula (OWASP's list for CSV injection).
@@ -43,6 +47,7 @@ def row(chat: Chat, message: Message) -> dict[str, Any]:
         "latency_ms": message.latency_ms, "prompt_tokens": message.prompt_tokens,
         "completion_tokens": message.completion_tokens, "model": message.model,
         "client_msg_id": message.client_msg_id,
+        **{name: getattr(message.provenance, name, None) for name in PROVENANCE_FIELDS},
     }
 
 

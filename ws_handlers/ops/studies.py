@@ -24,6 +24,7 @@ from typing import Any
 
 from ..enrolment import Assignment, StudyRecord, key_sha256
 from ..identity import Identity
+from ..model import PROVENANCE_FIELDS
 from ..store import Conflict
 from ..study import StudyError, load_study, study_to_dict
 from ..tickets import TicketTooLarge, mint_ticket
@@ -31,7 +32,7 @@ from . import OpsError, export
 from .targets import Target
 
 MESSAGE_COLUMNS = ("study", "arm", "participant", "bot", "seq", "role", "text", "created_at", "created_at_epoch",
-                   "latency_ms", "prompt_tokens", "completion_tokens", "model", "chat_id")
+                   "latency_ms", "prompt_tokens", "completion_tokens", "model", "chat_id", *PROVENANCE_FIELDS)
 PARTICIPANT_COLUMNS = ("study", "participant", "arm", "place", "entered_at", "messages_sent", "first_activity",
                        "last_activity", "completed")
 
@@ -194,6 +195,7 @@ ACTIONS = (
      "Generate a new study key; the old one is refused from then on. Give the new one to the survey platform."),
     ("export", cmd_export, "messages.csv and participants.csv, by participant and arm",
      "Write messages.csv (one row per message: study, arm, participant, platform ids, bot, seq, role, text, "
-     "times, tokens, model) and participants.csv (arm, place, platform ids, messages sent, first and last "
+     "times, tokens, model, and each reply's provenance: model snapshot, system fingerprint, parameters, "
+     "system prompt hash) and participants.csv (arm, place, platform ids, messages sent, first and last "
      "activity, completed) into --out, to join with the survey's export by ResponseID or PROLIFIC_PID."),
 )

@@ -17,6 +17,7 @@ from websockets.sync.client import connect
 
 from local_gateway.demo_bots import BOTS
 from local_gateway.stack import StackConfig, running
+from ws_handlers.model import PROVENANCE_FIELDS, Provenance
 from ws_handlers.ops.cli import main
 from ws_handlers.store import chat_id_for
 from ws_handlers.tickets import Identity, mint_ticket, mint_token
@@ -159,10 +160,16 @@ def one_line_error(err: str) -> str:
 NOW = 1_800_000_000.0
 
 
+#: What seed_store's replies were produced by.
+SEEDED_PROVENANCE = Provenance("gpt-4o-mini-2024-07-18", "fp_44709d6fcb",
+                               '{"max_tokens":400,"model":"gpt-4o-mini","temperature":0.7}', "5e" * 32)
+
+
 def seed_store(store, experiment: str, who: list[tuple[str, str]], turns: int = 2, text_chars: int = 40,
                bot=None) -> list:
     """Chats written through the Store port, as the chat domain writes them: an opening, then
-    `turns` user messages each with its reply (3 prompt + 2 completion tokens, gpt-4o-mini)."""
+    `turns` user messages each with its reply (3 prompt + 2 completion tokens, gpt-4o-mini, and
+    the provenance OpenAI would give it)."""
     from ws_handlers.store import Chat, Lease, Message
 
     bot = bot or BOTS["tutor"]
@@ -179,7 +186,7 @@ def seed_store(store, experiment: str, who: list[tuple[str, str]], turns: int = 
                                                     client_msg_id=f"m{turn}"),
                                       Lease(f"t{turn}", NOW + 60, seq), "k", 10_000, NOW + seq)
             reply = Message(chat_id, seq + 1, "assistant", ("reply " + words)[:text_chars], NOW + seq + 1, None,
-                            3, 2, "gpt-4o-mini", 250)
+                            3, 2, "gpt-4o-mini", 250, SEEDED_PROVENANCE)
             assert store.finish_reply(chat, reply, f"t{turn}")
             store.count_tokens(identity.experiment, 5)
             chat = replace(chat, next_seq=seq + 2)
@@ -202,5 +209,6 @@ def stored_rows(store, chat_ids: list[str]) -> list[dict]:
                 "role": m.role, "text": m.text, "created_at": iso(m.created_at), "created_at_epoch": m.created_at,
                 "latency_ms": m.latency_ms, "prompt_tokens": m.prompt_tokens,
                 "completion_tokens": m.completion_tokens, "model": m.model, "client_msg_id": m.client_msg_id,
+                **{name: getattr(m.provenance, name, None) for name in PROVENANCE_FIELDS},
             })
     return rows

@@ -6,7 +6,7 @@ import json
 
 import boto3
 import pytest
-from conftest import cli, one_line_error, reset_moto, seed_store, stored_rows
+from conftest import SEEDED_PROVENANCE, cli, one_line_error, reset_moto, seed_store, stored_rows
 from moto import mock_aws
 
 from ws_handlers.adapters.dynamodb import DynamoStore
@@ -31,6 +31,7 @@ def test_endpoint_export_status_and_delete(server, ops):
     _seed(store, "exp2")
     expected = stored_rows(store, ids)
     assert len(expected) == 15
+    assert {r["model_snapshot"] for r in expected if r["role"] == "assistant"} == {SEEDED_PROVENANCE.model_snapshot, None}
 
     done = cli("export", "--dynamodb-endpoint", url, "--experiment", "exp1", "--format", "jsonl", "-q")
     assert done.returncode == 0, done.stderr

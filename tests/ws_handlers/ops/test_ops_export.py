@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
 import tracemalloc
+from pathlib import Path
 
 import pytest
 from conftest import seed_store, stored_rows
 
 from ws_handlers.adapters.sqlite import SqliteStore
+from ws_handlers.model import PROVENANCE_FIELDS
 from ws_handlers.ops import export
 from ws_handlers.ops.cli import main
 
@@ -80,3 +83,22 @@ def test_csv_is_excel_safe_unless_raw(tmp_path):
         export.write_csv(iter(rows), f, raw=True)
     with out.open(newline="", encoding="utf-8") as f:
         assert [r["text"] for r in csv.DictReader(f)] == [r["text"] for r in rows]
+
+
+def test_replies_stored_before_provenance_export_with_it_empty(tmp_path):
+    """A store file the code before provenance wrote (tests/ws_handlers/adapters/data/store-v4.sql):
+    exported with the provenance columns, empty for every row."""
+    dump = Path(__file__).parents[1] / "adapters" / "data" / "store-v4.sql"
+    db = sqlite3.connect(tmp_path / "chat.sqlite3")
+    db.executescript(dump.read_text())
+    db.execute("PRAGMA user_version = 4")
+    db.close()
+    out = tmp_path / "old.csv"
+    assert main(["export", "--data-dir", str(tmp_path), "--experiment", "exp1", "--output", str(out), "--quiet"]) == 0
+    with out.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == export.COLUMNS
+        rows = list(reader)
+    assert [(r["seq"], r["role"], r["model"], r["prompt_tokens"]) for r in rows] == [
+        ("1", "assistant", "", "0"), ("2", "user", "", "0"), ("3", "assistant", "gpt-4o-mini", "12")]
+    assert {r[k] for r in rows for k in PROVENANCE_FIELDS} == {""}

@@ -34,6 +34,10 @@ def test_export_jsonl_and_csv_match_the_stored_messages_row_for_row(stack, seed,
     seed("exp-export")
     expected = stored(stack, "exp-export", EVERYONE)
     assert len(expected) == 3 * 5 and sum(r["role"] == "user" for r in expected) == 6
+    replies = [r for r in expected if r["role"] == "assistant" and r["seq"] > 1]
+    assert {r["model_snapshot"] for r in replies} == {"gpt-4o-mini-2025-01-01"}  # the snapshot that answered
+    assert all(r["parameters"] and len(r["system_prompt_sha256"]) == 64 for r in replies)
+    assert all(r[k] is None for r in expected if r not in replies for k in COLUMNS[-4:])  # messages, openings
     data = str(stack.config.data_dir)
 
     done = cli("export", "--data-dir", data, "--experiment", "exp-export", "--format", "jsonl")

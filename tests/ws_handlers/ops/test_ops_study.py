@@ -4,6 +4,7 @@ chatted in over its WebSocket, shown, paused, its key rotated, and exported join
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 import urllib.error
@@ -130,6 +131,16 @@ def test_a_study_from_file_to_export(stack, ops, tmp_path):
                     ("B", arms["B"], "R_B", "only one")]
     assert {r["bot"] for r in messages if r["participant"] == "A"} == {f"ada_{arms['A']}"}
     assert all(r["study"] == "styles" for r in messages)
+    # each reply's provenance, for the methods section; empty for participants' messages and openings
+    provenance = ("model_snapshot", "system_fingerprint", "parameters", "system_prompt_sha256")
+    assert tuple(messages[0])[-4:] == provenance
+    replies = [r for r in messages if r["role"] == "assistant" and r["latency_ms"]]
+    assert len(replies) == 3 and all(r[k] == "" for r in messages if r not in replies for k in provenance)
+    prompts = {"warm": "You are Ada, a warm tutor.", "strict": "You are Ada, a strict tutor."}
+    assert {(r["arm"], r["model_snapshot"], r["system_fingerprint"], r["system_prompt_sha256"]) for r in replies} == {
+        (arm, "offline-tutor-2025-01-01", "fp_offline", hashlib.sha256(prompts[arm].encode()).hexdigest())
+        for arm in (arms["A"], arms["B"])}
+    assert {r["parameters"] for r in replies} == {'{"max_tokens":400,"model":"offline-tutor","temperature":0.7}'}
     code, _, err = ops("study", "export", "styles", "--out", str(tmp_path / "out"), *data)
     assert code == 2 and "--force" in one_line_error(err)
 
