@@ -87,7 +87,8 @@ def open_chat(context, url: str):
     return page
 
 
-def test_link_entry_holds_next_until_the_minimum_and_writes_the_hidden_questions(platform, static_host, stack, context):
+def test_link_entry_holds_next_until_the_minimum_and_writes_the_hidden_questions(platform, static_host, stack, context,
+                                                                                readme_screenshot):
     stack.store.put_study(study_record("link", platform.url, id="ls-link"))
     seen = Seen(context, stack.urls["entry"])
     sockets = []
@@ -113,6 +114,7 @@ def test_link_entry_holds_next_until_the_minimum_and_writes_the_hidden_questions
     chat_id, transcript = values["chat_id"], shown_texts(page)
     assert [m.seq for m in stack.store.messages(chat_id)] == [1, 2, 3, 4, 5]
     seen.look(page)
+    readme_screenshot(page, "survey-limesurvey.png")
 
     # A refresh: LimeSurvey shows the same page again, the script enters again: same arm and chat.
     sockets.clear()
