@@ -17,9 +17,10 @@
  *   in curly braces before the page is sent (in comments too). Anything in curly braces with
  *   no white space just inside them is an expression ("ExpressionScript - Presentation", key
  *   definitions), so every brace of the code below has a space or a line break inside it.
- * - jQuery is on the page; a script runs its code on "ready" for the first page and on
- *   "pjax:scriptcomplete" after each page LimeSurvey loads in place, the pattern of LimeSurvey's
- *   themes (scripts/custom.js). A handler bound to the document stays bound on later pages.
+ * - jQuery is on the page; code runs on "ready" for the first page and on "pjax:scriptcomplete"
+ *   after each page LimeSurvey loads in place, the pattern of LimeSurvey's themes
+ *   (scripts/custom.js). A handler bound to the document stays bound on later pages, so this one
+ *   closes the chat when its page is gone and opens it once when the page is back.
  * - The question is the element #question{QID}; Next is the submit button #ls-button-submit.
  * - A short free text question's input is named by its SGQA identifier, SID X GID X QID
  *   ("SGQA identifier"; application/core/QuestionTypes/ShortFreeText/RenderShortFreeText.php),
@@ -45,7 +46,7 @@
   // what an expression left is an id only if it has an id's shape (not an unknown variable's markup)
   var code = function (value) { return /^[A-Za-z0-9_.:-]+$/.test(value) ? value : ""; };
 
-  $(document).on("ready pjax:scriptcomplete", function () {
+  var start = function () {
     if (box && !box.isConnected) {  // LimeSurvey loaded another page in place: close this chat
       if (mounted) mounted.destroy();
       box = mounted = null;
@@ -93,5 +94,7 @@
       target.textContent = FAILED;
       save("chat_error", "script_failed");
     });
-  });
+  };
+  $(document).on("ready pjax:scriptcomplete", start);
+  start();  // at once too: a page that is ready already (jQuery 3) runs no "ready" handler bound now
 })();

@@ -25,6 +25,16 @@ def context(browser, request):
 
 
 @pytest.fixture(scope="module")
+def site():
+    """client_js/ on loopback, without CORS: the origin of a page served from it (the demo page,
+    the LimeSurvey stand-in)."""
+    app = web.Application()
+    app.router.add_static("/", CLIENT_JS)
+    with serve_in_thread(app) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
 def static_host():
     """The researcher's static host for client_js/, which sends CORS headers (a module imported
     from another origin needs them)."""

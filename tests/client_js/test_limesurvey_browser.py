@@ -19,12 +19,10 @@ from contextlib import contextmanager
 from urllib.parse import urlencode
 
 import pytest
-from aiohttp import web
 
 from local_gateway.demo_study import STUDY_FILE
 from local_gateway.stack import StackConfig, running
-from local_gateway.threaded import serve_in_thread
-from survey_stand_ins import CLIENT_JS, KEY, OPENING, PID, Seen, chat, expect, shown_texts, study_record
+from survey_stand_ins import KEY, OPENING, PID, Seen, chat, expect, shown_texts, study_record
 from ws_handlers.enrolment import StudyRecord, key_sha256
 from ws_handlers.study import load_study
 
@@ -37,12 +35,9 @@ STORED_REPLIES = ".lc-msg--assistant[data-status=stored]"
 
 
 @pytest.fixture(scope="module")
-def platform():
+def platform(site):
     """The survey platform: serves the stand-in page and the script researchers paste."""
-    app = web.Application()
-    app.router.add_static("/", CLIENT_JS)
-    with serve_in_thread(app) as served:
-        yield served
+    return site
 
 
 @pytest.fixture(scope="module")
