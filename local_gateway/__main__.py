@@ -117,6 +117,8 @@ async def _serve(stack: Stack) -> str | None:
             study = ensure_demo_study(stack.store, urls["demo"])
             lines.append(f"  A survey with the chat (a Qualtrics stand-in, study {study.id!r}; each new browser is a new "
                          f"participant):\n    {demo_survey_url(urls['demo'], urls['entry'], study)}")
+            lines.append("  The same in a LimeSurvey stand-in:\n    "
+                         f"{demo_survey_url(urls['demo'], urls['entry'], study, 'demo-limesurvey.html')}")
     print("\n".join(lines) + "\nStop with Ctrl-C.", flush=True)
     waits = [asyncio.create_task(event.wait()) for event in (stopping, stack.failed)]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

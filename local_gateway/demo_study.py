@@ -1,4 +1,4 @@
-"""The demo study of `make dev`: registered on the local store at start, for the demo survey page.
+"""The demo study of `make dev`: registered on the local store at start, for the demo survey pages.
 
 The study file (demo-study.toml) is one a researcher could write; its origins become the demo
 page's (whatever port it has), so the page may enter. Registered once: a later start keeps its
@@ -36,7 +36,8 @@ def ensure_demo_study(store: StudyAdmin, demo_url: str) -> Study:
     return study
 
 
-def demo_survey_url(demo_url: str, entry_url: str, study: Study) -> str:
-    """The stand-in survey, entering the demo study as a new participant (the survey's ResponseID)."""
+def demo_survey_url(demo_url: str, entry_url: str, study: Study, page: str = "demo-survey.html") -> str:
+    """A stand-in survey (Qualtrics', or demo-limesurvey.html), entering the demo study as a new
+    participant (keyed on the survey's response id)."""
     base = demo_url.rsplit("/", 1)[0]
-    return f"{base}/demo-survey.html?{urlencode({'chat_entry': entry_url, 'chat_study': study.id})}"
+    return f"{base}/{page}?{urlencode({'chat_entry': entry_url, 'chat_study': study.id})}"

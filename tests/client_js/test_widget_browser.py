@@ -12,17 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import boto3
 import pytest
-from aiohttp import web
 from websockets.sync.client import connect
 
 from local_gateway.demo_bots import BOTS
 from local_gateway.stack import StackConfig, running
-from local_gateway.threaded import serve_in_thread
 from waiting import Hold, wait_for
 from ws_handlers.bot import Bot, Limits, Pace
 from ws_handlers.tickets import Identity, mint_ticket, mint_token
@@ -31,8 +28,6 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in t
 expect = sync_api.expect
 expect.set_options(timeout=60_000)  # a bound for failures only: every expect ends when the page shows it
 
-ROOT = Path(__file__).resolve().parents[2]
-CLIENT_JS = ROOT / "client_js"
 VIEWPORT = {"width": 800, "height": 600}
 OFFLINE = "net::ERR_INTERNET_DISCONNECTED"  # Chromium's log of a reconnect attempt while offline: expected
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
@@ -76,15 +71,6 @@ SHOWN = """() => [...document.querySelectorAll('.lc-msg')].filter(m => !m.hidden
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def site():
-    """client_js/ on loopback: the demo page's origin."""
-    app = web.Application()
-    app.router.add_static("/", CLIENT_JS)
-    with serve_in_thread(app) as served:
-        yield served
 
 
 def stack_config(site, tmp_path, tokens_per_second: float, **parameters: str) -> StackConfig:

@@ -30,3 +30,6 @@ def test_the_survey_link_enters_the_demo_study(tmp_path):
     url = urlsplit(demo_survey_url("http://127.0.0.1:8790/demo.html", "http://127.0.0.1:8791", study))
     assert url.path == "/demo-survey.html"
     assert parse_qs(url.query) == {"chat_entry": ["http://127.0.0.1:8791"], "chat_study": [study.id]}
+    limesurvey = urlsplit(demo_survey_url("http://127.0.0.1:8790/demo.html", "http://127.0.0.1:8791", study,
+                                          "demo-limesurvey.html"))
+    assert (limesurvey.path, limesurvey.query) == ("/demo-limesurvey.html", url.query)
