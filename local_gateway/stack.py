@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import secrets
 import subprocess
@@ -30,6 +31,7 @@ from ws_handlers.adapters.apigateway import ManagementApiPusher
 from ws_handlers.adapters.sqlite import SqliteStore, StoreFileLost
 from ws_handlers.config import Settings
 from ws_handlers.jobs import JobQueue
+from ws_handlers.ops.targets import LOCAL_PARAMETERS
 from ws_handlers.push import Pusher
 from ws_handlers.reply import invocation_died
 from ws_handlers.store import Store
@@ -206,6 +208,13 @@ class Stack:
             return store, {"DYNAMODB_ENDPOINT_URL": endpoint}
         raise ValueError(f"unknown store {self.config.store!r}: use sqlite or dynamodb")
 
+    def _write_parameters(self, parameters: dict[str, str]) -> None:
+        """The template parameters this stack runs with, in its data directory: `chat-ops study create`
+        checks a study's origins against AllowedOrigins there, as it reads a deployed stack's."""
+        path = private_dir(self.config.data_dir) / LOCAL_PARAMETERS
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(parameters, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
     def _store_lost(self, reason: str) -> None:
         """The store's file is gone (any thread, once): say so loudly and have the stack stop."""
         log.critical("%s: stopping the stack rather than serve from an empty store", reason)
@@ -289,6 +298,7 @@ class Stack:
         config = self.config
         parameters = {"Stage": config.stage, "AllowedOrigins": DEFAULT_ORIGINS} | config.parameters
         template = self.template = load(config.template_path, parameters=parameters)
+        self._write_parameters(parameters)
         self._loop = asyncio.get_running_loop()
         self.store, store_env = self._open_store(template)
         if isinstance(self.store, SqliteStore):
