@@ -65,6 +65,15 @@ export function applyDelta(have, offset, piece) {
 }
 
 /** A client_msg_id: crypto.randomUUID() where it exists (secure contexts), else time and randomness. */
+/**
+ * A retry's delay with full jitter: uniform in [0, min(maxMs, baseMs * 2^attempt)] (attempt 0 first),
+ * so clients that failed together do not come back together. Shared by reconnects and survey.js's entry.
+ * @param {number} attempt @param {number} baseMs @param {number} maxMs @param {() => number} [random]
+ */
+export function backoffDelay(attempt, baseMs, maxMs, random = Math.random) {
+  return Math.round(random() * Math.min(maxMs, baseMs * 2 ** attempt));
+}
+
 export const newId = () => globalThis.crypto?.randomUUID?.() ?? `${Date.now().toString(36)}-${rnd()}${rnd()}`;
 
 /**
@@ -300,7 +309,7 @@ export class ChatClient extends EventTarget {
       else ws.close();
     } catch {}
     const o = this.options;
-    const delayMs = planned ? 0 : Math.round(Math.random() * Math.min(o.backoffMaxMs, o.backoffBaseMs * 2 ** this._attempt));
+    const delayMs = planned ? 0 : backoffDelay(this._attempt, o.backoffBaseMs, o.backoffMaxMs);
     if (!planned) this._attempt++;
     this._setState("reconnecting", { attempt: this._attempt, delayMs });
     this._timer("retry", delayMs, () => this._connect());

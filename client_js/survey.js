@@ -12,10 +12,15 @@
 //
 // Link entry posts a form (a CORS simple request: no preflight) and reads the three opaque
 // strings; a refusal shows a text from SURVEY_LABELS.refused by its code, never a stack trace.
+// What may pass is tried again, with exponential backoff and full jitter, a few times: API
+// Gateway's 429 (its stage throttling, which a page sees as a network error: the answer has no
+// CORS header), a 5xx, the network. A retry cannot assign a second arm: the service keeps one
+// assignment per participant, and an entry whose answer was lost is answered the same again.
 // Entering again (a refresh, a second tab) gets the same arm and chat back from the service.
 // Progress counts the participant's messages the service stored: the `chat` frame's
 // limits.user_messages, plus the messages acked since.
 
+import { backoffDelay } from "./chat-client.js";
 import { mountChat } from "./chat-widget.js";
 
 /**
@@ -35,7 +40,10 @@ import { mountChat } from "./chat-widget.js";
  * @property {string} [parentOrigin] inside an iframe: post progress to the parent, to this origin only
  * @property {Partial<SurveyLabels>} [labels] texts of SURVEY_LABELS (refused merges per code) and of the widget's
  * @property {boolean} [stylesheet] add chat-widget.css (beside this module) to the page unless there; default true
- * @property {number} [entryAttempts] tries of a link entry that meets `throttled` or a network failure; default 3
+ * @property {number} [entryAttempts] tries of a link entry met by throttling (429, `throttled`), a 5xx or the
+ *   network; default 6 (about 8 s of waiting in all on average, 15.5 s at most)
+ * @property {number} [entryBackoffMs] the first retry's longest delay, doubled each time (full jitter); default 500
+ * @property {number} [entryBackoffMaxMs] the longest delay of any retry; default 8000
  * @property {typeof fetch} [fetch]
  * @typedef {typeof SURVEY_LABELS & {widget?: WidgetLabels}} SurveyLabels
  */
@@ -44,6 +52,8 @@ export const PROGRESS_MESSAGE = "llm-chat:progress";
 
 export const SURVEY_LABELS = Object.freeze({
   entering: "Opening the chat…",
+  /** while a link entry waits to try again (throttled, a server error, the network) */
+  retrying: "Still trying to open the chat…",
   /** an entry that failed for a reason the page cannot tell (network, an origin not allowed, ...) */
   failed: "The chat could not be opened. Please reload the page; if this happens again, contact the researchers.",
   /** by the entry endpoint's error code (docs/surveys.md) */
@@ -56,7 +66,7 @@ export const SURVEY_LABELS = Object.freeze({
   }),
 });
 
-const RETRYABLE = new Set(["throttled", "entry_failed"]);
+const ENTRY_DEFAULTS = Object.freeze({ entryAttempts: 6, entryBackoffMs: 500, entryBackoffMaxMs: 8000 });
 
 /**
  * Mount the chat for a survey's participant.
@@ -123,19 +133,25 @@ class SurveyChat {
   /** Link entry: the three strings (and min_messages) from the endpoint, or null after a refusal shown. */
   async enter() {
     const entry = /** @type {LinkEntry} */ (this.options.entry);
+    const o = { ...ENTRY_DEFAULTS, ...this.options };
     this.notice.textContent = this.labels.entering;
-    const attempts = Math.max(1, this.options.entryAttempts ?? 3);
+    const attempts = Math.max(1, o.entryAttempts);
     let code = "entry_failed";
-    for (let attempt = 0; attempt < attempts && !this.destroyed; attempt++) {
-      if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, 500 * 2 ** attempt));
+    for (let attempt = 0; attempt < attempts; attempt++) {
+      if (attempt > 0) {
+        this.notice.textContent = this.labels.retrying;
+        await new Promise((resolve) => setTimeout(resolve, backoffDelay(attempt - 1, o.entryBackoffMs, o.entryBackoffMaxMs)));
+      }
+      if (this.destroyed) return null;
       const answer = await postEntry(entry, this.options.fetch || fetch);
       if ("url" in answer) {
         if (typeof answer.min_messages === "number") this.minMessages = answer.min_messages;
         return { url: answer.url, token: answer.token, ticket: answer.ticket };
       }
       code = answer.error;
-      if (!RETRYABLE.has(code)) break;
+      if (!answer.retry) break;
     }
+    if (this.destroyed) return null;
     const known = /** @type {Record<string, string>} */ (this.labels.refused)[code];
     this.notice.textContent = known || this.labels.failed;
     this.notice.setAttribute("role", "alert");
@@ -197,22 +213,27 @@ class SurveyChat {
 
 /**
  * POST {url}/studies/{study}/entry as a form (a CORS simple request).
+ * `retry`: what may pass if tried again: API Gateway's 429 (code `throttled`), a 5xx (the function's
+ * own `throttled` 503, or API Gateway's 500/502/503/504), an answer that could not be read (the
+ * network, or an answer without CORS headers: API Gateway's own). A refusal with a code is final.
  * @param {LinkEntry} entry @param {typeof fetch} fetcher
- * @returns {Promise<(Credentials & {min_messages?: number}) | {error: string}>}
+ * @returns {Promise<(Credentials & {min_messages?: number}) | {error: string, retry: boolean}>}
  */
 async function postEntry(entry, fetcher) {
   const body = new URLSearchParams({ ...entry.ids, participant: entry.participant });
   const url = `${entry.url.replace(/\/+$/, "")}/studies/${encodeURIComponent(entry.study)}/entry`;
+  let response;
   try {
-    const response = await fetcher(url, { method: "POST", body, credentials: "omit", cache: "no-store" });
-    const answer = await response.json();
-    if (response.ok && typeof answer?.url === "string" && typeof answer.token === "string" && typeof answer.ticket === "string") {
-      return answer;
-    }
-    return { error: typeof answer?.error === "string" ? answer.error : "entry_failed" };
+    response = await fetcher(url, { method: "POST", body, credentials: "omit", cache: "no-store" });
   } catch { // the network, or an answer this page may not read (CORS): nothing more to tell
-    return { error: "entry_failed" };
+    return { error: "entry_failed", retry: true };
   }
+  const answer = await response.json().catch(() => null);
+  if (response.ok && typeof answer?.url === "string" && typeof answer.token === "string" && typeof answer.ticket === "string") {
+    return answer;
+  }
+  const code = typeof answer?.error === "string" ? answer.error : response.status === 429 ? "throttled" : "entry_failed";
+  return { error: code, retry: code === "throttled" || response.status === 429 || response.status >= 500 };
 }
 
 /** chat-widget.css from beside this module, once per page. */

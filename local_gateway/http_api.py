@@ -3,10 +3,22 @@
 Each request becomes the event API Gateway would send (lower-case headers, `pathParameters`, a
 body base64-encoded unless it is text, `requestContext.http`), the route's function runs as the
 stack runs every function, and its answer becomes the response: `statusCode`, `headers`,
-`body` (decoded when `isBase64Encoded`). A function that raises is answered as API Gateway answers a
-Lambda error, `500 {"message":"Internal Server Error"}`, without detail; a path no route matches,
-`404 {"message":"Not Found"}`. What the local stack leaves out: the stage's throttling (429),
-custom domains and authorizers (the template declares none).
+`body` (decoded when `isBase64Encoded`). What API Gateway answers by itself, reproduced here:
+
+* a path no route matches: `404 {"message":"Not Found"}`;
+* the route's throttling (the API's DefaultRouteSettings / RouteSettings, read from the template):
+  a token bucket per route (throttle.py); a request that finds it empty is answered
+  `429 {"message":"Too Many Requests"}` before the function runs, without CORS headers (so a
+  browser's page sees a network error, not the answer);
+* a function that raises: `500 {"message":"Internal Server Error"}`, without detail
+  (https://docs.aws.amazon.com/apigateway/latest/developerguide/http-api-troubleshooting-lambda.html);
+* a function whose reserved concurrency (ReservedConcurrentExecutions) is all in use: Lambda
+  throttles the synchronous invocation (TooManyRequestsException) and API Gateway answers that
+  500 too, as it does whenever "the Lambda API rejects the invocation request"
+  (https://docs.aws.amazon.com/lambda/latest/dg/services-apigateway-errors.html); it never retries.
+
+Left out: the account's own throttles (API Gateway's 10,000 requests/s, Lambda's unreserved
+concurrency), custom domains and authorizers (the template declares none).
 """
 
 from __future__ import annotations
@@ -16,22 +28,41 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
 from .template import HttpRoute
+from .throttle import TokenBucket
 
 log = logging.getLogger(__name__)
 Invoke = Callable[[str, dict[str, Any]], Awaitable[Any]]
 _TEXT = ("text/", "application/json", "application/x-www-form-urlencoded", "application/xml")
 
 
-def http_api_app(routes: tuple[HttpRoute, ...], invoke: Invoke) -> web.Application:
+#: What API Gateway answers by itself (its own bodies, no CORS headers)
+TOO_MANY_REQUESTS = {"message": "Too Many Requests"}
+INTERNAL_SERVER_ERROR = {"message": "Internal Server Error"}
+#: the app key of the route buckets (route key -> TokenBucket), for the stack's stats
+BUCKETS = web.AppKey("buckets", dict)
+
+
+def http_api_app(routes: tuple[HttpRoute, ...], invoke: Invoke, *, reserved: Mapping[str, int | None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> web.Application:
+    """The routes' app. `reserved`: function -> ReservedConcurrentExecutions (None: unreserved)."""
     app = web.Application(client_max_size=10 * 1024 * 1024)  # HTTP API's payload limit
+    app[BUCKETS] = {}
+    running: dict[str, int] = {}  # function -> invocations under way (this app's only: the entry's functions)
     for route in routes:
-        app.router.add_route(route.method, route.path, _handler(route, invoke))
+        bucket = None
+        if route.throttling_rate is not None or route.throttling_burst is not None:
+            # a stage sets both in practice; one alone leaves the other at the account's (10,000 and 5,000)
+            rate = route.throttling_rate if route.throttling_rate is not None else 10_000.0
+            bucket = TokenBucket(rate, route.throttling_burst if route.throttling_burst is not None else 5_000, clock)
+            app[BUCKETS][f"{route.method} {route.path}"] = bucket
+        limit = (reserved or {}).get(route.function)
+        app.router.add_route(route.method, route.path, _handler(route, invoke, bucket, limit, running))
     app.middlewares.append(_not_found)
     return app
 
@@ -46,14 +77,23 @@ async def _not_found(request: web.Request, handler: Callable[[web.Request], Awai
         return web.json_response({"message": "Not Found"}, status=404)  # HTTP API has no 405
 
 
-def _handler(route: HttpRoute, invoke: Invoke) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _handler(route: HttpRoute, invoke: Invoke, bucket: TokenBucket | None, reserved: int | None,
+             running: dict[str, int]) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
+        if bucket is not None and not bucket.take():
+            return web.json_response(TOO_MANY_REQUESTS, status=429)
         event = await payload_v2(request, route)
+        if reserved is not None and running.get(route.function, 0) >= reserved:
+            log.warning("%s throttled: its %d reserved executions are all in use", route.function, reserved)
+            return web.json_response(INTERNAL_SERVER_ERROR, status=500)
+        running[route.function] = running.get(route.function, 0) + 1  # the loop's thread only: no lock
         try:
             answer = await invoke(route.function, event)
         except Exception:  # noqa: BLE001 - a Lambda error: logged, never shown
             log.exception("%s failed", route.function)
-            return web.json_response({"message": "Internal Server Error"}, status=500)
+            return web.json_response(INTERNAL_SERVER_ERROR, status=500)
+        finally:
+            running[route.function] -= 1
         return response(answer)
 
     return handle

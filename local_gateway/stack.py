@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import secrets
 import subprocess
@@ -30,6 +31,7 @@ from ws_handlers.adapters.apigateway import ManagementApiPusher
 from ws_handlers.adapters.sqlite import SqliteStore, StoreFileLost
 from ws_handlers.config import Settings
 from ws_handlers.jobs import JobQueue
+from ws_handlers.ops.targets import LOCAL_PARAMETERS
 from ws_handlers.push import Pusher
 from ws_handlers.reply import invocation_died
 from ws_handlers.store import Store
@@ -37,7 +39,7 @@ from ws_handlers.store import Store
 from . import model_process
 from .direct_push import DirectPusher
 from .gateway import Gateway, GatewayLimits
-from .http_api import http_api_app
+from .http_api import BUCKETS, http_api_app
 from .lambda_context import LambdaContext
 from .management_api import management_app
 from .offline_model import OfflineModel
@@ -153,6 +155,7 @@ class Stack:
         self.failed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._entry_app: web.Application | None = None
 
     # -- pieces -----------------------------------------------------------------------------
     async def _serve_app(self, app: web.Application, port: int) -> str:
@@ -204,6 +207,13 @@ class Stack:
             store = DynamoStore(named.connections_table, named.chats_table, client=client)
             return store, {"DYNAMODB_ENDPOINT_URL": endpoint}
         raise ValueError(f"unknown store {self.config.store!r}: use sqlite or dynamodb")
+
+    def _write_parameters(self, parameters: dict[str, str]) -> None:
+        """The template parameters this stack runs with, in its data directory: `chat-ops study create`
+        checks a study's origins against AllowedOrigins there, as it reads a deployed stack's."""
+        path = private_dir(self.config.data_dir) / LOCAL_PARAMETERS
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(parameters, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     def _store_lost(self, reason: str) -> None:
         """The store's file is gone (any thread, once): say so loudly and have the stack stop."""
@@ -288,6 +298,7 @@ class Stack:
         config = self.config
         parameters = {"Stage": config.stage, "AllowedOrigins": DEFAULT_ORIGINS} | config.parameters
         template = self.template = load(config.template_path, parameters=parameters)
+        self._write_parameters(parameters)
         self._loop = asyncio.get_running_loop()
         self.store, store_env = self._open_store(template)
         if isinstance(self.store, SqliteStore):
@@ -338,17 +349,23 @@ class Stack:
                 services = self._services[logical_id]
                 if not services.settings.websocket_url:
                     services.settings = dataclasses.replace(services.settings, websocket_url=self.urls["websocket"])
-            self.urls["entry"] = await self._serve_app(http_api_app(template.http_routes, self._invoke), config.entry_port)
+            reserved = {f.logical_id: f.reserved_concurrency for f in template.functions.values()}
+            self._entry_app = http_api_app(template.http_routes, self._invoke, reserved=reserved)
+            self.urls["entry"] = await self._serve_app(self._entry_app, config.entry_port)
         return self.urls
 
     def stats(self) -> dict[str, Any]:
         """What the emulations counted so far, for load tests and their reports: each reply queue's
         deliveries and waits (send to first delivery, s), the gateway's outgoing buffers (peak, sockets
-        closed as not reading), and with the DynamoDB store the strict emulation's settings and
-        counters (conflicts, throttles), so a run can show they happened."""
+        closed as not reading), the HTTP API's requests answered 429 per route, and with the DynamoDB
+        store the strict emulation's settings and counters (conflicts, throttles), so a run can show
+        they happened."""
         out: dict[str, Any] = {"queues": {name: q.snapshot() for name, q in self.queues.items()}}
         if self.gateway is not None:
             out["gateway"] = self.gateway.stats()
+        if self._entry_app is not None:  # the HTTP API's route buckets: requests answered 429 so far
+            out["http_api"] = {key: {"throttled": bucket.throttled, "rate": bucket.rate, "burst": bucket.burst}
+                               for key, bucket in self._entry_app[BUCKETS].items()}
         if self._moto_process is not None and self._moto_endpoint is not None:
             from . import moto_process
 

@@ -102,6 +102,10 @@ class HttpRoute:
     method: str  #: POST, GET ... (upper case)
     path: str  #: "/studies/{study}/entry": API Gateway's path parameters, which aiohttp reads alike
     function: str  #: the function's logical id
+    #: the stage's route settings for this route (the API's DefaultRouteSettings, then its RouteSettings
+    #: for the route key): requests per second and burst; None where nothing is set (the account's limits only)
+    throttling_rate: float | None = None
+    throttling_burst: int | None = None
 
 
 @dataclass(frozen=True)
@@ -155,9 +159,29 @@ def _http_routes(resolver: Resolver, logical_id: str, own: dict) -> list[HttpRou
         properties = resolver.resolve(event.get("Properties") or {}, where)
         if str(properties.get("PayloadFormatVersion", "2.0")) != "2.0":
             raise TemplateError(f"{where}.PayloadFormatVersion: the local stack serves payload 2.0 only")
-        routes.append(HttpRoute(as_text(properties["Method"], f"{where}.Method").upper(),
-                                as_text(properties["Path"], f"{where}.Path"), logical_id))
+        method = as_text(properties["Method"], f"{where}.Method").upper()
+        path = as_text(properties["Path"], f"{where}.Path")
+        rate, burst = _route_throttling(resolver, (event.get("Properties") or {}).get("ApiId"), f"{method} {path}")
+        routes.append(HttpRoute(method, path, logical_id, rate, burst))
     return routes
+
+
+def _route_throttling(resolver: Resolver, api: Any, route_key: str) -> tuple[float | None, int | None]:
+    """The rate and burst API Gateway applies to one route of an AWS::Serverless::HttpApi: its
+    DefaultRouteSettings, overridden by RouteSettings[route key] (each route has its own bucket).
+    An event without ApiId belongs to SAM's implicit API, which sets none."""
+    names = mentions(api) & set(of_type(resolver, "AWS::Serverless::HttpApi"))
+    if not names:
+        return None, None
+    name = _only(names, "ApiId", "AWS::Serverless::HttpApi")
+    where = f"Resources.{name}.Properties"
+    properties = of_type(resolver, "AWS::Serverless::HttpApi")[name]
+    settings = resolver.resolve(properties.get("DefaultRouteSettings") or {}, f"{where}.DefaultRouteSettings")
+    own = resolver.resolve(properties.get("RouteSettings") or {}, f"{where}.RouteSettings").get(route_key) or {}
+    settings = {k: v for k, v in (settings | own).items() if v is not NO_VALUE}
+    rate, burst = settings.get("ThrottlingRateLimit"), settings.get("ThrottlingBurstLimit")
+    return (None if rate is None else float(as_text(rate, f"{where}.DefaultRouteSettings.ThrottlingRateLimit")),
+            None if burst is None else as_int(burst, f"{where}.DefaultRouteSettings.ThrottlingBurstLimit"))
 
 
 def _only(found: set[str], path: str, what: str) -> str:

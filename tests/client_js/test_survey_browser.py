@@ -239,3 +239,77 @@ def test_in_an_iframe_progress_goes_to_the_parent_origin_only(platform, static_h
     inner.evaluate(f"() => window.parent.postMessage('last', {json.dumps(platform.url)})")
     page.wait_for_function("() => window.__progress.length > 0")
     assert page.evaluate("() => window.__progress.map(p => p.data)") == ["last"]
+
+
+# ---------------------------------------------------------------- what API Gateway answers by itself
+
+#: API Gateway's own answers, without CORS headers. On AWS a page's fetch therefore sees a network
+#: error; Playwright's fulfilled answers skip the browser's CORS check, so here the page reads the
+#: status: both ways are retried (the connection reset below is the network's).
+THROTTLED = {"status": 429, "content_type": "application/json", "body": '{"message":"Too Many Requests"}'}
+INTERNAL = {"status": 500, "content_type": "application/json", "body": '{"message":"Internal Server Error"}'}
+BUSY = "Many participants are starting at once. Please wait a moment and reload the page."
+
+
+def test_a_link_entry_throttled_lost_and_cut_is_retried_and_enters_once(platform, static_host, stack, context):
+    """The entry as a classroom may meet it on AWS: the stage's 429, then a 500 whose function did
+    run (the arm was assigned, the answer lost), then a connection reset; the page retries (snippet
+    defaults) and enters, with one assignment and one place taken."""
+    stack.store.put_study(study_record("link", static_host.url))  # survey-frame.html enters from the static host
+    seen: list[Any] = []
+
+    def as_api_gateway(route) -> None:
+        if len(seen) == 0:
+            seen.append(429)
+            route.fulfill(**THROTTLED)
+        elif len(seen) == 1:
+            seen.append(f"lost {route.fetch().status}")  # the function ran; API Gateway's answer is an error
+            route.fulfill(**INTERNAL)
+        elif len(seen) == 2:
+            seen.append("reset")
+            route.abort("connectionreset")
+        else:
+            answer = route.fetch()
+            seen.append(answer.status)
+            route.fulfill(response=answer)
+
+    context.route(f"{stack.urls['entry']}/**", as_api_gateway)
+    page = context.new_page()
+    page.goto(f"{static_host.url}/survey-frame.html?" + urlencode({
+        "entry": stack.urls["entry"], "study": STUDY, "participant": PID, "id.PROLIFIC_PID": PID}))
+    expect(page.locator(".lc-msg--assistant .lc-text").first).to_have_text(OPENING)
+    assert seen == [429, "lost 200", "reset", 200]
+    [assignment] = list(stack.store.assignments(STUDY))
+    assert assignment.participant == PID and stack.store.get_study(STUDY).entries == 1
+    chat(page, "Can you explain fractions?", 2)
+    assert [m.seq for m in stack.store.messages(page.evaluate("() => window.chat.progress().chatId"))] == [1, 2, 3]
+
+
+def test_a_link_entry_throttled_every_time_gives_up_with_a_clear_message(platform, static_host, stack, context):
+    stack.store.put_study(study_record("link", static_host.url))
+    tries: list[str] = []
+
+    def throttled(route) -> None:
+        tries.append(route.request.method)
+        route.fulfill(**THROTTLED)
+
+    context.route(f"{stack.urls['entry']}/**", throttled)
+    context.route(f"{static_host.url}/blank.html", lambda route: route.fulfill(
+        content_type="text/html", body='<!doctype html><html><body><div id="chat"></div></body></html>'))
+    page = context.new_page()
+    page.goto(f"{static_host.url}/blank.html")  # a page of the study's origin
+    page.evaluate("""async ([base, entry, study, participant]) => {
+        const { mountSurveyChat } = await import(base + "/survey.js");
+        window.refused = [];
+        window.chat = mountSurveyChat(document.getElementById("chat"), {
+          entry: { url: entry, study, participant }, entryAttempts: 3, entryBackoffMs: 50, entryBackoffMaxMs: 200,
+          onRefused: (code) => window.refused.push(code),
+        });
+    }""", [static_host.url, stack.urls["entry"], STUDY, PID])
+    notice = page.locator(".lc-survey-notice")
+    expect(notice).to_have_text(BUSY)
+    expect(notice).to_have_attribute("role", "alert")
+    expect(notice).to_have_attribute("data-code", "throttled")
+    assert page.evaluate("() => window.refused") == ["throttled"] and tries == ["POST"] * 3
+    expect(page.locator(".lc-chat")).to_have_count(0)
+    assert list(stack.store.assignments(STUDY)) == [] and stack.store.get_study(STUDY).entries == 0

@@ -55,6 +55,15 @@ def test_stage_and_throttling_come_from_parameters():
     assert (api.stage, api.throttling_rate) == ("dev", 5.0)
 
 
+def test_the_entry_routes_throttling_and_concurrency_come_from_the_http_api():
+    [route] = TEMPLATE.http_routes
+    assert (route.method, route.path, route.function) == ("POST", "/studies/{study}/entry", "EnrolFunction")
+    assert (route.throttling_rate, route.throttling_burst) == (50.0, 200)  # EntryApi's DefaultRouteSettings
+    [route] = load(parameters={"EntryThrottlingRateLimit": "2", "EntryThrottlingBurstLimit": "3"}).http_routes
+    assert (route.throttling_rate, route.throttling_burst) == (2.0, 3)
+    assert TEMPLATE.functions["EnrolFunction"].reserved_concurrency is None  # nothing reserved: no 500 of its own
+
+
 @pytest.mark.parametrize("name", sorted(TEMPLATE.functions))
 def test_handlers_load(name):
     function = TEMPLATE.functions[name]

@@ -295,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("file", type=Path, metavar="FILE", help="the study's TOML file")
             sub.add_argument("--replace-definition", action="store_true",
                              help="the study exists: replace its definition, keeping its seed, key and assignments")
+            sub.add_argument("--allow-origin-mismatch", action="store_true",
+                             help="register even though the deployment's AllowedOrigins lacks some of the study's "
+                             "origins (a warning): you redeploy with them before participants enter")
             continue
         sub.add_argument("study", type=_name("the study id"), metavar="ID", help="the study's id")
         if name == "export":

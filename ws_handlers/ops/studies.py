@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from ..enrolment import Assignment, StudyRecord, key_sha256
 from ..identity import Identity
 from ..model import PROVENANCE_FIELDS
 from ..store import Conflict
-from ..study import StudyError, load_study, study_to_dict
+from ..study import Study, StudyError, load_study, study_to_dict
 from ..tickets import TicketTooLarge, mint_ticket
 from . import OpsError, export
 from .targets import Target
@@ -56,6 +57,30 @@ def _print_key(study_id: str, key: str) -> None:
           "need it; `chat-ops study rotate-key` replaces it.")
 
 
+def check_origins(study: Study, target: Target, allow_mismatch: bool) -> None:
+    """The study's page origins must be in the deployment's AllowedOrigins too: the entry would
+    answer such a page (its own `origins`), take a place and assign an arm, and then the socket's
+    $connect would refuse the page (`origin_not_allowed`), a participant who cannot chat.
+    Refused (OpsError) unless `allow_mismatch`, which only warns; a target whose AllowedOrigins
+    cannot be read (a bare DynamoDB endpoint) gets a note."""
+    if target.allowed_origins is None:
+        print(f"note: the origins of {study.id!r} ({', '.join(study.origins)}) were not checked against the "
+              f"deployment's AllowedOrigins: {target.where} does not say it; every one must be there",
+              file=sys.stderr)
+        return
+    allowed = [o.strip() for o in target.allowed_origins.split(",") if o.strip()]
+    missing = [o for o in study.origins if o not in allowed and "*" not in allowed]
+    if not missing:
+        return
+    fix = target.change_origins.replace("{origins}", ",".join(allowed + missing))
+    problem = (f"the origins {', '.join(missing)} of study {study.id!r} are not in the AllowedOrigins of "
+               f"{target.where} ({target.allowed_origins or 'empty'}): their pages would enter and then be refused "
+               f"the chat (origin_not_allowed); {fix}")
+    if not allow_mismatch:
+        raise OpsError(f"{problem}; or --allow-origin-mismatch to register it before that; nothing was registered", 2)
+    print(f"warning: {problem}, before participants enter", file=sys.stderr)
+
+
 def cmd_create(args: argparse.Namespace, target: Target) -> int:
     try:
         study = load_study(args.file)
@@ -67,6 +92,7 @@ def cmd_create(args: argparse.Namespace, target: Target) -> int:
             mint_ticket(secrets.token_hex(32), probe, "study", arm.bot)
         except TicketTooLarge as exc:
             raise OpsError(f"{args.file}: bots.{arm.bot.name}: {exc}; nothing was registered", 2) from None
+    check_origins(study, target, args.allow_origin_mismatch)
     store = target.store
     if args.replace_definition:
         old = _record(target, study.id)
@@ -185,7 +211,8 @@ ACTIONS = (
     ("create", cmd_create, "register a study from its TOML file (prints its key once)",
      "Check the study file (docs/surveys.md), generate its assignment seed and study key, and register it. "
      "The key is printed once. An existing id is refused unless --replace-definition, which replaces the "
-     "definition and keeps the seed, the key, the entries and the assignments."),
+     "definition and keeps the seed, the key, the entries and the assignments. The study's origins must be in "
+     "the deployment's AllowedOrigins (the stack's parameter, or the local stack's --origins)."),
     ("show", cmd_show, "the definition, entries and arms assigned",
      "The study's definition (never its seed or key), places taken, participants per arm, and its controls."),
     ("pause", cmd_pause, "refuse new entries and messages",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,11 @@ from typing import Any
 from ..store import AdminStore
 from . import OpsError
 from .aws_errors import aws_errors
-from .settings import env
+from .settings import LOCAL_DATA_DIR, env
 
+#: In the local stack's data directory: the template parameters it last started with (AllowedOrigins ...),
+#: written by local_gateway's stack for the commands that check against them.
+LOCAL_PARAMETERS = "parameters.json"
 #: Fewer retries than the functions' (4): an operator waiting on an unreachable endpoint should hear so soon.
 _CLIENT_CONFIG = {"retries": {"mode": "standard", "max_attempts": 3}, "connect_timeout": 3, "read_timeout": 20}
 
@@ -29,6 +33,10 @@ class Target:
     where: str  #: for messages: "the local store (.local/chat.sqlite3)", "stack X (eu-west-1)"
     default_budget: str  #: what applies when an experiment has no budget of its own
     close: Any = None
+    #: the deployment's AllowedOrigins parameter (the origins whose pages may open a socket); None: unknown
+    allowed_origins: str | None = None
+    #: how to change it there, for messages: `{origins}` stands for the list it should hold
+    change_origins: str = ""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,8 +86,21 @@ def _local(data_dir: Path) -> Target:
         store = SqliteStore(path)
     except Exception as exc:  # noqa: BLE001 - not a database, a newer schema, a locked file
         raise OpsError(f"cannot open {path}: {exc}") from None
+    origins = _local_origins(data_dir / LOCAL_PARAMETERS)
     return Target(store, f"the local store ({path})", "the functions' TOKEN_BUDGET (template default 0: none)",
-                  store.close)
+                  store.close, origins, "restart the local stack with them: python -m local_gateway "
+                  + ("" if data_dir.resolve() == LOCAL_DATA_DIR else f"--data-dir {data_dir} ")
+                  + 'serve --origins "{origins}"')
+
+
+def _local_origins(path: Path) -> str | None:
+    """AllowedOrigins as the local stack last started (None: it never wrote them, an older stack)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("AllowedOrigins")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
 
 
 def _client(service: str, **kwargs: Any) -> Any:
@@ -128,7 +149,10 @@ def _stack(name: str, region: str | None) -> Target:
     budget = parameters.get("TokenBudget")
     default = "the stack's TokenBudget" + (f" ({budget}{': none' if budget == '0' else ''})" if budget else "")
     store = DynamoStore(outputs["ConnectionsTableName"], outputs["ChatsTableName"], client=client)
-    return Target(store, f"stack {name} ({region})", default)
+    origins = parameters.get("AllowedOrigins")
+    return Target(store, f"stack {name} ({region})", default, None, origins,
+                  'redeploy with them: sam deploy --parameter-overrides AllowedOrigins="{origins}" (or make deploy '
+                  "and answer AllowedOrigins so)")
 
 
 def _check_tables(client: Any, tables: tuple[str, ...], option: str, where: str) -> None:

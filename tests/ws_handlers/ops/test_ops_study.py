@@ -7,20 +7,26 @@ import csv
 import hashlib
 import json
 import re
+from pathlib import Path
 import urllib.error
 import urllib.request
 from urllib.parse import quote
 
-from conftest import ORIGIN, cli, one_line_error
+import boto3
+from conftest import ORIGIN, cli, one_line_error, reset_moto
 from websockets.sync.client import connect
 
+from ws_handlers.adapters.dynamodb import DynamoStore
 from ws_handlers.enrolment import key_sha256
+from ws_handlers.ops.template import read_template
+
+QUALTRICS = "https://lab.eu.qualtrics.com"
 
 STUDY = """
 id = "{id}"
 title = "Tutor styles"
 entry = "server"
-origins = ["https://lab.eu.qualtrics.com"]
+origins = {origins}
 min_messages = 2
 max_entries = 50
 
@@ -41,6 +47,11 @@ opening_message = "Hi, warm Ada here."
 model = "offline-tutor"
 system_prompt = "You are Ada, a strict tutor."
 """
+
+
+def _study(study_id: str, origins: list[str] = [ORIGIN]) -> str:  # noqa: B006 - never changed
+    """The study file; its origins the local stack's by default (the page that chats below)."""
+    return STUDY.format(id=study_id, origins=json.dumps(origins))
 
 
 def _enter(stack, study: str, key: str, participant: str, **ids: str) -> tuple[int, dict]:
@@ -78,7 +89,7 @@ def _key(out: str) -> str:
 def test_a_study_from_file_to_export(stack, ops, tmp_path):
     data = ("--data-dir", str(stack.config.data_dir))
     path = tmp_path / "study.toml"
-    path.write_text(STUDY.format(id="styles"), encoding="utf-8")
+    path.write_text(_study("styles"), encoding="utf-8")
     code, out, err = ops("study", "create", str(path), *data)
     assert code == 0, err
     assert "study 'styles' registered" in out and "shown this once" in out
@@ -107,7 +118,7 @@ def test_a_study_from_file_to_export(stack, ops, tmp_path):
     assert _enter(stack, "styles", key, "A") == (401, {"error": "study_key_invalid"})
     assert _enter(stack, "styles", new_key, "A")[0] == 200  # A keeps their arm
 
-    path.write_text(STUDY.format(id="styles").replace('title = "Tutor styles"', 'title = "Renamed"'))
+    path.write_text(_study("styles").replace('title = "Tutor styles"', 'title = "Renamed"'))
     code, out, _ = ops("study", "create", str(path), "--replace-definition", *data)
     assert code == 0 and "definition replaced" in out
     assert json.loads(cli("study", "show", "styles", *data).stdout)["definition"]["title"] == "Renamed"
@@ -148,10 +159,10 @@ def test_a_study_from_file_to_export(stack, ops, tmp_path):
 def test_bad_files_and_unknown_studies_are_one_line_errors(stack, ops, tmp_path):
     data = ("--data-dir", str(stack.config.data_dir))
     path = tmp_path / "bad.toml"
-    path.write_text(STUDY.format(id="bad").replace('bot = "ada_strict"', 'bot = "nobody"'), encoding="utf-8")
+    path.write_text(_study("bad").replace('bot = "ada_strict"', 'bot = "nobody"'), encoding="utf-8")
     code, _, err = ops("study", "create", str(path), *data)
     assert code == 2 and "arms[1].bot must name one of the bots" in one_line_error(err)
-    huge = STUDY.format(id="huge").replace("You are Ada, a strict tutor.", "x" * 40_000)
+    huge = _study("huge").replace("You are Ada, a strict tutor.", "x" * 40_000)
     path.write_text(huge, encoding="utf-8")
     code, _, err = ops("study", "create", str(path), *data)
     assert code == 2 and "bots.ada_strict" in one_line_error(err)
@@ -163,9 +174,10 @@ def test_bad_files_and_unknown_studies_are_one_line_errors(stack, ops, tmp_path)
 def test_on_dynamodb_through_the_command_line(server, tmp_path):
     url, store = server
     path = tmp_path / "study.toml"
-    path.write_text(STUDY.format(id="remote"), encoding="utf-8")
+    path.write_text(_study("remote", [QUALTRICS]), encoding="utf-8")
     done = cli("study", "create", str(path), "--dynamodb-endpoint", url)
     assert done.returncode == 0, done.stderr
+    assert "were not checked against the deployment's AllowedOrigins" in done.stderr  # a bare endpoint cannot say
     record = store.get_study("remote")
     assert record.key_sha256 == key_sha256(_key(done.stdout)) and len(record.seed) == 32
     shown = cli("study", "show", "remote", "--dynamodb-endpoint", url)
@@ -173,3 +185,64 @@ def test_on_dynamodb_through_the_command_line(server, tmp_path):
     export = cli("study", "export", "remote", "--out", str(tmp_path / "out"), "--dynamodb-endpoint", url)
     assert export.returncode == 0, export.stderr
     assert (tmp_path / "out" / "participants.csv").read_text().startswith("study,participant,arm,place,entered_at,")
+
+
+def test_origins_the_local_stack_does_not_allow_are_refused_naming_them_and_the_fix(stack, ops, tmp_path):
+    data = ("--data-dir", str(stack.config.data_dir))
+    path = tmp_path / "study.toml"
+    path.write_text(_study("origins", [ORIGIN, QUALTRICS]), encoding="utf-8")
+    code, _, err = ops("study", "create", str(path), *data)
+    line = one_line_error(err)
+    assert code == 2 and f"the origins {QUALTRICS} of study 'origins' are not in the AllowedOrigins" in line
+    assert "origin_not_allowed" in line and "--allow-origin-mismatch" in line and "nothing was registered" in line
+    allowed = json.loads((Path(stack.config.data_dir) / "parameters.json").read_text())["AllowedOrigins"]
+    assert f'serve --origins "{allowed},{QUALTRICS}"' in line and ORIGIN in allowed
+    assert stack.store.get_study("origins") is None
+
+    code, out, err = ops("study", "create", str(path), "--allow-origin-mismatch", *data)
+    assert code == 0 and "registered" in out and err.startswith(f"warning: the origins {QUALTRICS} ")
+    assert stack.store.get_study("origins").study.origins == (ORIGIN, QUALTRICS)
+    # a new definition is checked as well
+    path.write_text(_study("origins", [ORIGIN, "https://new.example.org"]), encoding="utf-8")
+    code, _, err = ops("study", "create", str(path), "--replace-definition", *data)
+    assert code == 2 and "the origins https://new.example.org of study" in one_line_error(err)
+    assert stack.store.get_study("origins").study.origins == (ORIGIN, QUALTRICS)
+
+
+def _stack_template() -> dict:
+    """A tiny stack: template.yaml's two tables, the outputs that name them and its AllowedOrigins parameter."""
+    real = read_template()
+    return {
+        "Parameters": {"AllowedOrigins": real["Parameters"]["AllowedOrigins"]},
+        "Resources": {k: real["Resources"][k] for k in ("ConnectionsTable", "ChatsTable")},
+        "Outputs": {k: real["Outputs"][k] for k in ("ConnectionsTableName", "ChatsTableName")},
+    }
+
+
+def test_a_deployed_stacks_allowed_origins_are_read_from_cloudformation(moto_url, monkeypatch, tmp_path):
+    """`--stack` on moto's server: the stack's AllowedOrigins parameter, as describe_stacks gives it."""
+    reset_moto(moto_url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    cloudformation = boto3.client("cloudformation", region_name="us-east-1")
+    for name, origins in (("lab", "https://other.example.org"), ("lab-any", "*"), ("lab-ok", f"{QUALTRICS},{ORIGIN}")):
+        cloudformation.create_stack(StackName=name, TemplateBody=json.dumps(_stack_template()),
+                                    Parameters=[{"ParameterKey": "AllowedOrigins", "ParameterValue": origins}])
+    path = tmp_path / "study.toml"
+    path.write_text(_study("remote", [QUALTRICS]), encoding="utf-8")
+
+    refused = cli("study", "create", str(path), "--stack", "lab", "--region", "us-east-1")
+    line = one_line_error(refused.stderr)
+    assert refused.returncode == 2 and f"the origins {QUALTRICS} of study 'remote'" in line
+    assert "stack lab (us-east-1) (https://other.example.org)" in line
+    assert f'sam deploy --parameter-overrides AllowedOrigins="https://other.example.org,{QUALTRICS}"' in line
+    for name in ("lab-any", "lab-ok"):
+        done = cli("study", "create", str(path), "--stack", name, "--region", "us-east-1")
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+    registered = {}
+    for name in ("lab", "lab-ok"):
+        outputs = {o["OutputKey"]: o["OutputValue"]
+                   for o in cloudformation.describe_stacks(StackName=name)["Stacks"][0]["Outputs"]}
+        store = DynamoStore(outputs["ConnectionsTableName"], outputs["ChatsTableName"],
+                            client=boto3.client("dynamodb", region_name="us-east-1"))
+        registered[name] = store.get_study("remote") is not None
+    assert registered == {"lab": False, "lab-ok": True}
