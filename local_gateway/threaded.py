@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from aiohttp import web
 
 @dataclass
 class ServedApp:
-    url: str  #: http://127.0.0.1:PORT
+    url: str  #: http://127.0.0.1:PORT (https with a TLS context)
     port: int
     loop: asyncio.AbstractEventLoop
 
@@ -27,8 +28,9 @@ class ServedApp:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> Iterator[ServedApp]:
-    """Serve `app` until the block exits; port 0 picks a free port."""
+def serve_in_thread(app: web.Application, host: str = "127.0.0.1", port: int = 0,
+                    ssl_context: ssl.SSLContext | None = None) -> Iterator[ServedApp]:
+    """Serve `app` until the block exits; port 0 picks a free port; over TLS with `ssl_context`."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
     state: dict = {}
@@ -36,7 +38,7 @@ def serve_in_thread(app: web.Application, host: str = "127.0.0.1", port: int = 0
     async def start() -> None:
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
         state["runner"] = runner
         state["port"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
@@ -61,7 +63,8 @@ def serve_in_thread(app: web.Application, host: str = "127.0.0.1", port: int = 0
     if "error" in state:
         raise state["error"]
     try:
-        yield ServedApp(f"http://{host}:{state['port']}", state["port"], loop)
+        scheme = "http" if ssl_context is None else "https"
+        yield ServedApp(f"{scheme}://{host}:{state['port']}", state["port"], loop)
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)

@@ -18,6 +18,7 @@ import openai
 
 from ..bot import Bot
 from ..model import LLMError, Provenance, Usage
+from .http_transport import transport_for
 
 #: A provider's error code worth logging: a short identifier ("context_length_exceeded"), not prose.
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -43,22 +44,30 @@ def _estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
-def _chunks(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """The JSON objects of a chat completion's server-sent events (`data:` lines, an event ending at a
-    blank line; comments and other fields skipped). Reads to the end of the body past `[DONE]`, so the
-    connection goes back to the client's pool rather than being closed unread."""
-    data: list[str] = []
-    for line in itertools.chain(lines, ("",)):
-        if line.startswith("data:"):
-            data.append(line[6:] if line.startswith("data: ") else line[5:])
-        elif not line and data:
-            payload = "\n".join(data)
-            data.clear()
-            if payload.startswith("[DONE]"):
-                continue
-            chunk = json.loads(payload)
-            if isinstance(chunk, dict):
-                yield chunk
+def _chunks(pieces: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a chat completion's server-sent events, from the body's bytes as they
+    arrive: `data:` lines, an event ending at a blank line (lines end with LF, CRLF or CR), comments
+    and other fields skipped. Parsed from bytes, with no text decoding layer in between: this runs
+    once per token. Reads to the end of the body past `[DONE]`, so the connection goes back to the
+    client's pool rather than being closed unread."""
+    pending = b""
+    data: list[bytes] = []
+    for piece in itertools.chain(pieces, (b"\n\n",)):
+        lines = (pending + piece).splitlines(keepends=True)
+        # a last line without its end (or ending in CR, which LF may follow) waits for the next piece
+        pending = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+        for line in lines:
+            line = line.rstrip(b"\r\n")
+            if line.startswith(b"data:"):
+                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+            elif not line and data:
+                payload = b"\n".join(data)
+                data.clear()
+                if payload.startswith(b"[DONE]"):
+                    continue
+                chunk = json.loads(payload)
+                if isinstance(chunk, dict):
+                    yield chunk
 
 
 class OpenAIChatModel:
@@ -93,7 +102,10 @@ class OpenAIChatModel:
         return client
 
     def _new_client(self) -> openai.OpenAI:
-        return openai.OpenAI(**self._options, http_client=openai.DefaultHttpxClient(verify=self._tls))
+        transport = transport_for(self._tls)  # urllib3's connections (http_transport.py says why)
+        http_client = openai.DefaultHttpxClient(verify=self._tls) if transport is None else \
+            openai.DefaultHttpxClient(transport=transport)
+        return openai.OpenAI(**self._options, http_client=http_client)
 
     def stream(self, bot: Bot, messages: list[dict[str, str]]) -> Iterator[str | Usage]:
         request: dict[str, Any] = {
@@ -118,7 +130,7 @@ class OpenAIChatModel:
             # here as plain JSON from the stream's HTTP response.
             with self._client.post("/chat/completions", body=request, cast_to=object, stream=True,
                                    stream_cls=openai.Stream[object]) as stream:
-                for chunk in _chunks(stream.response.iter_lines()):
+                for chunk in _chunks(stream.response.iter_bytes()):
                     if chunk.get("error"):  # an error event mid-stream, raised as the SDK's iteration does
                         raise openai.APIError("An error occurred during streaming", stream.response.request,
                                               body=chunk["error"])
