@@ -9,8 +9,12 @@ each reply is split with the model's own per-request times (local_gateway/model_
           + (b) the model's own TTFT under the load: `received` -> its first token written
           + (c) after the model: first token written -> the client has the first delta
     reply = (a') before the model, as (a) for the request that finished the reply
-          + the model's own time: `received` -> its stream ended (last token, finish, [DONE])
-          + (c') after the model: the stream ended -> the client has the final `message`
+          + the model's own time: `received` -> the end of its stream (`[DONE]`, after the last
+            token, the finish and the usage chunks)
+          + (c') after the model: the end of the stream -> the client has the final `message`
+
+The model reads each time just before the write (model_timings.py), so (c) and (c') are never
+negative and include the write itself (microseconds).
 
 The stack's overhead is (a)+(c), and (a')+(c') for the full reply. Every time is
 `time.monotonic()`: on Linux CLOCK_MONOTONIC, one clock for all processes of the machine, so

@@ -6,9 +6,15 @@ request gets one record, kept in a bounded deque (the oldest dropped first, and 
 
 - `marker`: the load generator's tag found in the request's last user message (`[#...]`), or None;
 - `received`: the handler started (the request's headers were read);
-- `first_token`: the first content token was handed to the transport;
-- `last_token`: the last content token likewise; `done`: the stream ended ([DONE] and EOF written);
+- `first_token`: the first content token is about to be handed to the transport;
+- `last_token`: the last content token likewise; `done`: the stream's `[DONE]` likewise (after the
+  finish and usage chunks);
 - `status`: the HTTP status answered, `outcome`: "done", "cut", "disconnected" or "error".
+
+Each is read just before the write, never after it: a peer in another process or thread may
+read the bytes before the writer's coroutine resumes, and what the load test subtracts (the
+client's first delta less the model's first token) must not go below zero. The write itself
+(microseconds) therefore counts as after the model.
 
 Times are `time.monotonic()`, never the model's injectable clock: on Linux it reads
 CLOCK_MONOTONIC, one clock for every process of the machine, so the load generator (another

@@ -413,11 +413,12 @@ class OfflineModel:
             wait = start + self._pace(i) - self.clock()
             if wait > 0:
                 await self.sleep(wait)
-            await response.write(chunk({"content": token}))
-            if timing is not None:
+            data = chunk({"content": token})
+            if timing is not None:  # stamped just before the write, so never after the peer has it
                 stamp(timing, "last_token")
                 if i == 0:
                     timing["first_token"] = timing["last_token"]
+            await response.write(data)
         if fault and fault.kind == "cut":  # after_tokens >= the reply's length
             return await self._cut(request, response)
         await response.write(chunk({}, finish_reason))
@@ -426,11 +427,11 @@ class OfflineModel:
                 "id": reply_id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "system_fingerprint": SYSTEM_FINGERPRINT, "choices": [], "usage": usage,
             }).encode() + b"\n\n")
+        stamp(timing, "done")
+        stamp(timing, "outcome", "done")  # before the peer can have [DONE] (and read /_timings)
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         self.stats["completions_finished"] += 1
-        stamp(timing, "done")
-        stamp(timing, "outcome", "done")
         return response
 
     async def _cut(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
