@@ -40,6 +40,7 @@ from . import report
 from .local import LocalConfig, LocalStack, cpu_by_role, local_stack
 from .model_floor import measure
 from .runner import Options, Run
+from .stack_overhead import fetch as fetch_timings
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -230,7 +231,9 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
                                  moto_process=not args.moto_in_stack,
                                  function_processes=args.function_processes,
                                  duplicate_deliveries=args.duplicate_deliveries, duplicate_lag=args.duplicate_lag,
-                                 environment=dict(e.split("=", 1) for e in args.env))
+                                 environment=dict(e.split("=", 1) for e in args.env),
+                                 # every request of the run with room for retries; the oldest (floor, warm-up) go first
+                                 model_timings=max(1000, 4 * args.participants * args.messages))
             local = stack_scope.enter_context(local_stack(config, in_process=args.in_process,
                                                           profile=str(args.profile) if args.profile else None))
             url, secret, model_url = local.urls["websocket"], local.secret, local.urls["model"]
@@ -271,6 +274,9 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
             progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
+        # the model's own times per request (the offline model with OFFLINE_MODEL_TIMINGS; None otherwise),
+        # only from this machine: its monotonic clock is ours
+        timings = await fetch_timings(model_url) if model_url and _on_this_machine(model_url) else None
         slots = args.llm_concurrency
         if local is not None:
             local_info = (local_info or {}) | {"rss_end_kib": local.rss_kib(), "log_counts": local.log_counts()}
@@ -281,7 +287,23 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
                                          local.pid, run)
         scenario = args.scenario or f"p{args.participants}-m{args.messages}"
         return report.build(run, command=command, scenario=scenario, floor=floor, local=local_info, extra=extra,
-                            slots=slots)
+                            slots=slots, timings=timings)
+
+
+def _on_this_machine(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
+def _stack_p99(result: dict[str, Any]) -> str:
+    """The stack's own overhead (stack_overhead.py), for the summary line; "" without the model's timings."""
+    split = result.get("stack_overhead") or {}
+    if not split.get("available"):
+        return ""
+    ms = split["ms"]
+    return (f"; the stack's own: p99 {ms['stack_to_first_delta']['p99']} ms to the first delta, "
+            f"{ms['stack_to_full_reply']['p99']} ms to the full reply")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     lat, v = result["latency_ms"], result["verification"]
     print(f"{result['scenario']}: {result['participants']['connected']} connected, {result['messages']['replied']} "
           f"replies in {time.monotonic() - t0:.0f} s; TTFD p50 {lat['ttfd']['p50']} p99 {lat['ttfd']['p99']} ms "
-          f"(over the model: p99 {lat['ttfd_overhead_over_model']['p99']} ms); lost {v['lost']}, duplicated "
+          f"(over the model's floor: p99 {lat['ttfd_overhead_over_model']['p99']} ms{_stack_p99(result)}); lost {v['lost']}, duplicated "
           f"{v['duplicated']}, mismatched {v['replies_mismatch']}; errors {result['errors'] or 'none'}; "
           f"AWS ${result['cost']['per_participant_usd']['aws']:.5f}/participant"
           + (f"; CPU per reply {cpu} ms" if (cpu := (result.get("local_stack") or {}).get("cpu_ms_per_reply")) else ""))

@@ -2,8 +2,9 @@
 
     python -m load_tests.classroom load_tests/results/classroom-10 load_tests/results/classroom-50 ...
 
-One Markdown row per run: first delta p50 / p95, full reply p50 / p95 / p99 (seconds), lost,
-duplicated, CPU per reply (ms: the stack's processes, the model excluded) and the load average
+One Markdown row per run: first delta p50 / p95, full reply p50 / p95 / p99 (seconds), what the
+stack adds to them (ms: stack_overhead.py's split around the model's own times; "-" without
+them), lost, duplicated, CPU per reply (ms: the stack's processes, the model excluded) and the load average
 at the start (the machine is shared).
 """
 
@@ -14,8 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-HEADER = ("| N at once | first delta p50 / p95 | full reply p50 / p95 / p99 | lost / duplicated | CPU per reply "
-          "| CPU by role (s) | load average |\n|---|---|---|---|---|---|---|")
+HEADER = ("| N at once | first delta p50 / p95 | full reply p50 / p95 / p99 | stack overhead to first delta p50 / p99 "
+          "| stack overhead to full reply p99 | lost / duplicated | CPU per reply | CPU by role (s) | load average |\n"
+          "|---|---|---|---|---|---|---|---|---|")
 
 
 def row(result: dict[str, Any]) -> str:
@@ -24,8 +26,17 @@ def row(result: dict[str, Any]) -> str:
     def s(name: str, *qs: str) -> str:
         return " / ".join(f"{lat[name][q] / 1000:.2f}" if lat[name][q] is not None else "-" for q in qs) + " s"
 
+    split = result.get("stack_overhead") or {}
+
+    def ms(name: str, *qs: str) -> str:
+        if not split.get("available"):
+            return "-"
+        values = [split["ms"][name][q] for q in qs]
+        return " / ".join("-" if v is None else f"{v:.1f}" for v in values) + " ms"
+
     roles = ", ".join(f"{k} {v:g}" for k, v in (local.get("cpu_s_by_role") or {}).items())
     return (f"| {result['participants']['planned']} | {s('ttfd', 'p50', 'p95')} | {s('reply', 'p50', 'p95', 'p99')} "
+            f"| {ms('stack_to_first_delta', 'p50', 'p99')} | {ms('stack_to_full_reply', 'p99')} "
             f"| {v['lost']} / {v['duplicated']} | {local.get('cpu_ms_per_reply', '-')} ms | {roles} "
             f"| {' '.join(result.get('loadavg_at_start') or [])} |")
 

@@ -51,6 +51,9 @@ class LocalConfig:
     duplicate_deliveries: float = 0.0  #: share of reply jobs the queue delivers twice (SQS's at-least-once)
     duplicate_lag: float = 0.0  #: seconds up to which the second copy follows the first
     data_dir: str | None = None  #: None: a fresh temporary directory
+    #: the offline model keeps the times of this many latest requests (OFFLINE_MODEL_TIMINGS, its
+    #: `GET /_timings`) for stack_overhead.py; 0: none, as `make dev`
+    model_timings: int = 0
 
 
 def stack_config(config: LocalConfig, secret: str, data_dir: Path) -> Any:
@@ -167,11 +170,12 @@ def local_stack(config: LocalConfig, in_process: bool = False, profile: str | No
     secret = secrets.token_urlsafe(48)
     with tempfile.TemporaryDirectory(prefix="load-stack-") as tmp:
         data_dir = Path(config.data_dir or tmp)
+        quiet = QUIET | ({"OFFLINE_MODEL_TIMINGS": str(config.model_timings)} if config.model_timings else {})
         if in_process:
             from local_gateway.stack import running
 
-            added = [key for key in QUIET if key not in os.environ]
-            os.environ.update({key: QUIET[key] for key in added})
+            added = [key for key in quiet if key not in os.environ]
+            os.environ.update({key: quiet[key] for key in added})
             try:
                 with running(stack_config(config, secret, data_dir)) as stack:
                     yield LocalStack(dict(stack.urls), secret, os.getpid(), config, stack.stats)
@@ -180,7 +184,7 @@ def local_stack(config: LocalConfig, in_process: bool = False, profile: str | No
                     os.environ.pop(key, None)
             return
         spec = json.dumps(asdict(config) | {"data_dir": str(data_dir), "profile": profile})
-        env = os.environ | QUIET | {"LOAD_TEST_SECRET": secret, "PYTHONPATH": str(ROOT)}
+        env = os.environ | quiet | {"LOAD_TEST_SECRET": secret, "PYTHONPATH": str(ROOT)}
         child = subprocess.Popen([sys.executable, "-m", "load_tests.local", spec], cwd=ROOT, env=env,
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:

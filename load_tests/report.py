@@ -11,15 +11,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from . import cost, ranks
-from .stats import summary
+from . import cost, ranks, stack_overhead
+from .stats import summary, summary_ms as _ms
 
 MS = 1000.0
-
-
-def _ms(values: list[float | None]) -> dict[str, Any]:
-    out = summary([None if v is None else v * MS for v in values])
-    return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in out.items()}
 
 
 def loadavg() -> list[str]:
@@ -79,9 +74,11 @@ def emulation(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(run: Any, *, command: str, scenario: str, floor: dict[str, Any] | None, local: dict[str, Any] | None,
-          extra: dict[str, Any] | None = None, slots: int | None = None, priced: bool = True) -> dict[str, Any]:
+          extra: dict[str, Any] | None = None, slots: int | None = None, priced: bool = True,
+          timings: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON result of a finished run; `slots`: replies at once (LlmConcurrency), for the ranks' blocks;
-    `priced`: with the AWS cost estimate (it profiles the store in a child process: seconds)."""
+    `priced`: with the AWS cost estimate (it profiles the store in a child process: seconds); `timings`:
+    the model's `GET /_timings` after the run, for the split of each reply (stack_overhead.py)."""
     replies = [r for p in run.people for r in p.replies]
     done = [r for r in replies if r.final_text is not None]
     v = run.verification
@@ -95,6 +92,7 @@ def build(run: Any, *, command: str, scenario: str, floor: dict[str, Any] | None
             overhead_reply.append(r.reply_s - model_s)  # type: ignore[operator]
     o = run.o
     samples = [r.public() for r in replies]
+    overhead = stack_overhead.analyse(samples, timings)  # adds each finished sample's `split`
     result: dict[str, Any] = {
         "scenario": scenario,
         "command": command,
@@ -129,6 +127,7 @@ def build(run: Any, *, command: str, scenario: str, floor: dict[str, Any] | None
             "unanswered", "stored_not_delivered", "unverified")} | {"failures": v.failures[:50]},
         "cost": cost.estimate(run, model_ttft) if priced else None,
         "by_rank": ranks.analyse(samples, slots),
+        "stack_overhead": overhead,
         "samples": samples,
     }
     if extra:
@@ -256,7 +255,7 @@ def markdown(result: dict[str, Any], files: dict[str, str]) -> str:
                       f"during the traffic, the model and moto excluded, over {result['messages']['replied']} "
                       f"replies); by process role, s: {ls['cpu_s_by_role']}.", ""]
         lines += [f"Local stack: {json.dumps({k: ls[k] for k in ls if k != 'urls'})}", ""]
-    lines += ranks.markdown(result) + _emulation_lines(result.get("emulation"))
+    lines += stack_overhead.markdown(result) + ranks.markdown(result) + _emulation_lines(result.get("emulation"))
     if result.get("idle_memory"):
         im = result["idle_memory"]
         lines += [f"Idle sockets: {im['sockets']} sockets add {im['rss_delta_kib']} KiB of RSS to the stack process: "

@@ -13,6 +13,10 @@ send records when its `ack`, its `queued` frame, its first delta and its final m
 arrived, so ranks.py can tell whether replies started in the order the service took the
 messages in.
 
+Each message ends with a marker unique to the run, participant and message (`[#<run>.p17.m2]`):
+the offline model records it with its own times per request (local_gateway/model_timings.py),
+which stack_overhead.py pairs with the client's to split each reply's latency.
+
 Every loop is bounded: a global deadline, a timeout on every wait, a cap on retries.
 """
 
@@ -78,6 +82,9 @@ class Reply:
     client_msg_id: str
     text_chars: int
     sent_at: float  #: seconds since the run started (first attempt)
+    marker: str = ""  #: the tag at the end of the text, found again in the model's request ("r3fa1.p17.m2")
+    #: time.monotonic() when the answered attempt was sent: ttfd_s and reply_s count from it
+    attempt_sent_mono: float | None = None
     burst: bool = False  #: the first message of a burst run, sent at the barrier with everyone else's
     acked_at: float | None = None  #: when the first ack arrived (s since the start): the service has the message
     queued_at: float | None = None  #: when `queued` arrived for the answered attempt, if before its first delta
@@ -132,6 +139,7 @@ class Run:
         self.o = options
         self.bot = options.bot or BOTS["tutor"]
         self.session = options.session or f"s{uuid.uuid4().hex[:10]}"
+        self.tag = f"r{uuid.uuid4().hex[:6]}"  #: this run's part of each message's marker
         self.people = [self._mint(n) for n in range(options.participants)]
         self.errors: Counter[str] = Counter()
         self.connected = 0
@@ -300,14 +308,16 @@ class Run:
 
     async def _exchange(self, p: Participant, ws: ClientConnection, index: int) -> None:
         o = self.o
-        text = sentence(p.number, index, o.seed)
-        reply = Reply(p.number, index, uuid.uuid4().hex, len(text), self.now(), burst=o.burst and index == 0)
+        marker = f"{self.tag}.p{p.number}.m{index}"
+        text = f"{sentence(p.number, index, o.seed)} [#{marker}]"
+        reply = Reply(p.number, index, uuid.uuid4().hex, len(text), self.now(), marker=marker,
+                      burst=o.burst and index == 0)
         p.replies.append(reply)
         frame = {"action": "send", "chat_id": p.chat_id, "client_msg_id": reply.client_msg_id, "text": text}
         merged = ""
         for attempt in range(1 + o.retries):
             reply.attempts = attempt + 1
-            t0 = time.monotonic()
+            t0 = reply.attempt_sent_mono = time.monotonic()
             await self._send_frame(p, ws, frame)
             deadline = t0 + o.reply_timeout
             retry = False

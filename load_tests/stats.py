@@ -26,3 +26,9 @@ def summary(values: Iterable[float | None]) -> dict[str, float | int | None]:
         "p99": percentile(present, 99),
         "max": max(present) if present else None,
     }
+
+
+def summary_ms(seconds: Iterable[float | None]) -> dict[str, float | int | None]:
+    """`summary` of values in seconds, in milliseconds rounded to 0.1 ms."""
+    out = summary([None if v is None else v * 1000.0 for v in seconds])
+    return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in out.items()}

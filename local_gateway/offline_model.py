@@ -8,7 +8,8 @@ token rate. As OpenAI does, it answers a model alias with a dated snapshot (`sna
 service records as a reply's provenance. Tests inject failures through `POST /_faults` (a FIFO queue: each valid
 completion request consumes the next fault), end the stalls under way early with
 `POST /_faults/release` (a test that has seen what it waited for) and read counters from
-`GET /_stats`.
+`GET /_stats`. With `timings=N` (env OFFLINE_MODEL_TIMINGS) it also keeps the times of the
+last N requests for load tests, served at `GET /_timings` (local_gateway/model_timings.py); off by default.
 
 Run it alone with `python -m local_gateway.offline_model --port 8011`; in tests host it
 with `local_gateway.threaded.serve_in_thread(OfflineModel(...).app())`.
@@ -32,6 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
+from local_gateway.model_timings import Timings, marker_of, stamp
 from local_gateway.offline_replies import content_text, count_tokens, tokenize, write_reply
 
 MODEL_ID = "offline"
@@ -149,13 +151,15 @@ class OfflineModel:
     api_key: when set, requests must carry `Authorization: Bearer <api_key>`.
     retry_after_ms: value of the `retry-after-ms` header sent with injected 429 and 5xx
         answers, so the openai client's retries are quick; None sends no header.
+    timings: keep the times of this many latest requests for `GET /_timings` (env
+        OFFLINE_MODEL_TIMINGS; default 0: none kept, nothing recorded).
     clock, sleep: what the pacing, delays and stalls run on (attributes of the same names); a
         test injects its own to check the pace without timing it, or to hold a stalled reply
         until it has seen what it waits for.
     """
 
     def __init__(self, ttft: float | None = None, tokens_per_second: float | None = None,
-                 api_key: str | None = None, retry_after_ms: float | None = 5, *,
+                 api_key: str | None = None, retry_after_ms: float | None = 5, *, timings: int | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.ttft = ttft if ttft is not None else _env_float("OFFLINE_MODEL_TTFT_MS", 300) / 1000
@@ -163,6 +167,7 @@ class OfflineModel:
                                   else _env_float("OFFLINE_MODEL_TOKENS_PER_SECOND", 40))
         self.api_key = api_key
         self.retry_after_ms = retry_after_ms
+        self.timings = Timings(timings if timings is not None else int(_env_float("OFFLINE_MODEL_TIMINGS", 0)))
         self.faults: collections.deque[Fault] = collections.deque()
         self.stats: dict[str, Any] = {}
         self.reset_stats()
@@ -224,6 +229,7 @@ class OfflineModel:
         app.router.add_delete("/_faults", self._delete_faults)
         app.router.add_post("/_faults/release", self._release_stalls)
         app.router.add_get("/_stats", self._get_stats)
+        app.router.add_get("/_timings", self._get_timings)
         app.on_shutdown.append(self._cancel_inflight)
         return app
 
@@ -288,31 +294,40 @@ class OfflineModel:
     async def _get_stats(self, request: web.Request) -> web.Response:
         return web.json_response({**self.stats, "faults_pending": len(self.faults), "stalled": len(self._stalls)})
 
+    async def _get_timings(self, request: web.Request) -> web.Response:
+        return web.json_response(self.timings.document())
+
     # -- chat completions
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
+        timing = self.timings.start(time.monotonic())  # None unless timings are on
         self.stats["requests"] += 1
         task = asyncio.current_task()
         assert task is not None
         self._inflight.add(task)
         try:
-            response = await self._complete(request)
+            response = await self._complete(request, timing)
         except ConnectionError:
             self.stats["disconnected"] += 1
+            stamp(timing, "outcome", "disconnected")
             return web.Response()  # the peer is gone; aiohttp drops this quietly
         finally:
             self._inflight.discard(task)
+        stamp(timing, "status", response.status)
+        if timing is not None and timing["outcome"] is None:
+            timing["outcome"] = "cut" if isinstance(response, _Aborted) else "error"
         if not response.prepared and not isinstance(response, _Aborted):
             self._count_status(response.status)  # streams count theirs when the headers go out
         return response
 
-    async def _complete(self, request: web.Request) -> web.StreamResponse:
+    async def _complete(self, request: web.Request, timing: dict[str, Any] | None = None) -> web.StreamResponse:
         if not self._authorized(request):
             return self._unauthorized()
         try:
             body = _parse_request(await request.read())
         except BadRequest as exc:
             return _error(400, str(exc), param=exc.param)
+        stamp(timing, "marker", marker_of(body["messages"]))
 
         fault = self.next_fault()
         if fault and fault.kind == "status":
@@ -342,7 +357,7 @@ class OfflineModel:
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return await self._stream(request, reply, finish_reason, usage if include_usage else None,
-                                      fault, reply_id, created, snapshot_of(body["model"]))
+                                      fault, reply_id, created, snapshot_of(body["model"]), timing)
 
         stall = fault.seconds if fault and fault.kind == "stall" else 0.0
         await self.sleep(self.ttft + self._pace(len(reply)) + stall)
@@ -351,6 +366,9 @@ class OfflineModel:
             _abort(request)
             return _Aborted()
         self.stats["completions_finished"] += 1
+        for key in ("first_token", "last_token", "done"):
+            stamp(timing, key)
+        stamp(timing, "outcome", "done")
         return web.json_response({
             "id": reply_id, "object": "chat.completion", "created": created, "model": snapshot_of(body["model"]),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(reply),
@@ -364,7 +382,7 @@ class OfflineModel:
 
     async def _stream(self, request: web.Request, reply: list[str], finish_reason: str,
                       usage: dict[str, int] | None, fault: Fault | None, reply_id: str,
-                      created: int, model: str) -> web.StreamResponse:
+                      created: int, model: str, timing: dict[str, Any] | None = None) -> web.StreamResponse:
         """OpenAI's SSE stream: role chunk, one chunk per token, finish chunk, usage, [DONE]."""
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -395,7 +413,12 @@ class OfflineModel:
             wait = start + self._pace(i) - self.clock()
             if wait > 0:
                 await self.sleep(wait)
-            await response.write(chunk({"content": token}))
+            data = chunk({"content": token})
+            if timing is not None:  # stamped just before the write, so never after the peer has it
+                stamp(timing, "last_token")
+                if i == 0:
+                    timing["first_token"] = timing["last_token"]
+            await response.write(data)
         if fault and fault.kind == "cut":  # after_tokens >= the reply's length
             return await self._cut(request, response)
         await response.write(chunk({}, finish_reason))
@@ -404,6 +427,8 @@ class OfflineModel:
                 "id": reply_id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "system_fingerprint": SYSTEM_FINGERPRINT, "choices": [], "usage": usage,
             }).encode() + b"\n\n")
+        stamp(timing, "done")
+        stamp(timing, "outcome", "done")  # before the peer can have [DONE] (and read /_timings)
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         self.stats["completions_finished"] += 1

@@ -31,3 +31,20 @@ def test_classroom_run_counts_cpu_by_role_and_caps_replies(tmp_path):
     assert local["cpu_ms_per_reply"] == pytest.approx(1000 * local["stack_cpu_s"] / 6, abs=5)
     assert "CPU per reply" in (out / "report.md").read_text()
     assert classroom.row(result).startswith("| 3 | ")
+
+    # every reply is paired with the model's request by its marker, and split around the model's own times
+    split = result["stack_overhead"]
+    assert split["available"] and split["replies"] == split["paired"] == 6 and split["unpaired"] == 0, split
+    for sample in result["samples"]:
+        parts = sample["split"]
+        assert sample["marker"] and all(parts[k] >= 0 for k in (
+            "before_model", "model_ttft", "after_model_first", "before_model_reply", "model_reply", "after_model_done"))
+        # the split adds up to what the client measured (by construction: one clock, the same readings)
+        assert parts["before_model"] + parts["model_ttft"] + parts["after_model_first"] == pytest.approx(sample["ttfd_s"])
+        assert parts["before_model_reply"] + parts["model_reply"] + parts["after_model_done"] == pytest.approx(
+            sample["reply_s"])
+        assert parts["stack_to_first_delta"] == pytest.approx(parts["before_model"] + parts["after_model_first"])
+    assert split["ms"]["stack_to_first_delta"]["count"] == 6
+    row = classroom.row(result)
+    assert row.count(" ms |") >= 3 and "| - |" not in row  # the overhead columns are filled
+    assert "What the stack adds" in (out / "report.md").read_text()

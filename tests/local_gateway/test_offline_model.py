@@ -513,3 +513,43 @@ def test_cli_help_mentions_the_flags(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     for flag in ("--host", "--port", "--ttft-ms", "--tokens-per-second"):
         assert flag in out
+
+
+# ---------------------------------------------------------------- timings (load tests' latency split)
+
+
+def test_timings_are_off_by_default(served: ServedApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    ask(served, ADA)
+    timings = json.loads(http(served, "GET", "/_timings")[2])
+    assert timings["enabled"] is False and timings["records"] == []
+    monkeypatch.delenv("OFFLINE_MODEL_TIMINGS", raising=False)
+    assert OfflineModel().timings.enabled is False
+    monkeypatch.setenv("OFFLINE_MODEL_TIMINGS", "50")
+    assert OfflineModel().timings.limit == 50
+
+
+def test_timings_record_each_request_with_its_marker_in_order_and_bounded() -> None:
+    model = OfflineModel(ttft=0, tokens_per_second=0, timings=3)
+    tagged = [ADA[0], {"role": "user", "content": "earlier [#old.p0.m0]"}, {"role": "assistant", "content": "ok"},
+              {"role": "user", "content": "How do fractions work? [#r1.p7.m2]"}]
+    with serve_in_thread(model.app()) as served:
+        before = time.monotonic()
+        list(client(served).chat.completions.create(model="m", messages=tagged, stream=True))
+        after = time.monotonic()
+        (streamed,) = json.loads(http(served, "GET", "/_timings")[2])["records"]
+        ask(served, ADA)  # no marker, not streamed
+        add_faults(served, {"kind": "status", "status": 500})
+        with pytest.raises(openai.InternalServerError):
+            ask(served, tagged)
+        ask(served, tagged)  # a fourth request: the oldest record is dropped
+        timings = json.loads(http(served, "GET", "/_timings")[2])
+    # the marker is the last user message's; the model's times are CLOCK_MONOTONIC, one clock for every
+    # process, so they fall within this process's own readings around the request
+    assert streamed["marker"] == "r1.p7.m2" and streamed["outcome"] == "done" and streamed["status"] == 200
+    assert before <= streamed["received"] <= streamed["first_token"] <= streamed["last_token"] <= streamed["done"] <= after
+    assert timings["enabled"] is True and timings["limit"] == 3 and timings["dropped"] == 1
+    plain, failed, again = timings["records"]
+    assert plain["marker"] is None and plain["outcome"] == "done" and plain["status"] == 200
+    assert failed["marker"] == "r1.p7.m2" and failed["status"] == 500 and failed["outcome"] == "error"
+    assert failed["first_token"] is None and failed["done"] is None
+    assert again["marker"] == "r1.p7.m2" and again["outcome"] == "done"
