@@ -7,7 +7,8 @@
   ticket (js_vars). The bot, its model and prompt stay on this server.
 - Moving on is decided here, from the stored transcript: at least `min_user_messages`
   participant messages (and `min_chat_seconds` on the page), whatever the page does.
-- `custom_export` writes the stored transcript, one row per message, and
+- `custom_export` writes the stored transcript, one row per message (each reply with its
+  provenance: the model snapshot that answered, its parameters, the system prompt's hash), and
   `vars_for_admin_report` shows each participant's progress.
 """
 
@@ -185,14 +186,17 @@ def _when(epoch):
     return datetime.fromtimestamp(float(epoch), timezone.utc).isoformat(timespec="milliseconds")
 
 
+# Provenance last, so that the columns exports had before it keep their places.
 EXPORT_HEADER = [
     "session_code", "participant_code", "participant_label", "round_number", "chat_key", "chat_id", "bot",
     "seq", "role", "text", "created_at", "prompt_tokens", "completion_tokens", "model", "latency_ms",
+    *service.PROVENANCE_FIELDS,
 ]
 
 
 def custom_export(players):
-    """The transcripts as the service stored them: one row per message (read server-side)."""
+    """The transcripts as the service stored them: one row per message (read server-side), each reply
+    with its provenance (empty for the participant's messages, the opening and older replies)."""
     yield EXPORT_HEADER
     reader = service.store()
     ids = chat_ids(players)
@@ -208,6 +212,7 @@ def custom_export(players):
                 player.chat_key, chat_id, m.get("bot_name") or bot, m["seq"], m["role"], m["text"],
                 _when(m["created_at"]), m.get("prompt_tokens") or 0, m.get("completion_tokens") or 0,
                 m.get("model") or "", "" if m.get("latency_ms") is None else m["latency_ms"],
+                *(m.get(name) or "" for name in service.PROVENANCE_FIELDS),
             ]
 
 

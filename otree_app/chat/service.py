@@ -64,9 +64,15 @@ def store_label() -> str:
 #: Who a chat belongs to, as the service stores it.
 IDENTITY_FIELDS = ("experiment", "session", "participant", "chat_key")
 
+#: A generated reply's provenance, as the service stores it (ws_handlers.model.PROVENANCE_FIELDS,
+#: named here so this module needs nothing but the standard library; a test checks they agree).
+#: None for participants' messages, openings and replies stored before provenance was recorded.
+PROVENANCE_FIELDS = ("model_snapshot", "system_fingerprint", "parameters", "system_prompt_sha256")
+
 # A message row of the export, in the order of its columns.
 MESSAGE_FIELDS = (
     "seq", "role", "text", "created_at", "prompt_tokens", "completion_tokens", "model", "latency_ms", "bot_name",
+    *PROVENANCE_FIELDS,
 )
 
 
@@ -100,9 +106,16 @@ class SqliteReader:
 
     def messages(self, chat_id: str) -> list[dict]:
         rows = self._query(
-            f"SELECT {', '.join(MESSAGE_FIELDS)} FROM messages WHERE chat_id = ? ORDER BY seq", (chat_id,)
+            f"SELECT {', '.join(self._message_columns())} FROM messages WHERE chat_id = ? ORDER BY seq", (chat_id,)
         )
         return [dict(zip(MESSAGE_FIELDS, row)) for row in rows]
+
+    def _message_columns(self) -> list[str]:
+        """MESSAGE_FIELDS as columns of this file, NULL for those it lacks: a file the stack has not
+        opened since provenance was recorded has no provenance columns, and a read-only reader cannot
+        add them (the stack does, when it next opens the file)."""
+        present = {name for (name,) in self._query("SELECT name FROM pragma_table_info('messages')", ())}
+        return [name if name in present else f"NULL AS {name}" for name in MESSAGE_FIELDS]
 
     def progress(self, chat_ids: list[str]) -> dict[str, dict]:
         """Per chat: participant messages so far, all messages, last activity (epoch seconds)."""

@@ -10,9 +10,15 @@ import time
 import uuid
 
 from otree.api import Bot, Submission, SubmissionMustFail, expect
+from ws_handlers.model import Provenance  # standard library only, as __init__'s ws_handlers imports
 
 from . import Chat, custom_export, identity, rules, service
 from .bots import BOTS
+
+#: The provenance of the bots' last reply (the earlier ones have none, as replies stored before it).
+PROVENANCE = Provenance(model_snapshot="gpt-4o-mini-2024-07-18", system_fingerprint="fp_bots",
+                        parameters='{"model":"gpt-4o-mini","temperature":0.7}', system_prompt_sha256="0" * 64)
+PROVENANCE_FIELDS = service.PROVENANCE_FIELDS
 
 
 def _bot_store():
@@ -43,9 +49,10 @@ def earlier_session(player):
     return earlier, legacy_chat_id_for(earlier, player.chat_key)
 
 
-def store_exchanges(player, count, who=None, chat_id=None):
+def store_exchanges(player, count, who=None, chat_id=None, provenance=None):
     """What `count` more exchanges leave in the service's store (the chat is opened first): the
-    player's chat, or the one `who` has under `chat_id`."""
+    player's chat, or the one `who` has under `chat_id`; the replies with `provenance` (None: as
+    replies stored before provenance was recorded)."""
     from ws_handlers.store import Chat as StoredChat, Lease, Message
 
     bot = BOTS[player.participant.chat_bot]
@@ -65,7 +72,8 @@ def store_exchanges(player, count, who=None, chat_id=None):
             sent = Message(chat_id, seq, "user", f"message {seq}", now, client_msg_id=uuid.uuid4().hex)
             store.append_user_message(chat, sent, lease, "bot", bot.limits.max_user_messages, now)
             reply = Message(chat_id, seq + 1, "assistant", f"reply {seq + 1}", time.time(),
-                            prompt_tokens=10, completion_tokens=5, model=bot.model, latency_ms=42)
+                            prompt_tokens=10, completion_tokens=5, model=bot.model, latency_ms=42,
+                            provenance=provenance)
             assert store.finish_reply(store.get_chat(chat_id), reply, lease.turn_id)
     finally:
         store.close()
@@ -91,7 +99,7 @@ class PlayerBot(Bot):
         yield SubmissionMustFail(Chat, check_html=False)  # nothing stored: refused on the server
         store_exchanges(player, min_messages - 1)
         yield SubmissionMustFail(Chat, check_html=False)  # one message short: still refused
-        store_exchanges(player, 1)
+        store_exchanges(player, 1, provenance=PROVENANCE)
         yield Submission(Chat, check_html=False)
         # the Results page: before_next_page recorded the count read from the store
         expect(f"You sent {min_messages} messages", "in", self.html)
@@ -104,4 +112,9 @@ class PlayerBot(Bot):
         expect({r["participant_code"] for r in mine}, {player.participant.code})
         expect({r["chat_id"] for r in mine}, {stored_chat_id(player)})
         expect({r["bot"] for r in mine}, {bot.name})
+        # Provenance: appended after the columns the export had before; only the last reply has it.
+        expect(header[-4:], list(PROVENANCE_FIELDS))
+        provenance = [tuple(r[f] for f in PROVENANCE_FIELDS) for r in mine]
+        expect(provenance[-1], tuple(getattr(PROVENANCE, f) for f in PROVENANCE_FIELDS))
+        expect(set(provenance[:-1]), {("",) * 4})
         # Results is the last page: nothing to submit

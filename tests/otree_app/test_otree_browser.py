@@ -13,6 +13,7 @@ test looks is held by the model until the test releases it.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -27,7 +28,9 @@ from pathlib import Path
 
 import pytest
 
+from local_gateway.offline_model import SYSTEM_FINGERPRINT, snapshot_of
 from local_gateway.stack import StackConfig, running
+from ws_handlers.model import PROVENANCE_FIELDS
 from waiting import Hold
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: make venv")
@@ -259,6 +262,16 @@ def test_a_participant_chats_in_otree_and_the_transcript_is_exported(stack_and_o
         assert r["created_at"].startswith("20")
     assert [r["model"] for r in rows if r["role"] == "assistant"][1:] == [chat.bot.model] * 2
     assert all(int(r["completion_tokens"]) > 0 for r in rows[2::2])
+    # Each reply's provenance in the last four columns: what produced it, as the service stored it.
+    assert list(rows[0])[-4:] == list(PROVENANCE_FIELDS)
+    provenance = [tuple(r[f] for f in PROVENANCE_FIELDS) for r in rows]
+    assert provenance == [tuple(getattr(m.provenance, f) or "" for f in PROVENANCE_FIELDS) if m.provenance else ("",) * 4
+                          for m in stack.store.messages(chat_id)]
+    prompt_sha256 = hashlib.sha256(chat.bot.system_prompt.encode()).hexdigest()
+    assert {(r["model_snapshot"], r["system_fingerprint"], r["system_prompt_sha256"]) for r in rows[2::2]} == {
+        (snapshot_of(chat.bot.model), SYSTEM_FINGERPRINT, prompt_sha256)}  # the offline model answered
+    assert all(json.loads(r["parameters"])["model"] == chat.bot.model for r in rows[2::2])
+    assert set(provenance[:2] + provenance[3:4]) == {("",) * 4}  # the opening and the participant's messages
     # no error in the app's code (oTree's own websocket may log a failed closing handshake on navigation)
     tracebacks = otree_log.read_text().split("Traceback (most recent call last):")[1:]
     ours = [t for t in tracebacks if "otree_project" in t or "ws_handlers" in t or "local_gateway" in t]

@@ -6,7 +6,9 @@ in the service's venv, and checked against the real store adapters writing a rea
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import sqlite3
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from ws_handlers.adapters.dynamodb import DynamoStore
 from ws_handlers.adapters.sqlite import SqliteStore
 from ws_handlers.bot import Bot
 from ws_handlers.identity import Identity
+from ws_handlers.model import PROVENANCE_FIELDS, Provenance
 from ws_handlers.store import Chat, Lease, Message, chat_id_for, legacy_chat_id_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +30,12 @@ _spec.loader.exec_module(service)
 
 BOT = Bot(name="ada_friendly", model="gpt-4o-mini", system_prompt="You are Ada.", opening_message="Hi, I'm Ada.")
 WHO = Identity("p1abcdef", "otree", "s1abcdef")
+#: The second reply's provenance; the first reply has none, as replies stored before it was recorded.
+PROVENANCE = Provenance(
+    model_snapshot="gpt-4o-mini-2024-07-18", system_fingerprint="fp_44709d6fcb",
+    parameters='{"max_tokens":300,"model":"gpt-4o-mini","temperature":0.7}',
+    system_prompt_sha256=hashlib.sha256(BOT.system_prompt.encode()).hexdigest(),
+)
 
 
 def write_chat(store) -> str:
@@ -34,14 +43,15 @@ def write_chat(store) -> str:
     now = time.time()
     chat = Chat(chat_id, WHO, "chat-r1", BOT, created_at=now, next_seq=2)
     store.open_chat(chat, Message(chat_id, 1, "assistant", BOT.opening_message, now), max_chats=5)
-    for text in ("Hello", "And fractions?"):
+    for text, provenance in (("Hello", None), ("And fractions?", PROVENANCE)):
         chat = store.get_chat(chat_id)
         seq = chat.next_seq
         lease = Lease(f"t{seq}", time.time() + 60, seq)
         store.append_user_message(chat, Message(chat_id, seq, "user", text, time.time(), client_msg_id=f"m{seq}"),
                                   lease, "conn", 30, time.time())
         reply = Message(chat_id, seq + 1, "assistant", f"Answer to {text}", time.time(),
-                        prompt_tokens=12, completion_tokens=7, model=BOT.model, latency_ms=250)
+                        prompt_tokens=12, completion_tokens=7, model=BOT.model, latency_ms=250,
+                        provenance=provenance)
         assert store.finish_reply(store.get_chat(chat_id), reply, lease.turn_id)
     return chat_id
 
@@ -57,6 +67,42 @@ def check(reader, store, chat_id):
     progress = reader.progress([chat_id, "c_unknown"])
     assert progress == {chat_id: {"user_messages": 2, "messages": 5, "last_activity": pytest.approx(stored[-1].created_at)}}
     assert reader.messages("c_unknown") == []
+    check_provenance(read)
+
+
+def check_provenance(read):
+    """Only the reply stored with provenance has it: not the opening, the participant's messages, or
+    the reply stored before provenance was recorded."""
+    assert [tuple(m[f] for f in PROVENANCE_FIELDS) for m in read] == [
+        (None,) * 4, (None,) * 4, (None,) * 4, (None,) * 4, tuple(vars(PROVENANCE)[f] for f in PROVENANCE_FIELDS)
+    ]
+
+
+def test_the_readers_name_the_provenance_the_service_stores():
+    """service.py names the fields itself (it imports only the standard library): the same as the service's."""
+    assert service.PROVENANCE_FIELDS == PROVENANCE_FIELDS
+
+
+def test_sqlite_reader_reads_a_file_from_before_provenance(tmp_path):
+    """A file the stack has not opened since provenance was recorded has no provenance columns; the
+    read-only reader reads its transcript, provenance empty, and leaves the file as it was."""
+    path = tmp_path / "chat.sqlite3"
+    store = SqliteStore(path)
+    try:
+        chat_id = write_chat(store)
+        expected = [(m.seq, m.role, m.text) for m in store.messages(chat_id)]
+    finally:
+        store.close()
+    db = sqlite3.connect(path)
+    for name in PROVENANCE_FIELDS:
+        db.execute(f"ALTER TABLE messages DROP COLUMN {name}")
+    db.close()
+    read = service.SqliteReader(path).messages(chat_id)
+    assert [(m["seq"], m["role"], m["text"]) for m in read] == expected
+    assert {m[f] for m in read for f in PROVENANCE_FIELDS} == {None}
+    db = sqlite3.connect(path)
+    assert not {name for (name,) in db.execute("SELECT name FROM pragma_table_info('messages')")} & set(PROVENANCE_FIELDS)
+    db.close()
 
 
 def check_identities(reader, store):
