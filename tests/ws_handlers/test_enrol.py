@@ -60,6 +60,12 @@ def _json(participant: str = "P1", **ids: Any) -> str:
     return json.dumps({"participant": participant, **ids})
 
 
+def link(participant: str, origin: str | None = ORIGIN, study: str = "tutor") -> tuple[int, dict[str, str], dict[str, Any]]:
+    """A link entry as the survey page's form post makes it: no key, the id from the page's URL."""
+    return enter(event(urlencode({"participant": participant}), study=study, key=None, origin=origin,
+                       content_type="application/x-www-form-urlencoded"))
+
+
 def test_a_server_entry_answers_the_three_strings_and_they_open_the_arms_chat(h):
     register(h.store)
     status, headers, body = enter(event(_json(ResponseID="R_abc", PROLIFIC_PID="5f0c")))
@@ -82,8 +88,7 @@ def test_a_server_entry_answers_the_three_strings_and_they_open_the_arms_chat(h)
 def test_nothing_the_browser_sees_names_the_arm_the_bot_or_the_prompt(h):
     register(h.store, entry="link")
     for i in range(4):  # both arms
-        status, headers, body = enter(event(urlencode({"participant": f"P{i}"}), key=None, origin=ORIGIN,
-                                            content_type="application/x-www-form-urlencoded"))
+        status, headers, body = link(f"P{i}")
         assert status == 200
         token_claims = json.loads(base64.urlsafe_b64decode(body["token"].split(".")[1] + "=="))
         seen = json.dumps([headers, body, token_claims, base64.urlsafe_b64decode(body["ticket"] + "==").hex()])
@@ -169,19 +174,79 @@ def test_the_studys_own_pages_can_read_why_they_were_refused_others_cannot(h):
     """A refusal decided against the study carries Access-Control-Allow-Origin for the study's
     origins, so its survey page can show why (survey.js); never for another origin."""
     register(h.store, entry="link", max_entries=1)
-    form = "application/x-www-form-urlencoded"
-
-    def link(participant: str, origin: str | None) -> tuple[int, dict[str, str], dict[str, Any]]:
-        return enter(event(f"participant={participant}", key=None, origin=origin, content_type=form))
-
-    assert link("P1", ORIGIN)[0] == 200
-    status, headers, body = link("P2", ORIGIN)
+    assert link("P1")[0] == 200
+    status, headers, body = link("P2")
     assert (status, body) == (403, {"error": "study_full"})
     assert headers["access-control-allow-origin"] == ORIGIN and headers["vary"] == "Origin"
-    status, headers, body = link("P 3", ORIGIN)
+    status, headers, body = link("P 3")
     assert (status, body) == (400, {"error": "participant_invalid"}) and headers["access-control-allow-origin"] == ORIGIN
     for origin in ("https://evil.example", None):
         status, headers, body = link("P2", origin)
         assert (status, body) == (403, {"error": "origin_not_allowed"}) and "access-control-allow-origin" not in headers
-    status, headers, body = enter(event("participant=P2", study="nope", key=None, origin=ORIGIN, content_type=form))
+    status, headers, body = link("P2", study="nope")
     assert (status, body) == (404, {"error": "study_unknown"}) and "access-control-allow-origin" not in headers
+
+
+def _open_chat(h, participant: str, study: str = "tutor") -> tuple[str, str]:
+    """Enter by link as `participant` and open the arm's chat on a socket of its own: (socket, chat id)."""
+    status, _, body = link(participant, study=study)
+    assert status == 200, body
+    cid = f"{study}-{participant}"
+    assert h.connect(cid, token=body["token"], origin=SOCKET_ORIGIN)["statusCode"] == 200
+    frames = h.send(cid, {"action": "start", "ticket": body["ticket"]})
+    assert frames[-1]["type"] == "chat", frames
+    return cid, frames[-1]["chat_id"]
+
+
+def _say(h, cid: str, chat_id: str, n: int) -> list[dict[str, Any]]:
+    return h.send(cid, {"action": "send", "chat_id": chat_id, "client_msg_id": f"m{n}", "text": f"question {n}"})
+
+
+def _spent(h, chats: list[tuple[str, str]]) -> int:
+    """Tokens the study's stored replies used: what its budget must have counted."""
+    return sum(m.prompt_tokens + m.completion_tokens for _, chat in chats for m in h.store.messages(chat))
+
+
+def test_made_up_ids_are_bounded_by_the_budget(h, model):
+    """A study is an experiment named by its id, so its token budget (`chat-ops budget tutor`)
+    stops spending however many made-up ids enter below `max_entries`; another study's budget
+    is its own, so it chats on."""
+    register(h.store, entry="link", max_entries=50)
+    register(h.store, "other", entry="link", max_entries=50)
+    h.store.set_controls("tutor", token_budget=600)
+    h.store.set_controls("other", token_budget=600)
+    chats = [_open_chat(h, f"madeup{i}") for i in range(4)]
+    refused, n = None, 0
+    while refused is None:  # round after round, each made-up id sends once, until the budget refuses
+        assert n < 30, "the budget never stopped the spending"
+        for cid, chat in chats:
+            frames = _say(h, cid, chat, n)
+            if frames[-1]["type"] == "error":
+                refused = frames
+                break
+            assert [f["type"] for f in frames][:2] == ["ack", "queued"] and frames[-1]["type"] == "message", frames
+        n += 1
+    assert [f["type"] for f in refused] == ["error"] and refused[0]["code"] == "budget_exhausted", refused
+    used = h.store.get_controls("tutor").experiment.tokens_used
+    assert used >= 600 and used == _spent(h, chats)
+    for _, chat in chats:  # the opening, then each accepted message with its one reply; the refused one not stored
+        roles = [m.role for m in h.store.messages(chat)]
+        assert roles == ["assistant"] + ["user", "assistant"] * (len(roles) // 2) and len(roles) >= 3, roles
+    stored = {chat: h.store.messages(chat) for _, chat in chats}
+    requests = model.stats["requests"]
+
+    # spent: every further send in the study is refused, from the ids that chatted and from a new one
+    chats.append(_open_chat(h, "madeup9"))
+    stored[chats[-1][1]] = h.store.messages(chats[-1][1])
+    for cid, chat in chats:
+        frames = _say(h, cid, chat, 99)
+        assert [f["type"] for f in frames] == ["error"], frames
+        assert frames[0]["code"] == "budget_exhausted" and frames[0]["retryable"] is False
+    assert model.stats["requests"] == requests  # no reply generated
+    assert {chat: h.store.messages(chat) for _, chat in chats} == stored  # none stored, none lost
+    assert h.store.get_controls("tutor").experiment.tokens_used == used
+
+    # the other study's budget is untouched: its participants chat on
+    other = _open_chat(h, "P1", study="other")
+    assert _say(h, *other, 0)[-1]["type"] == "message"
+    assert h.store.get_controls("other").experiment.tokens_used == _spent(h, [other]) > 0
