@@ -15,6 +15,14 @@ reproduces what the handlers and the browser can observe of API Gateway:
   idle timeout (10 min by default; only frames from the client count as activity) and a
   2-hour maximum connection, both closing with 1001 Going Away.
 * `$disconnect` is invoked after the socket closes, best effort.
+* Route throttling (the stage's DefaultRouteSettings): a token bucket per route (throttle.py),
+  one token per handshake or frame, taken before anything else runs for that route. A throttled
+  `$connect` refuses the handshake with 429 and `{"message": "Too Many Requests"}`; a throttled
+  frame is answered with API Gateway's error frame (`{"message": "Too Many Requests",
+  "connectionId", "requestId"}`) and its integration is not invoked (a MOCK route's answer is not
+  sent); the socket stays open. A throttled `$disconnect` is not invoked. AWS documents the
+  429 and the token bucket (https://docs.aws.amazon.com/apigateway/latest/developerguide/websocket-api-protect.html);
+  the frame's exact text and the `$disconnect` case are this emulation's reading (docs/local.md).
 * Each connection's outgoing buffer is bounded (outbox.py): a client that stops reading is
   closed with 1001 once its buffer has stayed full for `GatewayLimits.stall_timeout`, and pushes to
   it answer "gone" from then on, as API Gateway drops a connection it cannot deliver to.
@@ -49,6 +57,7 @@ from ws_handlers.gateway_limits import MAX_CLIENT_FRAME_BYTES, MAX_MESSAGE_BYTES
 
 from .outbox import Backlog, BoundedConnection, Outbox
 from .template import WebSocketApi, route_for
+from .throttle import TokenBucket, route_bucket
 
 log = logging.getLogger("local_gateway")
 
@@ -72,6 +81,8 @@ class GatewayLimits:
     stall_timeout: float = 1.0
 
 
+#: What API Gateway answers a throttled request with (a handshake's 429 body, a frame's error message).
+TOO_MANY_REQUESTS = "Too Many Requests"
 #: The reason of the close frame sent to a client whose buffer stayed full.
 STALLED_REASON = "Going away: the client is not reading"
 #: Seconds a closing handshake may take before the connection is dropped (websockets' default).
@@ -115,6 +126,11 @@ class Gateway:
         self._server: Server | None = None
         self.backlog = Backlog()
         self.domain = ""
+        #: route key -> its stage bucket (every route gets the stage's DefaultRouteSettings on its own)
+        self.buckets: dict[str, TokenBucket] = {
+            route: bucket for route in [*api.routes, *api.mocks]
+            if (bucket := route_bucket(api.throttling_rate, api.throttling_burst)) is not None
+        }
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
@@ -182,6 +198,8 @@ class Gateway:
         url = urlsplit(request.path)
         if url.path.strip("/") != self.api.stage:
             return connection.respond(403, "Forbidden\n")
+        if (bucket := self.buckets.get("$connect")) is not None and not bucket.take():
+            return connection.respond(429, json.dumps({"message": TOO_MANY_REQUESTS}) + "\n")
         connection_id = new_connection_id()
         query = parse_qs(url.query, keep_blank_values=True)
         headers, multi_headers = self._headers(request.headers)
@@ -288,6 +306,9 @@ class Gateway:
         except LookupError:  # no matching route and no $default
             await self._error(sock, "Forbidden", context)
             return
+        if (bucket := self.buckets.get(route)) is not None and not bucket.take():
+            await self._error(sock, TOO_MANY_REQUESTS, context)
+            return
         if route in self.api.mocks:
             if (answer := self.api.mocks[route]) is not None:
                 await sock.outbox.put(answer)
@@ -304,13 +325,13 @@ class Gateway:
             await self._error(sock, "Internal server error", context)
 
     async def _error(self, sock: _Socket, message: str, context: dict[str, Any]) -> None:
-        """What API Gateway sends when an integration fails or no route matches."""
+        """What API Gateway sends when an integration fails, no route matches or the route is throttled."""
         frame = {"message": message, "connectionId": sock.connection_id, "requestId": context["requestId"]}
         await sock.outbox.put(json.dumps(frame))
 
     async def _disconnect(self, sock: _Socket) -> None:
         function = self.api.routes.get("$disconnect")
-        if function is None:
+        if function is None or ((bucket := self.buckets.get("$disconnect")) is not None and not bucket.take()):
             return
         context = self._context(sock.connection_id, "$disconnect", "DISCONNECT", sock.connected_at)
         context["disconnectStatusCode"] = sock.connection.close_code or 1006

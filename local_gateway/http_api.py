@@ -34,7 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from .template import HttpRoute
-from .throttle import TokenBucket
+from .throttle import TokenBucket, route_bucket
 
 log = logging.getLogger(__name__)
 Invoke = Callable[[str, dict[str, Any]], Awaitable[Any]]
@@ -55,11 +55,8 @@ def http_api_app(routes: tuple[HttpRoute, ...], invoke: Invoke, *, reserved: Map
     app[BUCKETS] = {}
     running: dict[str, int] = {}  # function -> invocations under way (this app's only: the entry's functions)
     for route in routes:
-        bucket = None
-        if route.throttling_rate is not None or route.throttling_burst is not None:
-            # a stage sets both in practice; one alone leaves the other at the account's (10,000 and 5,000)
-            rate = route.throttling_rate if route.throttling_rate is not None else 10_000.0
-            bucket = TokenBucket(rate, route.throttling_burst if route.throttling_burst is not None else 5_000, clock)
+        bucket = route_bucket(route.throttling_rate, route.throttling_burst, clock)
+        if bucket is not None:
             app[BUCKETS][f"{route.method} {route.path}"] = bucket
         limit = (reserved or {}).get(route.function)
         app.router.add_route(route.method, route.path, _handler(route, invoke, bucket, limit, running))

@@ -36,7 +36,7 @@ from ws_handlers.push import Pusher
 from ws_handlers.reply import invocation_died
 from ws_handlers.store import Store
 
-from . import model_process
+from . import model_process, throttle
 from .direct_push import DirectPusher
 from .gateway import Gateway, GatewayLimits
 from .http_api import BUCKETS, http_api_app
@@ -357,15 +357,15 @@ class Stack:
     def stats(self) -> dict[str, Any]:
         """What the emulations counted so far, for load tests and their reports: each reply queue's
         deliveries and waits (send to first delivery, s), the gateway's outgoing buffers (peak, sockets
-        closed as not reading), the HTTP API's requests answered 429 per route, and with the DynamoDB
+        closed as not reading), the HTTP API's requests answered 429 per route, the WebSocket API's throttled per route, and with the DynamoDB
         store the strict emulation's settings and counters (conflicts, throttles), so a run can show
         they happened."""
         out: dict[str, Any] = {"queues": {name: q.snapshot() for name, q in self.queues.items()}}
         if self.gateway is not None:
             out["gateway"] = self.gateway.stats()
+            out["websocket_api"] = throttle.describe(self.gateway.buckets)  # frames/handshakes throttled per route
         if self._entry_app is not None:  # the HTTP API's route buckets: requests answered 429 so far
-            out["http_api"] = {key: {"throttled": bucket.throttled, "rate": bucket.rate, "burst": bucket.burst}
-                               for key, bucket in self._entry_app[BUCKETS].items()}
+            out["http_api"] = throttle.describe(self._entry_app[BUCKETS])
         if self._moto_process is not None and self._moto_endpoint is not None:
             from . import moto_process
 

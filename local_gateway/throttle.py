@@ -38,3 +38,17 @@ class TokenBucket:
                 return True
             self.throttled += 1
             return False
+
+
+def route_bucket(rate: float | None, burst: int | None,
+                 clock: Callable[[], float] = time.monotonic) -> TokenBucket | None:
+    """The bucket of a route whose stage sets `rate` and/or `burst`; None when it sets neither.
+    A stage sets both in practice; one alone leaves the other at the account's (10,000 and 5,000)."""
+    if rate is None and burst is None:
+        return None
+    return TokenBucket(10_000.0 if rate is None else rate, 5_000 if burst is None else burst, clock)
+
+
+def describe(buckets: dict[str, TokenBucket]) -> dict[str, dict[str, float]]:
+    """Each route's requests throttled so far, with its limits (for the stack's stats)."""
+    return {key: {"throttled": b.throttled, "rate": b.rate, "burst": b.burst} for key, b in buckets.items()}
