@@ -8,8 +8,9 @@
  * @typedef {"pending" | "queued" | "streaming" | "stored" | "failed"} Status
  * @typedef {{seq: ?number, role: Role, text: string, status: Status, client_msg_id?: string}} Entry a transcript entry
  * @typedef {Entry & {seq: number}} Numbered an entry with its seq: stored, queued, streaming or failed
- * @typedef {{id: string, text: string, status: "pending" | "failed", seq: ?number, resends: number}} Outgoing
- *   a send not stored yet, or the send in progress (`resends`: reply timeouts or refusals in a row)
+ * @typedef {{id: string, text: string, status: "pending" | "failed", seq: ?number, resends: number, throttles?: number}} Outgoing
+ *   a send not stored yet, or the send in progress (`resends`: reply timeouts or refusals in a row;
+ *   `throttles`: times API Gateway throttled it, its backoff's attempt)
  * @typedef {{max_chars: number, max_user_messages: number, user_messages: number}} Limits
  * @typedef {{chatId: string, limits: Limits}} Started what start() resolves to
  * @typedef {{code: string, message: string, retryable: boolean, client_msg_id?: string, seq?: number}} ErrorDetail
@@ -351,8 +352,9 @@ export class ChatClient extends EventTarget {
     try {
       frame = JSON.parse(data);
     } catch {}
-    if (frame && !frame.type && frame.message) { // API Gateway's own error
-      frame = { type: "error", code: "internal", message: frame.message, retryable: true };
+    if (frame && !frame.type && frame.message) { // API Gateway's own error; "Too Many Requests": a route's throttle
+      const code = frame.message === "Too Many Requests" ? "throttled" : "internal";
+      frame = { type: "error", code, message: frame.message, retryable: true };
     }
     FRAME_HANDLERS.get(frame?.type)?.(this, frame);
     this._changed();
@@ -470,7 +472,18 @@ export class ChatClient extends EventTarget {
     const detail = { code, message, retryable: !!retryable, ...(id != null && { client_msg_id: id }), ...(seq != null && { seq }) };
     const t = this._turn;
     if (code === "not_connected") this._lost(this._ws); // the server forgot this socket
-    else if (seq != null) {
+    else if (code === "throttled" && this._ready) {
+      // API Gateway refused a frame without running it, and does not say which: an unacked send
+      // goes again (same client_msg_id, so idempotent) after a growing backoff instead of a whole
+      // replyTimeoutMs, for as long as it is throttled (never failed for it); anything else is
+      // asked again by its own timer (heartbeat, reply timeout)
+      if (t && t.seq == null) {
+        const o = this.options;
+        const attempt = t.throttles ?? 0;
+        t.throttles = attempt + 1;
+        this._timer("reply", backoffDelay(attempt, o.backoffBaseMs, o.backoffMaxMs), () => this._sendTurn());
+      }
+    } else if (seq != null) {
       this._failReply(seq, id); // partial text dropped; retry(id) generates it again
       if (t && (t.id === id || (t.seq != null && t.seq + 1 === seq))) this._endTurn();
     } else if (id != null && t?.id === id) {

@@ -310,8 +310,8 @@ class ChatWidget {
   /** @param {Partial<import("./chat-client.js").ErrorDetail>} detail */
   onError(detail) {
     const code = detail.code ?? "";
-    if (detail.code === "not_connected") {
-      // the client reconnects by itself: nothing to tell
+    if (detail.code === "not_connected" || detail.code === "throttled") {
+      // the client reconnects or resends by itself: nothing to tell
     } else if (FATAL.has(code)) {
       this.fatal = { code, message: detail.message };
     } else if (detail.client_msg_id) {

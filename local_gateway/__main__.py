@@ -72,6 +72,8 @@ def serve(args: argparse.Namespace) -> None:
         config.parameters["AllowedOrigins"] = args.origins
     if args.llm_concurrency is not None:
         config.parameters["LlmConcurrency"] = str(args.llm_concurrency)
+    if args.throttling is not None:
+        config.parameters["ThrottlingRateLimit"], config.parameters["ThrottlingBurstLimit"] = map(str, args.throttling)
     offline = config.openai_api_key is None and config.openai_base_url is None
     busy = ports.first_busy(args.host, [
         (args.port, "the WebSocket API", "--port"),
@@ -153,6 +155,9 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--origins", help="comma-separated allowed origins (default: local oTree and demo pages)")
     run.add_argument("--llm-concurrency", type=int,
                      help="replies generated at once; more wait in the reply queue (default: the template's LlmConcurrency)")
+    run.add_argument("--throttling", nargs=2, type=int, metavar=("RATE", "BURST"),
+                     help="the WebSocket stage's per-route throttle (ThrottlingRateLimit, ThrottlingBurstLimit; "
+                          "default: the template's)")
     run.add_argument("--duplicate-deliveries", type=float, default=0.0, metavar="SHARE",
                      help="share of reply jobs the queue delivers twice, as SQS may (0 to 1; default 0)")
     run.set_defaults(func=serve)

@@ -73,15 +73,18 @@ function deferred() {
  * `tps` and `ttftMs` pace the offline model; `idleTimeout` is the gateway's, in seconds;
  * `llmConcurrency` caps the replies written at once (the rest wait in the reply queue; default:
  * the template's); `duplicateDeliveries` is the share of reply jobs the queue delivers twice
- * (1: every one, as SQS may: the client must not notice).
+ * (1: every one, as SQS may: the client must not notice); `throttling` [rate, burst] is the
+ * WebSocket stage's per-route throttle (default: the template's).
  */
-export async function startStack({ tps = 400, ttftMs = 30, idleTimeout = 2, llmConcurrency, duplicateDeliveries = 1 } = {}) {
+export async function startStack({ tps = 400, ttftMs = 30, idleTimeout = 2, llmConcurrency, duplicateDeliveries = 1,
+  throttling } = {}) {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), "chat-client-test-"));
   const modelPort = await freePort(); // known, for fault injection (the ready line does not print it)
   const args = ["-m", "local_gateway", "--data-dir", dataDir, "serve", "--port", "0", "--management-port", "0",
     "--model-port", String(modelPort), "--demo-port", "0", "--entry-port", "0", "--idle-timeout", String(idleTimeout),
     "--duplicate-deliveries", String(duplicateDeliveries),
-    ...(llmConcurrency != null ? ["--llm-concurrency", String(llmConcurrency)] : [])];
+    ...(llmConcurrency != null ? ["--llm-concurrency", String(llmConcurrency)] : []),
+    ...(throttling ? ["--throttling", ...throttling.map(String)] : [])];
   const env = { ...process.env, OFFLINE_MODEL_TTFT_MS: String(ttftMs), OFFLINE_MODEL_TOKENS_PER_SECOND: String(tps),
     OPENAI_API_KEY: "", OPENAI_BASE_URL: "" }; // always the offline model
   const child = spawn(PYTHON, args, { cwd: ROOT, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
