@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from .config import Settings
+from .config import Settings, allows_origin
 from .controls import obeyed
 from .identity import CredentialError, Identity
 from .store import ControlItems
@@ -29,12 +29,12 @@ def header(headers: Mapping[str, str] | None, name: str) -> str | None:
 
 
 def check_origin(settings: Settings, origin: str | None) -> None:
-    """Exact matches only: `https://lab.example.org.evil.net` is not `https://lab.example.org`."""
+    """The handshake's Origin against ALLOWED_ORIGINS (`config.allows_origin`: exact matches only)."""
     if origin is None:
         if not settings.allow_missing_origin:
             raise Refused(403, "origin_required")
         return
-    if "*" in settings.allowed_origins or origin in settings.allowed_origins:
+    if allows_origin(settings.allowed_origins, origin):
         return
     raise Refused(403, "origin_not_allowed")
 

@@ -62,6 +62,12 @@ def _csv(value: str) -> frozenset[str]:
     return frozenset(part.strip() for part in value.split(",") if part.strip())
 
 
+def allows_origin(allowed: frozenset[str], origin: str) -> bool:
+    """ALLOWED_ORIGINS' rule: exact origins only (`https://lab.example.org.evil.net` is not
+    `https://lab.example.org`), or * for any."""
+    return "*" in allowed or origin in allowed
+
+
 def _bool(name: str, value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):

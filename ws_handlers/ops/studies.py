@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ..config import allows_origin
 from ..enrolment import Assignment, StudyRecord, key_sha256
 from ..identity import Identity
 from ..model import PROVENANCE_FIELDS
@@ -69,7 +70,7 @@ def check_origins(study: Study, target: Target, allow_mismatch: bool) -> None:
               file=sys.stderr)
         return
     allowed = [o.strip() for o in target.allowed_origins.split(",") if o.strip()]
-    missing = [o for o in study.origins if o not in allowed and "*" not in allowed]
+    missing = [o for o in study.origins if not allows_origin(frozenset(allowed), o)]  # $connect's own rule
     if not missing:
         return
     fix = target.change_origins.replace("{origins}", ",".join(allowed + missing))
