@@ -65,16 +65,17 @@ export function applyDelta(have, offset, piece) {
   return have.startsWith(piece, at) ? have : have.slice(0, at) + piece;
 }
 
-/** A client_msg_id: crypto.randomUUID() where it exists (secure contexts), else time and randomness. */
 /**
  * A retry's delay with full jitter: uniform in [0, min(maxMs, baseMs * 2^attempt)] (attempt 0 first),
- * so clients that failed together do not come back together. Shared by reconnects and survey.js's entry.
+ * so clients that failed together do not come back together. Shared by reconnects, throttled sends
+ * and survey.js's entry.
  * @param {number} attempt @param {number} baseMs @param {number} maxMs @param {() => number} [random]
  */
 export function backoffDelay(attempt, baseMs, maxMs, random = Math.random) {
   return Math.round(random() * Math.min(maxMs, baseMs * 2 ** attempt));
 }
 
+/** A client_msg_id: crypto.randomUUID() where it exists (secure contexts), else time and randomness. */
 export const newId = () => globalThis.crypto?.randomUUID?.() ?? `${Date.now().toString(36)}-${rnd()}${rnd()}`;
 
 /**

@@ -1,4 +1,4 @@
-"""CPU per reply of the model client alone (docs/benchmarks.md, "The model client's transport").
+"""CPU per reply of the model client alone (docs/benchmarks.md, "Phase 3").
 
 `threads` reply-like threads each stream `replies` replies, one after another, through the
 service's own model adapter (`ws_handlers.adapters.openai_model.OpenAIChatModel`) from the

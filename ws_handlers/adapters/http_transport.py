@@ -1,13 +1,13 @@
 """The model client's HTTP transport: the `openai` SDK's httpx interface on urllib3's connections.
 
 Why: a streamed reply arrives as one HTTP chunk per token, and the SDK's default transport
-(httpcore and h11, pure Python) runs a long path for each one. On this project's 2-core machine
-that was about 10 ms of CPU per 40-token reply, half of the local stack's CPU per reply, and the
-same code runs in Lambda at a third of a vCPU. urllib3 reads chunked bodies through the standard
-library's buffered socket file (`http.client`), in C for the most part: the same reply costs less
-than half (docs/benchmarks.md, "The model client's transport"). httpx documents custom transports
-for this purpose, and urllib3 is already in every environment this code runs in (botocore needs it;
-Lambda's Python runtime provides it).
+(httpcore and h11, pure Python) runs a long path for each one, on caches gone cold since the last
+token. urllib3 reads chunked bodies through the standard library's buffered socket file
+(`http.client`), in C for the most part: the model adapter's CPU per 40-token reply went from
+13.7-16.1 to 11.4-11.7 ms on this project's 2-core machine (`python -m load_tests.model_client`;
+docs/benchmarks.md, "Phase 3"), and the same code runs in Lambda at a third of a vCPU. httpx
+documents custom transports for this purpose, and urllib3 is already a dependency of botocore
+(the dependency layer ships urllib3 2, see below).
 
 What the SDK keeps: the request (auth, headers, body), its retries and their backoff, the status
 handling and its error classes. For those the transport raises httpx's own exceptions (a timeout
