@@ -125,3 +125,25 @@ def test_replies_one_after_another_reuse_one_connection_and_a_cut_one_is_not_reu
         replies.close()  # the reply abandoned after its first token
         assert _text(client)
         assert len(peers) == 5 and peers[4] != peers[3]
+
+
+def test_a_connection_the_server_dropped_while_idle_is_not_reused_and_the_reply_still_comes():
+    """Providers close idle keep-alive connections without warning (the offline model's aiohttp
+    would keep them 75 s): here the server closes each socket right after its response. The next
+    reply opens a new connection, whether the pool sees the close first or meets it on the request
+    (then the SDK's retry, as httpx's own transport does)."""
+    peers: list[int] = []
+
+    @web.middleware
+    async def drop_after(request: web.Request, handler: Any) -> web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername")[1])
+        response = await handler(request)
+        request.transport.close()  # after the response's bytes: a keep-alive socket closed while idle
+        return response
+
+    app = OfflineModel(ttft=0, tokens_per_second=0).app()
+    app.middlewares.append(drop_after)
+    with serve_in_thread(app) as served:
+        client = OpenAIChatModel("test", served.url + "/v1", timeout=10, max_retries=1)
+        assert _text(client) and _text(client) and _text(client)
+    assert len(set(peers)) == 3
