@@ -309,8 +309,8 @@ def test_provisioned_reply_environments_count_as_the_message_functions_do(run, s
     line = one_line_error(err)
     assert code == 1 and "at most 40 can be reserved" in line
     assert "Lower MessageProvisionedConcurrency or ReplyProvisionedConcurrency (make deploy GUIDED=1)" in line
-    config = saved(tmp_path, 'ReplyProvisionedConcurrency="60" LlmConcurrency="50"')
-    code, out, err = run(*argv[:3], "--config", str(config), *argv[5:], account=lambda_account(limit=1000, unreserved=130))
+    saved(tmp_path, 'ReplyProvisionedConcurrency="60" LlmConcurrency="50"')  # the same file, rewritten
+    code, out, err = run(*argv, account=lambda_account(limit=1000, unreserved=130))
     line = one_line_error(err)
     assert code == 1 and "this deploy reserves 60 concurrent executions (ReplyFunction 60 provisioned)" in line
     assert "Lower ReplyProvisionedConcurrency (make deploy GUIDED=1)" in line
