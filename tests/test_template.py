@@ -250,11 +250,18 @@ def transformed() -> dict:
     return json.loads(out.stdout)
 
 
+def _alias_of(resources: dict, function: str) -> str:
+    """The logical id of the one AWS::Lambda::Alias SAM made for `function` (its AutoPublishAlias)."""
+    (alias,) = [k for k, v in resources.items()
+                if v["Type"] == "AWS::Lambda::Alias" and v["Properties"]["FunctionName"] == {"Ref": function}]
+    return alias
+
+
 @pytest.mark.parametrize("provisioned", ["0", "2"])
 def test_the_transformed_template_invokes_the_alias_when_provisioned(transformed, provisioned):
     stack = _stack({"MessageProvisionedConcurrency": provisioned}, transformed)
     resources = transformed["Resources"]
-    (alias,) = [k for k, v in resources.items() if v["Type"] == "AWS::Lambda::Alias"]
+    alias = _alias_of(resources, "MessageFunction")
     assert resources[alias]["Properties"]["FunctionName"] == {"Ref": "MessageFunction"}
     assert resources[alias]["Properties"]["Name"] == "live"
     config = stack.resolve({"c": resources[alias]["Properties"].get("ProvisionedConcurrencyConfig")}, alias).get("c")
@@ -271,6 +278,51 @@ def test_the_transformed_template_invokes_the_alias_when_provisioned(transformed
         assert config == {"ProvisionedConcurrentExecutions": "2"}
         assert uri.endswith(f"functions/{alias}/invocations")  # Ref of an alias is its ARN
         assert {alias, "MessageFunction"} <= permissions
+
+
+@pytest.mark.parametrize("provisioned", ["0", "3"])
+def test_the_reply_function_has_its_own_provisioned_alias_off_by_default(provisioned):
+    parameter = TEMPLATE["Parameters"]["ReplyProvisionedConcurrency"]
+    assert (parameter["Type"], parameter["Default"], parameter["MinValue"]) == ("Number", 0, 0)
+    assert TEMPLATE["Conditions"]["ProvisionReplyConcurrency"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "ReplyProvisionedConcurrency"}, "0"]}]}
+    stack = _stack({"ReplyProvisionedConcurrency": provisioned})
+    reply = stack.resolve(FUNCTIONS["ReplyFunction"], "ReplyFunction")
+    message = stack.resolve(FUNCTIONS["MessageFunction"], "MessageFunction")
+    assert reply["AutoPublishAlias"] == "live"
+    assert "ProvisionedConcurrencyConfig" not in message  # each function has its own setting
+    (event,) = reply["Events"].values()
+    assert event["Properties"]["ScalingConfig"]["MaximumConcurrency"] == "50"  # LlmConcurrency still caps it
+    alarm = RESOURCES["ReplySpilloverAlarm"]["Properties"]
+    assert alarm["MetricName"] == "ProvisionedConcurrencySpilloverInvocations"
+    assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "ReplyFunction"}},
+                                   {"Name": "Resource", "Value": {"Fn::Sub": "${ReplyFunction}:live"}}]
+    if provisioned == "0":
+        assert "ProvisionedConcurrencyConfig" not in reply
+        assert not stack.exists("ReplySpilloverAlarm")
+    else:
+        assert reply["ProvisionedConcurrencyConfig"] == {"ProvisionedConcurrentExecutions": "3"}
+        assert stack.exists("ReplySpilloverAlarm")
+    with pytest.raises(TemplateError, match="MinValue"):
+        _stack({"ReplyProvisionedConcurrency": "-1"})
+
+
+@pytest.mark.parametrize("provisioned", ["0", "2"])
+def test_the_transformed_template_has_the_reply_queue_invoke_the_alias(transformed, provisioned):
+    """SAM points the SQS event source mapping at the alias whatever the setting: the provisioned
+    environments are the ones the queue's jobs reach, and a reply never goes to $LATEST."""
+    stack = _stack({"ReplyProvisionedConcurrency": provisioned}, transformed)
+    resources = transformed["Resources"]
+    alias = _alias_of(resources, "ReplyFunction")
+    assert resources[alias]["Properties"]["Name"] == "live"
+    config = stack.resolve({"c": resources[alias]["Properties"].get("ProvisionedConcurrencyConfig")}, alias).get("c")
+    (mapping,) = [stack.resolve(v["Properties"], k) for k, v in resources.items()
+                  if v["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert mapping["FunctionName"] == alias  # Ref of an alias is its ARN
+    assert mapping["EventSourceArn"] == "arn:aws:local:::ReplyQueue"
+    assert (mapping["BatchSize"], mapping["ScalingConfig"]) == (1, {"MaximumConcurrency": "50"})
+    assert config == (None if provisioned == "0" else {"ProvisionedConcurrentExecutions": "2"})
+    assert stack.exists("ReplySpilloverAlarm") == (provisioned != "0")
 
 
 # ------------------------------------------------------------------------------ names: many stacks, many regions

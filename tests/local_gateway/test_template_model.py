@@ -49,6 +49,18 @@ def test_routes_survive_the_provisioned_alias(provisioned):
     assert template.functions["MessageFunction"] == TEMPLATE.functions["MessageFunction"]
 
 
+@pytest.mark.parametrize("provisioned", ["0", "3"])
+def test_the_reply_queue_survives_the_provisioned_alias(provisioned):
+    # with AutoPublishAlias the queue's event source mapping invokes the reply function's alias
+    # (provisioned or not): locally the same handler drains the same queue, capped by LlmConcurrency
+    template = load(parameters={"ReplyProvisionedConcurrency": provisioned, "LlmConcurrency": "7"})
+    reply = template.functions["ReplyFunction"]
+    assert reply == load(parameters={"LlmConcurrency": "7"}).functions["ReplyFunction"]
+    assert reply.handler == "ws_handlers.reply.handler" and reply.reserved_concurrency is None
+    assert [(s.queue, s.maximum_concurrency) for s in reply.queue_sources] == [("ReplyQueue", 7)]
+    assert template.api.routes == TEMPLATE.api.routes
+
+
 def test_stage_and_throttling_come_from_parameters():
     assert (TEMPLATE.api.stage, TEMPLATE.api.throttling_rate, TEMPLATE.api.throttling_burst) == ("prod", 500.0, 1000)
     api = load(parameters={"Stage": "dev", "ThrottlingRateLimit": "5"}).api

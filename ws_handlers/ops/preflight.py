@@ -14,7 +14,9 @@ which sam keeps for parameters it is not given, then the overrides saved in samc
 stack's own deployed template with its current parameters. So when a template stops reserving
 (the reply function capped by a queue's MaximumConcurrency instead of reserved concurrency),
 nothing here changes: `llm_concurrency` is only the number of replies generated at once, for the
-warning that the account itself would throttle them.
+warning that the account itself would throttle them, and for the warning that provisioned reply
+environments beyond it (ReplyProvisionedConcurrency > LlmConcurrency) are billed but never needed.
+A refusal names the parameters the reserving functions' settings refer to: what to lower.
 """
 
 from __future__ import annotations
@@ -102,8 +104,16 @@ def plan(template: dict, overrides: Mapping[str, str], stack: str | None = None,
             result.warnings.append(f"stack {stack} uses {name}={previous[name][:60]!r}, which this deploy removes: "
                                    + _REMOVED[name].format(stack=stack))
     result.reserves = reservations(template, values)  # TemplateError: parameters CloudFormation would refuse
-    llm = Resolver(template, values).parameters.get("LlmConcurrency")
+    resolved = Resolver(template, values).parameters
+    llm = resolved.get("LlmConcurrency")
     result.llm_concurrency = None if llm is None else int(float(llm))
+    reply = int(float(resolved.get("ReplyProvisionedConcurrency", 0)))
+    if result.llm_concurrency is not None and reply > result.llm_concurrency:
+        result.warnings.append(
+            f"ReplyProvisionedConcurrency ({reply}) exceeds LlmConcurrency ({result.llm_concurrency}): the reply "
+            f"queue never runs more than LlmConcurrency replies at once, so {reply - result.llm_concurrency} "
+            "provisioned reply environments are billed by the hour and never needed. Lower "
+            "ReplyProvisionedConcurrency to at most LlmConcurrency (make deploy GUIDED=1)")
     if deployed is not None:
         try:
             result.gives_back = reservations(deployed, previous)
@@ -116,6 +126,14 @@ def plan(template: dict, overrides: Mapping[str, str], stack: str | None = None,
 def _listed(found: Sequence[Reservation]) -> str:
     parts = [f"{r.function} {r.taken} {'reserved' if r.reserved >= r.provisioned else 'provisioned'}" for r in found]
     return ", ".join(parts) or "nothing"
+
+
+def _levers(found: Sequence[Reservation]) -> str:
+    """The parameters that set these reservations, in the order met: "A, B or C"."""
+    names = list(dict.fromkeys(name for r in found for name in r.parameters))
+    if not names:
+        return "the functions' reserved or provisioned concurrency"
+    return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
 
 
 def _request(desired: int, region: str) -> str:
@@ -146,11 +164,10 @@ def judge(account: Account, deploy: Plan, region: str, guided: bool = False) -> 
                    "would fail")
         remedy = _request(account.limit + UNRESERVED_MINIMUM - after, region)
         if not guided:
-            raise OpsError(f"{problem}. Lower MessageProvisionedConcurrency or LlmConcurrency (make deploy GUIDED=1), "
+            raise OpsError(f"{problem}. Lower {_levers(deploy.reserves)} (make deploy GUIDED=1), "
                            f"or request a higher quota: {remedy}")
         warnings.append(f"{problem} with the template's defaults or the saved answers: when sam asks, lower "
-                        "MessageProvisionedConcurrency or LlmConcurrency (0 reserves nothing), or request a higher "
-                        f"quota first: {remedy}")
+                        f"{_levers(deploy.reserves)} (0 reserves nothing), or request a higher quota first: {remedy}")
     llm = deploy.llm_concurrency
     if llm is not None and account.limit < llm + HEADROOM:
         warnings.append(f"the account runs at most {account.limit:,} Lambda executions at once in {region}, fewer "

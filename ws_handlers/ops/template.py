@@ -322,6 +322,8 @@ class Reservation:
     function: str
     reserved: int = 0  #: ReservedConcurrentExecutions (0: unreserved)
     provisioned: int = 0  #: ProvisionedConcurrencyConfig of its alias (0: none)
+    #: the template's parameters these settings refer to (what an operator lowers to take less)
+    parameters: tuple[str, ...] = ()
 
     @property
     def taken(self) -> int:
@@ -337,15 +339,19 @@ def reservations(document: dict, parameters: Mapping[str, str] | None = None) ->
     function capped by a queue instead) needs no change here."""
     resolver = Resolver(document, parameters)
     defaults = (document.get("Globals") or {}).get("Function") or {}
+    declared = set(document.get("Parameters") or {})
     found = []
     for logical_id, own in of_type(resolver, "AWS::Serverless::Function").items():
         where = f"Resources.{logical_id}.Properties"
-        reserved = resolver.resolve({"v": own.get("ReservedConcurrentExecutions",
-                                                  defaults.get("ReservedConcurrentExecutions"))}, where).get("v")
-        config = resolver.resolve({"v": own.get("ProvisionedConcurrencyConfig")}, where).get("v") or {}
-        provisioned = config.get("ProvisionedConcurrentExecutions")
-        reservation = Reservation(logical_id, 0 if reserved is None else as_int(reserved, where),
-                                  0 if provisioned is None else as_int(provisioned, where))
+        settings = {"reserved": own.get("ReservedConcurrentExecutions", defaults.get("ReservedConcurrentExecutions")),
+                    "provisioned": own.get("ProvisionedConcurrencyConfig")}
+        resolved = resolver.resolve(settings, where)
+        reserved = resolved.get("reserved")
+        provisioned = (resolved.get("provisioned") or {}).get("ProvisionedConcurrentExecutions")
+        taken = {"reserved": 0 if reserved is None else as_int(reserved, where),
+                 "provisioned": 0 if provisioned is None else as_int(provisioned, where)}
+        levers = set().union(*(mentions(settings[name]) for name, value in taken.items() if value)) & declared
+        reservation = Reservation(logical_id, taken["reserved"], taken["provisioned"], tuple(sorted(levers)))
         if reservation.taken:
             found.append(reservation)
     return found

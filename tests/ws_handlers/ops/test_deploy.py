@@ -204,12 +204,19 @@ def test_guided_until_a_deploy_saved_its_answers(run, tmp_path):
 
 def _template(reply_reserves: bool) -> dict:
     """A template shaped like template.yaml where it matters here: MessageProvisionedConcurrency on
-    the message function, and the reply function either reserving LlmConcurrency (today) or capped
-    by an SQS event source mapping's MaximumConcurrency (2 to 1000), which reserves nothing."""
-    provision = {"Fn::Not": [{"Fn::Equals": [{"Ref": "MessageProvisionedConcurrency"}, "0"]}]}
-    reply = {"Handler": "ws_handlers.reply.handler"}
+    the message function, ReplyProvisionedConcurrency on the reply function, which either reserves
+    LlmConcurrency (an earlier template) or is capped by an SQS event source mapping's
+    MaximumConcurrency (2 to 1000, today's), which reserves nothing."""
+    def provisioned(parameter: str, condition: str) -> dict:
+        return {"AutoPublishAlias": "live", "ProvisionedConcurrencyConfig": {"Fn::If": [
+            condition, {"ProvisionedConcurrentExecutions": {"Ref": parameter}}, {"Ref": "AWS::NoValue"}]}}
+
+    def on(parameter: str) -> dict:
+        return {"Fn::Not": [{"Fn::Equals": [{"Ref": parameter}, "0"]}]}
+
+    reply = {"Handler": "ws_handlers.reply.handler", **provisioned("ReplyProvisionedConcurrency", "ProvisionReply")}
     llm = {"Type": "Number", "Default": 50, "MinValue": 2, "MaxValue": 1000}
-    conditions = {"Provision": provision}
+    conditions = {"Provision": on("MessageProvisionedConcurrency"), "ProvisionReply": on("ReplyProvisionedConcurrency")}
     if reply_reserves:
         llm = {"Type": "Number", "Default": 50, "MinValue": -1}
         conditions["Reserve"] = {"Fn::Not": [{"Fn::Or": [{"Fn::Equals": [{"Ref": "LlmConcurrency"}, "0"]},
@@ -218,13 +225,13 @@ def _template(reply_reserves: bool) -> dict:
                                                             {"Ref": "AWS::NoValue"}]}
     return {
         "Parameters": {"LlmConcurrency": llm, "MessageProvisionedConcurrency": {"Type": "Number", "Default": 0},
+                       "ReplyProvisionedConcurrency": {"Type": "Number", "Default": 0, "MinValue": 0},
                        "AllowedOrigins": {"Type": "String", "Default": ""}},
         "Conditions": conditions,
         "Resources": {
             "MessageFunction": {"Type": "AWS::Serverless::Function", "Properties": {
-                "Handler": "ws_handlers.message.handler", "AutoPublishAlias": "live",
-                "ProvisionedConcurrencyConfig": {"Fn::If": ["Provision", {"ProvisionedConcurrentExecutions": {
-                    "Ref": "MessageProvisionedConcurrency"}}, {"Ref": "AWS::NoValue"}]}}},
+                "Handler": "ws_handlers.message.handler",
+                **provisioned("MessageProvisionedConcurrency", "Provision")}},
             "ReplyFunction": {"Type": "AWS::Serverless::Function", "Properties": reply},
             "Queue": {"Type": "AWS::SQS::Queue"},  # moto creates no Serverless resources: one it knows
         },
@@ -288,6 +295,46 @@ def test_with_the_reply_function_on_a_queue_only_provisioned_concurrency_reserve
 
 
 @mock_aws
+def test_provisioned_reply_environments_count_as_the_message_functions_do(run, sam, tmp_path):
+    """template.yaml itself: ReplyProvisionedConcurrency takes from the account's unreserved
+    concurrency beside MessageProvisionedConcurrency, and a refusal names both to lower."""
+    config = saved(tmp_path, 'MessageProvisionedConcurrency="20" ReplyProvisionedConcurrency="30" LlmConcurrency="50"')
+    argv = ("check", "--sam", sam, "--config", str(config), "--template", str(ROOT / "template.yaml"))
+    code, out, err = run(*argv, account=lambda_account(limit=1000, unreserved=160))
+    assert (code, err) == (0, "")
+    assert ("this deploy reserves 50 (MessageFunction 20 provisioned, ReplyFunction 30 provisioned): 110 stay "
+            "unreserved (Lambda keeps 100)") in out
+    assert "warn  " not in out
+    code, out, err = run(*argv, account=lambda_account(limit=1000, unreserved=140))
+    line = one_line_error(err)
+    assert code == 1 and "at most 40 can be reserved" in line
+    assert "Lower MessageProvisionedConcurrency or ReplyProvisionedConcurrency (make deploy GUIDED=1)" in line
+    saved(tmp_path, 'ReplyProvisionedConcurrency="60" LlmConcurrency="50"')  # the same file, rewritten
+    code, out, err = run(*argv, account=lambda_account(limit=1000, unreserved=130))
+    line = one_line_error(err)
+    assert code == 1 and "this deploy reserves 60 concurrent executions (ReplyFunction 60 provisioned)" in line
+    assert "Lower ReplyProvisionedConcurrency (make deploy GUIDED=1)" in line
+
+
+@mock_aws
+def test_provisioned_reply_environments_beyond_llm_concurrency_are_warned_not_stopped(run, sam, tmp_path):
+    config = saved(tmp_path, 'ReplyProvisionedConcurrency="60" LlmConcurrency="50"')
+    argv = ("check", "--sam", sam, "--config", str(config), "--template", template_file(tmp_path, QUEUED))
+    code, out, err = run(*argv)
+    assert (code, err) == (0, "")
+    assert "this deploy reserves 60 (ReplyFunction 60 provisioned): 940 stay unreserved" in out
+    (warning,) = [line for line in out.splitlines() if line.startswith("warn  ")]
+    assert ("ReplyProvisionedConcurrency (60) exceeds LlmConcurrency (50): the reply queue never runs more than "
+            "LlmConcurrency replies at once, so 10 provisioned reply environments are billed by the hour and never "
+            "needed") in warning
+    code, out, err = run(*argv, account=lambda_account(refused="AccessDeniedException"))
+    assert code == 0 and "ReplyProvisionedConcurrency (60) exceeds LlmConcurrency (50)" in out  # without the quota too
+    saved(tmp_path, 'ReplyProvisionedConcurrency="50" LlmConcurrency="50"')  # the same file, rewritten
+    code, out, err = run(*argv)
+    assert (code, err) == (0, "") and "warn  " not in out  # exactly LlmConcurrency: every one can be used
+
+
+@mock_aws
 def test_an_account_below_llm_concurrency_plus_headroom_is_warned_not_stopped(run, sam, tmp_path):
     config = saved(tmp_path, 'LlmConcurrency="50"')
     code, out, err = run("check", "--sam", sam, "--config", str(config), "--template", template_file(tmp_path, QUEUED),
@@ -341,7 +388,7 @@ def test_a_guided_deploy_is_warned_since_its_parameters_are_still_to_be_answered
                          account=lambda_account(limit=10))  # a first deploy: nothing saved yet
     assert (code, err) == (0, "")
     assert "warn  this deploy reserves 50 concurrent executions (ReplyFunction 50 reserved)" in out
-    assert "when sam asks, lower MessageProvisionedConcurrency or LlmConcurrency (0 reserves nothing)" in out
+    assert "when sam asks, lower LlmConcurrency (0 reserves nothing)" in out  # what reserves, here only it
     config = saved(tmp_path, 'LlmConcurrency="50"')
     code, out, err = run("check", "--sam", sam, "--config", str(config), "--template", template, "--guided",
                          account=lambda_account(limit=10))  # make deploy GUIDED=1
