@@ -11,6 +11,11 @@ with the adapter's transport (urllib3, `adapters/http_transport.py`) and once wi
 `--cold` also times the parse of one HTTP chunk of a streamed reply (h11 and json, no socket)
 back to back and after a pause like a token's: what the same code costs once the CPU's caches
 have gone cold, which is what a paced stream meets at every token.
+
+`--wake-cost` also streams the same replies through the same adapter but reads them only once
+they have arrived (the thread sleeps after the first token, then reads the rest in one go): the
+same bytes, the same code, without a wake-up per token. The difference is what waking once per
+token costs a reply thread that is not busy (docs/benchmarks.md, "Phase 4").
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ ASK = [{"role": "user", "content": "Tell me about fractions."}]
 TRANSPORTS = {"urllib3": http_transport.transport_for, "httpx": lambda context: None}
 
 
-def measure(url: str, transport: str, threads: int, replies: int) -> float:
-    """Median thread CPU milliseconds per reply."""
+def measure(url: str, transport: str, threads: int, replies: int, after_arrival: float = 0.0) -> float:
+    """Median thread CPU milliseconds per reply; `after_arrival` > 0: sleep that long after the
+    first token, so the rest of the reply is read in one go (sleeping takes no thread CPU)."""
     adapters_choice = openai_model.transport_for
     openai_model.transport_for = TRANSPORTS[transport]  # read by each thread's new client
     try:
@@ -43,8 +49,9 @@ def measure(url: str, transport: str, threads: int, replies: int) -> float:
         def run() -> None:
             for index in range(replies + 1):
                 started = time.thread_time()
-                for _ in model.stream(BOT, ASK):
-                    pass
+                for position, _ in enumerate(model.stream(BOT, ASK)):
+                    if after_arrival and not position:
+                        time.sleep(after_arrival)
                 if index:
                     samples.append((time.thread_time() - started) * 1000)
 
@@ -87,6 +94,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="each transport this many times, interleaved")
     parser.add_argument("--tokens-per-second", type=float, default=40.0)
     parser.add_argument("--cold", action="store_true", help="also time one chunk's parse, hot and after a pause")
+    parser.add_argument("--wake-cost", action="store_true",
+                        help="also read each reply (urllib3) in one go once it has arrived: no wake-up per token")
     args = parser.parse_args()
     child, url = asyncio.run(model_process.start("127.0.0.1", 0, 0.05, args.tokens_per_second))
     try:
@@ -94,6 +103,10 @@ def main() -> None:
             for transport in TRANSPORTS:
                 cpu = measure(url, transport, args.threads, args.replies)
                 print(f"{transport:8} {args.threads} threads x {args.replies} replies: {cpu:.2f} ms of CPU per reply")
+            if args.wake_cost:  # the whole reply has arrived 40 tokens / rate after the first
+                cpu = measure(url, "urllib3", args.threads, args.replies, after_arrival=60 / args.tokens_per_second)
+                print(f"{'urllib3, read once arrived':8} {args.threads} threads x {args.replies} replies: "
+                      f"{cpu:.2f} ms of CPU per reply")
     finally:
         model_process.stop(child)
     if args.cold:
