@@ -180,16 +180,21 @@ bench-burst: venv
 # 40 tokens a reply (floor ~0.53 s to the first token, ~1.5 s to the full reply); LlmConcurrency N,
 # so no reply waits for a slot; the reply function as `make dev` runs it (CLASSROOM_PROCESSES: the
 # runner's --function-processes, default `make dev`'s choice). result.json has the CPU per reply.
+# Each size runs CLASSROOM_REPEATS times, interleaved (10, 50, 200, 10, ...), and the table ends
+# with each figure's median and range: one run of a shared two-core machine says little.
 CLASSROOM_SIZES ?= 10 50 200
+CLASSROOM_REPEATS ?= 3
 CLASSROOM_PROCESSES ?= dev
 CLASSROOM := $(PY) -m load_tests --local --ttft-ms 500 --tokens-per-second 40 --max-tokens 40 --messages 3 \
 	--burst --ramp 1 --function-processes $(CLASSROOM_PROCESSES) --no-progress
 
 bench-classroom: venv
-	@for n in $(CLASSROOM_SIZES); do \
-		echo "==> classroom-$$n (load average $$(cut -d' ' -f1-3 /proc/loadavg))"; \
-		$(CLASSROOM) --participants $$n --llm-concurrency $$n --scenario classroom-$$n --out $(BENCH_OUT)/classroom-$$n || exit 1; \
-	done
+	@runs=""; for r in $$(seq 1 $(CLASSROOM_REPEATS)); do for n in $(CLASSROOM_SIZES); do \
+		echo "==> classroom-$$n run $$r of $(CLASSROOM_REPEATS) (load average $$(cut -d' ' -f1-3 /proc/loadavg))"; \
+		$(CLASSROOM) --participants $$n --llm-concurrency $$n --scenario classroom-$$n \
+			--out $(BENCH_OUT)/classroom-$$n-run$$r || exit 1; \
+		runs="$$runs $(BENCH_OUT)/classroom-$$n-run$$r"; \
+	done; done; $(PY) -m load_tests.classroom $$runs
 
 clean:
 	rm -rf $(VENV) .venv-* .aws-sam

@@ -6,11 +6,18 @@ One Markdown row per run: first delta p50 / p95, full reply p50 / p95 / p99 (sec
 stack adds to them (ms: stack_overhead.py's split around the model's own times; "-" without
 them), lost, duplicated, CPU per reply (ms: the stack's processes, the model excluded) and the load average
 at the start (the machine is shared).
+
+When a size was run more than once (`make bench-classroom` runs each CLASSROOM_REPEATS times), a
+second table gives each figure's median and range over its runs. One run says little on a shared
+two-core machine: the same code gave 12.7 to 21.5 ms of CPU per reply at N=200 in seven runs, and
+that figure even falls when the stack gets less CPU (its threads then find several tokens waiting
+per wake-up instead of one; docs/benchmarks.md, "Phase 4").
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,11 +48,55 @@ def row(result: dict[str, Any]) -> str:
             f"| {' '.join(result.get('loadavg_at_start') or [])} |")
 
 
+REPEATS_HEADER = ("| N at once | runs | CPU per reply | first delta p95 | full reply p99 "
+                  "| stack overhead to first delta p99 | stack overhead to full reply p99 | lost / duplicated |\n"
+                  "|---|---|---|---|---|---|---|---|")
+
+
+def _spread(values: list[float | None], unit: str, scale: float = 1.0, digits: int = 1) -> str:
+    """"median (min-max) unit" of the runs that have the figure; "-" when none has it."""
+    present = sorted(v * scale for v in values if v is not None)
+    if not present:
+        return "-"
+    median = statistics.median(present)
+    if len(present) == 1:
+        return f"{median:.{digits}f} {unit}"
+    return f"{median:.{digits}f} ({present[0]:.{digits}f}-{present[-1]:.{digits}f}) {unit}"
+
+
+def repeats(results: list[dict[str, Any]]) -> list[str]:
+    """One row per size run more than once: each figure's median and range over its runs."""
+    by_size: dict[int, list[dict[str, Any]]] = {}
+    for result in results:
+        by_size.setdefault(result["participants"]["planned"], []).append(result)
+    rows = []
+    for size, runs in sorted(by_size.items()):
+        if len(runs) < 2:
+            continue
+
+        def split(name: str, runs: list[dict[str, Any]] = runs) -> list[float | None]:
+            return [(r.get("stack_overhead") or {}).get("ms", {}).get(name, {}).get("p99")
+                    if (r.get("stack_overhead") or {}).get("available") else None for r in runs]
+
+        cpu = [(r.get("local_stack") or {}).get("cpu_ms_per_reply") for r in runs]
+        lost = sum(r["verification"]["lost"] for r in runs)
+        duplicated = sum(r["verification"]["duplicated"] for r in runs)
+        rows.append(f"| {size} | {len(runs)} | {_spread(cpu, 'ms')} "
+                    f"| {_spread([r['latency_ms']['ttfd']['p95'] for r in runs], 's', 1 / 1000, 2)} "
+                    f"| {_spread([r['latency_ms']['reply']['p99'] for r in runs], 's', 1 / 1000, 2)} "
+                    f"| {_spread(split('stack_to_first_delta'), 'ms')} | {_spread(split('stack_to_full_reply'), 'ms')} "
+                    f"| {lost} / {duplicated} |")
+    return [REPEATS_HEADER, *rows] if rows else []
+
+
 def main(argv: list[str]) -> None:
     print(HEADER)
     results = [json.loads((Path(directory) / "result.json").read_text()) for directory in argv]
     for result in sorted(results, key=lambda r: r["participants"]["planned"]):
         print(row(result))
+    if summary := repeats(results):
+        print("\nOver the runs of each size, median (min-max):\n")
+        print("\n".join(summary))
 
 
 if __name__ == "__main__":

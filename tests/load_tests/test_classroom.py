@@ -48,3 +48,22 @@ def test_classroom_run_counts_cpu_by_role_and_caps_replies(tmp_path):
     row = classroom.row(result)
     assert row.count(" ms |") >= 3 and "| - |" not in row  # the overhead columns are filled
     assert "What the stack adds" in (out / "report.md").read_text()
+
+
+def _run(size: int, cpu: float, p95_ms: float, overhead_ms: float | None) -> dict:
+    """The parts of a result.json the summary reads."""
+    split = {"available": False} if overhead_ms is None else {"available": True, "ms": {
+        "stack_to_first_delta": {"p99": overhead_ms}, "stack_to_full_reply": {"p99": overhead_ms + 5}}}
+    return {"participants": {"planned": size}, "local_stack": {"cpu_ms_per_reply": cpu},
+            "latency_ms": {"ttfd": {"p95": p95_ms}, "reply": {"p99": p95_ms + 1000}},
+            "verification": {"lost": 0, "duplicated": 1 if cpu > 20 else 0}, "stack_overhead": split}
+
+
+def test_repeated_runs_are_summarised_by_median_and_range():
+    runs = [_run(200, 21.5, 3000, 2900), _run(10, 17.0, 570, 60), _run(200, 12.7, 1700, None),
+            _run(200, 19.0, 2500, 2000)]
+    header, *rows = classroom.repeats(runs)
+    assert header.startswith("| N at once | runs |") and "\n|---|" in header
+    assert rows == ["| 200 | 3 | 19.0 (12.7-21.5) ms | 2.50 (1.70-3.00) s | 3.50 (2.70-4.00) s "
+                    "| 2450.0 (2000.0-2900.0) ms | 2455.0 (2005.0-2905.0) ms | 0 / 1 |"]  # N=10 ran once: no row
+    assert classroom.repeats([_run(10, 17.0, 570, 60)]) == []
