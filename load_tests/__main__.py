@@ -37,7 +37,7 @@ from typing import Any
 from ws_handlers.bot import Bot
 
 from . import report
-from .local import LocalConfig, LocalStack, cpu_by_role, local_stack
+from .local import LocalConfig, LocalStack, cpu_by_role, local_stack, machine_jiffies, machine_share
 from .model_floor import measure
 from .runner import Options, Run
 from .stack_overhead import fetch as fetch_timings
@@ -146,9 +146,11 @@ NOT_THE_STACK = ("model", "moto")
 
 
 def cpu_report(before: dict[int, float], traffic_end: dict[int, float], end: dict[int, float], root: int,
-               run: Run) -> dict[str, Any]:
+               run: Run, machine: tuple[dict[str, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
     """The stack's CPU during the traffic, by process role, and per reply (the model's and moto's
-    processes and the load generator excluded); the whole run's too (with the verification pass)."""
+    processes and the load generator excluded); the whole run's too (with the verification pass).
+    `machine`: `machine_reading()` at the start and the end of the traffic, for where the rest of
+    the machine's CPU went (the load generator's own, and how much stayed idle)."""
     during = cpu_by_role(before, traffic_end, root)
     stack = sum(seconds for name, seconds in during.items() if name not in NOT_THE_STACK)
     whole = cpu_by_role(before, end, root)
@@ -159,7 +161,15 @@ def cpu_report(before: dict[int, float], traffic_end: dict[int, float], end: dic
         "stack_cpu_percent_of_one_core": round(100 * stack / elapsed, 1),
         "cpu_ms_per_reply": round(1000 * stack / run.replies_done, 1) if run.replies_done else None,
         "cpu_s_by_role_with_verification": {name: round(seconds, 2) for name, seconds in sorted(whole.items())},
-    }
+    } | ({} if machine is None else {
+        "load_generator_cpu_s": round(machine[1]["generator"] - machine[0]["generator"], 2),
+        "machine_cpu": machine_share(machine[0]["jiffies"], machine[1]["jiffies"]),  # all cores, during the traffic
+    })
+
+
+def machine_reading() -> dict[str, Any]:
+    """The machine's CPU ticks so far and this load generator's own CPU seconds (Linux)."""
+    return {"jiffies": machine_jiffies(), "generator": time.process_time()}
 
 
 def _secret(args: argparse.Namespace) -> str:
@@ -264,10 +274,16 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
         run = Run(options)
         stats0 = local.stats() if local is not None else None
         cpu0 = local.cpu_seconds() if local and not args.in_process else None
+        machine0 = machine_reading() if cpu0 is not None else None
         progress = asyncio.create_task(_progress(run, not args.no_progress))
-        traffic: dict[str, dict[int, float]] = {}  # CPU at the end of the traffic, before the verification pass
+        traffic: dict[str, Any] = {}  # CPU at the end of the traffic, before the verification pass
+
+        def traffic_ended() -> None:
+            traffic.setdefault("cpu", local.cpu_seconds())  # type: ignore[union-attr]
+            traffic.setdefault("machine", machine_reading())
+
         if cpu0 is not None:
-            run.on_traffic_end = lambda: traffic.setdefault("cpu", local.cpu_seconds())  # type: ignore[union-attr]
+            run.on_traffic_end = traffic_ended
         try:
             await run.execute()
         finally:
@@ -284,7 +300,7 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
             slots = next(iter(emulation["queues"].values()), {}).get("concurrency", slots)
             if cpu0 is not None:
                 local_info |= cpu_report(cpu0, traffic.get("cpu") or local.cpu_seconds(), local.cpu_seconds(),
-                                         local.pid, run)
+                                         local.pid, run, (machine0, traffic.get("machine") or machine_reading()))
         scenario = args.scenario or f"p{args.participants}-m{args.messages}"
         return report.build(run, command=command, scenario=scenario, floor=floor, local=local_info, extra=extra,
                             slots=slots, timings=timings)

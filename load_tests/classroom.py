@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 HEADER = ("| N at once | first delta p50 / p95 | full reply p50 / p95 / p99 | stack overhead to first delta p50 / p99 "
-          "| stack overhead to full reply p99 | lost / duplicated | CPU per reply | CPU by role (s) | load average |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+          "| stack overhead to full reply p99 | lost / duplicated | CPU per reply | CPU by role (s) "
+          "| machine busy / idle / steal | load average |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
 
 
 def row(result: dict[str, Any]) -> str:
@@ -42,9 +43,14 @@ def row(result: dict[str, Any]) -> str:
         return " / ".join("-" if v is None else f"{v:.1f}" for v in values) + " ms"
 
     roles = ", ".join(f"{k} {v:g}" for k, v in (local.get("cpu_s_by_role") or {}).items())
+    if "load_generator_cpu_s" in local:
+        roles += f", load generator {local['load_generator_cpu_s']:g}"
+    machine = local.get("machine_cpu")
+    shares = " / ".join(f"{machine[k]:g}" for k in ("busy_percent", "idle_percent", "steal_percent")) + " %" \
+        if machine else "-"
     return (f"| {result['participants']['planned']} | {s('ttfd', 'p50', 'p95')} | {s('reply', 'p50', 'p95', 'p99')} "
             f"| {ms('stack_to_first_delta', 'p50', 'p99')} | {ms('stack_to_full_reply', 'p99')} "
-            f"| {v['lost']} / {v['duplicated']} | {local.get('cpu_ms_per_reply', '-')} ms | {roles} "
+            f"| {v['lost']} / {v['duplicated']} | {local.get('cpu_ms_per_reply', '-')} ms | {roles} | {shares} "
             f"| {' '.join(result.get('loadavg_at_start') or [])} |")
 
 

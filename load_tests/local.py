@@ -86,6 +86,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_jiffies() -> dict[str, int]:
+    """The whole machine's CPU time so far, all cores, in clock ticks (Linux /proc/stat):
+    busy (user, nice, system, irq, softirq), idle (with iowait) and steal (taken by the host of a VM)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    return {"busy": user + nice + system + irq + softirq, "idle": idle + iowait, "steal": steal}
+
+
+def machine_share(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    """How the machine's CPU time went between two readings: busy, idle and steal, in percent."""
+    spent = {k: after[k] - before[k] for k in before}
+    total = max(1, sum(spent.values()))
+    return {f"{k}_percent": round(100 * v / total, 1) for k, v in spent.items()}
+
+
 def processes(pid: int) -> list[int]:
     """The process and its live descendants (the stack's reply workers and model), Linux."""
     found = [pid]

@@ -254,6 +254,10 @@ def markdown(result: dict[str, Any], files: dict[str, str]) -> str:
             lines += [f"**CPU per reply: {ls['cpu_ms_per_reply']} ms** (user + system CPU of the stack's processes "
                       f"during the traffic, the model and moto excluded, over {result['messages']['replied']} "
                       f"replies); by process role, s: {ls['cpu_s_by_role']}.", ""]
+        if machine := ls.get("machine_cpu"):
+            lines += [f"The machine's cores during the traffic: {machine['busy_percent']} % busy, "
+                      f"{machine['idle_percent']} % idle, {machine['steal_percent']} % taken by the VM's host "
+                      f"(steal); the load generator itself used {ls['load_generator_cpu_s']} s.", ""]
         lines += [f"Local stack: {json.dumps({k: ls[k] for k in ls if k != 'urls'})}", ""]
     lines += stack_overhead.markdown(result) + ranks.markdown(result) + _emulation_lines(result.get("emulation"))
     if result.get("idle_memory"):

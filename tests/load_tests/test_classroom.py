@@ -30,6 +30,12 @@ def test_classroom_run_counts_cpu_by_role_and_caps_replies(tmp_path):
     assert local["stack_cpu_s"] == pytest.approx(roles["gateway"] + roles["workers"] + roles.get("other", 0.0), abs=0.03)
     assert local["cpu_ms_per_reply"] == pytest.approx(1000 * local["stack_cpu_s"] / 6, abs=5)
     assert "CPU per reply" in (out / "report.md").read_text()
+    # where the rest of the machine's CPU went during the traffic: shares of all cores, the generator's own
+    machine = local["machine_cpu"]
+    assert set(machine) == {"busy_percent", "idle_percent", "steal_percent"}, machine
+    assert sum(machine.values()) == pytest.approx(100, abs=0.5) and machine["busy_percent"] > 0
+    assert local["load_generator_cpu_s"] > 0
+    assert "The machine's cores during the traffic" in (out / "report.md").read_text()
     assert classroom.row(result).startswith("| 3 | ")
 
     # every reply is paired with the model's request by its marker, and split around the model's own times
