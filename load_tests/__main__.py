@@ -40,6 +40,8 @@ from . import report
 from .local import LocalConfig, LocalStack, cpu_by_role, local_stack, machine_jiffies, machine_share
 from .model_floor import measure
 from .runner import Options, Run
+from .speed import SpeedProbe
+from .speed import summarise as summarise_speed
 from .stack_overhead import fetch as fetch_timings
 
 
@@ -272,6 +274,7 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
             await warm.execute()
             extra["warmup"] = {"participants": args.warmup, "replies": warm.replies_done, "errors": dict(warm.errors)}
         run = Run(options)
+        probe = SpeedProbe() if local is not None and not args.in_process else None  # the machine's speed (speed.py)
         stats0 = local.stats() if local is not None else None
         cpu0 = local.cpu_seconds() if local and not args.in_process else None
         machine0 = machine_reading() if cpu0 is not None else None
@@ -281,6 +284,7 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
         def traffic_ended() -> None:
             traffic.setdefault("cpu", local.cpu_seconds())  # type: ignore[union-attr]
             traffic.setdefault("machine", machine_reading())
+            traffic.setdefault("window", (time.monotonic() - run.traffic_s, time.monotonic()))
 
         if cpu0 is not None:
             run.on_traffic_end = traffic_ended
@@ -290,6 +294,7 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
             progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
+            speed_samples = probe.stop() if probe is not None else []
         # the model's own times per request (the offline model with OFFLINE_MODEL_TIMINGS; None otherwise),
         # only from this machine: its monotonic clock is ours
         timings = await fetch_timings(model_url) if model_url and _on_this_machine(model_url) else None
@@ -301,6 +306,11 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
             if cpu0 is not None:
                 local_info |= cpu_report(cpu0, traffic.get("cpu") or local.cpu_seconds(), local.cpu_seconds(),
                                          local.pid, run, (machine0, traffic.get("machine") or machine_reading()))
+                if "window" in traffic and (speed := summarise_speed(speed_samples, *traffic["window"])):
+                    local_info["machine_speed"] = speed
+                    if local_info.get("cpu_ms_per_reply") is not None:  # as if the machine ran at its best
+                        local_info["cpu_ms_per_reply_at_best_speed"] = round(
+                            local_info["cpu_ms_per_reply"] / speed["slowdown"], 1)
         scenario = args.scenario or f"p{args.participants}-m{args.messages}"
         return report.build(run, command=command, scenario=scenario, floor=floor, local=local_info, extra=extra,
                             slots=slots, timings=timings)

@@ -8,10 +8,11 @@ them), lost, duplicated, CPU per reply (ms: the stack's processes, the model exc
 at the start (the machine is shared).
 
 When a size was run more than once (`make bench-classroom` runs each CLASSROOM_REPEATS times), a
-second table gives each figure's median and range over its runs. One run says little on a shared
-two-core machine: the same code gave 12.7 to 21.5 ms of CPU per reply at N=200 in seven runs, and
-that figure even falls when the stack gets less CPU (its threads then find several tokens waiting
-per wake-up instead of one; docs/benchmarks.md, "Phase 4").
+second table gives each figure's median and range over its runs. One run says little on this
+project's machine: the same code gave 11.4 to 21.5 ms of CPU per reply at N=200 from one run to the
+next, because the virtual machine's host slows it down by up to 2.4 times from one minute to the next
+(speed.py). The CPU per reply "at the machine's best speed" divides each run's figure by the slowdown
+its speed probe measured during the traffic (docs/benchmarks.md, "Phase 4").
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 HEADER = ("| N at once | first delta p50 / p95 | full reply p50 / p95 / p99 | stack overhead to first delta p50 / p99 "
-          "| stack overhead to full reply p99 | lost / duplicated | CPU per reply | CPU by role (s) "
+          "| stack overhead to full reply p99 | lost / duplicated "
+          "| CPU per reply (at the machine's best speed; slowdown) | CPU by role (s) "
           "| machine busy / idle / steal | load average |\n"
           "|---|---|---|---|---|---|---|---|---|---|")
 
@@ -45,18 +47,21 @@ def row(result: dict[str, Any]) -> str:
     roles = ", ".join(f"{k} {v:g}" for k, v in (local.get("cpu_s_by_role") or {}).items())
     if "load_generator_cpu_s" in local:
         roles += f", load generator {local['load_generator_cpu_s']:g}"
+    cpu = f"{local.get('cpu_ms_per_reply', '-')} ms"
+    if (speed := local.get("machine_speed")) and local.get("cpu_ms_per_reply_at_best_speed") is not None:
+        cpu += f" ({local['cpu_ms_per_reply_at_best_speed']} ms; {speed['slowdown']:g}x)"
     machine = local.get("machine_cpu")
     shares = " / ".join(f"{machine[k]:g}" for k in ("busy_percent", "idle_percent", "steal_percent")) + " %" \
         if machine else "-"
     return (f"| {result['participants']['planned']} | {s('ttfd', 'p50', 'p95')} | {s('reply', 'p50', 'p95', 'p99')} "
             f"| {ms('stack_to_first_delta', 'p50', 'p99')} | {ms('stack_to_full_reply', 'p99')} "
-            f"| {v['lost']} / {v['duplicated']} | {local.get('cpu_ms_per_reply', '-')} ms | {roles} | {shares} "
+            f"| {v['lost']} / {v['duplicated']} | {cpu} | {roles} | {shares} "
             f"| {' '.join(result.get('loadavg_at_start') or [])} |")
 
 
-REPEATS_HEADER = ("| N at once | runs | CPU per reply | first delta p95 | full reply p99 "
+REPEATS_HEADER = ("| N at once | runs | CPU per reply | at the machine's best speed | first delta p95 | full reply p99 "
                   "| stack overhead to first delta p99 | stack overhead to full reply p99 | lost / duplicated |\n"
-                  "|---|---|---|---|---|---|---|---|")
+                  "|---|---|---|---|---|---|---|---|---|")
 
 
 def _spread(values: list[float | None], unit: str, scale: float = 1.0, digits: int = 1) -> str:
@@ -85,9 +90,10 @@ def repeats(results: list[dict[str, Any]]) -> list[str]:
                     if (r.get("stack_overhead") or {}).get("available") else None for r in runs]
 
         cpu = [(r.get("local_stack") or {}).get("cpu_ms_per_reply") for r in runs]
+        at_best = [(r.get("local_stack") or {}).get("cpu_ms_per_reply_at_best_speed") for r in runs]
         lost = sum(r["verification"]["lost"] for r in runs)
         duplicated = sum(r["verification"]["duplicated"] for r in runs)
-        rows.append(f"| {size} | {len(runs)} | {_spread(cpu, 'ms')} "
+        rows.append(f"| {size} | {len(runs)} | {_spread(cpu, 'ms')} | {_spread(at_best, 'ms')} "
                     f"| {_spread([r['latency_ms']['ttfd']['p95'] for r in runs], 's', 1 / 1000, 2)} "
                     f"| {_spread([r['latency_ms']['reply']['p99'] for r in runs], 's', 1 / 1000, 2)} "
                     f"| {_spread(split('stack_to_first_delta'), 'ms')} | {_spread(split('stack_to_full_reply'), 'ms')} "

@@ -258,6 +258,11 @@ def markdown(result: dict[str, Any], files: dict[str, str]) -> str:
             lines += [f"The machine's cores during the traffic: {machine['busy_percent']} % busy, "
                       f"{machine['idle_percent']} % idle, {machine['steal_percent']} % taken by the VM's host "
                       f"(steal); the load generator itself used {ls['load_generator_cpu_s']} s.", ""]
+        if speed := ls.get("machine_speed"):
+            lines += [f"The machine's speed (load_tests/speed.py): its fixed workload took {speed['median_ms']} ms "
+                      f"during the traffic ({speed['samples']} samples) against {speed['fastest_ms']} ms at its "
+                      f"fastest, a slowdown of {speed['slowdown']}: **CPU per reply at the machine's best speed "
+                      f"{ls.get('cpu_ms_per_reply_at_best_speed')} ms**.", ""]
         lines += [f"Local stack: {json.dumps({k: ls[k] for k in ls if k != 'urls'})}", ""]
     lines += stack_overhead.markdown(result) + ranks.markdown(result) + _emulation_lines(result.get("emulation"))
     if result.get("idle_memory"):

@@ -36,6 +36,11 @@ def test_classroom_run_counts_cpu_by_role_and_caps_replies(tmp_path):
     assert sum(machine.values()) == pytest.approx(100, abs=0.5) and machine["busy_percent"] > 0
     assert local["load_generator_cpu_s"] > 0
     assert "The machine's cores during the traffic" in (out / "report.md").read_text()
+    # the machine's speed beside the run (load_tests/speed.py), and the CPU per reply scaled to its best
+    speed = local["machine_speed"]
+    assert speed["samples"] >= 1 and speed["median_ms"] >= speed["fastest_ms"] > 0 and speed["slowdown"] >= 1
+    assert local["cpu_ms_per_reply_at_best_speed"] == pytest.approx(local["cpu_ms_per_reply"] / speed["slowdown"],
+                                                                     abs=0.1)
     assert classroom.row(result).startswith("| 3 | ")
 
     # every reply is paired with the model's request by its marker, and split around the model's own times
@@ -52,7 +57,9 @@ def test_classroom_run_counts_cpu_by_role_and_caps_replies(tmp_path):
         assert parts["stack_to_first_delta"] == pytest.approx(parts["before_model"] + parts["after_model_first"])
     assert split["ms"]["stack_to_first_delta"]["count"] == 6
     row = classroom.row(result)
-    assert row.count(" ms |") >= 3 and "| - |" not in row  # the overhead columns are filled
+    cells = [cell.strip() for cell in row.split("|")[1:-1]]
+    assert cells[3].endswith(" ms") and cells[4].endswith(" ms") and "-" not in (cells[3], cells[4]), cells  # the split
+    assert cells[6].startswith(f"{local['cpu_ms_per_reply']} ms (") and cells[6].endswith("x)"), cells  # CPU, at best
     assert "What the stack adds" in (out / "report.md").read_text()
 
 
@@ -60,7 +67,8 @@ def _run(size: int, cpu: float, p95_ms: float, overhead_ms: float | None) -> dic
     """The parts of a result.json the summary reads."""
     split = {"available": False} if overhead_ms is None else {"available": True, "ms": {
         "stack_to_first_delta": {"p99": overhead_ms}, "stack_to_full_reply": {"p99": overhead_ms + 5}}}
-    return {"participants": {"planned": size}, "local_stack": {"cpu_ms_per_reply": cpu},
+    return {"participants": {"planned": size}, "local_stack": {"cpu_ms_per_reply": cpu,
+                                                               "cpu_ms_per_reply_at_best_speed": cpu / 2},
             "latency_ms": {"ttfd": {"p95": p95_ms}, "reply": {"p99": p95_ms + 1000}},
             "verification": {"lost": 0, "duplicated": 1 if cpu > 20 else 0}, "stack_overhead": split}
 
@@ -70,6 +78,6 @@ def test_repeated_runs_are_summarised_by_median_and_range():
             _run(200, 19.0, 2500, 2000)]
     header, *rows = classroom.repeats(runs)
     assert header.startswith("| N at once | runs |") and "\n|---|" in header
-    assert rows == ["| 200 | 3 | 19.0 (12.7-21.5) ms | 2.50 (1.70-3.00) s | 3.50 (2.70-4.00) s "
+    assert rows == ["| 200 | 3 | 19.0 (12.7-21.5) ms | 9.5 (6.3-10.8) ms | 2.50 (1.70-3.00) s | 3.50 (2.70-4.00) s "
                     "| 2450.0 (2000.0-2900.0) ms | 2455.0 (2005.0-2905.0) ms | 0 / 1 |"]  # N=10 ran once: no row
     assert classroom.repeats([_run(10, 17.0, 570, 60)]) == []
