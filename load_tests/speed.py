@@ -1,10 +1,10 @@
 """How fast this machine runs Python at the moment: a fixed workload, timed in a process of its own.
 
 Why: this project's machine is a virtual one on a shared host, and the same work does not take the
-same CPU time from one minute to the next. A fixed pure-Python workload (a streamed chunk parsed
+same CPU time from one minute to the next. This fixed pure-Python workload (a streamed chunk parsed
 from JSON, a dict built and printed: the kind of work a reply does per token), timed with the
-thread's CPU clock every half second on a quiet machine, took from 95 to 231 ms over half a minute,
-with nothing else of ours running. The host's other tenants take the caches, the memory bandwidth
+thread's CPU clock once a second with nothing else of ours running, took 10.6 to 16.3 ms over one
+half-minute; ten times as much of it took 95 to 231 ms over another. The host's other tenants take the caches, the memory bandwidth
 and the core's sibling thread, and none of it shows as "steal". A run's CPU per reply moves with it,
 whatever the code does, so a single figure cannot be compared with another run's.
 
