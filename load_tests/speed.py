@@ -51,13 +51,15 @@ class SpeedProbe:
     def __init__(self, every: float = 0.5) -> None:
         self._child = subprocess.Popen([sys.executable, "-m", "load_tests.speed", "--every", str(every)],
                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        # ready once it has a first sample (or has died: an empty line), so every run has one
+        self._first = self._child.stdout.readline() if self._child.stdout else ""
 
     def stop(self) -> list[tuple[float, float]]:
         """End the probe (our own child) and return its samples: (monotonic time, ms)."""
         self._child.terminate()
         out, _ = self._child.communicate(timeout=30)
         samples = []
-        for line in out.splitlines():
+        for line in (self._first + out).splitlines():
             at, _, ms = line.partition(" ")
             try:
                 samples.append((float(at), float(ms)))
@@ -68,8 +70,9 @@ class SpeedProbe:
 
 def summarise(samples: list[tuple[float, float]], start: float, end: float) -> dict[str, Any] | None:
     """The workload's median during [start, end] (monotonic), the fastest of all samples, and their
-    ratio (the slowdown during the traffic); None without a sample in the window."""
-    during = [ms for at, ms in samples if start <= at <= end]
+    ratio (the slowdown during the traffic). A window too short for a sample of its own (a run of a
+    second on a busy machine) takes the last one before its end; None without any."""
+    during = [ms for at, ms in samples if start <= at <= end] or [ms for at, ms in samples if at <= end][-1:]
     if not during:
         return None
     fastest = min(ms for _, ms in samples)

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from load_tests import classroom
+from load_tests import classroom, speed
 from load_tests.__main__ import main
 
 
@@ -81,3 +81,12 @@ def test_repeated_runs_are_summarised_by_median_and_range():
     assert rows == ["| 200 | 3 | 19.0 (12.7-21.5) ms | 9.5 (6.3-10.8) ms | 2.50 (1.70-3.00) s | 3.50 (2.70-4.00) s "
                     "| 2450.0 (2000.0-2900.0) ms | 2455.0 (2005.0-2905.0) ms | 0 / 1 |"]  # N=10 ran once: no row
     assert classroom.repeats([_run(10, 17.0, 570, 60)]) == []
+
+
+def test_the_speed_summary_takes_the_window_or_the_sample_before_it():
+    samples = [(10.0, 10.0), (10.5, 12.0), (11.0, 20.0), (11.5, 11.0)]
+    assert speed.summarise(samples, 10.4, 11.2) == {"samples": 2, "median_ms": 16.0, "fastest_ms": 10.0,
+                                                    "slowdown": 1.6}
+    # a window between two samples: the one before it stands for it
+    assert speed.summarise(samples, 10.6, 10.9)["median_ms"] == 12.0
+    assert speed.summarise(samples, 1.0, 2.0) is None and speed.summarise([], 0.0, 1.0) is None
