@@ -4,9 +4,10 @@ Why: this project's machine is a virtual one on a shared host, and the same work
 same CPU time from one minute to the next. This fixed pure-Python workload (a streamed chunk parsed
 from JSON, a dict built and printed: the kind of work a reply does per token), timed with the
 thread's CPU clock once a second with nothing else of ours running, took 10.6 to 16.3 ms over one
-half-minute; ten times as much of it took 95 to 231 ms over another. The host's other tenants take the caches, the memory bandwidth
-and the core's sibling thread, and none of it shows as "steal". A run's CPU per reply moves with it,
-whatever the code does, so a single figure cannot be compared with another run's.
+half-minute; ten times as much of it took 95 to 231 ms over another. The host's other tenants take
+the caches, the memory bandwidth and the core's sibling thread, and none of it shows as "steal". A
+run's CPU per reply moves with it, whatever the code does, so one run's figure cannot be compared
+with another's.
 
 So each local load run starts this probe beside the stack (`python -m load_tests.speed`, about 2 %
 of one core) and reports the workload's median time during the traffic against the fastest time of
