@@ -10,7 +10,7 @@ at the start (the machine is shared).
 When a size was run more than once (`make bench-classroom` runs each CLASSROOM_REPEATS times), a
 second table gives each figure's median and range over its runs. One run says little on this
 project's machine: the same code gave 11.4 to 21.5 ms of CPU per reply at N=200 from one run to the
-next, because the virtual machine's host slows it down by up to 2.4 times from one minute to the next
+next, because the virtual machine's host slows it down by up to 2.4 times from one second to the next
 (speed.py). The CPU per reply "at the machine's best speed" divides each run's figure by the slowdown
 its speed probe measured during the traffic (docs/benchmarks.md, "Phase 4").
 """
@@ -30,18 +30,22 @@ HEADER = ("| N at once | first delta p50 / p95 | full reply p50 / p95 / p99 | st
           "|---|---|---|---|---|---|---|---|---|---|")
 
 
+def _overhead(result: dict[str, Any], name: str, q: str) -> float | None:
+    """One quantile (ms) of the run's stack overhead split (stack_overhead.py); None without it."""
+    split = result.get("stack_overhead") or {}
+    return split["ms"][name][q] if split.get("available") else None
+
+
 def row(result: dict[str, Any]) -> str:
     lat, v, local = result["latency_ms"], result["verification"], result.get("local_stack") or {}
 
     def s(name: str, *qs: str) -> str:
         return " / ".join(f"{lat[name][q] / 1000:.2f}" if lat[name][q] is not None else "-" for q in qs) + " s"
 
-    split = result.get("stack_overhead") or {}
-
     def ms(name: str, *qs: str) -> str:
-        if not split.get("available"):
+        if not (result.get("stack_overhead") or {}).get("available"):
             return "-"
-        values = [split["ms"][name][q] for q in qs]
+        values = [_overhead(result, name, q) for q in qs]
         return " / ".join("-" if v is None else f"{v:.1f}" for v in values) + " ms"
 
     roles = ", ".join(f"{k} {v:g}" for k, v in (local.get("cpu_s_by_role") or {}).items())
@@ -84,11 +88,8 @@ def repeats(results: list[dict[str, Any]]) -> list[str]:
     for size, runs in sorted(by_size.items()):
         if len(runs) < 2:
             continue
-
-        def split(name: str, runs: list[dict[str, Any]] = runs) -> list[float | None]:
-            return [(r.get("stack_overhead") or {}).get("ms", {}).get(name, {}).get("p99")
-                    if (r.get("stack_overhead") or {}).get("available") else None for r in runs]
-
+        overhead = {name: [_overhead(r, name, "p99") for r in runs]
+                    for name in ("stack_to_first_delta", "stack_to_full_reply")}
         cpu = [(r.get("local_stack") or {}).get("cpu_ms_per_reply") for r in runs]
         at_best = [(r.get("local_stack") or {}).get("cpu_ms_per_reply_at_best_speed") for r in runs]
         lost = sum(r["verification"]["lost"] for r in runs)
@@ -96,8 +97,8 @@ def repeats(results: list[dict[str, Any]]) -> list[str]:
         rows.append(f"| {size} | {len(runs)} | {_spread(cpu, 'ms')} | {_spread(at_best, 'ms')} "
                     f"| {_spread([r['latency_ms']['ttfd']['p95'] for r in runs], 's', 1 / 1000, 2)} "
                     f"| {_spread([r['latency_ms']['reply']['p99'] for r in runs], 's', 1 / 1000, 2)} "
-                    f"| {_spread(split('stack_to_first_delta'), 'ms')} | {_spread(split('stack_to_full_reply'), 'ms')} "
-                    f"| {lost} / {duplicated} |")
+                    f"| {_spread(overhead['stack_to_first_delta'], 'ms')} "
+                    f"| {_spread(overhead['stack_to_full_reply'], 'ms')} | {lost} / {duplicated} |")
     return [REPEATS_HEADER, *rows] if rows else []
 
 
