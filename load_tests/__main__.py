@@ -284,7 +284,8 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
         def traffic_ended() -> None:
             traffic.setdefault("cpu", local.cpu_seconds())  # type: ignore[union-attr]
             traffic.setdefault("machine", machine_reading())
-            traffic.setdefault("window", (time.monotonic() - run.traffic_s, time.monotonic()))
+            now = time.monotonic()
+            traffic.setdefault("window", (now - run.traffic_s, now))
 
         if cpu0 is not None:
             run.on_traffic_end = traffic_ended
