@@ -47,7 +47,7 @@ help:
 	@echo "make chromium        install Debian's chromium (apt-get) if $(CHROMIUM) is missing"
 	@echo "make bench           load tests on the local stack (200 and 1000 participants), reports in $(BENCH_OUT)/"
 	@echo "make bench-burst     only the burst scenarios (everyone sends at once; DynamoDB with conflicts, and SQLite)"
-	@echo "make bench-classroom N=10, 50, 200 connect within a second and send 3 messages back to back (CPU per reply)"
+	@echo "make bench-classroom N=10, 50, 200 connect within a second and send 3 messages back to back, 3 runs each (CPU per reply)"
 	@echo "make clean           remove virtual environments and build output"
 
 venv: $(STAMP)
