@@ -6,18 +6,10 @@ from collections.abc import Callable, Mapping
 
 from .config import Settings, allows_origin
 from .controls import obeyed
+from .errors import Refused
 from .identity import CredentialError, Identity
 from .store import ControlItems
 from .tickets import verify_token
-
-
-class Refused(Exception):
-    """The handshake is refused with this HTTP status (401 unauthenticated, 403 forbidden)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"{status} {reason}")
-        self.status = status
-        self.reason = reason
 
 
 def header(headers: Mapping[str, str] | None, name: str) -> str | None:

@@ -23,8 +23,7 @@ from typing import Any
 
 from . import observability
 from .adapters.apigateway import endpoint_from_event
-from .admission import Refused
-from .errors import ChatError
+from .errors import ChatError, Refused
 from .observability import logger, metrics
 from .protocol import error_frame
 from .push import ConnectionGone, Pusher, PushFailed

@@ -10,6 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+class Refused(Exception):
+    """The $connect handshake is refused with this HTTP status (401 unauthenticated, 403 forbidden):
+    what `admission` decides and `entry` answers."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Code:
     code: str

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import tickets  # noqa: F401  (loaded in Lambda's init phase: a `start` frame opens a ticket)
 from .chat import ChatService
 from .entry import Caller, lambda_entry, on_socket
 from .observability import logger, metrics

@@ -21,7 +21,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import tickets
 from .adapters.apigateway import ManagementApiPusher
 from .adapters.dynamodb import DynamoStore
 from .adapters.sqs import SqsJobQueue
@@ -78,7 +77,11 @@ class Services:
         return self._model
 
     def open_ticket(self, ticket: str) -> Ticket:
-        """A `start` frame's chat ticket, opened with the deployment's secret (`identity.TicketOpener`)."""
+        """A `start` frame's chat ticket, opened with the deployment's secret (`identity.TicketOpener`).
+        `tickets` (PyJWT and cryptography, ~60 ms) is imported here, not with this module: the
+        message function loads it at INIT (message.py), the reply and disconnect functions never."""
+        from . import tickets
+
         return tickets.open_ticket(self.ticket_secret(), ticket, max_age=self.settings.ticket_max_age)
 
 

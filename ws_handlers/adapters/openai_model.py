@@ -14,7 +14,11 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import openai
+from . import lazy_types
+
+lazy_types.install()  # before the SDK's first import (lazy_types.py says why)
+
+import openai  # noqa: E402
 
 from ..bot import Bot
 from ..model import LLMError, Provenance, Usage
