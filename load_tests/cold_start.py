@@ -13,6 +13,11 @@ compilation saves. A third column times the first call of `runtime.services()`, 
 clients a function builds on its first invocation (part of that invocation's Duration, not
 of Init Duration; no network is used).
 
+This machine's host slows the same work by up to 2.4 times from one second to the next
+(load_tests/speed.py): the speed probe runs beside the samples, and each import with the .pyc is
+also given divided by the machine's slowdown while it ran (the "at the machine's best speed"
+column), which is what compares from one run to another.
+
 This is the import part of INIT on this machine, not Lambda's Init Duration: that also
 holds the runtime's own start, and Lambda's CPU share depends on MemorySize (512 MB is
 about a third of a vCPU). After deploying, read the real numbers from the REPORT lines
@@ -30,9 +35,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
+
+from .speed import SpeedProbe, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / ".aws-sam" / "build"
@@ -84,6 +93,21 @@ class Result:
     without_pyc: Summary
     wiring: Summary | None
     modules: int
+    #: each import with the .pyc: (ms, start, end), monotonic seconds; for `at_best_speed`
+    pyc_samples: tuple[tuple[float, float, float], ...] = ()
+    #: `with_pyc` divided by the machine's slowdown while each sample ran (None: no speed samples)
+    with_pyc_at_best_speed: Summary | None = None
+
+
+def at_best_speed(result: Result, speed_samples: list[tuple[float, float]]) -> Result:
+    """`result` with each import divided by the machine's slowdown during it (speed.summarise)."""
+    scaled = []
+    for ms, start, end in result.pyc_samples:
+        speed = summarise(speed_samples, start, end)
+        if speed is None:
+            return result
+        scaled.append(ms / speed["slowdown"])
+    return replace(result, with_pyc_at_best_speed=Summary.of(scaled)) if scaled else result
 
 
 def runtime_dir(into: Path) -> Path:
@@ -156,7 +180,9 @@ def measure(build: Path, functions: dict[str, tuple[str, dict[str, str]]], sampl
             for variant, (t, o) in (("pyc", (task, layer)), ("bare", (bare_task, bare_layer))):
                 sample(python, t, o, runtime, handler, env, wiring=False)  # the OS file cache, not measured
                 for _ in range(samples):
+                    start = time.monotonic()
                     runs[variant].append(sample(python, t, o, runtime, handler, env, wiring and variant == "pyc"))
+                    runs[variant][-1]["window"] = (start, time.monotonic())
                     tick()
             wired = [r["wiring_ms"] for r in runs["pyc"] if r["wiring_ms"] is not None]
             results.append(Result(
@@ -165,6 +191,7 @@ def measure(build: Path, functions: dict[str, tuple[str, dict[str, str]]], sampl
                 without_pyc=Summary.of([r["import_ms"] for r in runs["bare"]]),
                 wiring=Summary.of(wired) if wired else None,
                 modules=runs["pyc"][0]["modules"],
+                pyc_samples=tuple((r["import_ms"], *r["window"]) for r in runs["pyc"]),
             ))
     return results
 
@@ -177,11 +204,12 @@ def markdown(results: list[Result], samples: int, python_version: str) -> str:
         (f"Import of each handler module (INIT's import part) on this machine, {samples} fresh "
          f"python {python_version} processes each; median / max in ms."),
         "",
-        "| function | handler | with the build's .pyc | without .pyc | first-call clients | modules |",
-        "|---|---|---:|---:|---:|---:|",
+        "| function | handler | with the build's .pyc | the same at the machine's best speed | without .pyc "
+        "| first-call clients | modules |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    lines += [f"| {r.function} | `{r.handler}` | {cell(r.with_pyc)} | {cell(r.without_pyc)} | {cell(r.wiring)} "
-              f"| {r.modules} |" for r in results]
+    lines += [f"| {r.function} | `{r.handler}` | {cell(r.with_pyc)} | {cell(r.with_pyc_at_best_speed)} "
+              f"| {cell(r.without_pyc)} | {cell(r.wiring)} | {r.modules} |" for r in results]
     return "\n".join(lines)
 
 
@@ -224,10 +252,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ColdStartError(f"{args.python} is Python {version or '?'}; the build's .pyc files are for 3.11: "
                                  "pass --python python3.11")
         functions = _functions(args.functions)
-        with Progress(TextColumn("cold starts"), BarColumn(), MofNCompleteColumn(), console=console) as progress:
-            task = progress.add_task("samples", total=2 * args.samples * len(functions))
-            results = measure(args.build_dir, functions, args.samples, args.python,
-                              tick=lambda: progress.advance(task))
+        probe = SpeedProbe()
+        try:
+            with Progress(TextColumn("cold starts"), BarColumn(), MofNCompleteColumn(), console=console) as progress:
+                task = progress.add_task("samples", total=2 * args.samples * len(functions))
+                results = measure(args.build_dir, functions, args.samples, args.python,
+                                  tick=lambda: progress.advance(task))
+        finally:
+            speed = probe.stop()
+        results = [at_best_speed(r, speed) for r in results]
     except (ColdStartError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -38,6 +38,19 @@ def test_measures_each_function_in_fresh_processes(build):
     assert "| FakeFunction | `fake_handlers.entry.handler` |" in table and "INIT" in table
 
 
+def test_each_import_is_scaled_by_the_machines_slowdown_while_it_ran(build):
+    (result,) = cold_start.measure(build, {"FakeFunction": ("fake_handlers.entry.handler", {})}, samples=2,
+                                   python=sys.executable, wiring=False)
+    assert len(result.pyc_samples) == 2 and all(start <= end for _, start, end in result.pyc_samples)
+    (first, start1, end1), (second, start2, end2) = result.pyc_samples
+    # the probe's fixed workload: 10 ms at best, 20 ms during the first import, 10 ms during the second
+    speed = [(start1 - 5, 10.0), ((start1 + end1) / 2, 20.0), ((start2 + end2) / 2, 10.0)]
+    scaled = cold_start.at_best_speed(result, speed).with_pyc_at_best_speed
+    assert scaled is not None and scaled.max_ms == pytest.approx(max(first / 2, second))
+    assert cold_start.at_best_speed(result, []).with_pyc_at_best_speed is None  # no probe, no claim
+    assert "| n/a |" in cold_start.markdown([result], 2, "3.11.7")
+
+
 def test_an_import_that_fails_is_named(build):
     (build / "FakeFunction" / "fake_handlers" / "entry.py").write_text("import not_installed_anywhere\n")
     with pytest.raises(cold_start.ColdStartError, match="fake_handlers.entry.handler.*not_installed_anywhere"):
@@ -55,4 +68,5 @@ def test_the_real_build(capsys):
     assert cold_start.main(["--samples", "1", "--function", "DisconnectFunction"]) == 0
     out = capsys.readouterr().out
     assert "| DisconnectFunction | `ws_handlers.disconnect.handler` |" in out
+    assert "at the machine's best speed" in out and "| n/a |" not in out  # the speed probe ran beside it
     assert "import part of INIT measured on this machine" in out and "@initDuration" in out
