@@ -4,18 +4,22 @@ Why: `import openai` runs `openai.types/__init__.py`, and that of each of its su
 import every request and response model of every endpoint the SDK knows (~650 pydantic classes:
 assistants, audio, files, responses, ...). Each class costs pydantic ~1 ms to create, even with the
 SDK's `defer_build`; that is ~60 % of the reply function's import at INIT, so of every cold start a
-participant waits for (docs/benchmarks.md, "Cold starts"). The reply function uses the client's
+participant waits for (docs/benchmarks.md, "Phase 5"). The reply function uses the client's
 `post` and reads chunks as plain JSON (openai_model.py): it needs none of those classes.
 
-What this does: `install()` puts a finder on `sys.meta_path` that loads the *packages* under
-`openai.types` (their `__init__.py`, which only re-exports) on first use of a name they export,
-not at import. Their modules load as before, when something imports them: the SDK's own modules
-import the few models they need from those modules directly. A name read from a package
-(`openai.types.ChatModel`, `from openai.types.chat import ChatCompletion`) loads the package's
-`__init__.py` then, in full, so every name resolves to the very class a plain import gives.
-Nothing else of the SDK changes. With a newer SDK that reads its packages' names at import, the
-packages simply load at import again: slower, never wrong (tests/ws_handlers/adapters/
-test_lazy_types.py pins both the saving and the equivalence).
+What this does: `install()` puts a finder on `sys.meta_path` that defers the `__init__.py` of the
+*packages* under `openai.types` (which only re-export their modules' names). Their modules load as
+before, when something imports them. A name read from a package (`from openai.types.chat import
+ChatCompletionFunctionToolParam`, as the SDK's own `lib/_tools.py` does at import) is read from the
+one module its `from .module import Name as Name` line names; a package whose `__init__.py` holds
+anything else, a name it does not re-export that way, or `dir()`, runs the `__init__.py` in full.
+Either way every name resolves to the very object a plain import gives. Nothing else of the SDK
+changes. With a newer SDK that reads whole packages at import, they simply load at import again:
+slower, never wrong (tests/ws_handlers/adapters/test_lazy_types.py pins both the saving and the
+equivalence, name by name).
+
+Threads: a package's `__init__.py` runs once, under a lock; a name read meanwhile from another
+thread waits for it. On Lambda the handler's one thread imports everything at INIT.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ _lock = threading.RLock()  # one thread runs a package's __init__; others wait f
 
 
 class _LazyPackage(types.ModuleType):
-    """A package whose `__init__.py` runs at the first name asked of it that is not a submodule."""
+    """A package whose `__init__.py` runs at the first name asked of it that is neither a submodule
+    nor one of its plain re-exports (those are read from their own module)."""
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):  # dunders (__file__, __all__ before init...) are what they are
@@ -45,6 +50,11 @@ class _LazyPackage(types.ModuleType):
         except ModuleNotFoundError as exc:
             if exc.name != f"{self.__name__}.{name}":
                 raise
+        if (source := self._reexports().get(name)) is not None:  # from the one module that has it
+            module, original = source
+            value = getattr(importlib.import_module(module, self.__name__), original)
+            setattr(self, name, value)
+            return value
         self._initialise()
         try:
             return self.__dict__[name]
@@ -60,6 +70,42 @@ class _LazyPackage(types.ModuleType):
             loader = self.__dict__.pop("_lazy_init", None)
             if loader is not None:
                 loader.exec_module(self)
+
+    def _reexports(self) -> dict[str, tuple[str, str]]:
+        """What the package's `__init__.py` re-exports: name -> (relative module, name there), when
+        it holds nothing but `from .module import Name as Name` (the SDK's generated packages), so
+        a name is read from its own module without building the package's others. Empty for any
+        other `__init__.py`, or once it has run."""
+        if "_lazy_init" not in self.__dict__:
+            return {}
+        exports = self.__dict__.get("_lazy_exports")
+        if exports is None:
+            exports = self.__dict__["_lazy_exports"] = _reexports_in(self.__spec__.origin if self.__spec__ else None)
+        return exports
+
+
+def _reexports_in(path: str | None) -> dict[str, tuple[str, str]]:
+    import ast  # only for a package a name is read from (already loaded by pydantic's inspect)
+
+    try:
+        with open(path or "", "rb") as source:
+            tree = ast.parse(source.read())
+    except (OSError, SyntaxError, ValueError):
+        return {}
+    exports: dict[str, tuple[str, str]] = {}
+    for statement in tree.body:
+        if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant):
+            continue  # a docstring
+        if not isinstance(statement, ast.ImportFrom):
+            return {}  # anything else may bind or rebind a name: the whole file runs instead
+        if statement.module == "__future__" and statement.level == 0:
+            continue
+        if statement.level == 0 or any(alias.name == "*" for alias in statement.names):
+            return {}
+        module = "." * statement.level + (statement.module or "")
+        for alias in statement.names:
+            exports[alias.asname or alias.name] = (module, alias.name)
+    return exports
 
 
 class _DeferredInit:

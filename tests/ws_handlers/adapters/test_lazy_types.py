@@ -20,18 +20,18 @@ def state():
     return {"modules": len(loaded), "ran": ran, "heavy": "openai.types.responses.response" in sys.modules}
 """
 
-#: The public names of some packages, and where each comes from (its module and name).
+#: The public names of some packages, and where each comes from (its module and name). Submodules
+#: are left out: which of them a package has as attributes depends on what was imported before.
 _NAMES = """
 import importlib, json, types
 def where(value, name):
-    if isinstance(value, types.ModuleType):  # a subpackage (a _LazyPackage, a ModuleType all the same)
-        return value.__name__
     return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', name)}"
 def names(packages):
     out = {}
     for package in packages:
         module = importlib.import_module(package)
-        out[package] = {n: where(getattr(module, n), n) for n in dir(module) if not n.startswith("_")}
+        values = {n: getattr(module, n) for n in dir(module) if not n.startswith("_")}
+        out[package] = {n: where(v, n) for n, v in values.items() if not isinstance(v, types.ModuleType)}
     return out
 """
 
@@ -65,42 +65,55 @@ print(json.dumps({"imported": imported, "after": state(), "text": "".join(pieces
 """)
     imported, after = report["imported"], report["after"]
     assert not imported["heavy"] and imported["modules"] < 150  # of ~470 in a plain import
-    assert "openai.types" not in imported["ran"]  # the catalogue's own __init__ never ran
+    assert imported["ran"] == []  # no package's __init__ ran: names came from their own modules
     assert report["text"] and report["usage"] and report["error"]
     assert after == imported  # a reply and an error load nothing more
 
 
 def test_every_name_a_package_exports_is_the_one_a_plain_import_gives():
-    lazy = _run(_NAMES + f"""
-import ws_handlers.adapters.openai_model
-print(json.dumps(names({PACKAGES!r})))
-""")
     plain = _run(_NAMES + f"""
 import openai
 print(json.dumps(names({PACKAGES!r})))
 """)
-    assert lazy == plain
-    assert lazy["openai.types.chat"]["ChatCompletionChunk"] == \
+    # each name read on its own first (a re-export from its module, or the package's __init__ when
+    # needed), in the order dir() gives, then the packages' full listing
+    one_by_one = _run(_NAMES + f"""
+import importlib
+import ws_handlers.adapters.openai_model
+plain = {json.dumps({p: sorted(n) for p, n in plain.items()})!r}
+read = {{p: {{n: where(getattr(importlib.import_module(p), n), n) for n in ns}} for p, ns in json.loads(plain).items()}}
+print(json.dumps({{"read": read, "listed": names({PACKAGES!r})}}))
+""")
+    assert all(len(plain[p]) > 50 for p in PACKAGES)
+    assert one_by_one["read"] == plain and one_by_one["listed"] == plain
+    assert plain["openai.types.chat"]["ChatCompletionChunk"] == \
         "openai.types.chat.chat_completion_chunk.ChatCompletionChunk"
 
 
-def test_threads_asking_a_package_for_names_at_once_all_get_them():
+def test_threads_asking_packages_for_names_at_once_all_get_them():
     report = _run(_STATE + """
 import threading
 import ws_handlers.adapters.openai_model
 import openai
 names = ["Assistant", "Thread", "AssistantDeleted", "FileSearchTool", "CodeInterpreterTool", "FunctionTool"]
-barrier, got, failed = threading.Barrier(len(names)), {}, []
-def ask(name):
+barrier, got, failed = threading.Barrier(2 * len(names)), {}, []
+def ask(name):  # a re-export, read from its own module
     barrier.wait()
     try:
         got[name] = getattr(openai.types.beta, name).__name__
     except Exception as exc:
         failed.append(repr(exc))
-threads = [threading.Thread(target=ask, args=(n,)) for n in names]
+def listing():  # the whole package: its __init__ runs, once
+    barrier.wait()
+    try:
+        got.setdefault("listed", len(dir(openai.types.beta)))
+    except Exception as exc:
+        failed.append(repr(exc))
+threads = [threading.Thread(target=f, args=a) for n in names for f, a in ((ask, (n,)), (listing, ()))]
 for t in threads: t.start()
 for t in threads: t.join(60)
 print(json.dumps({"got": got, "failed": failed, "ran": "openai.types.beta" in state()["ran"]}))
 """)
-    assert report["failed"] == [] and report["ran"]
-    assert report["got"] == {n: n for n in report["got"]} and len(report["got"]) == 6
+    got = report["got"]
+    assert report["failed"] == [] and report["ran"] and got.pop("listed") > 100
+    assert got == {n: n for n in got} and len(got) == 6
