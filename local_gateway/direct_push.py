@@ -58,7 +58,21 @@ class DirectPusher:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def send(self, connection_id: str, frame: dict[str, Any]) -> None:
-        data = encode(frame)
+        future = self.offer(connection_id, encode(frame))
+        if future is None:
+            return
+        try:
+            delivered = future.result(self._timeout)
+        except TimeoutError:  # a backstop: the gateway answers within its stall timeout (outbox.py)
+            future.cancel()
+            raise PushFailed("timed out (504)") from None
+        if not delivered:
+            raise ConnectionGone(connection_id)
+
+    def offer(self, connection_id: str, data: bytes) -> concurrent.futures.Future[bool] | None:
+        """Queue an encoded frame without waiting: None when the push is done (queued at once), else
+        the gateway's answer to wait for (True: delivered, False: the socket closed). Raises as
+        `send` does for a frame too large or a socket closed or unknown. From any thread."""
         if len(data) > MAX_DATA:
             raise PushFailed("PayloadTooLargeException (413)")
         if not self._registry.is_open(connection_id):
@@ -72,15 +86,7 @@ class DirectPusher:
             wake, self._wake_pending = not self._wake_pending, True
         if wake:
             self._loop.call_soon_threadsafe(self._drain)
-        if future is None:
-            return
-        try:
-            delivered = future.result(self._timeout)
-        except TimeoutError:  # a backstop: the gateway answers within its stall timeout (outbox.py)
-            future.cancel()
-            raise PushFailed("timed out (504)") from None
-        if not delivered:
-            raise ConnectionGone(connection_id)
+        return future
 
     def _drain(self) -> None:
         """On the loop: start delivering everything queued, in order (the outbox's lock keeps that order)."""

@@ -6,8 +6,8 @@ single GIL, shared with the event loop that serves every socket, became the bott
 sends waited hundreds of milliseconds for an ack (docs/benchmarks.md). On AWS each reply
 runs in an execution environment of its own. This runner starts `processes` workers
 (spawned, not forked: the stack has threads), each running the same handler on a pool of
-threads, with the same environment and store, pushing through the Management API
-emulator over HTTP (boto3 as on AWS, or a plain POST: see http_push). Events go through
+threads, with the same environment and store, pushing over a pipe of its own to the gateway's
+loop (pipe_push.py), or through the Management API emulator with boto3 as on AWS. Events go through
 JSON, as Lambda's do; the local queue (sqs_queue.py) decides what runs and when.
 
 A worker can die: killed, or out of memory. Each has a pipe of its own, so the runner knows
@@ -20,7 +20,6 @@ slot, and each invocation it held ends as failed, as Lambda reports one whose ru
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import logging
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from .pipe_push import PipePusher, PushRelay
 from .thread_runner import Done
 
 log = logging.getLogger("local_gateway")
@@ -60,7 +60,8 @@ class WorkerSpec:
     environment: dict[str, str]  #: the function's settings (store, model, secret, endpoint)
     sqlite_path: str | None  #: the stack's SQLite file; None: DYNAMODB_ENDPOINT_URL in environment
     threads: int  #: invocations one worker runs at once
-    push: str = "direct"  #: "direct": a plain POST to the emulator (http_push); "management_api": boto3
+    push: str = "direct"  #: "direct": over a push pipe to the stack (pipe_push); "management_api": boto3
+    push_timeout: float = 10.0  #: how long a push to a socket far behind may wait for the gateway
     sqlite_identity: tuple[int, int] | None = None  #: the stack's SQLite file: a worker opens that one only
 
 
@@ -86,8 +87,12 @@ class _Worker:
 class ProcessRunner:
     """Runs a function's invocations in `processes` worker processes (the `ThreadRunner` interface)."""
 
-    def __init__(self, spec: WorkerSpec, processes: int, crashed: Crashed | None = None) -> None:
+    def __init__(self, spec: WorkerSpec, processes: int, crashed: Crashed | None = None,
+                 relay: PushRelay | None = None) -> None:
+        if spec.push == "direct" and relay is None:
+            raise ValueError("push 'direct' from worker processes needs the stack's PushRelay")
         self._spec = spec
+        self._relay = relay
         self._context = multiprocessing.get_context("spawn")
         self._crashed = crashed
         self._ids = itertools.count(1)
@@ -101,10 +106,14 @@ class ProcessRunner:
 
     def _spawn(self, slot: int) -> _Worker:
         ours, theirs = self._context.Pipe()
-        process = self._context.Process(target=_worker, args=(self._spec, theirs),
+        push_ours, push_theirs = self._context.Pipe() if self._relay is not None else (None, None)
+        process = self._context.Process(target=_worker, args=(self._spec, theirs, push_theirs),
                                         name=f"{self._spec.logical_id}-{slot}", daemon=True)
         process.start()
         theirs.close()  # the worker's end lives in the worker only: its death reads as EOF here
+        if self._relay is not None and push_ours is not None and push_theirs is not None:
+            push_theirs.close()
+            self._relay.serve(push_ours)  # until the worker exits
         return _Worker(process, ours)
 
     def _await_ready(self) -> None:
@@ -211,7 +220,7 @@ class ProcessRunner:
             self._supervisor.join(timeout)
 
 
-def _worker(spec: WorkerSpec, pipe: Connection) -> None:
+def _worker(spec: WorkerSpec, pipe: Connection, push_pipe: Connection | None = None) -> None:
     """A worker process: the function's services built once (a warm container), then jobs."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the stack's to handle; it stops us
     for name, value in (("AWS_ACCESS_KEY_ID", "local"), ("AWS_SECRET_ACCESS_KEY", "local"),
@@ -230,10 +239,9 @@ def _worker(spec: WorkerSpec, pipe: Connection) -> None:
 
         store = SqliteStore(spec.sqlite_path, same_as=spec.sqlite_identity)
     services = runtime.from_settings(Settings.from_env(spec.environment), store=store)
-    if spec.push == "direct":
-        from .http_push import HttpPusher
-
-        services.pusher_for = functools.lru_cache(maxsize=4)(lambda endpoint: HttpPusher(endpoint, pool_size=spec.threads))
+    if push_pipe is not None:
+        pusher = PipePusher(push_pipe, spec.push_timeout)
+        services.pusher_for = lambda _endpoint: pusher
     runtime.install(services)
     handler = Function(logical_id=spec.logical_id, handler=spec.handler, environment=spec.environment, timeout=0,
                        memory_mb=spec.memory_mb, reserved_concurrency=None, max_retry_attempts=None,

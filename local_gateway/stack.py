@@ -38,6 +38,7 @@ from ws_handlers.store import Store
 
 from . import model_process, throttle
 from .direct_push import DirectPusher
+from .pipe_push import PushRelay
 from .gateway import Gateway, GatewayLimits
 from .http_api import BUCKETS, http_api_app
 from .lambda_context import LambdaContext
@@ -154,6 +155,7 @@ class Stack:
         self.failure: str | None = None
         self.failed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._direct: DirectPusher | None = None  #: with push "direct": what threads and workers push through
         self._watch: asyncio.Task[None] | None = None
         self._entry_app: web.Application | None = None
 
@@ -233,7 +235,7 @@ class Stack:
         if self.config.push == "direct":
             # the gateway answers a push within its stall timeout; the rest is slack for a busy loop
             timeout = self.config.limits.stall_timeout + 5.0
-            pusher = DirectPusher(self.gateway, asyncio.get_running_loop(), timeout)  # type: ignore[arg-type]
+            pusher = self._direct = DirectPusher(self.gateway, asyncio.get_running_loop(), timeout)  # type: ignore[arg-type]
             return lambda _endpoint: pusher
         if self.config.push == "management_api":
             return lambda endpoint: ManagementApiPusher(
@@ -254,9 +256,11 @@ class Stack:
             spec = WorkerSpec(
                 logical_id=function.logical_id, handler=function.handler, memory_mb=function.memory_mb,
                 environment=environment, sqlite_path=self._sqlite_path, threads=-(-concurrency // processes),
-                push=self.config.push, sqlite_identity=getattr(self.store, "identity", None),
+                push=self.config.push, push_timeout=self.config.limits.stall_timeout + 5.0,
+                sqlite_identity=getattr(self.store, "identity", None),
             )
-            runner = ProcessRunner(spec, processes, crashed=functools.partial(self._report_crash, function))
+            relay = PushRelay(self._direct, self._loop) if self._direct is not None and self._loop else None
+            runner = ProcessRunner(spec, processes, crashed=functools.partial(self._report_crash, function), relay=relay)
         visibility = self.config.queue_visibility_timeout
         return LocalQueue(
             runner, concurrency=concurrency, retention=source.retention, max_receive_count=source.max_receive_count,

@@ -1,5 +1,5 @@
 """The push port: frames to a participant's socket. No I/O here: the Management API adapter
-is `adapters.apigateway`; the local stack has its own (local_gateway/direct_push.py, http_push.py)."""
+is `adapters.apigateway`; the local stack has its own (local_gateway/direct_push.py, pipe_push.py)."""
 
 from __future__ import annotations
 
