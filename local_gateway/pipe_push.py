@@ -54,10 +54,10 @@ class PipePusher:
             with self._sending:
                 self._pipe.send((request, connection_id, encode(frame)))
             outcome = answer.result(self._timeout)
+        except TimeoutError:  # (an OSError: first) a backstop, as DirectPusher's
+            raise PushFailed("timed out (504)") from None
         except (OSError, ValueError) as exc:  # the stack is gone
             raise PushFailed(type(exc).__name__) from exc
-        except TimeoutError:
-            raise PushFailed("timed out (504)") from None
         finally:
             self._waiting.pop(request, None)
         if outcome == _GONE:
