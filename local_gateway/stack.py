@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import secrets
 import subprocess
 import threading
@@ -85,11 +86,19 @@ def dev_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def default_function_processes() -> int:
+#: Most worker processes `make dev` starts: each is a warm environment with the reply function's
+#: imports of its own; more than this many cores was never measured.
+MAX_DEFAULT_PROCESSES = 4
+
+
+def default_function_processes(cores: int | None = None) -> int:
     """Worker processes for the reply function when nobody says: what `make dev` runs
-    (`python -m local_gateway serve`) and the classroom benchmark measures. 0: threads of the
-    stack's process."""
-    return 0
+    (`python -m local_gateway serve`) and the classroom benchmark measures. One per core (up to
+    MAX_DEFAULT_PROCESSES) beside the gateway's process: on two cores, two workers gave the lowest
+    latencies at 10, 50 and 200 participants at once (docs/benchmarks.md, "Phase 5"). On one core,
+    0: threads of the stack's process (a worker there only adds the crossing between processes)."""
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return 0 if cores < 2 else min(cores, MAX_DEFAULT_PROCESSES)
 
 
 @dataclass

@@ -170,3 +170,10 @@ def test_a_store_file_deleted_while_serving_stops_the_stack_loudly_and_acks_noth
     assert f"saved in {saved}" in output
     texts = [row[0] for row in sqlite3.connect(saved).execute("SELECT text FROM messages WHERE role = 'user'")]
     assert texts == ["Kept"]
+
+
+@pytest.mark.parametrize("cores, workers", [(1, 0), (2, 2), (3, 3), (16, 4)])
+def test_serve_runs_the_reply_function_in_one_worker_process_per_core(cores, workers):
+    from local_gateway.stack import default_function_processes
+
+    assert default_function_processes(cores) == workers
