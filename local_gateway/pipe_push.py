@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
-import logging
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
@@ -28,8 +27,6 @@ from ws_handlers.protocol import encode
 from ws_handlers.push import ConnectionGone, PushFailed
 
 from .direct_push import DirectPusher
-
-log = logging.getLogger("local_gateway")
 
 #: A push's answers on the pipe: done, the socket is gone, or a failure's description.
 _DONE, _GONE = "done", "gone"

@@ -39,12 +39,12 @@ from ws_handlers.store import Store
 
 from . import model_process, throttle
 from .direct_push import DirectPusher
-from .pipe_push import PushRelay
 from .gateway import Gateway, GatewayLimits
 from .http_api import BUCKETS, http_api_app
 from .lambda_context import LambdaContext
 from .management_api import management_app
 from .offline_model import OfflineModel
+from .pipe_push import PushRelay
 from .process_runner import ProcessRunner, WorkerSpec
 from .sqs_queue import LocalQueue
 from .template import Function, QueueSource, Template, load

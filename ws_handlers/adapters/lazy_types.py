@@ -3,7 +3,7 @@
 Why: `import openai` runs `openai.types/__init__.py`, and that of each of its subpackages, which
 import every request and response model of every endpoint the SDK knows (~650 pydantic classes:
 assistants, audio, files, responses, ...). Each class costs pydantic ~1 ms to create, even with the
-SDK's `defer_build`; that is ~60 % of the reply function's import at INIT, so of every cold start a
+SDK's `defer_build`; that was about half of the reply function's import at INIT, so of every cold start a
 participant waits for (docs/benchmarks.md, "Phase 5"). The reply function uses the client's
 `post` and reads chunks as plain JSON (openai_model.py): it needs none of those classes.
 
@@ -70,6 +70,7 @@ class _LazyPackage(types.ModuleType):
             loader = self.__dict__.pop("_lazy_init", None)
             if loader is not None:
                 loader.exec_module(self)
+                self.__dict__.pop("_lazy_exports", None)
 
     def _reexports(self) -> dict[str, tuple[str, str]]:
         """What the package's `__init__.py` re-exports: name -> (relative module, name there), when
