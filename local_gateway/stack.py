@@ -410,7 +410,8 @@ class Stack:
         loop = asyncio.get_running_loop()
         for queue in self.queues.values():
             await loop.run_in_executor(None, queue.wait_idle, grace)
-            queue.shutdown()
+            # off the loop: invocations still running (past the grace) push through it as they finish
+            await loop.run_in_executor(None, queue.shutdown)
         for pool in self._pools.values():
             pool.shutdown(wait=True)
         for runner in self._runners:
