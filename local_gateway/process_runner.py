@@ -246,6 +246,10 @@ def _worker(spec: WorkerSpec, pipe: Connection, push_pipe: Connection | None = N
     handler = Function(logical_id=spec.logical_id, handler=spec.handler, environment=spec.environment, timeout=0,
                        memory_mb=spec.memory_mb, reserved_concurrency=None, max_retry_attempts=None,
                        max_event_age=None).load()
+    try:  # the reply function's model client (its CA store: ~60 ms of CPU), as a warm container has it,
+        services.model()  # not built by the first replies while they wait for it
+    except Exception:  # the first reply reports it, as on Lambda
+        log.warning("%s: the model client could not be built at start", spec.logical_id, exc_info=True)
     sending = threading.Lock()
     pipe.send(_READY)
 

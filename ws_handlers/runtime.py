@@ -58,22 +58,28 @@ class Services:
     clock: Callable[[], float] = time.time
     _model: Any = field(default=None, repr=False)
     _model_key: str | None = field(default=None, repr=False)
+    _model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def model(self) -> ChatModel:
         """The ChatModel, built on first use (only the reply function needs it), and again
         when the key has changed: a warm container follows a rotated key within the secret
-        cache's 5 minutes instead of failing with the old one until Lambda recycles it."""
+        cache's 5 minutes instead of failing with the old one until Lambda recycles it. Built
+        once however many threads ask at once (the local stack's reply threads): a model loads
+        the CA certificates, ~60 ms of CPU."""
         if self.model_factory is not None:
-            if self._model is None:
-                self._model = self.model_factory()
+            with self._model_lock:
+                if self._model is None:
+                    self._model = self.model_factory()
             return self._model
         s = self.settings
         key = _secret(s.openai_api_key_secret_arn, s.openai_api_key, "OPENAI_API_KEY")
         if self._model is None or self._model_key != key:
-            from .adapters.openai_model import OpenAIChatModel
+            with self._model_lock:
+                if self._model is None or self._model_key != key:
+                    from .adapters.openai_model import OpenAIChatModel
 
-            self._model = OpenAIChatModel(key, s.openai_base_url, s.llm_timeout, s.llm_max_retries)
-            self._model_key = key
+                    self._model = OpenAIChatModel(key, s.openai_base_url, s.llm_timeout, s.llm_max_retries)
+                    self._model_key = key
         return self._model
 
     def open_ticket(self, ticket: str) -> Ticket:

@@ -1,6 +1,8 @@
-"""The functions' wiring: a rotated OpenAI key reaches warm containers."""
+"""The functions' wiring: a rotated OpenAI key reaches warm containers; one model per container."""
 
 from __future__ import annotations
+
+import threading
 
 import boto3
 from aws_lambda_powertools.utilities import parameters
@@ -27,3 +29,21 @@ def test_a_rotated_openai_key_is_picked_up_without_a_new_container():
         rotated = services.model()
         assert rotated is not first
         assert rotated._client.api_key == "sk-new"
+
+
+def test_threads_asking_for_the_model_at_once_share_one():
+    """The local stack's reply threads start together; each model loads the CA store (~60 ms)."""
+    settings = Settings.from_env({"OPENAI_API_KEY": "sk-local", "TICKET_SECRET": "t" * 40})
+    services = runtime.from_settings(settings)
+    barrier, got = threading.Barrier(8), []
+
+    def ask() -> None:
+        barrier.wait()
+        got.append(services.model())
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(got) == 8 and len({id(m) for m in got}) == 1
