@@ -111,9 +111,9 @@ class ProcessRunner:
                                         name=f"{self._spec.logical_id}-{slot}", daemon=True)
         process.start()
         theirs.close()  # the worker's end lives in the worker only: its death reads as EOF here
-        if self._relay is not None and push_ours is not None and push_theirs is not None:
-            push_theirs.close()
-            self._relay.serve(push_ours)  # until the worker exits
+        if push_ours is not None:  # the relay answers the worker's pushes until the worker exits
+            push_theirs.close()  # type: ignore[union-attr]
+            self._relay.serve(push_ours)  # type: ignore[union-attr]
         return _Worker(process, ours)
 
     def _await_ready(self) -> None:

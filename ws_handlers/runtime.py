@@ -67,9 +67,10 @@ class Services:
         once however many threads ask at once (the local stack's reply threads): a model loads
         the CA certificates, ~60 ms of CPU."""
         if self.model_factory is not None:
-            with self._model_lock:
-                if self._model is None:
-                    self._model = self.model_factory()
+            if self._model is None:
+                with self._model_lock:
+                    if self._model is None:
+                        self._model = self.model_factory()
             return self._model
         s = self.settings
         key = _secret(s.openai_api_key_secret_arn, s.openai_api_key, "OPENAI_API_KEY")
