@@ -212,9 +212,11 @@ class Store(Protocol):
         """Take the lease to (re)generate a reply, if the chat is still at `chat.next_seq`."""
         ...
 
-    def claim_turn(self, chat_id: str, turn_id: str, until: float) -> bool:
+    def claim_turn(self, chat_id: str, turn_id: str, until: float) -> Chat | None:
         """Claim the lease of `turn_id` for the one delivery that will write its reply, until
-        `until`. False when the lease is another turn's or already claimed (a duplicate delivery)."""
+        `until`, and return the chat as the claim left it (one request: the reply's first read
+        comes with its claim). None when the lease is another turn's or already claimed (a
+        duplicate delivery), or the chat is gone."""
         ...
 
     def finish_reply(self, chat: Chat, reply: Message, turn_id: str) -> bool:

@@ -297,11 +297,11 @@ class Turn:
         Queues deliver at least once: only the delivery that claims the turn writes the reply.
         A duplicate, or a job whose lease a retry has since taken, stops here, as does a chat
         the operator deleted meanwhile."""
-        if not self.store.claim_turn(job.chat_id, job.turn_id, self._clock() + self.settings.reply_lease_seconds):
+        chat = self.store.claim_turn(job.chat_id, job.turn_id, self._clock() + self.settings.reply_lease_seconds)
+        if chat is None:
             logger.info("reply job skipped: already claimed or superseded", extra={"chat_id": job.chat_id})
             metrics.add_metric(name="ReplyJobsSkipped", unit="Count", value=1)
-            return None
-        return self.store.get_chat(job.chat_id)
+        return chat
 
     def _prompt(self, chat: Chat, job: ReplyJob) -> list[dict[str, str]]:
         """The system prompt, then the chat up to the message being answered."""

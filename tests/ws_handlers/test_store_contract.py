@@ -197,9 +197,10 @@ def test_a_turn_is_claimed_exactly_once(store):
     chat = _chat(store)
     store.append_user_message(chat, _user(chat, "m1"), _lease(chat, "t1", NOW + 300), "c1", 3, NOW)
     assert store.get_chat(chat.chat_id).lease == Lease("t1", NOW + 300, 2, claimed=False)
-    assert not store.claim_turn(chat.chat_id, "someone-else", NOW + 60)
-    assert store.claim_turn(chat.chat_id, "t1", NOW + 60)  # the first delivery: the lease shortens to the turn's
-    assert store.get_chat(chat.chat_id).lease == Lease("t1", NOW + 60, 2, claimed=True)
+    assert store.claim_turn(chat.chat_id, "someone-else", NOW + 60) is None
+    claimed = store.claim_turn(chat.chat_id, "t1", NOW + 60)  # the first delivery: the lease shortens to the turn's
+    assert claimed.lease == Lease("t1", NOW + 60, 2, claimed=True)
+    assert claimed == store.get_chat(chat.chat_id)  # the chat as the claim left it, in the same request
     assert not store.claim_turn(chat.chat_id, "t1", NOW + 90)  # a duplicate delivery does nothing
     assert store.get_chat(chat.chat_id).lease.until == NOW + 60
     assert not store.claim_turn("c_missing", "t1", NOW + 60) and store.get_chat("c_missing") is None

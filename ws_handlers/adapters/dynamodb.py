@@ -451,12 +451,13 @@ class DynamoStore:
             values,
         ) is not None
 
-    def claim_turn(self, chat_id: str, turn_id: str, until: float) -> bool:
+    def claim_turn(self, chat_id: str, turn_id: str, until: float) -> Chat | None:
         values = {":turn": {"S": turn_id}, ":until": _ser.serialize(_num(until)), ":yes": {"BOOL": True}}
-        return self._update_if(
+        claimed = self._update_if(
             _key(_chat_pk(chat_id), "META"), "SET lease_claimed = :yes, lease_until = :until",
-            "lease_turn = :turn AND attribute_not_exists(lease_claimed)", values,
-        ) is not None
+            "lease_turn = :turn AND attribute_not_exists(lease_claimed)", values, returns=True,
+        )
+        return None if claimed is None else _chat(claimed)
 
     def finish_reply(self, chat: Chat, reply: Message, turn_id: str) -> bool:
         # Only this chat's items: an item every reply touched (the experiment's token counter)

@@ -458,14 +458,14 @@ class SqliteStore:
             )
             return taken.rowcount == 1
 
-    def claim_turn(self, chat_id: str, turn_id: str, until: float) -> bool:
+    def claim_turn(self, chat_id: str, turn_id: str, until: float) -> Chat | None:
         with self._write() as db:
-            cursor = db.execute(
+            row = db.execute(
                 "UPDATE chats SET lease_claimed = 1, lease_until = ? WHERE chat_id = ? AND lease_turn = ? "
-                "AND lease_claimed = 0",
+                f"AND lease_claimed = 0 RETURNING {_CHAT_COLUMNS}",
                 (until, chat_id, turn_id),
-            )
-            return cursor.rowcount == 1
+            ).fetchone()
+        return None if row is None else _chat(row)
 
     def finish_reply(self, chat: Chat, reply: Message, turn_id: str) -> bool:
         tokens = reply.prompt_tokens + reply.completion_tokens
