@@ -257,6 +257,22 @@ def test_controls_default_and_bind(store):
     assert store.get_chat(chat.chat_id).connection_id == "c7"
 
 
+def test_the_request_paths_read_every_control_item_as_the_operator_wrote_it(store):
+    """`get_controls` (every send and enrolment, in one request) and the operator's reads agree,
+    each field set, with another experiment's items beside them."""
+    store.set_controls("exp1", paused=True, token_budget=100)
+    store.set_controls("exp2", token_budget=5)
+    store.set_controls(None, paused=True)
+    store.add_to_allowlist("exp1", ["P1"])
+    store.count_tokens("exp1", 42)
+    breaker.record_failure(store, NOW, 1, 30, 20)
+    assert store.get_controls("exp1") == ControlItems(
+        Controls(paused=True, token_budget=100, tokens_used=42, allowlist=True), Controls(paused=True),
+        BreakerState(0, NOW, NOW + 20),  # opened (its count starts again)
+    ) == ControlItems(store.read_controls("exp1"), store.read_controls(None), store.read_breaker())
+    assert store.get_controls("exp3").experiment == Controls()
+
+
 def test_refused_chats_are_not_counted(store):
     _chat(store, "a", max_chats=1)
     with pytest.raises(Conflict):

@@ -328,7 +328,22 @@ class SqliteStore:
 
     # -- controls ---------------------------------------------------------------------
     def get_controls(self, experiment: str) -> ControlItems:
-        return ControlItems(self.read_controls(experiment), self.read_controls(None), self.read_breaker())
+        """The three items in one statement, as DynamoDB's adapter reads them in one BatchGetItem:
+        every send and every enrolment reads them."""
+        (e_paused, e_budget, e_used, allowlist, s_paused, s_budget, s_used,
+         breaker, failures, window_start, open_until) = self._read(
+            "SELECT e.paused, e.token_budget, e.tokens_used, "
+            "EXISTS (SELECT 1 FROM allowlists WHERE experiment = ?1), s.paused, s.token_budget, s.tokens_used, "
+            "b.id, b.failures, b.window_start, b.open_until "
+            "FROM (SELECT 1) LEFT JOIN controls AS e ON e.experiment = ?1 "
+            "LEFT JOIN controls AS s ON s.experiment = ?2 LEFT JOIN llm_breaker AS b ON b.id = 1",
+            (experiment, _SERVICE),
+        )[0]
+        return ControlItems(
+            _controls(e_paused, e_budget, e_used, allowlist=bool(allowlist)),
+            _controls(s_paused, s_budget, s_used, allowlist=False),  # the service has no allowlist
+            BreakerState() if breaker is None else BreakerState(failures, window_start, open_until),
+        )
 
     def on_allowlist(self, experiment: str, participant: str) -> bool:
         return bool(self._read("SELECT 1 FROM allowlist WHERE experiment = ? AND participant = ?",
@@ -583,8 +598,7 @@ class SqliteStore:
             "SELECT paused, token_budget, tokens_used FROM controls WHERE experiment = ?",
             (_SERVICE if experiment is None else experiment,),
         )
-        paused, budget, used = rows[0] if rows else (None, None, 0)
-        return Controls(bool(paused), budget, used, allowlist=self._allowlist_on(experiment))
+        return _controls(*(rows[0] if rows else (None, None, 0)), allowlist=self._allowlist_on(experiment))
 
     def add_to_allowlist(self, experiment: str, participants: Codes) -> None:
         check_allowlist_change(experiment, participants)
@@ -732,6 +746,11 @@ def _message(row: tuple[Any, ...]) -> Message:
 def _assignment(row: tuple[Any, ...]) -> Assignment:
     study, participant, arm, place, entered_at, platform_ids = row
     return Assignment(study, participant, arm, place, entered_at, json.loads(platform_ids))
+
+
+def _controls(paused: int | None, budget: int | None, used: int | None, *, allowlist: bool) -> Controls:
+    """A `controls` row's fields (None where the row is absent) as the record."""
+    return Controls(bool(paused), budget, used or 0, allowlist=allowlist)
 
 
 def _chat(row: tuple[Any, ...]) -> Chat:
