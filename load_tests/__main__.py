@@ -87,9 +87,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                        help="run the offline model inside the stack's process (default: a process of its own)")
     local.add_argument("--moto-in-stack", action="store_true", help="with --store dynamodb: run moto's server "
                        "inside the stack's process (default: a process of its own, beside the stack's)")
-    local.add_argument("--function-processes", type=_processes, default=os.cpu_count() or 1,
+    local.add_argument("--function-processes", type=_processes, default="dev",
                        help="worker processes for the reply function (0: threads of the stack's process; "
-                       "'dev': what `make dev` chooses on this machine)")
+                       "'dev', the default: what `make dev` chooses on this machine, one per core up to 4)")
     local.add_argument("--profile", type=Path, help="write a cProfile of the stack's event loop thread here")
     load = p.add_argument_group("load")
     load.add_argument("--participants", type=int, default=20)

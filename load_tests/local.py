@@ -38,6 +38,13 @@ QUIET = {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "WARNING
          "PYTHONWARNINGS": "ignore::UserWarning"}
 
 
+def _dev_processes() -> int:
+    """`make dev`'s choice of reply function workers on this machine (one per core, up to 4)."""
+    from local_gateway.stack import default_function_processes
+
+    return default_function_processes()
+
+
 @dataclass
 class LocalConfig:
     ttft: float = 0.3  #: the offline model's time to first token, seconds
@@ -45,7 +52,7 @@ class LocalConfig:
     store: str = "sqlite"
     model_process: bool = True  #: the offline model in its own process (not on the stack's GIL and loop)
     moto_process: bool = True  #: with store "dynamodb": moto's server (and the strict emulation) likewise
-    function_processes: int = field(default_factory=lambda: os.cpu_count() or 1)  #: reply function workers
+    function_processes: int = field(default_factory=_dev_processes)  #: reply function workers
     llm_concurrency: int | None = None  #: the template's LlmConcurrency (reply threads); None: its default
     environment: dict[str, str] = field(default_factory=dict)  #: function environment overrides
     duplicate_deliveries: float = 0.0  #: share of reply jobs the queue delivers twice (SQS's at-least-once)
