@@ -21,7 +21,7 @@ from .errors import ChatError
 from .identity import CredentialError, Ticket, TicketOpener
 from .jobs import JobQueue, ReplyJob
 from .protocol import History, Send, Start, error_frame, history_page, is_blank, message_frame, queued_frame
-from .store import Chat, Conflict, Connection, Lease, Message, Store, chat_id_for, legacy_chat_id_for
+from .store import Chat, Conflict, Connection, ControlItems, Lease, Message, Store, chat_id_for, legacy_chat_id_for
 from .telemetry import logger, metrics
 
 Respond = Callable[[dict[str, Any]], None]
@@ -164,7 +164,11 @@ class ChatService:
         return chat.lease.user_seq + 1 if chat.lease and chat.replying(now) else None
 
     def _own_chat(self, connection: Connection, chat_id: str, **context: Any) -> Chat:
-        chat = self.store.get_chat(chat_id)
+        return self._owned_by(connection, self.store.get_chat(chat_id), chat_id, **context)
+
+    @staticmethod
+    def _owned_by(connection: Connection, chat: Chat | None, chat_id: str, **context: Any) -> Chat:
+        """`chat` (stored as `chat_id`, or None) if the connection's participant owns it."""
         if chat is None or chat.identity != connection.identity:
             raise ChatError("chat_not_found", chat_id=chat_id, **context)  # the same answer whether or not it exists
         return chat
@@ -187,16 +191,14 @@ class ChatService:
     # -- send -------------------------------------------------------------------------
     def send(self, connection: Connection, action: Send, endpoint: str, respond: Respond) -> None:
         context = {"chat_id": action.chat_id, "client_msg_id": action.client_msg_id}
-        chat = self._own_chat(connection, action.chat_id, client_msg_id=action.client_msg_id)
-        self._check_text(chat, action.text, context)
-        for attempt in range(_APPEND_ATTEMPTS):
-            if attempt:  # the append met a change (Conflict): read the chat again and decide afresh
-                chat = self._own_chat(connection, action.chat_id, client_msg_id=action.client_msg_id)
-            existing = self.store.find_client_message(chat.chat_id, action.client_msg_id)
-            if existing is not None:  # a retry, or the same id raced in from another socket
-                return self._resend(connection, chat, action, existing, endpoint, respond)
+        for _ in range(_APPEND_ATTEMPTS):  # an append that met a change (Conflict) reads again and decides afresh
+            read = self.store.read_for_send(action.chat_id, action.client_msg_id, connection.identity.experiment)
+            chat = self._owned_by(connection, read.chat, action.chat_id, client_msg_id=action.client_msg_id)
+            self._check_text(chat, action.text, context)
+            if read.client_seq is not None:  # a retry, or the same id raced in from another socket
+                return self._resend(connection, chat, action, read.client_seq, endpoint, respond)
             now = self._clock()
-            self._check_appendable(chat, now, context)
+            self._check_appendable(chat, now, context, read.controls)
             seq = chat.next_seq
             message = Message(chat.chat_id, seq, "user", action.text, now, client_msg_id=action.client_msg_id)
             lease = self._queued_lease(now, seq)
@@ -211,10 +213,10 @@ class ChatService:
             return None
         raise ChatError("reply_in_progress", **context)
 
-    def _check_appendable(self, chat: Chat, now: float, context: dict[str, Any]) -> None:
+    def _check_appendable(self, chat: Chat, now: float, context: dict[str, Any], controls: ControlItems) -> None:
         """Why a new message may not be stored now: the switches and budgets, the chat's message
         limit, a reply owed. The store's append holds to the last two under concurrency (Conflict)."""
-        self._check_spending(chat, context)
+        self._check_spending(chat, context, controls)
         if chat.user_messages >= chat.bot.limits.max_user_messages:
             raise ChatError("message_limit", **context)
         if chat.replying(now):
@@ -244,9 +246,10 @@ class ChatService:
         if len(text) > limit:
             raise ChatError("message_too_long", f"Messages are limited to {limit} characters.", **context)
 
-    def _check_spending(self, chat: Chat, context: dict[str, Any]) -> None:
-        """The kill switch and the token limits: refused before any model call is made."""
-        controls = obeyed(self.store.get_controls(chat.identity.experiment))
+    def _check_spending(self, chat: Chat, context: dict[str, Any], items: ControlItems | None = None) -> None:
+        """The kill switch and the token limits: refused before any model call is made (`items`:
+        the chat's experiment's control items, if read already)."""
+        controls = obeyed(items if items is not None else self.store.get_controls(chat.identity.experiment))
         if self.settings.paused or controls.paused:
             raise ChatError("paused", **context)
         if controls.llm_paused_until > self._clock():  # the breaker is open: fail fast, store nothing

@@ -139,6 +139,16 @@ class ControlItems:
     breaker: BreakerState
 
 
+@dataclass(frozen=True)
+class SendItems:
+    """What a `send` reads before it decides, in one request: the chat, the seq its client
+    message id is stored under (a retry) and the control items of the sender's experiment."""
+
+    chat: Chat | None
+    client_seq: int | None
+    controls: ControlItems
+
+
 #: Participant codes given to an allowlist change (AdminStore.add_to_allowlist ...).
 Codes = Collection[str]
 
@@ -196,6 +206,11 @@ class Store(Protocol):
     def messages(self, chat_id: str, after_seq: int = 0, limit: int | None = None) -> list[Message]: ...
     def get_message(self, chat_id: str, seq: int) -> Message | None: ...
     def find_client_message(self, chat_id: str, client_msg_id: str) -> int | None: ...
+    def read_for_send(self, chat_id: str, client_msg_id: str, experiment: str) -> SendItems:
+        """`get_chat`, `find_client_message` and `get_controls` in one request (a send's reads
+        before its append; on DynamoDB one BatchGetItem), each item as consistent as those
+        are, not a snapshot of all; an item left unread raises StoreThrottled."""
+        ...
 
     def append_user_message(
         self, chat: Chat, message: Message, lease: Lease, connection_id: str, max_user_messages: int, now: float

@@ -24,6 +24,7 @@ from ws_handlers.store import (
     Deleted,
     Lease,
     Message,
+    SendItems,
     chat_id_for,
     legacy_chat_id_for,
     message_pages,
@@ -128,6 +129,18 @@ def test_append_assigns_sequence_and_takes_the_lease(store):
     assert after.lease == Lease("t1", NOW + 60, 2) and after.replying(NOW)
     assert store.find_client_message(chat.chat_id, "m1") == 2
     assert store.get_message(chat.chat_id, 2).text == "hi"
+
+
+def test_a_send_reads_its_chat_its_client_message_and_the_controls_in_one_request(store):
+    store.set_controls("exp1", token_budget=100)
+    assert store.read_for_send("c_missing", "m1", "exp1") == SendItems(None, None, store.get_controls("exp1"))
+    chat = _chat(store)
+    store.append_user_message(chat, _user(chat, "m1"), _lease(chat), "c1", 3, NOW)
+    read = store.read_for_send(chat.chat_id, "m1", "exp1")
+    assert read == SendItems(store.get_chat(chat.chat_id), 2, store.get_controls("exp1"))
+    assert read.controls.experiment.token_budget == 100
+    assert store.read_for_send(chat.chat_id, "m2", "exp2") == SendItems(store.get_chat(chat.chat_id), None,
+                                                                         store.get_controls("exp2"))
 
 
 def test_append_conflicts_write_nothing(store):

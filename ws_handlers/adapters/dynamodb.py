@@ -49,6 +49,7 @@ from ..store import (
     Deleted,
     Lease,
     Message,
+    SendItems,
     StoreThrottled,
     check_allowlist_change,
     check_controls_change,
@@ -126,6 +127,20 @@ def _counter(experiment: str, participant: str, session: str | None = None) -> d
 
 def _control_key(experiment: str) -> dict[str, str]:
     return {"pk": f"EXP#{experiment}", "sk": "CONTROL"}
+
+
+def _control_keys(experiment: str) -> list[dict[str, Any]]:
+    """The keys of `ControlItems`: the experiment's CONTROL item, the service's, the breaker."""
+    return [_item(_control_key(experiment)), _item(_SERVICE_CONTROL), _item(_BREAKER)]
+
+
+def _control_items(items: dict[tuple[str, str], dict[str, Any]], experiment: str) -> ControlItems:
+    """`ControlItems` from a batch read of `_control_keys(experiment)` (absent items: defaults)."""
+    return ControlItems(
+        experiment=_controls(items.get((_control_key(experiment)["pk"], "CONTROL"), {})),
+        service=_controls(items.get(("SERVICE", "CONTROL"), {})),
+        breaker=_breaker(items.get(("SERVICE", "LLM"), {})),
+    )
 
 
 def _allow_pk(experiment: str) -> str:
@@ -271,13 +286,14 @@ class DynamoStore:
 
     # -- controls ---------------------------------------------------------------------
     def get_controls(self, experiment: str) -> ControlItems:
-        experiment_key = _control_key(experiment)
-        items = self._batch_get([_item(experiment_key), _item(_SERVICE_CONTROL), _item(_BREAKER)])
-        return ControlItems(
-            experiment=_controls(items.get((experiment_key["pk"], "CONTROL"), {})),
-            service=_controls(items.get(("SERVICE", "CONTROL"), {})),
-            breaker=_breaker(items.get(("SERVICE", "LLM"), {})),
-        )
+        return _control_items(self._batch_get(_control_keys(experiment)), experiment)
+
+    def read_for_send(self, chat_id: str, client_msg_id: str, experiment: str) -> SendItems:
+        pk, client = _chat_pk(chat_id), f"CMID#{client_msg_id}"
+        items = self._batch_get([_key(pk, "META"), _key(pk, client), *_control_keys(experiment)])
+        meta, stored = items.get((pk, "META")), items.get((pk, client))
+        return SendItems(None if meta is None else _chat(meta), None if stored is None else int(stored["seq"]),
+                         _control_items(items, experiment))
 
     # -- chats ------------------------------------------------------------------------
     def get_chat(self, chat_id: str) -> Chat | None:

@@ -57,7 +57,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,7 @@ from ..store import (
     Deleted,
     Lease,
     Message,
+    SendItems,
     StoreError,
     StoreThrottled,
     check_allowlist_change,
@@ -156,6 +157,18 @@ _REBUILDS = {
 _CHAT_COLUMNS = (
     "chat_id, participant, experiment, session, chat_key, bot, created_at, next_seq, user_messages, "
     "tokens_used, connection_id, lease_turn, lease_until, lease_seq, lease_claimed"
+)
+_CHAT_WIDTH = len(_CHAT_COLUMNS.split(", "))
+_JOINED_CHAT_COLUMNS = ", ".join(f"c.{column}" for column in _CHAT_COLUMNS.split(", "))  #: chats AS c
+#: The control items (`get_controls`, `read_for_send`): the experiment's row and its allowlist
+#: flag, the service's row, the breaker's; NULL columns where a row is absent.
+_CONTROL_COLUMNS = (
+    "e.paused, e.token_budget, e.tokens_used, EXISTS (SELECT 1 FROM allowlists WHERE experiment = :experiment), "
+    "s.paused, s.token_budget, s.tokens_used, b.id, b.failures, b.window_start, b.open_until"
+)
+_CONTROL_JOINS = (
+    "LEFT JOIN controls AS e ON e.experiment = :experiment LEFT JOIN controls AS s ON s.experiment = :service "
+    "LEFT JOIN llm_breaker AS b ON b.id = 1"
 )
 _MESSAGE_COLUMNS = (
     "chat_id, seq, role, text, created_at, client_msg_id, prompt_tokens, completion_tokens, model, latency_ms, "
@@ -240,7 +253,7 @@ class SqliteStore:
             self._local.db = reader
         return reader
 
-    def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    def _read(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> list[tuple[Any, ...]]:
         if self._lost is not None:
             raise StoreFileLost(self._lost)
         with _throttled():
@@ -330,20 +343,9 @@ class SqliteStore:
     def get_controls(self, experiment: str) -> ControlItems:
         """The three items in one statement, as DynamoDB's adapter reads them in one BatchGetItem:
         every send and every enrolment reads them."""
-        (e_paused, e_budget, e_used, allowlist, s_paused, s_budget, s_used,
-         breaker, failures, window_start, open_until) = self._read(
-            "SELECT e.paused, e.token_budget, e.tokens_used, "
-            "EXISTS (SELECT 1 FROM allowlists WHERE experiment = ?1), s.paused, s.token_budget, s.tokens_used, "
-            "b.id, b.failures, b.window_start, b.open_until "
-            "FROM (SELECT 1) LEFT JOIN controls AS e ON e.experiment = ?1 "
-            "LEFT JOIN controls AS s ON s.experiment = ?2 LEFT JOIN llm_breaker AS b ON b.id = 1",
-            (experiment, _SERVICE),
-        )[0]
-        return ControlItems(
-            _controls(e_paused, e_budget, e_used, allowlist=bool(allowlist)),
-            _controls(s_paused, s_budget, s_used, allowlist=False),  # the service has no allowlist
-            BreakerState() if breaker is None else BreakerState(failures, window_start, open_until),
-        )
+        row = self._read(f"SELECT {_CONTROL_COLUMNS} FROM (SELECT 1) {_CONTROL_JOINS}",
+                         {"experiment": experiment, "service": _SERVICE})[0]
+        return _control_items(row)
 
     def on_allowlist(self, experiment: str, participant: str) -> bool:
         return bool(self._read("SELECT 1 FROM allowlist WHERE experiment = ? AND participant = ?",
@@ -436,6 +438,16 @@ class SqliteStore:
     def get_message(self, chat_id: str, seq: int) -> Message | None:
         rows = self._read(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE chat_id = ? AND seq = ?", (chat_id, seq))
         return _message(rows[0]) if rows else None
+
+    def read_for_send(self, chat_id: str, client_msg_id: str, experiment: str) -> SendItems:
+        row = self._read(
+            f"SELECT {_JOINED_CHAT_COLUMNS}, m.seq, {_CONTROL_COLUMNS} FROM (SELECT 1) "
+            "LEFT JOIN chats AS c ON c.chat_id = :chat_id "
+            f"LEFT JOIN client_messages AS m ON m.chat_id = :chat_id AND m.client_msg_id = :client_msg_id {_CONTROL_JOINS}",
+            {"chat_id": chat_id, "client_msg_id": client_msg_id, "experiment": experiment, "service": _SERVICE},
+        )[0]
+        chat, (client_seq, *controls) = row[:_CHAT_WIDTH], row[_CHAT_WIDTH:]
+        return SendItems(None if chat[0] is None else _chat(chat), client_seq, _control_items(controls))
 
     def find_client_message(self, chat_id: str, client_msg_id: str) -> int | None:
         rows = self._read(
@@ -751,6 +763,16 @@ def _assignment(row: tuple[Any, ...]) -> Assignment:
 def _controls(paused: int | None, budget: int | None, used: int | None, *, allowlist: bool) -> Controls:
     """A `controls` row's fields (None where the row is absent) as the record."""
     return Controls(bool(paused), budget, used or 0, allowlist=allowlist)
+
+
+def _control_items(row: Sequence[Any]) -> ControlItems:
+    """`ControlItems` from the `_CONTROL_COLUMNS` of a row."""
+    e_paused, e_budget, e_used, allowlist, s_paused, s_budget, s_used, breaker, *state = row
+    return ControlItems(
+        _controls(e_paused, e_budget, e_used, allowlist=bool(allowlist)),
+        _controls(s_paused, s_budget, s_used, allowlist=False),  # the service has no allowlist
+        BreakerState() if breaker is None else BreakerState(*state),
+    )
 
 
 def _chat(row: tuple[Any, ...]) -> Chat:
