@@ -105,6 +105,25 @@ def test_controls_that_stay_unprocessed_fail_closed(strict_dynamodb: StrictDynam
         assert store.get_controls("exp1").experiment.paused
 
 
+def test_a_sends_reads_left_unprocessed_are_read_again_or_fail_closed(strict_dynamodb: StrictDynamoDB, monkeypatch,
+                                                                      new_store):
+    """A send's one BatchGetItem: an item DynamoDB leaves unread is never taken for an absent one
+    (a stored client message id for a new message, a paused experiment for an open one)."""
+    monkeypatch.setattr("ws_handlers.adapters.dynamodb.time.sleep", lambda _s: None)  # the backoffs, not their length
+    with mock_aws():
+        store = new_store()
+        chat, _ = _replying_chat(store, "P1")
+        store.set_controls("exp1", paused=True)
+        whole = store.read_for_send(chat.chat_id, "m1", "exp1")
+        assert whole.chat is not None and whole.client_seq == 2 and whole.controls.experiment.paused
+        with strict_dynamodb.throttling(first=1, operations=frozenset({"BatchGetItem"})):  # half its keys left
+            assert store.read_for_send(chat.chat_id, "m1", "exp1") == whole
+        assert strict_dynamodb.counters.unprocessed_keys > 0
+        with strict_dynamodb.throttling(rate=1.0, unprocessed=1.0, operations=frozenset({"BatchGetItem"})):
+            with pytest.raises(StoreThrottled):
+                store.read_for_send(chat.chat_id, "m1", "exp1")
+
+
 @pytest.mark.parametrize("error", ["ThrottlingException", "ProvisionedThroughputExceededException"])
 def test_a_reply_cancelled_for_capacity_is_retried_and_stored(strict_dynamodb: StrictDynamoDB, error: str, new_store):
     with mock_aws():
