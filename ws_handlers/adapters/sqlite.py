@@ -443,7 +443,8 @@ class SqliteStore:
         row = self._read(
             f"SELECT {_JOINED_CHAT_COLUMNS}, m.seq, {_CONTROL_COLUMNS} FROM (SELECT 1) "
             "LEFT JOIN chats AS c ON c.chat_id = :chat_id "
-            f"LEFT JOIN client_messages AS m ON m.chat_id = :chat_id AND m.client_msg_id = :client_msg_id {_CONTROL_JOINS}",
+            "LEFT JOIN client_messages AS m ON m.chat_id = :chat_id AND m.client_msg_id = :client_msg_id "
+            + _CONTROL_JOINS,
             {"chat_id": chat_id, "client_msg_id": client_msg_id, "experiment": experiment, "service": _SERVICE},
         )[0]
         chat, (client_seq, *controls) = row[:_CHAT_WIDTH], row[_CHAT_WIDTH:]
