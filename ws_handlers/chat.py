@@ -198,7 +198,16 @@ class ChatService:
             if read.client_seq is not None:  # a retry, or the same id raced in from another socket
                 return self._resend(connection, chat, action, read.client_seq, endpoint, respond)
             now = self._clock()
-            self._check_appendable(chat, now, context, read.controls)
+            try:
+                self._check_appendable(chat, now, context, read.controls)
+            except ChatError:
+                # read_for_send reads each item committed, not the batch as one (DynamoDB's
+                # BatchGetItem): while another socket appends this very id, the chat may show that
+                # append (lease held, one more message) and the id's record not yet. A refusal is
+                # final only once the id alone, read after the chat, is unstored (refusals only).
+                if (stored := self.store.find_client_message(chat.chat_id, action.client_msg_id)) is not None:
+                    return self._resend(connection, chat, action, stored, endpoint, respond)
+                raise
             seq = chat.next_seq
             message = Message(chat.chat_id, seq, "user", action.text, now, client_msg_id=action.client_msg_id)
             lease = self._queued_lease(now, seq)

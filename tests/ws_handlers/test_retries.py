@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from waiting import wait_for
 
 from ws_handlers.bot import Limits
 from ws_handlers import turn
+from ws_handlers.store import Lease, Message
 
 
 def _send_frame(chat_id, client_msg_id, text="Is 7 a prime?"):
@@ -96,6 +98,32 @@ def test_the_same_message_sent_twice_at_once_is_stored_once(harness):
     assert {a["seq"] for a in acks} == {1}
     stored = harness.store.messages(chat)
     assert [(m.seq, m.role) for m in stored] == [(1, "user"), (2, "assistant")]
+
+
+def test_a_send_whose_read_missed_its_own_id_stored_from_another_socket_is_acked_not_refused(harness, monkeypatch):
+    """DynamoDB's BatchGetItem reads each item committed, not the batch as one: while another socket
+    appends the same client message id, a send may read the chat with that append in it (its reply
+    queued) and the id's record from before it. Neither local store tears a read so (SQLite's is one
+    statement, moto applies a transaction at once), so the first read is torn here as DynamoDB may."""
+    chat_id = _started(harness)
+    chat = harness.store.get_chat(chat_id)
+    lease = Lease("t-other-socket", time.time() + 300, chat.next_seq)
+    harness.store.append_user_message(chat, Message(chat_id, chat.next_seq, "user", "Is 7 a prime?", time.time(),
+                                                    client_msg_id="m1"), lease, "c1", 10, time.time())
+    real, reads = harness.store.read_for_send, []
+
+    def torn(*args):
+        read = real(*args)
+        reads.append(read)
+        return dataclasses.replace(read, client_seq=None) if len(reads) == 1 else read
+
+    monkeypatch.setattr(harness.store, "read_for_send", torn)
+    harness.connect("c2")
+    frames = harness.send("c2", _send_frame(chat_id, "m1"))
+    assert reads[0].client_seq == chat.next_seq  # the id was stored: only the read missed it
+    assert [f["type"] for f in frames] == ["ack", "queued"], frames  # not reply_in_progress
+    assert frames[0]["duplicate"] is True and frames[0]["seq"] == chat.next_seq
+    assert [m.client_msg_id for m in harness.store.messages(chat_id)] == ["m1"]
 
 
 def test_limit_counts_stored_messages_not_attempts(harness):
