@@ -240,11 +240,16 @@ class Stack:
             with contextlib.suppress(StoreFileLost):
                 self.store.check()  # type: ignore[union-attr]
 
+    @property
+    def _push_timeout(self) -> float:
+        """How long a push from a function (thread or worker) may wait for the gateway: it answers
+        within its stall timeout; the rest is slack for a busy loop."""
+        return self.config.limits.stall_timeout + 5.0
+
     def _pusher_factory(self) -> Callable[[str], Pusher]:
         if self.config.push == "direct":
-            # the gateway answers a push within its stall timeout; the rest is slack for a busy loop
-            timeout = self.config.limits.stall_timeout + 5.0
-            pusher = self._direct = DirectPusher(self.gateway, asyncio.get_running_loop(), timeout)  # type: ignore[arg-type]
+            pusher = self._direct = DirectPusher(
+                self.gateway, asyncio.get_running_loop(), self._push_timeout)  # type: ignore[arg-type]
             return lambda _endpoint: pusher
         if self.config.push == "management_api":
             return lambda endpoint: ManagementApiPusher(
@@ -265,7 +270,7 @@ class Stack:
             spec = WorkerSpec(
                 logical_id=function.logical_id, handler=function.handler, memory_mb=function.memory_mb,
                 environment=environment, sqlite_path=self._sqlite_path, threads=-(-concurrency // processes),
-                push=self.config.push, push_timeout=self.config.limits.stall_timeout + 5.0,
+                push=self.config.push, push_timeout=self._push_timeout,
                 sqlite_identity=getattr(self.store, "identity", None),
             )
             relay = PushRelay(self._direct, self._loop) if self._direct is not None and self._loop else None
