@@ -204,12 +204,15 @@ class SqliteStore:
         self._lock = threading.Lock()  # one write transaction at a time on the write connection
         self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         self.identity = _identity(self.path)  #: the file opened: what the path must go on naming
-        # Reads go through one connection per thread, with no lock: in WAL mode readers never
-        # wait for the writer. Sharing one connection (and its lock) made every reply's reads
-        # queue behind every write; under load a thread holding the lock waited for the GIL.
+        # Reads go through reader connections with no lock: in WAL mode readers never wait for
+        # the writer. Sharing one connection (and its lock) made every reply's reads queue behind
+        # every write; under load a thread holding the lock waited for the GIL. A read borrows an
+        # idle reader for its one statement (`_reading`), so a thread's first read reuses one
+        # whose statements are compiled: a new connection's first statements cost ~1.5 ms of CPU
+        # (the schema read and compiled again), which every new reply thread used to pay.
         self._busy_timeout = busy_timeout
-        self._readers: list[sqlite3.Connection] = []
-        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []  #: every reader opened (closed with the store)
+        self._idle: list[sqlite3.Connection] = []  #: readers not in use, the last returned on top
         self._closed = False
         try:
             self._db.execute("PRAGMA journal_mode=WAL")  # persistent: recorded in the file
@@ -240,24 +243,37 @@ class SqliteStore:
             raise
 
     # -- plumbing ---------------------------------------------------------------
-    def _reader(self) -> sqlite3.Connection:
-        reader = getattr(self._local, "db", None)
-        if reader is None:
-            if self._closed:
-                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
-            self.check()
-            reader = sqlite3.connect(f"{Path(os.path.abspath(self.path)).as_uri()}?mode=rw", uri=True,  # never creates
-                                     timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
-            with self._lock:
-                self._readers.append(reader)
-            self._local.db = reader
+    def _new_reader(self) -> sqlite3.Connection:
+        if self._closed:
+            raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+        self.check()
+        reader = sqlite3.connect(f"{Path(os.path.abspath(self.path)).as_uri()}?mode=rw", uri=True,  # never creates
+                                 timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
+        with self._lock:
+            self._readers.append(reader)
         return reader
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A reader for one statement: the idle one used last, else a new one. (`list.pop` and
+        `append` are atomic, so no lock: two threads never get the same reader.) One left inside a
+        transaction by a failure is not lent again."""
+        try:
+            reader = self._idle.pop()
+        except IndexError:
+            reader = self._new_reader()
+        try:
+            yield reader
+        finally:
+            with contextlib.suppress(sqlite3.ProgrammingError):  # the store was closed meanwhile
+                if not reader.in_transaction:
+                    self._idle.append(reader)
 
     def _read(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> list[tuple[Any, ...]]:
         if self._lost is not None:
             raise StoreFileLost(self._lost)
-        with _throttled():
-            return self._reader().execute(sql, params).fetchall()
+        with _throttled(), self._reading() as reader:
+            return reader.execute(sql, params).fetchall()
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
