@@ -121,6 +121,8 @@ class Gateway:
         self.limits = limits
         self.api_id = api_id
         self.sockets: dict[str, _Socket] = {}
+        #: told (on the loop) of each socket forgotten: closed, or dropped as not reading (pipe_push.py)
+        self.on_forget: list[Callable[[str], None]] = []
         self._pending: dict[int, str] = {}  # id(ServerConnection) -> connection id, during the handshake
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: Server | None = None
@@ -258,7 +260,7 @@ class Gateway:
             pass
         finally:
             watchdog.cancel()
-            self.sockets.pop(connection_id, None)
+            self._forget(connection_id)
             await self._disconnect(sock)
 
     async def _watch(self, sock: _Socket) -> None:
@@ -281,9 +283,17 @@ class Gateway:
         except TimeoutError:
             sock.connection.transport.abort()
 
+    def _forget(self, connection_id: str) -> _Socket | None:
+        """Pushes to the socket answer "gone" from now on."""
+        sock = self.sockets.pop(connection_id, None)
+        if sock is not None:
+            for listener in self.on_forget:
+                listener(connection_id)
+        return sock
+
     def _stalled(self, connection_id: str) -> None:
         """The outbox found the client not reading: forget the socket (pushes answer "gone") and close it."""
-        sock = self.sockets.pop(connection_id, None)
+        sock = self._forget(connection_id)
         if sock is None:
             return
         log.warning("closing %s: its outgoing buffer (%d bytes) stayed full for %.1f s", connection_id,

@@ -274,6 +274,8 @@ class Stack:
                 sqlite_identity=getattr(self.store, "identity", None),
             )
             relay = PushRelay(self._direct, self._loop) if self._direct is not None and self._loop else None
+            if relay is not None and self.gateway is not None:
+                self.gateway.on_forget.append(relay.gone)
             runner = ProcessRunner(spec, processes, crashed=functools.partial(self._report_crash, function), relay=relay)
         visibility = self.config.queue_visibility_timeout
         return LocalQueue(

@@ -347,8 +347,11 @@ def test_410_for_unknown_and_closed_connections(stack):
     mgmt.post_to_connection(ConnectionId=connection_id, Data=b'{"type":"hello"}')
     assert client.until("hello") == {"type": "hello"}
     assert mgmt.get_connection(ConnectionId=connection_id)["Identity"]["SourceIp"] == "127.0.0.1"
+    forgotten: list[str] = []
+    stack.gateway.on_forget.append(forgotten.append)  # as the reply workers' relay listens (pipe_push.py)
     client.close()
     assert wait_for(lambda: connection_id not in stack.gateway.sockets)
+    assert forgotten == [connection_id]  # told once, by the time pushes answer 410
     for cid in (connection_id, "bm90LWEtY29ubmVjdGlvbg="):
         with pytest.raises(mgmt.exceptions.GoneException):
             mgmt.post_to_connection(ConnectionId=cid, Data=b"{}")
