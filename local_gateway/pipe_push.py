@@ -14,8 +14,8 @@ a socket far behind waits for the gateway's answer (up to the stall timeout). `S
 "management_api"` keeps boto3 over HTTP in workers, as on AWS.
 
 Most pushes are not answered at all. Waiting for each answer cost the pushing thread a sleep and
-a wake-up, and the worker's answer thread another, for every delta: 9 % of the stack's CPU per
-reply at 200 participants (docs/benchmarks.md, "Phase 7"). A worker asks once per socket (the
+a wake-up, and the worker's answer thread another, for every delta: about a tenth of the stack's
+CPU per reply at 200 participants (docs/benchmarks.md, "Phase 7"). A worker asks once per socket (the
 first push waits for its answer, as before); once the stack has answered that the socket took a
 frame, later pushes to it are sent without waiting, until the stack says to ask again: when the
 socket closes (the gateway tells every worker, `PushRelay.gone`), or when a push sent without
