@@ -291,19 +291,22 @@ class Run:
             p.frame_times.append(time.time())
         await ws.send(json.dumps(frame))
 
-    async def _recv(self, p: Participant, ws: ClientConnection, limit: float) -> dict[str, Any]:
-        raw = await asyncio.wait_for(ws.recv(), self._wait(limit))
+    async def _recv(self, p: Participant, ws: ClientConnection) -> dict[str, Any]:
+        """The next frame. No timeout of its own: the caller's wait has one deadline for all its
+        frames (`asyncio.wait_for` per frame made a task, a future and a timer for each, on the
+        two cores the load generator shares with the stack; docs/benchmarks.md, "Phase 7")."""
+        raw = await ws.recv()
         p.frames_in += 1
         p.bytes_in.append(len(raw))
         frame = json.loads(raw)
         return frame if isinstance(frame, dict) else {"type": "?"}
 
     async def _until(self, p: Participant, ws: ClientConnection, match: Any) -> dict[str, Any]:
-        deadline = time.monotonic() + self.o.reply_timeout
-        for _ in range(10_000):  # bounded: no socket sends more frames than this for one wait
-            frame = await self._recv(p, ws, max(0.001, deadline - time.monotonic()))
-            if match(frame):
-                return frame
+        async with asyncio.timeout(self._wait(self.o.reply_timeout)):
+            for _ in range(10_000):  # bounded: no socket sends more frames than this for one wait
+                frame = await self._recv(p, ws)
+                if match(frame):
+                    return frame
         raise TimeoutError("too many unrelated frames")
 
     async def _exchange(self, p: Participant, ws: ClientConnection, index: int) -> None:
@@ -319,54 +322,54 @@ class Run:
             reply.attempts = attempt + 1
             t0 = reply.attempt_sent_mono = time.monotonic()
             await self._send_frame(p, ws, frame)
-            deadline = t0 + o.reply_timeout
             retry = False
-            for _ in range(10_000):
-                got = await self._recv(p, ws, max(0.001, deadline - time.monotonic()))
-                kind = got.get("type")
-                if kind == "ack" and got.get("client_msg_id") == reply.client_msg_id:
-                    if reply.ack_s is None:
-                        reply.ack_s = time.monotonic() - t0
-                        reply.acked_at = self.now()
-                    reply.user_seq = got["seq"]
-                elif kind == "queued" and got.get("client_msg_id") == reply.client_msg_id:
-                    if reply.first_delta_at is not None:
-                        reply.queued_after_delta = True  # protocol.md: ignore it then
-                    elif reply.queued_at is None:
-                        reply.queued_at = self.now()
-                elif kind == "delta" and reply.user_seq is not None and got.get("seq") == reply.user_seq + 1:
-                    if reply.ttfd_s is None:
-                        reply.ttfd_s = time.monotonic() - t0
-                        reply.first_delta_at = self.now()
-                    reply.frames += 1
-                    reply.deltas += 1
-                    if got["offset"] <= len(merged):
-                        merged = merged[: got["offset"]] + got["text"]
-                elif kind == "message" and reply.user_seq is not None and got.get("seq") == reply.user_seq + 1:
-                    reply.reply_s = time.monotonic() - t0
-                    reply.done_at = self.now()
-                    reply.frames += 1
-                    reply.reply_seq = got["seq"]
-                    reply.final_text = got["text"]
-                    reply.merged_text = merged
-                    usage = got.get("usage") or {}
-                    reply.prompt_tokens = int(usage.get("prompt_tokens", 0))
-                    reply.completion_tokens = int(usage.get("completion_tokens", 0))
-                    reply.error = None
-                    self.replies_done += 1
-                    return
-                elif kind == "error" and (
-                    got.get("client_msg_id") == reply.client_msg_id
-                    or (reply.user_seq is not None and got.get("seq") == reply.user_seq + 1)
-                    or got.get("client_msg_id") is None
-                ):
-                    code = got.get("code", "unknown")
-                    self.errors[code] += 1
-                    reply.error = code
-                    if got.get("retryable") and code in RETRYABLE and attempt < o.retries:
-                        retry = True
-                        break
-                    return
+            async with asyncio.timeout(self._wait(o.reply_timeout)):  # the attempt's one deadline
+                for _ in range(10_000):
+                    got = await self._recv(p, ws)
+                    kind = got.get("type")
+                    if kind == "ack" and got.get("client_msg_id") == reply.client_msg_id:
+                        if reply.ack_s is None:
+                            reply.ack_s = time.monotonic() - t0
+                            reply.acked_at = self.now()
+                        reply.user_seq = got["seq"]
+                    elif kind == "queued" and got.get("client_msg_id") == reply.client_msg_id:
+                        if reply.first_delta_at is not None:
+                            reply.queued_after_delta = True  # protocol.md: ignore it then
+                        elif reply.queued_at is None:
+                            reply.queued_at = self.now()
+                    elif kind == "delta" and reply.user_seq is not None and got.get("seq") == reply.user_seq + 1:
+                        if reply.ttfd_s is None:
+                            reply.ttfd_s = time.monotonic() - t0
+                            reply.first_delta_at = self.now()
+                        reply.frames += 1
+                        reply.deltas += 1
+                        if got["offset"] <= len(merged):
+                            merged = merged[: got["offset"]] + got["text"]
+                    elif kind == "message" and reply.user_seq is not None and got.get("seq") == reply.user_seq + 1:
+                        reply.reply_s = time.monotonic() - t0
+                        reply.done_at = self.now()
+                        reply.frames += 1
+                        reply.reply_seq = got["seq"]
+                        reply.final_text = got["text"]
+                        reply.merged_text = merged
+                        usage = got.get("usage") or {}
+                        reply.prompt_tokens = int(usage.get("prompt_tokens", 0))
+                        reply.completion_tokens = int(usage.get("completion_tokens", 0))
+                        reply.error = None
+                        self.replies_done += 1
+                        return
+                    elif kind == "error" and (
+                        got.get("client_msg_id") == reply.client_msg_id
+                        or (reply.user_seq is not None and got.get("seq") == reply.user_seq + 1)
+                        or got.get("client_msg_id") is None
+                    ):
+                        code = got.get("code", "unknown")
+                        self.errors[code] += 1
+                        reply.error = code
+                        if got.get("retryable") and code in RETRYABLE and attempt < o.retries:
+                            retry = True
+                            break
+                        return
             if not retry:
                 raise TimeoutError("too many frames for one reply")
             merged = ""
