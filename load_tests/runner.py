@@ -317,66 +317,67 @@ class Run:
                       burst=o.burst and index == 0)
         p.replies.append(reply)
         frame = {"action": "send", "chat_id": p.chat_id, "client_msg_id": reply.client_msg_id, "text": text}
-        merged = ""
         for attempt in range(1 + o.retries):
             reply.attempts = attempt + 1
             t0 = reply.attempt_sent_mono = time.monotonic()
             await self._send_frame(p, ws, frame)
-            retry = False
             async with asyncio.timeout(self._wait(o.reply_timeout)):  # the attempt's one deadline
-                for _ in range(10_000):
-                    got = await self._recv(p, ws)
-                    kind = got.get("type")
-                    if kind == "ack" and got.get("client_msg_id") == reply.client_msg_id:
-                        if reply.ack_s is None:
-                            reply.ack_s = time.monotonic() - t0
-                            reply.acked_at = self.now()
-                        reply.user_seq = got["seq"]
-                    elif kind == "queued" and got.get("client_msg_id") == reply.client_msg_id:
-                        if reply.first_delta_at is not None:
-                            reply.queued_after_delta = True  # protocol.md: ignore it then
-                        elif reply.queued_at is None:
-                            reply.queued_at = self.now()
-                    elif kind == "delta" and reply.user_seq is not None and got.get("seq") == reply.user_seq + 1:
-                        if reply.ttfd_s is None:
-                            reply.ttfd_s = time.monotonic() - t0
-                            reply.first_delta_at = self.now()
-                        reply.frames += 1
-                        reply.deltas += 1
-                        if got["offset"] <= len(merged):
-                            merged = merged[: got["offset"]] + got["text"]
-                    elif kind == "message" and reply.user_seq is not None and got.get("seq") == reply.user_seq + 1:
-                        reply.reply_s = time.monotonic() - t0
-                        reply.done_at = self.now()
-                        reply.frames += 1
-                        reply.reply_seq = got["seq"]
-                        reply.final_text = got["text"]
-                        reply.merged_text = merged
-                        usage = got.get("usage") or {}
-                        reply.prompt_tokens = int(usage.get("prompt_tokens", 0))
-                        reply.completion_tokens = int(usage.get("completion_tokens", 0))
-                        reply.error = None
-                        self.replies_done += 1
-                        return
-                    elif kind == "error" and (
-                        got.get("client_msg_id") == reply.client_msg_id
-                        or (reply.user_seq is not None and got.get("seq") == reply.user_seq + 1)
-                        or got.get("client_msg_id") is None
-                    ):
-                        code = got.get("code", "unknown")
-                        self.errors[code] += 1
-                        reply.error = code
-                        if got.get("retryable") and code in RETRYABLE and attempt < o.retries:
-                            retry = True
-                            break
-                        return
-            if not retry:
-                raise TimeoutError("too many frames for one reply")
-            merged = ""
+                retryable = await self._answer(p, ws, reply, t0)
+            if not (retryable and attempt < o.retries):
+                return
             reply.ttfd_s = None  # the retried reply is timed from its own send
             reply.first_delta_at = reply.queued_at = None
             reply.queued_after_delta = False
             await asyncio.sleep(min(0.5 * 2**attempt * random.uniform(0.5, 1.5), max(0.0, self.remaining())))
+
+    async def _answer(self, p: Participant, ws: ClientConnection, reply: Reply, t0: float) -> bool:
+        """Read the frames of the attempt sent at `t0` until its reply or its error is in `reply`;
+        True when the error is one to retry."""
+        merged = ""
+        for _ in range(10_000):
+            got = await self._recv(p, ws)
+            kind = got.get("type")
+            if kind == "ack" and got.get("client_msg_id") == reply.client_msg_id:
+                if reply.ack_s is None:
+                    reply.ack_s = time.monotonic() - t0
+                    reply.acked_at = self.now()
+                reply.user_seq = got["seq"]
+            elif kind == "queued" and got.get("client_msg_id") == reply.client_msg_id:
+                if reply.first_delta_at is not None:
+                    reply.queued_after_delta = True  # protocol.md: ignore it then
+                elif reply.queued_at is None:
+                    reply.queued_at = self.now()
+            elif kind == "delta" and reply.user_seq is not None and got.get("seq") == reply.user_seq + 1:
+                if reply.ttfd_s is None:
+                    reply.ttfd_s = time.monotonic() - t0
+                    reply.first_delta_at = self.now()
+                reply.frames += 1
+                reply.deltas += 1
+                if got["offset"] <= len(merged):
+                    merged = merged[: got["offset"]] + got["text"]
+            elif kind == "message" and reply.user_seq is not None and got.get("seq") == reply.user_seq + 1:
+                reply.reply_s = time.monotonic() - t0
+                reply.done_at = self.now()
+                reply.frames += 1
+                reply.reply_seq = got["seq"]
+                reply.final_text = got["text"]
+                reply.merged_text = merged
+                usage = got.get("usage") or {}
+                reply.prompt_tokens = int(usage.get("prompt_tokens", 0))
+                reply.completion_tokens = int(usage.get("completion_tokens", 0))
+                reply.error = None
+                self.replies_done += 1
+                return False
+            elif kind == "error" and (
+                got.get("client_msg_id") == reply.client_msg_id
+                or (reply.user_seq is not None and got.get("seq") == reply.user_seq + 1)
+                or got.get("client_msg_id") is None
+            ):
+                code = got.get("code", "unknown")
+                self.errors[code] += 1
+                reply.error = code
+                return bool(got.get("retryable")) and code in RETRYABLE
+        raise TimeoutError("too many frames for one reply")
 
     # -- verification ----------------------------------------------------------------------
     async def _verify_all(self) -> None:
