@@ -9,7 +9,7 @@ import asyncio
 
 from load_tests import report
 from load_tests.local import LocalConfig, local_stack
-from load_tests.runner import Options, Run
+from load_tests.runner import Options, Reply, Run
 
 
 def test_twenty_participants_nothing_lost_or_duplicated():
@@ -30,41 +30,38 @@ def test_twenty_participants_nothing_lost_or_duplicated():
 
 
 
-def _add_fault(stack, fault: dict) -> None:
-    """One fault for the stack's offline model (its `POST /_faults`)."""
+def _one_message_meeting(fault: dict, **options) -> tuple[Run, Reply]:
+    """One participant sends one message while the stack's offline model has `fault` queued (its
+    `POST /_faults`); the run, and the participant's reply as the load generator recorded it."""
     import json
     import urllib.request
 
-    body = json.dumps({"faults": [fault]}).encode()
-    url = f"{stack.urls['model'].removesuffix('/v1')}/_faults"
-    urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}), timeout=30).close()
+    with local_stack(LocalConfig(ttft=0.05, tokens_per_second=400), in_process=True) as stack:
+        url = f"{stack.urls['model'].removesuffix('/v1')}/_faults"
+        body = json.dumps({"faults": [fault]}).encode()
+        urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}),
+                               timeout=30).close()
+        run = Run(Options(url=stack.urls["websocket"], secret=stack.secret, participants=1, messages=1,
+                          think=0.0, deadline=120, **options))
+        asyncio.run(run.execute())
+    [participant] = run.people
+    [reply] = participant.replies
+    return run, reply
 
 
 def test_a_reply_that_never_comes_ends_the_wait_at_the_reply_timeout():
     """The load generator's waits have one deadline per attempt (not a timer per frame): a reply the
     model holds back past `reply_timeout` is counted as a timeout, and the run ends by itself."""
-    with local_stack(LocalConfig(ttft=0.05, tokens_per_second=400), in_process=True) as stack:
-        _add_fault(stack, {"kind": "stall", "after_tokens": 2, "seconds": 6})
-        run = Run(Options(url=stack.urls["websocket"], secret=stack.secret, participants=1, messages=1,
-                          think=0.0, deadline=120, reply_timeout=2.0, retries=0))
-        asyncio.run(run.execute())
+    run, reply = _one_message_meeting({"kind": "stall", "after_tokens": 2, "seconds": 6}, reply_timeout=2.0, retries=0)
     assert run.errors == {"timeout": 1}
-    [participant] = run.people
-    [reply] = participant.replies
     assert reply.reply_s is None and reply.attempts == 1  # given up at the deadline, not retried
 
 
 def test_a_reply_cut_off_is_sent_again_and_timed_from_the_answered_send():
     """A retryable error frame makes the participant send the same message again, as the client
     does; the reply is then complete, and its times count from the send that was answered."""
-    with local_stack(LocalConfig(ttft=0.05, tokens_per_second=400), in_process=True) as stack:
-        _add_fault(stack, {"kind": "cut", "after_tokens": 2})
-        run = Run(Options(url=stack.urls["websocket"], secret=stack.secret, participants=1, messages=1,
-                          think=0.0, deadline=120, reply_timeout=60, retries=2))
-        asyncio.run(run.execute())
+    run, reply = _one_message_meeting({"kind": "cut", "after_tokens": 2}, reply_timeout=60, retries=2)
     assert run.errors == {"reply_interrupted": 1}
-    [participant] = run.people
-    [reply] = participant.replies
     assert reply.attempts == 2 and reply.error is None and reply.final_text
     assert reply.merged_text == reply.final_text  # the deltas of the answered attempt alone
     assert reply.ttfd_s is not None and reply.ttfd_s <= reply.reply_s
