@@ -72,6 +72,7 @@ def test_a_socket_found_closed_by_a_push_that_wanted_no_answer_answers_410_soon_
     registry.open("c1")
     pusher, _ = _relayed(loop, registry)
     pusher.send("c1", {"type": "delta", "text": "first"})  # answered: the socket takes frames
+    _until(lambda: registry.posts("c1"))  # delivered (the answer says queued: a busy loop delivers it later)
     registry.mark_gone("c1")
     assert _pushes_until_gone(pusher, "c1") >= 1  # the first after it went is the one that finds out
     assert [json.loads(p)["text"] for p in registry.posts("c1")] == ["first"]
