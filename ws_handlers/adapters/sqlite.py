@@ -29,9 +29,19 @@ found that a connection per thread for *writes* gave fewer turns per second and 
 several times longer, whether writers queued on a Python lock or in SQLite's sleeping busy
 handler (stalls up to 2 s), so writes stay serialised. Reads once shared that lock too; at
 200 participants every reply's reads then queued behind every write while the lock's
-holder waited for the GIL (docs/benchmarks.md), hence the readers. The busy timeout covers
-other processes on the file (the reply function's worker processes, operator tools); when
-it runs out the store raises StoreThrottled, as the DynamoDB adapter does on throttling.
+holder waited for the GIL (docs/benchmarks.md), hence the readers.
+
+Other processes on the file (the reply function's worker processes, operator tools) queue for
+the write lock too: each store takes an exclusive `flock` on a file beside the database
+(`<file>-lock`) around each write transaction. SQLite's own wait for another process's lock
+is its busy handler, which sleeps 1, 2, 5, 10, 15, 20, 25 ms and longer between tries, whatever
+the other writer holds it for (0.1-1 ms here); the store's writer slept on while the lock was
+free, and every write of its process waited behind it. In a burst of 200 sends the stack's
+writer slept 0.67 s of the round's 1.25 s that way, once 107 ms at a time (docs/benchmarks.md,
+phase 8). Waiting in `flock`, a writer wakes when the one before it unlocks, and the kernel
+releases the lock of a process that dies. SQLite's lock still guards the file against writers
+that take no `flock` (the `sqlite3` shell); for those the busy timeout stands, and when it runs
+out the store raises StoreThrottled, as the DynamoDB adapter does on throttling.
 
 Durability: WAL with `synchronous=NORMAL`. A commit is in the WAL, in the operating
 system's hands, before it returns, so nothing committed is lost when the process is
@@ -52,6 +62,7 @@ what it still holds beside the path. A new connection never creates the file.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import sqlite3
@@ -202,6 +213,8 @@ class SqliteStore:
             raise StoreFileLost(self._lost_message())
         _keep_private(self.path)
         self._lock = threading.Lock()  # one write transaction at a time on the write connection
+        #: held around each write transaction, so that writers of all processes queue in the kernel
+        self._queue = os.open(f"{self.path}-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         self.identity = _identity(self.path)  #: the file opened: what the path must go on naming
         # Reads go through reader connections with no lock: in WAL mode readers never wait for
@@ -240,6 +253,7 @@ class SqliteStore:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             self._db.close()
+            os.close(self._queue)
             raise
 
     # -- plumbing ---------------------------------------------------------------
@@ -279,7 +293,7 @@ class SqliteStore:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: committed if the block returns (and the file is still there),
         rolled back if it raises."""
-        with self._lock, _throttled():
+        with self._lock, _throttled(), self._queued():
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -290,6 +304,17 @@ class SqliteStore:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+
+    @contextlib.contextmanager
+    def _queued(self) -> Iterator[None]:
+        """This process's turn at the file's write lock, behind other processes' (the module says why)."""
+        if self._closed:
+            raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+        fcntl.flock(self._queue, fcntl.LOCK_EX)  # releases the GIL while it waits
+        try:
+            yield
+        finally:
+            fcntl.flock(self._queue, fcntl.LOCK_UN)
 
     def check(self) -> None:
         """Raise StoreFileLost if the path no longer names the file opened (deleted or replaced)."""
@@ -325,6 +350,9 @@ class SqliteStore:
             for reader in self._readers:
                 reader.close()
             self._db.close()
+            if self._queue >= 0:  # closed once: the number may name another file by now
+                os.close(self._queue)
+                self._queue = -1
 
     # -- connections --------------------------------------------------------------
     def put_connection(self, connection: Connection) -> None:
