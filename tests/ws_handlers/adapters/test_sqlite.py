@@ -497,8 +497,8 @@ def test_a_version_4_file_keeps_its_replies_without_provenance_and_stores_it_for
 
 
 def test_the_store_and_the_secret_are_private_to_their_owner_in_a_private_data_directory(tmp_path):
-    """Transcripts are personal data: the data directory is created 0700, the store, its -wal and
-    -shm files and the dev secret 0600, whatever the umask; a store file an older version left
+    """Transcripts are personal data: the data directory is created 0700, the store, its -wal,
+    -shm and -lock files and the dev secret 0600, whatever the umask; a store file an older version left
     readable by others is closed to them when opened."""
     from local_gateway.stack import Stack, StackConfig
 
@@ -510,7 +510,8 @@ def test_the_store_and_the_secret_are_private_to_their_owner_in_a_private_data_d
         data = tmp_path / "fresh" / ".local"
         store, _ = Stack(StackConfig(data_dir=data))._open_store(None)  # as `make dev` opens it
         _append(store, _open(store), "m1")  # the WAL and its index are open now
-        files = [data / name for name in ("chat.sqlite3", "chat.sqlite3-wal", "chat.sqlite3-shm", "ticket-secret")]
+        files = [data / name for name in ("chat.sqlite3", "chat.sqlite3-wal", "chat.sqlite3-shm", "chat.sqlite3-lock",
+                                          "ticket-secret")]
         assert {f.name: mode(f) for f in files} == {f.name: 0o600 for f in files} and mode(data) == 0o700
         store.close()
 

@@ -99,8 +99,8 @@ def test_export_files_are_never_replaced_by_accident_nor_left_half_written(ops, 
     with pytest.raises(RuntimeError), export.atomic_file(tmp_path / "cut.csv") as out:
         out.write("half a row")
         raise RuntimeError("the store went away")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.sqlite3", "chat.sqlite3-shm", "chat.sqlite3-wal",
-                                                          "out.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.sqlite3", "chat.sqlite3-lock", "chat.sqlite3-shm",
+                                                          "chat.sqlite3-wal", "out.jsonl"]
 
 
 def test_deletion_without_yes_and_without_a_terminal_is_refused(local):
