@@ -45,6 +45,12 @@ AHEAD_BYTES = 64 * 1024
 _Item = tuple[str, bytes, "concurrent.futures.Future[bool] | None"]
 
 
+def refuse_too_large(data: bytes) -> None:
+    """Raise the Management API's 413 for a frame over its limit, as a post of it would get."""
+    if len(data) > MAX_DATA:
+        raise PushFailed("PayloadTooLargeException (413)")
+
+
 class DirectPusher:
     """Delivers on the gateway's event loop, from the functions' worker threads."""
 
@@ -73,8 +79,7 @@ class DirectPusher:
         """Queue an encoded frame without waiting: None when the push is done (queued at once), else
         the gateway's answer to wait for (True: delivered, False: the socket closed). Raises as
         `send` does for a frame too large or a socket closed or unknown. From any thread."""
-        if len(data) > MAX_DATA:
-            raise PushFailed("PayloadTooLargeException (413)")
+        refuse_too_large(data)
         if not self._registry.is_open(connection_id):
             raise ConnectionGone(connection_id)
         with self._lock:

@@ -38,8 +38,7 @@ from typing import Any
 from ws_handlers.protocol import encode
 from ws_handlers.push import ConnectionGone, PushFailed
 
-from .direct_push import DirectPusher
-from .management_api import MAX_DATA
+from .direct_push import DirectPusher, refuse_too_large
 
 #: A push's answers on the pipe: done, the socket is gone, or a failure's description.
 _DONE, _GONE = "done", "gone"
@@ -63,8 +62,7 @@ class PipePusher:
 
     def send(self, connection_id: str, frame: dict[str, Any]) -> None:
         data = encode(frame)
-        if len(data) > MAX_DATA:
-            raise PushFailed("PayloadTooLargeException (413)")
+        refuse_too_large(data)  # here: a push sent without an answer could not hear the stack's 413
         if connection_id in self._taking:
             try:
                 with self._sending:

@@ -257,9 +257,12 @@ class SqliteStore:
             raise
 
     # -- plumbing ---------------------------------------------------------------
-    def _new_reader(self) -> sqlite3.Connection:
+    def _refuse_if_closed(self) -> None:
         if self._closed:
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+
+    def _new_reader(self) -> sqlite3.Connection:
+        self._refuse_if_closed()
         self.check()
         reader = sqlite3.connect(f"{Path(os.path.abspath(self.path)).as_uri()}?mode=rw", uri=True,  # never creates
                                  timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
@@ -308,8 +311,7 @@ class SqliteStore:
     @contextlib.contextmanager
     def _queued(self) -> Iterator[None]:
         """This process's turn at the file's write lock, behind other processes' (the module says why)."""
-        if self._closed:
-            raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+        self._refuse_if_closed()  # its lock file's descriptor is closed, and the number may name another file
         fcntl.flock(self._queue, fcntl.LOCK_EX)  # releases the GIL while it waits
         try:
             yield
@@ -346,13 +348,13 @@ class SqliteStore:
     def close(self) -> None:
         """Close the file (after a transaction in progress); closing checkpoints the WAL into it."""
         with self._lock:
+            if self._closed:  # once: the lock file's descriptor number may name another file by now
+                return
             self._closed = True
             for reader in self._readers:
                 reader.close()
             self._db.close()
-            if self._queue >= 0:  # closed once: the number may name another file by now
-                os.close(self._queue)
-                self._queue = -1
+            os.close(self._queue)
 
     # -- connections --------------------------------------------------------------
     def put_connection(self, connection: Connection) -> None:
